@@ -1,0 +1,3 @@
+from os_cli.cli import main
+
+main()

@@ -1,0 +1,183 @@
+"""The decode loop: two models advance token by token, each on its own prompt, KV cache and positions.
+
+`ModelStream` is one model's state for the rows in flight. Rows can leave it (`keep_rows`, used
+when a row finishes so it costs no more forward work) and it can be rolled back by a few tokens
+(`rollback`, for speculative verification). `decode` drives two streams with a per-step sampling
+function and records everything per row in preallocated buffers, so the loop itself makes one
+host sync per step (the "did any row finish" check).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .sampler import StepOutput
+
+# Per-token float traces recorded for every row (NaN after the row ended).
+TRACE_FIELDS = ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t",
+                "logprob_theta", "logprob_t", "logprob_q", "fallback")
+
+
+class ModelStream:
+    """One causal LM decoding a left-padded batch: cache, attention mask and next positions."""
+
+    def __init__(self, model, vocab_size: int):
+        self.model = model
+        self.vocab_size = vocab_size
+        # transformers >= 5.2x renamed `past_key_values` to `cache`; speak whichever this version knows.
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.cache = None
+        self.attention_mask: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.attention_mask is None else self.attention_mask.shape[0]
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the prompts; return next-token logits [B, vocab_size] of the last position."""
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        self.attention_mask = attention_mask
+        # Left padding: real tokens are numbered from 0 whatever the pad count, as in an unpadded run.
+        positions = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
+        return self._forward(input_ids, positions)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one new token per row; return the next-token logits [B, vocab_size]."""
+        ones = self.attention_mask.new_ones(self.batch_size, 1)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=-1)
+        positions = self.attention_mask.sum(-1, keepdim=True) - 1
+        return self._forward(tokens[:, None], positions)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Drop every row not in `rows` (indices into the current batch), cache included."""
+        self.cache.batch_select_indices(rows)
+        self.attention_mask = self.attention_mask[rows]
+
+    def rollback(self, num_tokens: int) -> None:
+        """Forget the last `num_tokens` positions of every row."""
+        if num_tokens > 0:
+            self.cache.crop(-num_tokens)
+            self.attention_mask = self.attention_mask[:, :-num_tokens]
+
+    @torch.inference_mode()
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self.attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: self.cache},  # updated in place
+        )
+        # Embeddings may be padded past the tokenizer (151936 vs 152064 rows): keep the shared ids.
+        return out.logits[:, -1, : self.vocab_size]
+
+
+@dataclass
+class DecodeTrace:
+    """What one micro-batch produced, per row, on the decode device. Column t is the t-th new token."""
+
+    tokens: torch.Tensor  # [B, T] long, pad id after the end
+    lengths: torch.Tensor  # [B] long, tokens generated (EOS included)
+    finish_reasons: list[str]
+    traces: dict[str, torch.Tensor]  # TRACE_FIELDS -> [B, T] float32, NaN after the end
+    logits: dict[str, list] = field(default_factory=dict)  # "theta"/"t" -> per step (rows, [n, V])
+    q_star: list = field(default_factory=list)  # per step (rows, [n, V] probabilities)
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], StepOutput]
+StopFn = Callable[[int, list[int]], bool]
+
+
+def decode(
+    theta: ModelStream,
+    teacher: ModelStream | None,
+    prompt_theta: tuple[torch.Tensor, torch.Tensor],
+    prompt_t: tuple[torch.Tensor, torch.Tensor] | None,
+    step_fn: StepFn,
+    *,
+    max_new_tokens: int,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    stop_fn: StopFn | None = None,
+    keep_logits: bool = False,
+    keep_q_star: bool = False,
+) -> DecodeTrace:
+    """Generate up to `max_new_tokens` per row.
+
+    `step_fn(logits_theta, logits_t, rows, step)` samples the next token of the active `rows`
+    (indices into the original batch). With `teacher=None` one model plays both parts, one forward
+    per step. `stop_fn(row, token_ids_so_far)` may end a row early (stop strings); it costs a host
+    copy of the new tokens per step, so it is only called when given.
+    """
+    device = prompt_theta[0].device
+    batch = prompt_theta[0].shape[0]
+    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    traces = {name: torch.full((batch, max_new_tokens), float("nan"), device=device) for name in TRACE_FIELDS}
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+    reasons = ["length"] * batch
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    trace = DecodeTrace(tokens, lengths, reasons, traces, {"theta": [], "t": []} if keep_logits else {})
+    history: list[list[int]] = [[] for _ in range(batch)] if stop_fn else []
+
+    active = torch.arange(batch, device=device)
+    logits_theta = theta.prefill(*prompt_theta)
+    logits_t = teacher.prefill(*prompt_t) if teacher is not None else logits_theta
+    for step in range(max_new_tokens):
+        out = step_fn(logits_theta, logits_t, active, step)
+        tokens[active, step] = out.tokens
+        for name in TRACE_FIELDS:
+            traces[name][active, step] = getattr(out, name).to(torch.float32)
+        if keep_logits:
+            trace.logits["theta"].append((active, logits_theta))
+            trace.logits["t"].append((active, logits_t))
+        if keep_q_star:
+            trace.q_star.append((active, out.logq.exp()))
+
+        finished = torch.isin(out.tokens, eos)
+        stopped = _stopped_rows(stop_fn, history, active, out.tokens) if stop_fn else None
+        if step == max_new_tokens - 1:
+            _mark_finished(trace, active, finished, stopped, step)
+            break
+        ended = finished if stopped is None else finished | stopped
+        if bool(ended.any()):  # the one host sync per step
+            _mark_finished(trace, active, finished, stopped, step)
+            keep = torch.nonzero(~ended).squeeze(-1)
+            if keep.numel() == 0:
+                break
+            active = active[keep]
+            theta.keep_rows(keep)
+            if teacher is not None:
+                teacher.keep_rows(keep)
+            next_tokens = out.tokens[keep]
+        else:
+            next_tokens = out.tokens
+        logits_theta = theta.step(next_tokens)
+        logits_t = teacher.step(next_tokens) if teacher is not None else logits_theta
+    return trace
+
+
+def _stopped_rows(stop_fn: StopFn, history: list[list[int]], active: torch.Tensor, new_tokens: torch.Tensor):
+    stopped = []
+    for row, token in zip(active.tolist(), new_tokens.tolist()):
+        history[row].append(token)
+        stopped.append(stop_fn(row, history[row]))
+    return torch.tensor(stopped, dtype=torch.bool, device=new_tokens.device)
+
+
+def _mark_finished(trace: DecodeTrace, active: torch.Tensor, finished: torch.Tensor, stopped, step: int) -> None:
+    ended_rows = finished if stopped is None else finished | stopped
+    trace.lengths[active[ended_rows]] = step + 1
+    for row, is_eos, is_stop in zip(
+        active.tolist(), finished.tolist(), (stopped.tolist() if stopped is not None else [False] * len(finished))
+    ):
+        if is_eos:
+            trace.finish_reasons[row] = "eos"
+        elif is_stop:
+            trace.finish_reasons[row] = "stop"

@@ -1,0 +1,64 @@
+"""Counter-based randomness: the noise for row r at step t depends only on (row key, t, token id).
+
+Why not a torch.Generator: a generator's stream is shared by the whole batch, so a row's draws
+change with its batch-mates, its position in the batch and the batch size. Keyed noise makes a
+row's sample a pure function of its key, so batched == unbatched, an OOM back-off that halves the
+batch changes nothing, and a resumed run reproduces the records a fresh run would have written.
+
+The hash is Wellons' `lowbias32` evaluated in int64 arithmetic that never overflows (32-bit
+values, multiplications split into 16-bit halves), so CPU and CUDA produce the same bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for 0 <= x < 2**32, without int64 overflow."""
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & _MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32: a well-mixed bijection on 32-bit integers (held in int64)."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_keys(seeds: torch.Tensor) -> torch.Tensor:
+    """Spread user seeds (any int64) into well-mixed 32-bit row keys."""
+    seeds = seeds.to(torch.int64)
+    return hash32(hash32(seeds & _MASK32) ^ ((seeds >> 32) & _MASK32))
+
+
+def keyed_uniform(keys: torch.Tensor, step: int, stream: int = 0) -> torch.Tensor:
+    """One Uniform(0, 1) float64 per row, strictly inside (0, 1), fixed by (key, step, stream).
+
+    `stream` separates independent uses at the same step (e.g. draft and verify in speculative sampling).
+    """
+    counter = torch.full_like(keys, (step + 1) * 0x10001 + stream)
+    first = hash32(keys ^ hash32(counter))
+    second = hash32(first + _GOLDEN)
+    # 53 random bits fill a float64 mantissa; the half offset keeps both ends out of reach.
+    bits53 = ((first >> 11) << 32) | second  # 21 + 32 bits
+    return (bits53.to(torch.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+def keyed_categorical(logq: torch.Tensor, keys: torch.Tensor, step: int, stream: int = 0) -> torch.Tensor:
+    """Exact draws from softmax(logq) per row by inverting the float64 CDF at a keyed uniform.
+
+    One uniform per row (not one per token, as Gumbel-max would need) keeps the cost at a softmax
+    and a cumsum over the vocabulary. A zero-probability entry is never chosen: it adds a flat step
+    to the CDF, and the search returns the first index whose CDF reaches the target.
+    """
+    cdf = torch.softmax(logq.to(torch.float64), dim=-1).cumsum(dim=-1)
+    target = keyed_uniform(keys, step, stream) * cdf[:, -1]
+    return torch.searchsorted(cdf, target[:, None]).squeeze(-1).clamp_(max=logq.shape[-1] - 1)
