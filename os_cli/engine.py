@@ -1,8 +1,8 @@
 """The decode loop: two models advance token by token, each on its own prompt, KV cache and positions.
 
 `ModelStream` is one model's state for the rows in flight. Rows can leave it (`keep_rows`, used
-when a row finishes so it costs no more forward work) and it can be rolled back by a few tokens
-(`rollback`, for speculative verification). `decode` drives two streams with a per-step sampling
+when a row finishes so it costs no more forward work), join it (`join`, for refilling finished
+slots) and it can be rolled back by a few tokens (`rollback`, for speculative verification). `decode` drives two streams with a per-step sampling
 function and records everything per row in preallocated buffers, so the loop itself makes one
 host sync per step (the "did any row finish" check).
 """
@@ -58,6 +58,19 @@ class ModelStream:
         """Drop every row not in `rows` (indices into the current batch), cache included."""
         self.cache.batch_select_indices(rows)
         self.attention_mask = self.attention_mask[rows]
+
+    def join(self, other: "ModelStream") -> None:
+        """Append `other`'s rows (prefilled separately) to this batch: the primitive for refilling
+        finished slots. The shorter side is left-padded with masked, zeroed cache entries."""
+        width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
+        pad_mask = lambda m: torch.nn.functional.pad(m, (width - m.shape[1], 0))  # noqa: E731
+        self.attention_mask = torch.cat([pad_mask(self.attention_mask), pad_mask(other.attention_mask)])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            if mine.is_sliding or theirs.is_sliding:
+                raise NotImplementedError("joining sliding-window caches is not supported")
+            pad_kv = lambda t: torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))  # noqa: E731
+            mine.keys = torch.cat([pad_kv(mine.keys), pad_kv(theirs.keys)])
+            mine.values = torch.cat([pad_kv(mine.values), pad_kv(theirs.values)])
 
     def rollback(self, num_tokens: int) -> None:
         """Forget the last `num_tokens` positions of every row."""

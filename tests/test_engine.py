@@ -205,3 +205,36 @@ def test_masked_averages_are_finite(pair):
     mean_alpha = out.alpha_values[out.mask].mean()
     assert math.isfinite(float(mean_alpha))
     torch.testing.assert_close(out.alpha_values.nanmean(), mean_alpha)
+
+
+def test_stream_rows_can_leave_join_and_roll_back(pair):
+    """The primitives later refill and speculative decoding build on keep per-row logits exact."""
+    from os_cli.engine import ModelStream
+
+    tok = pair.tokenizer
+    prompts = PROMPTS
+
+    def alone(i: int, extra: list[int]) -> torch.Tensor:
+        """Next-token logits after prompt i and `extra`, from one uncached forward."""
+        with torch.no_grad():
+            return pair.model_t(torch.tensor([tok(prompts[i]).input_ids + extra])).logits[0, -1, : pair.vocab_size]
+
+    def stream_for(rows):
+        stream = ModelStream(pair.model_t, pair.vocab_size)
+        ids, mask = pair._tokenize(tok, [prompts[i] for i in rows], "prompts")
+        return stream, stream.prefill(ids, mask)
+
+    a, _ = stream_for([0, 1])
+    step1 = a.step(torch.tensor([5, 6]))
+    a.keep_rows(torch.tensor([1]))  # row 0 leaves
+    b, _ = stream_for([2])  # a new row joins, with a different cache length
+    a.join(b)
+    logits = a.step(torch.tensor([7, 8]))
+    torch.testing.assert_close(logits[0], alone(1, [6, 7]), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1], alone(2, [8]), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(step1[1], alone(1, [6]), atol=2e-4, rtol=1e-4)
+
+    a.rollback(1)  # forget the last token and feed another one instead
+    logits = a.step(torch.tensor([9, 10]))
+    torch.testing.assert_close(logits[0], alone(1, [6, 9]), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1], alone(2, [10]), atol=2e-4, rtol=1e-4)
