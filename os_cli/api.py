@@ -202,8 +202,12 @@ class OptimalSamplingModel:
             ids.add(tokenizer.eos_token_id)
         return sorted(i for i in ids if i is not None and i < self.vocab_size)
 
-    def _tokenize(self, tokenizer, texts: list[str], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids and mask. Texts that already start with BOS (chat templates) get no second one."""
+    def encode(self, texts: Sequence[str], teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and attention mask on the model's device, as `generate` feeds them.
+
+        Texts that already start with BOS (chat templates) get no second one.
+        """
+        tokenizer, side = (self.tokenizer_t, "prompts_t") if teacher else (self.tokenizer, "prompts")
         bos = tokenizer.bos_token
         encoded = [tokenizer(t, add_special_tokens=not (bos and t.startswith(bos))).input_ids for t in texts]
         for i, ids in enumerate(encoded):
@@ -237,8 +241,8 @@ class OptimalSamplingModel:
         theta = engine.ModelStream(self.model_theta, self.vocab_size)
         teacher = None if self.same_model else engine.ModelStream(self.model_t, self.vocab_size)
         return engine.decode(
-            theta, teacher, self._tokenize(self.tokenizer, prompts, "prompts"),
-            None if self.same_model else self._tokenize(self.tokenizer_t, prompts_t, "prompts_t"),
+            theta, teacher, self.encode(prompts),
+            None if self.same_model else self.encode(prompts_t, teacher=True),
             step_fn, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
             pad_id=self.tokenizer.pad_token_id, stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
         )

@@ -8,9 +8,14 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models spend their time in op overhead: one thread is 10-25x faster than two on a shared
+# 2-core machine. Subprocesses the tests start inherit this through OMP_NUM_THREADS.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 CORPUS = [
     "What is 2 plus 3? The answer is 5. \\boxed{5}",

@@ -221,7 +221,7 @@ def test_stream_rows_can_leave_join_and_roll_back(pair):
 
     def stream_for(rows):
         stream = ModelStream(pair.model_t, pair.vocab_size)
-        ids, mask = pair._tokenize(tok, [prompts[i] for i in rows], "prompts")
+        ids, mask = pair.encode([prompts[i] for i in rows])
         return stream, stream.prefill(ids, mask)
 
     a, _ = stream_for([0, 1])

@@ -13,7 +13,15 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
+    """Attach the commands once (importing them lazily keeps `--help` fast)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from . import bench, generate, inspect
 
     generate.register(app)

@@ -1,5 +1,218 @@
-"""os-sample bench (placeholder until its issue lands)."""
+"""os-sample bench: throughput and peak memory per batch size, a recommended batch size, baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UserError
+from .common import DebugOption, SetOption, cli_errors, out_console
+
+HELP = (
+    "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
+    "Loads the models once, renders real prompts from the recipe's dataset (as generate does) and, for "
+    'each batch size, times `generate` on max(--prompts, batch size) prompts after one warm-up run: '
+    'tokens/s (generated tokens only), seconds per decode step, peak memory (CUDA: '
+    "torch.cuda.max_memory_allocated per device, reset per point; CPU: the process's peak resident set "
+    'size during the point, models included) and whether it ran out of memory. An out-of-memory point is '
+    'recorded and ends the sweep. `auto` doubles the batch size from 1 until out of memory or until '
+    'throughput improves by 5% or less. The recommendation is the best throughput that leaves --headroom '
+    'of device memory free (CPU: best throughput), printed as `--set sampling.batch_size=N`.\n\n'
+    '--compare then runs, at the recommended batch size on the same prompts: HF `generate` of the teacher '
+    'alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine '
+    "with each alpha method, with each one's tokens/s as a ratio to the floor."
+)
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    app.command("bench", help=HELP)(bench_command)
+
+
+def bench_command(
+    config: str = typer.Option(..., "--config", "-c", help="Recipe file or bundled recipe name."),
+    overrides: Optional[List[str]] = SetOption,
+    batch_sizes: str = typer.Option("1,2,4,8", "--batch-sizes", help="Comma-separated batch sizes, or 'auto'."),
+    prompts: int = typer.Option(16, "--prompts", min=1, help="Prompts per point (at least the batch size is run)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                 help="Tokens per completion (default: the recipe's)."),
+    compare: bool = typer.Option(False, "--compare", help="Also run HF generate, the two-model floor and every "
+                                 "alpha method at the recommended batch size."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
+    headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
+                                   "free (CUDA)."),
+    debug: bool = DebugOption,
+) -> None:
+    with cli_errors(debug):
+        _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom)
+
+
+def parse_batch_sizes(text: str) -> list[int] | str:
+    text = text.strip().lower()
+    if text == "auto":
+        return "auto"
+    sizes: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise UserError(f"--batch-sizes {text!r}: give positive integers separated by commas (1,2,4,8) or 'auto'")
+        if int(part) not in sizes:
+            sizes.append(int(part))
+    return sizes
+
+
+def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts: int, max_new_tokens: int | None,
+           do_compare: bool, json_file: Path | None, headroom: float) -> None:
+    from .. import benchmark as B
+    from ..data import load_rows, render_prompts
+    from ..recipe import build_model, load_recipe
+
+    if not 0 <= headroom < 1:
+        raise UserError(f"--headroom {headroom}: give a fraction of device memory in [0, 1), e.g. 0.1")
+    sizes = parse_batch_sizes(batch_sizes_text)
+    if json_file is not None and json_file.exists() and json_file.is_dir():
+        raise UserError(f"--json {json_file}: is a folder; give a file name")
+    console = out_console()
+
+    recipe = load_recipe(config, overrides)
+    sampling = recipe["sampling"]
+    settings = B.BenchSettings(
+        max_new_tokens=max_new_tokens or sampling["max_new_tokens"], temperature=sampling["temperature"],
+        top_p=sampling["top_p"], top_k=sampling["top_k"], seed=sampling["seed"], stop=list(sampling["stop"] or []),
+        num_prompts=num_prompts,
+    )
+    wanted = max([num_prompts] + (sizes if isinstance(sizes, list) else []))
+    dataset = dict(recipe["dataset"])
+    dataset["limit"] = wanted if dataset["limit"] is None else min(dataset["limit"], wanted)
+    recipe = {**recipe, "dataset": dataset}
+    rows = load_rows(recipe)
+    if not rows:
+        raise UserError("the recipe's dataset has no rows to take prompts from (check dataset.source, skip and limit)")
+
+    with console.status("loading models"):
+        model = build_model(recipe)
+    rendered = render_prompts(recipe, model.tokenizer, rows, tokenizer_t=getattr(model, "tokenizer_t", None),
+                              on_bad_row="skip")
+    if not rendered.items:
+        reason = rendered.errors[0]["reason"] if rendered.errors else "no rows"
+        raise UserError(f"no prompt could be rendered from the recipe's dataset ({reason})")
+    prompts = [p.prompt for p in rendered.items]
+    prompts_t = [p.prompt_t for p in rendered.items]
+
+    info = B.machine_info(model)
+    device = info["device"]
+    console.print(
+        f"[bold]bench[/] {recipe['_meta']['name']}: {device['name']} ({device['type']}), "
+        f"dtype {info['dtype']}, alpha {model.alpha_method}, {settings.max_new_tokens} new tokens, "
+        f"{len(prompts)} distinct prompts, max({num_prompts}, batch size) per point"
+    )
+
+    def progress(row) -> None:
+        console.print(f"  {row.label} @ batch {row.batch_size}: {_status(row)}"
+                      + (f", {row.tokens_per_s:.1f} tokens/s" if row.ok else ""))
+
+    sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress)
+    total = B.device_memory(model)
+    rec = B.recommend(sweep_rows, headroom, total)
+    console.print(_rows_table("Batch-size sweep", sweep_rows, compare=False))
+    console.print(_memory_note(sweep_rows, device))
+    if rec["batch_size"] is not None:
+        console.print(f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
+                      f"{rec['tokens_per_s']:.1f} tokens/s):  [bold green]{rec['set']}[/]")
+    else:
+        console.print(f"[red]No recommendation:[/] {rec['reason']}")
+
+    compare_rows = None
+    if do_compare:
+        at = rec["batch_size"] or next((r.batch_size for r in reversed(sweep_rows) if r.ok), None)
+        if at is None:
+            console.print("[red]--compare skipped:[/] no batch size ran to completion")
+        else:
+            console.print(f"[bold]compare[/] at batch size {at}")
+            compare_rows = B.compare(model, prompts, prompts_t, at, settings, on_row=progress)
+            n = max(num_prompts, at)
+            console.print(_rows_table(f"Comparison at batch size {at}, {n} prompts (× floor: tokens/s over the "
+                                      f"floor's)", compare_rows, compare=True))
+
+    if json_file is not None:
+        doc = B.report(model, settings, sweep_rows, compare_rows, rec, extra_settings={
+            "config": config, "recipe": recipe["_meta"]["name"], "overrides": list(overrides),
+            "batch_sizes": sizes, "headroom": headroom, "alpha_method": model.alpha_method,
+            "models": {"theta": recipe["models"]["theta"], "teacher": recipe["models"]["teacher"]},
+            "distinct_prompts": len(prompts),
+        })
+        try:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            json_file.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"--json {json_file}: cannot write the file ({exc})", exit_code=1) from None
+        console.print(f"wrote {json_file}")
+
+    failed = [r for r in sweep_rows + (compare_rows or []) if r.error and not r.oom]
+    if failed:
+        raise UserError(f"{len(failed)} run(s) failed (not out of memory): {failed[0].label} at batch size "
+                        f"{failed[0].batch_size}: {failed[0].error}", exit_code=1)
+
+
+def _status(row) -> str:
+    if row.oom:
+        return "OOM"
+    if row.error:
+        return "error"
+    return "ok"
+
+
+def _mem(n: int | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _rows_table(title: str, rows, compare: bool):
+    """Sweep: one row per batch size. Compare: one row per run (batch size and prompts are in the title)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
+    if compare:
+        cols = ["run", "tokens/s", "× floor", "s/step", "peak memory", "status"]
+    else:
+        cols = ["batch", "prompts", "new tokens", "steps", "seconds", "tokens/s", "s/step", "peak memory", "status"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("run", "status") else "right", no_wrap=c != "status")
+    for r in rows:
+        mem = _mem(r.peak_memory) + (f" ({_mem(r.peak_reserved)} rsv)" if r.peak_reserved is not None else "")
+        status = "ok" if r.ok else ("[red]OOM[/]" if r.oom else f"[red]error[/]: {r.error}")
+        if compare:
+            cells = [r.label]
+            if r.ok:
+                cells += [f"{r.tokens_per_s:,.1f}", "–" if r.ratio_to_floor is None else f"{r.ratio_to_floor:.2f}",
+                          f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–", mem]
+            else:
+                cells += ["–"] * 4
+        else:
+            cells = [str(r.batch_size), str(r.prompts)]
+            if r.ok:
+                cells += [f"{r.new_tokens:,}", f"{r.steps:,}", f"{r.seconds:.2f}", f"{r.tokens_per_s:,.1f}",
+                          f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–", mem]
+            else:
+                cells += ["–"] * 6
+        table.add_row(*cells, status)
+    return table
+
+
+def _memory_note(rows, device: dict) -> str:
+    metric = next((r.memory_metric for r in rows if r.memory_metric), None)
+    notes = {
+        "cuda_max_memory_allocated": "peak memory: torch.cuda.max_memory_allocated, max over devices, reset per "
+                                     "point (rsv: max_memory_reserved, used for the headroom check)",
+        "cpu_peak_rss": "peak memory: the process's peak resident set size during each point (VmHWM, reset per "
+                        "point), models included",
+        "cpu_peak_rss_sampled": "peak memory: the highest resident set size sampled during each point, models "
+                                "included",
+        "cpu_ru_maxrss_process": "peak memory: ru_maxrss, the process's high-water mark so far (never goes down), "
+                                 "models included",
+    }
+    return f"[dim]{notes.get(metric, 'peak memory: not measured')}[/]"

@@ -1,5 +1,393 @@
-"""os-sample inspect (placeholder until its issue lands)."""
+"""os-sample inspect: summarise an output folder as tables, one JSON document, or a PNG."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..errors import UserError
+from .common import DebugOption, cli_errors, out_console
+
+HELP = (
+    'Summarise an output folder of `os-sample generate`.\n\n'
+    'Reads manifest.json, ids.txt, errors.jsonl and every shard-*.jsonl (all ranks) and reports: records, '
+    'tokens, finish reasons and lengths; alpha, ESS ratio, KL(q||pi_theta) and KL(q||pi_t) over the '
+    "records' per-record means (and per token when records carry `tokens`); sequence log-probabilities "
+    'under pi_theta, pi_t and q* and the log importance weight log pi_theta - log q*; integrity (missing, '
+    'duplicated or unexpected ids, torn or invalid lines, error rows); and, when rows carry a reference '
+    'answer, the share of completions whose final answer (last \\boxed{...}, else last number) matches. '
+    'Every valid record line counts, duplicates included. Exit 2 for a missing, empty or foreign folder.'
+)
+
+PLOT_HINT = "pip install 'os-sample[plot]'"
+SPARK = " ▁▂▃▄▅▆▇█"
+DIAG_LABELS = {
+    "alpha": "alpha",
+    "ess_ratio": "ESS ratio",
+    "kl_theta": "KL(q||pi_theta)",
+    "kl_t": "KL(q||pi_t)",
+}
 
 
-def register(app) -> None:
-    pass
+def register(app: typer.Typer) -> None:
+    app.command("inspect", help=HELP)(inspect_command)
+
+
+def inspect_command(
+    output_dir: Path = typer.Argument(..., help="Output folder of `os-sample generate` (e.g. outputs/<run>)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON document on stdout, "
+                                  "nothing else."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: alpha histogram, alpha and ESS ratio by "
+                                        "token position (needs per-token data), length histogram. Needs matplotlib."),
+    by: Optional[str] = typer.Option(None, "--by", help="Split every table by a record field: a top-level key such "
+                                     "as alpha_method, else row.FIELD."),
+    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Row field with the reference answer "
+                                               "(default: the recipe's dataset.answer_field). '' switches "
+                                               "matching off."),
+    debug: bool = DebugOption,
+) -> None:
+    with cli_errors(debug):
+        _inspect(output_dir, json_out, plot, by, answer_field)
+
+
+def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None, answer_field: str | None) -> None:
+    from ..summary import summarize_dir
+
+    if plot is not None:
+        _require_matplotlib()
+        if plot.suffix.lower() != ".png":
+            raise UserError(f"--plot {plot}: give a .png file name")
+    summary = summarize_dir(output_dir, by=by or None, answer_field=answer_field)
+    if plot is not None:
+        write_plot(summary, plot)
+    if json_out:
+        sys.stdout.write(json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+        sys.stdout.flush()
+        if plot is not None:
+            typer.echo(f"wrote {plot}", err=True)
+        return
+    console = out_console()
+    render(summary, console)
+    if plot is not None:
+        console.print(f"wrote [bold]{plot}[/]")
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 1e5 or (x != 0 and abs(x) < 1e-3):
+        return f"{x:.3e}"
+    return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def sparkline(hist: dict | None, width: int = 20) -> str:
+    """The histogram as block characters, bins merged down to at most `width` characters."""
+    if not hist or not hist.get("counts"):
+        return ""
+    counts = hist["counts"]
+    step = max(1, -(-len(counts) // width))
+    counts = [sum(counts[i:i + step]) for i in range(0, len(counts), step)]
+    top = max(counts) or 1
+    return "".join(SPARK[0 if c == 0 else max(1, round(c / top * (len(SPARK) - 1)))] for c in counts)
+
+
+def _groups(summary: dict) -> list[tuple[str | None, dict]]:
+    rows: list[tuple[str | None, dict]] = [("all" if summary.get("groups") else None, summary["overall"])]
+    for name, group in (summary.get("groups") or {}).items():
+        rows.append((name, group))
+    return rows
+
+
+def _table(title: str, summary: dict, columns: list[tuple[str, str]]):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
+    if summary.get("by"):
+        table.add_column(summary["by"], style="cyan")
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    return table
+
+
+FULL_STATS = ("n", "mean", "std", "min", "p05", "p50", "p95", "max", "histogram")
+MEDIUM_STATS = ("n", "mean", "std", "p05", "p50", "p95", "histogram")
+COMPACT_STATS = ("n", "mean", "p05", "p50", "p95")
+_LAYOUT = {"stats": FULL_STATS, "spark": 20}
+
+
+def _choose_layout(width: int, split: bool) -> None:
+    """Fewer statistics per row in narrower terminals (--json always has all of them)."""
+    extra = 12 if split else 0
+    if width >= 150 + extra:
+        _LAYOUT.update(stats=FULL_STATS, spark=20)
+    elif width >= 110 + extra:
+        _LAYOUT.update(stats=MEDIUM_STATS, spark=10)
+    else:
+        _LAYOUT.update(stats=COMPACT_STATS, spark=10)
+
+
+def _dist_columns() -> list[tuple[str, str]]:
+    return [(c, "left" if c == "histogram" else "right") for c in _LAYOUT["stats"]]
+
+
+def _dist_cells(dist: dict | None) -> list[str]:
+    if not dist or not dist.get("count"):
+        empty = {"n": str((dist or {}).get("count", 0)), "histogram": ""}
+        return [empty.get(c, "–") for c in _LAYOUT["stats"]]
+    q = dist["quantiles"]
+    values = {"n": _fmt(dist["count"]), "mean": _fmt(dist["mean"]), "std": _fmt(dist["std"]),
+              "min": _fmt(dist["min"]), "p05": _fmt(q["p05"]), "p50": _fmt(q["p50"]), "p95": _fmt(q["p95"]),
+              "max": _fmt(dist["max"]), "histogram": sparkline(dist["histogram"], _LAYOUT["spark"])}
+    return [values[c] for c in _LAYOUT["stats"]]
+
+
+def _add(table, summary: dict, group: str | None, cells: list[str]) -> None:
+    table.add_row(*(([group or ""] if summary.get("by") else []) + cells))
+
+
+def render(summary: dict, console) -> None:
+    from rich.table import Table
+
+    _choose_layout(console.width, bool(summary.get("by")))
+
+    manifest = summary.get("manifest") or {}
+    overview = Table.grid(padding=(0, 2))
+    overview.add_column(style="bold")
+    overview.add_column()
+    overview.add_row("folder", summary["dir"])
+    if manifest:
+        overview.add_row("status", str(manifest.get("status")))
+        models = manifest.get("models") or {}
+        if models:
+            overview.add_row("models", ", ".join(f"{k}: {v}" for k, v in models.items()))
+        overview.add_row("alpha method", str(manifest.get("alpha_method")))
+        counts = manifest.get("counts") or {}
+        if counts:
+            overview.add_row("manifest counts", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    else:
+        overview.add_row("manifest", "none (shards only)")
+    overview.add_row("shards", f"{len(summary['shards'])} ({', '.join(s['file'] for s in summary['shards'][:4])}"
+                     f"{', ...' if len(summary['shards']) > 4 else ''})")
+    if summary.get("by"):
+        overview.add_row("split by", summary["by"])
+    console.print(overview)
+    console.print()
+
+    # Records
+    has_answers = any(g.get("answers") for _, g in _groups(summary))
+    cols = [("records", "right"), ("tokens", "right"), ("mean tokens", "right"), ("finish reasons", "left")]
+    if has_answers:
+        cols.append((f"answers correct ({summary.get('answer_field')})", "right"))
+    table = _table("Records", summary, cols)
+    for name, g in _groups(summary):
+        cells = [_fmt(g["records"]), _fmt(g["tokens"]["total"]), _fmt(g["tokens"]["mean"]),
+                 ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items()) or "–"]
+        if has_answers:
+            a = g.get("answers")
+            cells.append(f"{a['correct']}/{a['with_reference']} = {_pct(a['accuracy'])}" if a else "–")
+        _add(table, summary, name, cells)
+    console.print(table)
+
+    table = _table("Length (generated tokens per record)", summary, _dist_columns())
+    for name, g in _groups(summary):
+        _add(table, summary, name, _dist_cells(g["tokens"]["distribution"]))
+    console.print(table)
+
+    table = _table("Mixture diagnostics", summary, [("quantity", "left"), ("per", "left")] + _dist_columns())
+    for name, g in _groups(summary):
+        for key, label in DIAG_LABELS.items():
+            d = g["diagnostics"][key]
+            _add(table, summary, name, [label, "records"] + _dist_cells(d["per_record"]))
+            if d.get("per_token"):
+                _add(table, summary, name, [label, "tokens"] + _dist_cells(d["per_token"]))
+    console.print(table)
+
+    table = _table("Log-probabilities and importance weights (log w = log pi_theta - log q*)", summary,
+                   [("quantity", "left")] + _dist_columns())
+    for name, g in _groups(summary):
+        for key, label in (("theta", "log pi_theta(y)"), ("t", "log pi_t(y)"), ("q", "log q*(y)")):
+            _add(table, summary, name, [label] + _dist_cells(g["logprob"][key]))
+        lw = g["log_weight"]
+        _add(table, summary, name, ["log w per record"] + _dist_cells(lw["per_record"]))
+        _add(table, summary, name, ["log w / tokens, per record"] + _dist_cells(lw["per_record_per_token"]))
+        if lw.get("per_token"):
+            _add(table, summary, name, ["log w per token"] + _dist_cells(lw["per_token"]))
+    console.print(table)
+    for name, g in _groups(summary):
+        lw = g["log_weight"]
+        prefix = f"[cyan]{name}[/]: " if name else ""
+        console.print(
+            f"{prefix}mean log w per token = [bold]{_fmt(lw['mean_per_token'])}[/] over {_fmt(lw['tokens'])} tokens; "
+            f"ESS of sequence weights = {_pct(lw['ess_fraction'])} of records"
+        )
+    console.print()
+
+    _render_histograms(summary, console)
+    _render_integrity(summary, console)
+
+
+def _render_histograms(summary: dict, console) -> None:
+    g = summary["overall"]
+    for title, dist in (("Length histogram (tokens)", g["tokens"]["distribution"]),
+                        ("alpha histogram (record means)", g["diagnostics"]["alpha"]["per_record"])):
+        if not dist or not dist.get("histogram"):
+            continue
+        console.print(f"[bold]{title}[/]" + ("  (reservoir sample)" if dist.get("sampled") else ""))
+        console.print(text_histogram(dist["histogram"]))
+        console.print()
+
+
+def text_histogram(hist: dict, width: int = 40, max_rows: int = 10) -> str:
+    """Horizontal bars, `HIST_BINS` bins merged down to `max_rows` rows."""
+    edges, counts = hist["edges"], hist["counts"]
+    nonzero = [i for i, c in enumerate(counts) if c]
+    if nonzero:  # trim empty bins at both ends
+        lo_i, hi_i = nonzero[0], nonzero[-1] + 1
+        edges, counts = edges[lo_i:hi_i + 1], counts[lo_i:hi_i]
+    step = max(1, -(-len(counts) // max_rows))
+    rows = []
+    for i in range(0, len(counts), step):
+        c = sum(counts[i:i + step])
+        rows.append((edges[i], edges[min(i + step, len(edges) - 1)], c))
+    top = max(c for _, _, c in rows) or 1
+    integer_bins = len(edges) > 1 and edges[1] - edges[0] == 1 and edges[0] % 1 == 0.5
+    out = []
+    for lo, hi, c in rows:
+        bar = "█" * round(c / top * width)
+        if integer_bins:  # one bin per integer value (lengths): label the values, not the edges
+            a, b = int(lo + 0.5), int(hi - 0.5)
+            label = f"{a:>9,}" if a == b else f"{f'{a:,}–{b:,}':>9}"
+            out.append(f"  {label.strip():>12}  {bar} {c}")
+        else:
+            out.append(f"  [{_fmt(lo):>9}, {_fmt(hi):>9})  {bar} {c}")
+    return "\n".join(out)
+
+
+def _render_integrity(summary: dict, console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    it = summary["integrity"]
+    table = Table(title="Integrity", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("check")
+    table.add_column("count", justify="right")
+    table.add_column("details")
+
+    def mark(n: int) -> str:
+        return f"[green]{n}[/]" if n == 0 else f"[red]{n}[/]"
+
+    table.add_row("planned ids (ids.txt)", _fmt(it["planned"]), f"status {it['status']}" if it["status"] else "")
+    table.add_row("records / unique ids", f"{it['records']:,} / {it['unique_ids']:,}", "")
+    table.add_row("missing ids", mark(it["missing"]["count"]), _list(it["missing"]["ids"], it["missing"]["count"]))
+    dups = it["duplicates"]
+    table.add_row("duplicated ids", mark(dups["count"]), _list(
+        [f"{d['id']} ×{d['count']} ({', '.join(d['locations'][:3])})" for d in dups["ids"]], dups["count"]))
+    table.add_row("ids not in ids.txt", mark(it["unexpected"]["count"]),
+                  _list(it["unexpected"]["ids"], it["unexpected"]["count"]))
+    bad = it["invalid_lines"]
+    table.add_row("torn / invalid lines", mark(bad["count"]), _list(
+        [f"{p['file']}:{p['line']} {p['kind']}: {p['error']}" for p in bad["lines"]], bad["count"], sep="\n"))
+    errs = it["errors"]
+    reasons = "; ".join(f"{k}: {v}" for k, v in errs["reasons"].items())
+    ids = _list([r["id"] for r in errs["rows"]], errs["count"], limit=5)
+    table.add_row("error rows (errors.jsonl)", str(errs["count"]), f"{reasons} (ids {ids})" if errs["count"] else "")
+    console.print(table)
+    for note in it["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print("[green]integrity: clean[/]" if it["clean"] else "[red]integrity: problems found (see above)[/]")
+
+
+def _list(items: list[str], total: int, limit: int = 8, sep: str = ", ") -> str:
+    shown = [str(x) for x in items[:limit]]
+    more = total - len(shown)
+    return sep.join(shown) + (f"{sep if sep != ', ' else ', '}... {more} more" if more > 0 else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Plot
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UserError(f"--plot needs matplotlib, which is not installed; install it with: {PLOT_HINT}",
+                        exit_code=1) from None
+
+
+def write_plot(summary: dict, path: Path) -> None:
+    """Four panels: alpha histogram, alpha by position, ESS ratio by position, length histogram."""
+    _require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(name or "all", g) for name, g in _groups(summary)]
+    if summary.get("groups"):
+        series = series[1:]  # one line per group; "all" would repeat them
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax_alpha, ax_alpha_pos, ax_ess_pos, ax_len = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
+
+    def hist(ax, pick, title, xlabel):
+        drawn = False
+        for name, g in series:
+            dist = pick(g)
+            if dist and dist.get("histogram"):
+                h = dist["histogram"]
+                ax.stairs(h["counts"], h["edges"], label=name, fill=len(series) == 1, alpha=0.8)
+                drawn = True
+        _finish(ax, title, xlabel, "records", drawn)
+
+    def by_position(ax, key, title):
+        drawn = False
+        for name, g in series:
+            pos = (g.get("by_position") or {}).get(key)
+            if pos:
+                xs = [i for i, v in enumerate(pos["mean"]) if v is not None]
+                ax.plot(xs, [pos["mean"][i] for i in xs], label=name, lw=1.2)
+                drawn = True
+        _finish(ax, title, "token position", "mean", drawn,
+                empty=f"no per-token {key} in the records\n(records carry `tokens` with output.per_token: true)")
+
+    hist(ax_alpha, lambda g: g["diagnostics"]["alpha"]["per_record"], "alpha (record means)", "alpha")
+    by_position(ax_alpha_pos, "alpha", "alpha by token position")
+    by_position(ax_ess_pos, "ess_ratio", "ESS ratio by token position")
+    hist(ax_len, lambda g: g["tokens"]["distribution"], "length (generated tokens)", "tokens")
+    fig.suptitle(f"os-sample inspect: {summary['dir']}" + (f"  (by {summary['by']})" if summary.get("by") else ""))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise UserError(f"--plot {path}: cannot write the file ({exc})", exit_code=1) from None
+    finally:
+        plt.close(fig)
+
+
+def _finish(ax, title: str, xlabel: str, ylabel: str, drawn: bool, empty: str = "no data") -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if drawn:
+        if len(ax.get_legend_handles_labels()[0]) > 1:
+            ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, color="gray")

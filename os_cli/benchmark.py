@@ -1,0 +1,533 @@
+"""Throughput and memory of the sampler across batch sizes, and against baselines. No printing.
+
+`os-sample bench` drives this module; it is usable from Python as well:
+
+    rows = sweep(model, prompts, prompts_t, [1, 2, 4], settings=BenchSettings(max_new_tokens=64))
+    pick = recommend(rows, headroom=0.1, total_memory=device_memory(model))
+
+Definitions (also in the CLI help and README):
+- tokens/s counts generated tokens only (EOS included, prompts excluded), over the wall time of
+  `model.generate` for the point's prompts (prefill included), with the device synchronised;
+- a step is one decode iteration of one micro-batch (both models' forwards, the alpha solve and a
+  draw); steps = sum over micro-batches of their longest completion, s/step = seconds / steps;
+- peak memory on CUDA is `torch.cuda.max_memory_allocated` (and `max_memory_reserved`, which the
+  headroom check uses) per device, reset before each point; on CPU it is the process's peak
+  resident set size during the point (Linux: VmHWM after resetting it through
+  /proc/self/clear_refs; where that is refused, the highest VmRSS sampled every few ms; elsewhere
+  ru_maxrss, which never goes down: it is the process's high-water mark so far, not the point's);
+  it includes the loaded models and everything else in the process;
+- out of memory (`torch.OutOfMemoryError`, or a RuntimeError saying "out of memory") is recorded on
+  the point, ends a sweep, and never propagates.
+
+Testing only: the environment variable `OS_SAMPLE_INJECT_OOM=<batch size>[,<batch size>...]` makes
+every measured run at those batch sizes raise `torch.OutOfMemoryError` before it starts.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+INJECT_OOM_ENV = "OS_SAMPLE_INJECT_OOM"
+AUTO_MAX_BATCH = 1024
+AUTO_MIN_GAIN = 0.05  # `auto` stops once throughput improves by no more than this fraction
+WARMUP_MAX_NEW_TOKENS = 16
+BENCH_FORMAT = 1
+
+
+@dataclass
+class BenchSettings:
+    """What every measured run uses (the recipe's sampling settings unless the CLI overrides them)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    num_prompts: int = 16  # each point runs max(num_prompts, batch_size) prompts
+
+    def generate_kwargs(self) -> dict:
+        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                    top_k=self.top_k, seed=self.seed, stop=list(self.stop) or None)
+
+
+@dataclass
+class BenchRow:
+    """One measured run. `mode`: sweep | hf_generate | floor | method."""
+
+    mode: str
+    label: str
+    batch_size: int
+    prompts: int = 0
+    alpha_method: str | None = None
+    sample_from: str | None = None
+    new_tokens: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    tokens_per_s: float | None = None
+    s_per_step: float | None = None
+    peak_memory: int | None = None  # bytes, max over devices (CUDA: max_memory_allocated; CPU: peak RSS)
+    peak_reserved: int | None = None  # bytes, CUDA only: max_memory_reserved
+    memory_by_device: dict[str, int] = field(default_factory=dict)
+    memory_metric: str | None = None
+    oom: bool = False
+    error: str | None = None
+    ratio_to_floor: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.oom and self.error is None and bool(self.tokens_per_s)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# OOM
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def injected_oom_sizes() -> set[int]:
+    """Batch sizes named by OS_SAMPLE_INJECT_OOM (testing only); malformed entries are ignored."""
+    sizes = set()
+    for part in os.environ.get(INJECT_OOM_ENV, "").split(","):
+        part = part.strip()
+        if part.isdigit():
+            sizes.add(int(part))
+    return sizes
+
+
+def _maybe_inject_oom(batch_size: int) -> None:
+    if batch_size in injected_oom_sizes():
+        raise torch.OutOfMemoryError(
+            f"CUDA out of memory (injected by {INJECT_OOM_ENV}={os.environ.get(INJECT_OOM_ENV)} "
+            f"at batch size {batch_size})"
+        )
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory
+
+
+def model_devices(model) -> list[torch.device]:
+    """The devices the model's parameters live on (both models), CUDA first."""
+    devices = set()
+    for m in {id(x): x for x in (getattr(model, "model_theta", None), getattr(model, "model_t", None)) if x}.values():
+        for p in m.parameters():
+            devices.add(p.device)
+    if not devices:
+        devices.add(torch.device(getattr(model, "device", "cpu")))
+    return sorted(devices, key=lambda d: (d.type != "cuda", d.index or 0))
+
+
+def device_memory(model) -> dict[str, int] | None:
+    """Total memory per CUDA device the model uses, or None on CPU."""
+    cuda = [d for d in model_devices(model) if d.type == "cuda"]
+    if not cuda:
+        return None
+    return {str(d): torch.cuda.get_device_properties(d.index or 0).total_memory for d in cuda}
+
+
+def _proc_status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak memory over a block: CUDA allocator peaks per device, else the process's peak RSS."""
+
+    def __init__(self, devices: Sequence[torch.device]):
+        self.cuda = [d for d in devices if d.type == "cuda"]
+        self.metric: str | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sampled_kb = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            for d in self.cuda:
+                torch.cuda.synchronize(d)
+                torch.cuda.reset_peak_memory_stats(d)
+            self.metric = "cuda_max_memory_allocated"
+        elif _proc_status_kb("VmHWM") is not None and _reset_rss_peak():
+            self.metric = "cpu_peak_rss"
+        elif _proc_status_kb("VmRSS") is not None:
+            self.metric = "cpu_peak_rss_sampled"
+            self._sampled_kb = _proc_status_kb("VmRSS") or 0
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        else:
+            self.metric = "cpu_ru_maxrss_process"
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._sampled_kb = max(self._sampled_kb, _proc_status_kb("VmRSS") or 0)
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._sampled_kb = max(self._sampled_kb, _proc_status_kb("VmRSS") or 0)
+
+    def read(self) -> tuple[int | None, int | None, dict[str, int]]:
+        """(peak bytes over devices, CUDA reserved peak bytes or None, per-device peaks)."""
+        if self.cuda:
+            alloc = {str(d): int(torch.cuda.max_memory_allocated(d)) for d in self.cuda}
+            reserved = max(int(torch.cuda.max_memory_reserved(d)) for d in self.cuda)
+            return max(alloc.values()), reserved, alloc
+        if self.metric == "cpu_peak_rss":
+            kb = _proc_status_kb("VmHWM") or 0
+        elif self.metric == "cpu_peak_rss_sampled":
+            kb = self._sampled_kb
+        else:
+            import resource
+
+            kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            if platform.system() == "Darwin":
+                kb //= 1024  # bytes there
+        return kb * 1024, None, {"cpu": kb * 1024}
+
+
+def _sync(devices: Sequence[torch.device]) -> None:
+    for d in devices:
+        if d.type == "cuda":
+            torch.cuda.synchronize(d)
+
+
+# --------------------------------------------------------------------------------------------------
+# One measured run
+
+
+def _cycle(items: Sequence[str], n: int) -> list[str]:
+    return [items[i % len(items)] for i in range(n)]
+
+
+def _steps(lengths: torch.Tensor, batch_size: int) -> int:
+    lengths = lengths.tolist()
+    return int(sum(max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)))
+
+
+def _measure(row: BenchRow, devices, run: Callable[[], tuple[int, int]]) -> BenchRow:
+    """Run `run() -> (new tokens, steps)` once under timing and memory tracking, filling `row`."""
+    try:
+        _maybe_inject_oom(row.batch_size)
+        with PeakMemory(devices) as mem:
+            _sync(devices)
+            start = time.perf_counter()
+            new_tokens, steps = run()
+            _sync(devices)
+            seconds = time.perf_counter() - start
+        row.peak_memory, row.peak_reserved, row.memory_by_device = mem.read()
+        row.memory_metric = mem.metric
+    except Exception as exc:  # noqa: BLE001 - OOM is a result; anything else is recorded, not raised
+        return _failed(row, exc)
+    row.new_tokens, row.steps, row.seconds = int(new_tokens), int(steps), seconds
+    row.tokens_per_s = new_tokens / seconds if seconds > 0 else None
+    row.s_per_step = seconds / steps if steps else None
+    return row
+
+
+def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
+               settings: BenchSettings, *, mode: str = "sweep", label: str | None = None,
+               sample_from: str = "mixture", alpha_method: str | None = None, warmup: bool = False) -> BenchRow:
+    """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`.
+
+    `alpha_method` is set on the model for this run and restored after. `warmup` first runs one
+    untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens).
+    """
+    n = max(settings.num_prompts, batch_size)
+    batch = _cycle(prompts, n)
+    batch_t = _cycle(prompts_t, n) if prompts_t is not None else None
+    method = alpha_method or getattr(model, "alpha_method", None)
+    row = BenchRow(mode=mode, label=label or (method if sample_from == "mixture" else f"sample_from={sample_from}"),
+                   batch_size=batch_size, prompts=n, alpha_method=method if sample_from == "mixture" else None,
+                   sample_from=sample_from)
+    kwargs = settings.generate_kwargs()
+    previous = getattr(model, "alpha_method", None)
+
+    devices = model_devices(model)
+
+    def run() -> tuple[int, int]:
+        out = model.generate(batch, batch_t, batch_size=batch_size, sample_from=sample_from, **kwargs)
+        return int(out.lengths.sum()), _steps(out.lengths, batch_size)
+
+    try:
+        if alpha_method is not None:
+            model.alpha_method = alpha_method
+        if warmup:
+            try:
+                _maybe_inject_oom(batch_size)
+                warm = dict(kwargs, max_new_tokens=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
+                model.generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None,
+                               batch_size=batch_size, sample_from=sample_from, **warm)
+                _sync(devices)
+            except Exception as exc:  # noqa: BLE001 - recorded on the row like a measured failure
+                return _failed(row, exc)
+        return _measure(row, devices, run)
+    finally:
+        if alpha_method is not None:
+            model.alpha_method = previous
+
+
+def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
+    row.oom = is_oom(exc)
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    row.error = f"out of memory: {first}" if row.oom else f"{type(exc).__name__}: {first}"
+    _free_memory()
+    return row
+
+
+def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings,
+                    *, warmup: bool = True) -> BenchRow:
+    """Plain `transformers` sampling from the teacher alone (`do_sample=True`), the same prompts and
+    settings: the single-model reference. Stop strings are not applied (HF counts up to EOS)."""
+    n = max(settings.num_prompts, batch_size)
+    texts = _cycle(list(prompts_t), n)
+    teacher = model.model_t
+    tokenizer = model.tokenizer_t
+    eos = list(model.eos_token_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    gen = dict(do_sample=True, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+               top_p=settings.top_p, top_k=settings.top_k if settings.top_k > 0 else 0,
+               eos_token_id=eos, pad_token_id=pad)
+    row = BenchRow(mode="hf_generate", label="HF generate (teacher alone)", batch_size=batch_size, prompts=n)
+    devices = model_devices(model)
+    eos_t = torch.tensor(eos)
+
+    def one_pass(limit: int | None = None) -> tuple[int, int]:
+        torch.manual_seed(settings.seed)
+        tokens = steps = 0
+        chunks = range(0, n, batch_size) if limit is None else range(0, min(n, batch_size), batch_size)
+        for start in chunks:
+            ids, mask = model.encode(texts[start:start + batch_size], teacher=True)  # the engine's ids
+            kwargs = dict(gen, max_new_tokens=limit) if limit else gen
+            with torch.inference_mode():
+                out = teacher.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            new = out[:, ids.shape[1]:].cpu()
+            steps += new.shape[1]
+            is_eos = torch.isin(new, eos_t)
+            has = is_eos.any(dim=1)
+            full = torch.full_like(has, new.shape[1], dtype=torch.long)
+            first = torch.where(has, is_eos.int().argmax(dim=1) + 1, full)  # tokens up to the first EOS
+            tokens += int(first.sum())
+        return tokens, steps
+
+    try:
+        _maybe_inject_oom(batch_size)
+        if warmup:
+            one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
+    except Exception as exc:  # noqa: BLE001
+        return _failed(row, exc)
+    return _measure(row, devices, one_pass)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps, comparisons, recommendation
+
+
+def auto_batch_sizes(limit: int = AUTO_MAX_BATCH) -> list[int]:
+    sizes, b = [], 1
+    while b <= limit:
+        sizes.append(b)
+        b *= 2
+    return sizes
+
+
+def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_sizes: Sequence[int] | str,
+          settings: BenchSettings, *, on_row: Callable[[BenchRow], None] | None = None,
+          auto_limit: int = AUTO_MAX_BATCH) -> list[BenchRow]:
+    """Measure the engine (the model's alpha method) at each batch size; one warm-up before the first.
+
+    `batch_sizes="auto"` doubles from 1 until out of memory, `auto_limit`, or throughput improving by no
+    more than AUTO_MIN_GAIN over the best so far. An out-of-memory point is recorded and ends the sweep;
+    so does a point that fails otherwise (its `error` says why).
+    """
+    auto = isinstance(batch_sizes, str)
+    if auto and batch_sizes != "auto":
+        raise ValueError(f"batch_sizes must be a list of integers or 'auto', got {batch_sizes!r}")
+    sizes = auto_batch_sizes(auto_limit) if auto else list(batch_sizes)
+    rows: list[BenchRow] = []
+    best = 0.0
+    for i, b in enumerate(sizes):
+        row = run_engine(model, prompts, prompts_t, b, settings, mode="sweep", warmup=(i == 0))
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        if not row.ok:  # out of memory ends the sweep; so does any other failure (recorded in `error`)
+            break
+        if auto:
+            if best and row.tokens_per_s <= best * (1 + AUTO_MIN_GAIN):
+                break
+            best = max(best, row.tokens_per_s)
+    return rows
+
+
+def alpha_methods() -> tuple[str, ...]:
+    from .alpha import ALPHA_METHODS
+
+    return tuple(ALPHA_METHODS)
+
+
+def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
+            settings: BenchSettings, *, methods: Sequence[str] | None = None,
+            on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
+    """Same prompts, settings and batch size: HF `generate` of the teacher alone, the two-model floor
+    (`sample_from="teacher"`: both forwards, no alpha solve or mixing), then the engine with each alpha
+    method. Each row gets `ratio_to_floor` = its tokens/s over the floor's."""
+    rows: list[BenchRow] = []
+
+    def add(row: BenchRow) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    add(run_hf_generate(model, prompts_t if prompts_t is not None else prompts, batch_size, settings))
+    add(run_engine(model, prompts, prompts_t, batch_size, settings, mode="floor", sample_from="teacher",
+                   label="floor (both models, teacher draws)", warmup=True))
+    for method in methods or alpha_methods():
+        add(run_engine(model, prompts, prompts_t, batch_size, settings, mode="method", alpha_method=method,
+                       label=method))
+    floor = next((r for r in rows if r.mode == "floor"), None)
+    if floor is not None and floor.ok:
+        for r in rows:
+            if r.ok:
+                r.ratio_to_floor = r.tokens_per_s / floor.tokens_per_s
+    return rows
+
+
+def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str, int] | None) -> dict:
+    """The batch size with the best throughput whose peak memory leaves `headroom` (a fraction of
+    each device's total) free; CUDA uses the reserved peak (what the allocator holds). On CPU: the best
+    throughput. Returns {"batch_size", "set", "tokens_per_s", "reason"} (batch_size None if nothing fits)."""
+    ok = [r for r in rows if r.ok]
+    if not ok:
+        return {"batch_size": None, "set": None, "tokens_per_s": None,
+                "reason": "no batch size ran to completion (see the rows' oom/error fields)"}
+    fits = ok
+    if total_memory:
+        def within(r: BenchRow) -> bool:
+            peak = r.peak_reserved if r.peak_reserved is not None else r.peak_memory
+            return peak is not None and all(peak <= (1 - headroom) * total for total in total_memory.values())
+
+        fits = [r for r in ok if within(r)]
+        if not fits:
+            smallest = min(ok, key=lambda r: r.batch_size)
+            return {"batch_size": None, "set": None, "tokens_per_s": None,
+                    "reason": f"no batch size leaves {headroom:.0%} of device memory free "
+                              f"(batch size {smallest.batch_size} peaked at {_gib(smallest.peak_reserved)})"}
+    best = max(fits, key=lambda r: (r.tokens_per_s, -r.batch_size))
+    if total_memory:
+        reason = f"best throughput with at least {headroom:.0%} of device memory left free"
+    else:
+        reason = "best throughput (CPU: no memory headroom check)"
+    return {"batch_size": best.batch_size, "set": f"--set sampling.batch_size={best.batch_size}",
+            "tokens_per_s": best.tokens_per_s, "reason": reason}
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+# --------------------------------------------------------------------------------------------------
+# Machine description
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(model=None) -> dict:
+    import transformers
+
+    try:
+        from importlib.metadata import version
+
+        os_sample = version("os-sample")
+    except Exception:  # noqa: BLE001 - not installed as a distribution (source checkout)
+        os_sample = None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    devices = model_devices(model) if model is not None else [torch.device("cpu")]
+    cuda = [d for d in devices if d.type == "cuda"]
+    if cuda:
+        props = torch.cuda.get_device_properties(cuda[0].index or 0)
+        device = {"type": "cuda", "name": props.name, "count": len(cuda), "devices": [str(d) for d in cuda],
+                  "total_memory": props.total_memory}
+    else:
+        mem_kb = None
+        try:
+            with open("/proc/meminfo") as fh:
+                mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
+        except (OSError, StopIteration, ValueError):
+            pass
+        device = {"type": "cpu", "name": _cpu_name(), "count": 1, "devices": ["cpu"],
+                  "total_memory": mem_kb * 1024 if mem_kb else None}
+    return {
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "cpu_usable": usable, "torch_threads": torch.get_num_threads()},
+        "device": device,
+        "dtype": str(getattr(model, "dtype", "")).replace("torch.", "") or None,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "cuda": torch.version.cuda, "os_sample": os_sample},
+    }
+
+
+def report(model, settings: BenchSettings, rows: Sequence[BenchRow], compare_rows: Sequence[BenchRow] | None,
+           recommendation: dict, extra_settings: dict[str, Any] | None = None) -> dict:
+    """The JSON document `os-sample bench --json FILE` writes."""
+    info = machine_info(model)
+    return {
+        "format": BENCH_FORMAT,
+        "kind": "os-sample-bench",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+        "settings": {**asdict(settings), **(extra_settings or {})},
+        "rows": [r.to_dict() for r in rows],
+        "compare": [r.to_dict() for r in compare_rows] if compare_rows is not None else None,
+        "recommendation": recommendation,
+    }

@@ -1,0 +1,214 @@
+"""os-sample bench and os_cli.benchmark on CPU with the tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from os_cli import benchmark as B
+
+ALL_METHODS = ("fixed", "kl_symmetry", "reverse_kl_symmetry", "ess_balance", "entropy")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny matmuls on a shared machine: more threads only contend (10x slower under load)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("bench")
+    data = root / "data.jsonl"
+    data.write_text("".join(
+        json.dumps({"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)}) + "\n" for i in range(6)
+    ))
+    recipe = {
+        "description": "bench test",
+        "models": {"theta": tiny_models["theta"], "teacher": tiny_models["teacher"], "device": "cpu"},
+        "alpha": {"method": "kl_symmetry"},
+        "sampling": {"max_new_tokens": 6, "seed": 0},
+        "dataset": {"source": str(data)},
+        "prompts": {"theta": {"template": "Question: {question}", "chat_template": True},
+                    "teacher": {"template": "Question: {question} Answer: {answer}", "chat_template": True}},
+    }
+    path = root / "bench.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runner_app():
+    import typer
+
+    from os_cli.cli import bench as bench_cli
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _group() -> None:
+        pass
+
+    bench_cli.register(app)
+    return app
+
+
+def invoke(app, *args, env=None):
+    return CliRunner().invoke(app, ["bench", *map(str, args)], env={"COLUMNS": "200", **(env or {})})
+
+
+def test_sweep_rows_and_json(runner_app, recipe_file, tmp_path):
+    out = tmp_path / "bench.json"
+    result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "1,2,4", "--prompts", "4",
+                    "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "--set sampling.batch_size=" in result.stdout
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "os-sample-bench" and doc["format"] == B.BENCH_FORMAT
+    assert doc["machine"]["cpu_count"] >= 1 and doc["machine"]["platform"]
+    assert doc["device"]["type"] == "cpu" and doc["device"]["name"]
+    assert doc["versions"]["torch"] and doc["versions"]["transformers"]
+    assert doc["settings"]["max_new_tokens"] == 6 and doc["settings"]["batch_sizes"] == [1, 2, 4]
+    assert [r["batch_size"] for r in doc["rows"]] == [1, 2, 4]
+    for r in doc["rows"]:
+        assert r["mode"] == "sweep" and r["alpha_method"] == "kl_symmetry" and not r["oom"] and r["error"] is None
+        assert r["prompts"] == 4
+        assert 4 <= r["new_tokens"] <= 4 * 6
+        assert r["tokens_per_s"] > 0 and r["s_per_step"] > 0 and r["seconds"] > 0
+        assert r["steps"] >= -(-4 // r["batch_size"])  # at least one step per micro-batch
+        assert r["steps"] <= -(-4 // r["batch_size"]) * 6
+        assert r["peak_memory"] > 0 and r["memory_metric"].startswith("cpu_")
+    best = max(doc["rows"], key=lambda r: r["tokens_per_s"])
+    assert doc["recommendation"]["batch_size"] == best["batch_size"]
+    assert doc["recommendation"]["set"] == f"--set sampling.batch_size={best['batch_size']}"
+    assert doc["compare"] is None
+
+
+def test_injected_oom_is_recorded_and_ends_the_sweep(runner_app, recipe_file, tmp_path):
+    out = tmp_path / "oom.json"
+    result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "1,2,4", "--prompts", "2",
+                    "--json", out, env={B.INJECT_OOM_ENV: "2"})
+    assert result.exit_code == 0, result.output
+    assert "OOM" in result.stdout and "Traceback" not in result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch_size"], r["oom"]) for r in rows] == [(1, False), (2, True)]  # 4 never ran
+    assert "injected" in rows[1]["error"] and rows[1]["tokens_per_s"] is None
+    assert json.loads(out.read_text())["recommendation"]["batch_size"] == 1
+
+
+def test_oom_on_the_first_point_during_warmup(recipe_file, tiny_models, monkeypatch):
+    model = _model(tiny_models)
+    monkeypatch.setenv(B.INJECT_OOM_ENV, "1")
+    rows = B.sweep(model, ["Hello"], None, [1, 2], B.BenchSettings(max_new_tokens=3, num_prompts=1))
+    assert len(rows) == 1 and rows[0].oom
+    assert B.recommend(rows, 0.1, None)["batch_size"] is None
+
+
+def test_real_oom_error_message_counts_as_oom():
+    assert B.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert B.is_oom(B.torch.OutOfMemoryError("x"))
+    assert not B.is_oom(RuntimeError("shape mismatch"))
+
+
+def test_compare_lists_hf_floor_and_every_method(runner_app, recipe_file, tmp_path):
+    out = tmp_path / "cmp.json"
+    result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "2", "--prompts", "2", "--compare",
+                    "--json", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    rows = doc["compare"]
+    assert [r["mode"] for r in rows] == ["hf_generate", "floor"] + ["method"] * len(ALL_METHODS)
+    assert [r["alpha_method"] for r in rows[2:]] == list(ALL_METHODS)
+    assert rows[1]["sample_from"] == "teacher" and rows[1]["ratio_to_floor"] == pytest.approx(1.0)
+    for r in rows:
+        assert r["batch_size"] == 2 and r["tokens_per_s"] > 0 and r["ratio_to_floor"] > 0, r
+    for label in ("HF generate", "floor", *ALL_METHODS, "× floor"):
+        assert label in result.stdout, label
+
+
+def test_auto_doubles_until_throughput_stops_improving(monkeypatch):
+    speeds = {1: 100.0, 2: 180.0, 4: 185.0, 8: 400.0}
+    seen = []
+
+    def fake_run_engine(model, prompts, prompts_t, b, settings, **kw):
+        seen.append((b, kw.get("warmup")))
+        row = B.BenchRow(mode="sweep", label="m", batch_size=b, new_tokens=1, steps=1, seconds=1.0)
+        if b in B.injected_oom_sizes():
+            row.oom, row.error = True, "out of memory: injected"
+        else:
+            row.tokens_per_s = speeds[b]
+        return row
+
+    monkeypatch.setattr(B, "run_engine", fake_run_engine)
+    rows = B.sweep(None, ["Hi"], None, "auto", B.BenchSettings())
+    assert [r.batch_size for r in rows] == [1, 2, 4]  # 185 is within 5% of 180: stop
+    assert seen[0] == (1, True) and all(w is False for _, w in seen[1:])  # one warm-up, before the first
+
+    speeds.update({4: 300.0, 8: 500.0, 16: 900.0})
+    monkeypatch.setenv(B.INJECT_OOM_ENV, "16")
+    rows = B.sweep(None, ["Hi"], None, "auto", B.BenchSettings())
+    assert [(r.batch_size, r.oom) for r in rows] == [(1, False), (2, False), (4, False), (8, False), (16, True)]
+    assert B.recommend(rows, 0.1, None)["batch_size"] == 8
+    assert B.auto_batch_sizes(8) == [1, 2, 4, 8]
+
+
+def test_recommend_respects_cuda_headroom():
+    def row(b, tps, reserved):
+        return B.BenchRow(mode="sweep", label="m", batch_size=b, tokens_per_s=tps, new_tokens=1, steps=1,
+                          seconds=1.0, peak_memory=reserved, peak_reserved=reserved)
+
+    rows = [row(1, 10, 10), row(2, 20, 50), row(4, 30, 95)]
+    assert B.recommend(rows, 0.1, {"cuda:0": 100})["batch_size"] == 2
+    assert B.recommend(rows, 0.0, {"cuda:0": 100})["batch_size"] == 4
+    assert B.recommend(rows, 0.95, {"cuda:0": 100})["batch_size"] is None
+    assert B.recommend(rows, 0.1, None)["batch_size"] == 4
+
+
+def test_bad_batch_sizes_is_a_clear_error(runner_app, recipe_file):
+    result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "1,x")
+    assert result.exit_code == 2 and "--batch-sizes" in result.stderr and "Traceback" not in result.output
+
+
+def _model(tiny_models):
+    from os_cli.api import OptimalSamplingModel
+
+    return OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
+
+
+def test_cuda_memory_path_with_a_fake_device(monkeypatch):
+    """The CUDA branch of PeakMemory (no GPU here): reset before, allocator peaks after, per device."""
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append(("sync", str(d))))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append(("reset", str(d))))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: {"cuda:0": 5, "cuda:1": 7}[str(d)])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d=None: {"cuda:0": 8, "cuda:1": 9}[str(d)])
+    devices = [torch.device("cuda", 0), torch.device("cuda", 1)]
+    with B.PeakMemory(devices) as mem:
+        pass
+    assert ("reset", "cuda:0") in calls and ("reset", "cuda:1") in calls
+    assert mem.metric == "cuda_max_memory_allocated"
+    assert mem.read() == (7, 9, {"cuda:0": 5, "cuda:1": 7})
+
+
+def test_cpu_peak_memory_is_per_point():
+    with B.PeakMemory([B.torch.device("cpu")]) as mem:
+        block = bytearray(64 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # touch the pages
+    big = mem.read()[0]
+    del block
+    with B.PeakMemory([B.torch.device("cpu")]) as mem2:
+        pass
+    small = mem2.read()[0]
+    assert big > 0 and small > 0
+    if mem.metric == "cpu_peak_rss":  # Linux with a resettable VmHWM: the second point does not see the first
+        assert big - small > 32 * 2**20
