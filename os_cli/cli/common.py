@@ -1,0 +1,90 @@
+"""Shared CLI plumbing: consoles, the --debug option, and the error wrapper every command uses.
+
+    from os_cli.cli.common import DebugOption, cli_errors, err_console
+
+    @app.command()
+    def inspect(..., debug: bool = DebugOption):
+        with cli_errors(debug):
+            ...
+
+`cli_errors` turns exceptions into a one-paragraph message on stderr and an exit code: `UserError`
+-> its own code (2 invalid input, 1 runtime failure), KeyboardInterrupt -> 130, anything else -> 1
+with a hint to rerun with --debug. With --debug the traceback is printed as well, and the `os_cli`
+logger's INFO messages (device, dtype, attention choices) go to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+from rich.console import Console
+
+from ..errors import UserError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+DebugOption = typer.Option(False, "--debug", help="Show full tracebacks and the library's log messages.")
+SetOption = typer.Option(
+    None, "--set", "-s", metavar="KEY=VALUE",
+    help="Override a recipe key, value parsed as YAML (repeatable): --set sampling.batch_size=4",
+)
+
+
+def out_console() -> Console:
+    """stdout (bound at call time, so test runners that swap sys.stdout see the output)."""
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def err_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    console = err_console()
+    console.print("[bold red]error:[/bold red] ", end="")
+    console.print(message, markup=False, highlight=False)
+
+
+def setup_logging(debug: bool) -> None:
+    logger = logging.getLogger("os_cli")
+    if debug and not any(getattr(h, "_os_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(name)s: %(message)s"))
+        handler._os_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+@contextmanager
+def cli_errors(debug: bool = False) -> Iterator[None]:
+    """Run a command body; map exceptions to a message and an exit code (see module docstring)."""
+    setup_logging(debug)
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except UserError as exc:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print_error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        print_error("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no trace without --debug
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+            print_error(f"{type(exc).__name__}: {exc}")
+        else:
+            print_error(f"{type(exc).__name__}: {exc}\n(run again with --debug to see the full traceback)")
+        raise typer.Exit(EXIT_FAILURE) from None

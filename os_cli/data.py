@@ -1,0 +1,299 @@
+"""Datasets and prompts: load a recipe's rows, render the two prompts of each row.
+
+Public functions:
+
+- `load_rows(recipe) -> list[(id, row)]`: the planned rows, in dataset order, after `dataset.skip`
+  and `dataset.limit`. `dataset.source` may be a hub name (`split`, `config`), a local
+  `.jsonl/.json/.parquet/.csv` file, a folder of such files (all files with the most common suffix,
+  sorted by name), `builtin:NAME` (`os_cli/builtin/NAME.jsonl`); or `dataset.inline` lists the rows.
+  Everything except inline rows goes through `datasets.load_dataset`. Ids are `str(row[id_field])`,
+  or the row's index in the dataset (before `skip`) when `id_field` is null; ids must be unique.
+- `render_prompts(recipe, tokenizer, rows, tokenizer_t=None, on_bad_row=None) -> Rendered`: fills
+  the templates of `prompts.theta` and `prompts.teacher` (null: the teacher gets theta's prompt)
+  for each row. `Rendered.items` is a list of `Prompt(index, id, row, prompt, prompt_t)` (index =
+  the row's index in the dataset, `skip` + position, which seeds the row's draws), `Rendered.errors` a list of
+  `{"id", "reason", "row"}` for rows that could not be rendered. With `on_bad_row: error` (the
+  recipe's default) the first bad row raises `UserError` naming the row id and the field instead.
+  `tokenizer_t` renders the teacher's prompt (default: `tokenizer`).
+- `render_template(template, row) -> str`, `template_fields(template)`, `kept_row(recipe, row)`.
+
+Templates: `{field}` (or `{field.sub}` for nested mappings) is replaced by the row's value;
+`{{` and `}}` write literal braces; any other brace, like `\\boxed{}`, is left as written. A missing
+or null field makes the row bad. With `chat_template: true` the filled template (stripped of
+surrounding whitespace) becomes the user turn, after an optional system turn, rendered with the
+tokenizer's chat template and its generation prompt. With `chat_template: false` the prompt is the
+filled template itself, after `system` and a blank line when a system text is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import UserError
+from .recipe import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, resolve_local_path, template_fields
+
+__all__ = [
+    "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",
+    "MissingField",
+]
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _local_files(path: Path) -> tuple[str, list[str]]:
+    if path.is_file():
+        if path.suffix not in _BUILDERS:
+            raise UserError(f"dataset file {path} has an unsupported suffix; use {', '.join(DATA_SUFFIXES)}")
+        return _BUILDERS[path.suffix], [str(path)]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _BUILDERS)
+    if not files:
+        raise UserError(f"dataset folder {path} holds no {', '.join(DATA_SUFFIXES)} files")
+    builders = Counter(_BUILDERS[p.suffix] for p in files)
+    builder = builders.most_common(1)[0][0]
+    return builder, [str(p) for p in files if _BUILDERS[p.suffix] == builder]
+
+
+def _load_local(builder: str, files: list[str], label: str):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(builder, data_files=files, split="train")
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
+        raise UserError(f"could not read dataset {label}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_hub(name: str, config: str | None, split: str):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001
+        text = f"{type(exc).__name__}: {_first_line(exc)}"
+        lowered = text.lower()
+        if "split" in lowered and ("unknown" in lowered or "should be one of" in lowered):
+            raise UserError(f"dataset {name!r} has no split {split!r} ({text}); set dataset.split") from exc
+        if "config" in lowered and ("missing" in lowered or "available" in lowered or "not found" in lowered):
+            raise UserError(f"dataset {name!r}: config {config!r} is not available ({text}); set dataset.config") from exc
+        raise UserError(
+            f"could not load dataset {name!r} from the Hugging Face Hub: the hub is unreachable from here or the "
+            f"name is wrong ({text}). Use a local file instead: dataset.source: path/to/data.jsonl "
+            f"(or .json, .parquet, .csv), or --set dataset.source=PATH",
+            exit_code=1,
+        ) from exc
+
+
+def _open_dataset(recipe: Mapping):
+    ds_cfg = recipe["dataset"]
+    source = ds_cfg["source"]
+    if source.startswith(BUILTIN_PREFIX):
+        path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
+        if not path.is_file():
+            raise UserError(f"dataset.source: unknown builtin dataset {source!r} (no {path})")
+        return _load_local("json", [str(path)], source)
+    local = resolve_local_path(recipe, source)
+    if local is not None:
+        builder, files = _local_files(local)
+        return _load_local(builder, files, str(source))
+    return _load_hub(source, ds_cfg["config"], ds_cfg["split"])
+
+
+def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
+    """The planned rows `(id, row)` after skip and limit, in dataset order. Raises `UserError`."""
+    ds_cfg = recipe["dataset"]
+    skip, limit = ds_cfg["skip"], ds_cfg["limit"]
+    if ds_cfg["inline"] is not None:
+        total = len(ds_cfg["inline"])
+        stop = total if limit is None else min(total, skip + limit)
+        rows = [dict(r) for r in ds_cfg["inline"][skip:stop]]
+    else:
+        ds = _open_dataset(recipe)
+        total = len(ds)
+        stop = total if limit is None else min(total, skip + limit)
+        rows = ds.select(range(skip, stop)).to_list() if stop > skip else []
+    id_field = ds_cfg["id_field"]
+    out: list[tuple[str, dict]] = []
+    seen: dict[str, int] = {}
+    for offset, row in enumerate(rows):
+        index = skip + offset
+        if id_field is None:
+            row_id = str(index)
+        else:
+            if id_field not in row or row[id_field] is None:
+                fields = ", ".join(row)
+                raise UserError(f"dataset row {index} has no {id_field!r} (dataset.id_field); its fields: {fields}")
+            row_id = str(row[id_field])
+        if not row_id or "\n" in row_id or "\r" in row_id:
+            raise UserError(f"dataset row {index}: id {row_id!r} (dataset.id_field) must be non-empty and on one line")
+        if row_id in seen:
+            raise UserError(
+                f"dataset rows {seen[row_id]} and {index} share the id {row_id!r} (dataset.id_field={id_field!r}); "
+                f"ids must be unique for exactly-once output (set dataset.id_field: null to use row indices)"
+            )
+        seen[row_id] = index
+        out.append((row_id, row))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+
+
+class MissingField(KeyError):
+    """A template field the row lacks (or holds null)."""
+
+    def __init__(self, name: str, present: Sequence[str], null: bool = False):
+        super().__init__(name)
+        self.name = name
+        self.present = list(present)
+        self.null = null
+
+    def describe(self) -> str:
+        if self.null:
+            return f"field {self.name!r} is empty (null, or missing in this row)"
+        return f"missing field {self.name!r} (row fields: {', '.join(self.present) or 'none'})"
+
+
+def _lookup(row: Mapping, name: str) -> Any:
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise MissingField(name, list(row.keys()))
+        value = value[part]
+    if value is None:
+        raise MissingField(name, list(row.keys()), null=True)
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def render_template(template: str, row: Mapping) -> str:
+    """Fill `{field}` placeholders from `row`; raises `MissingField`."""
+
+    def replace(match):
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        return _as_text(_lookup(row, match.group(1)))
+
+    return TEMPLATE_TOKEN.sub(replace, template)
+
+
+def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> str:
+    text = render_template(spec["template"], row)
+    if not spec["chat_template"]:
+        return f"{spec['system']}\n\n{text}" if spec["system"] else text
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"prompts.{role}.chat_template is true, but the tokenizer of {model_name} has no chat template; "
+            f"set prompts.{role}.chat_template: false to use the filled template as the prompt"
+        )
+    messages = []
+    if spec["system"]:
+        messages.append({"role": "system", "content": spec["system"]})
+    messages.append({"role": "user", "content": text.strip()})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class Prompt:
+    index: int          # the row's index in the dataset (skip + position); seeds its draws
+    id: str
+    row: dict
+    prompt: str         # theta's rendered prompt
+    prompt_t: str       # the teacher's rendered prompt (theta's when prompts.teacher is null)
+
+
+@dataclass
+class Rendered:
+    items: list = field(default_factory=list)    # [Prompt]
+    errors: list = field(default_factory=list)   # [{"id", "reason", "row"}]
+
+
+def render_prompts(recipe: Mapping, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
+                   on_bad_row: str | None = None) -> Rendered:
+    """Render both prompts of every row. Bad rows raise (`error`) or are collected (`skip`)."""
+    prompts = recipe["prompts"]
+    on_bad_row = on_bad_row or prompts["on_bad_row"]
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    tokenizer_t = tokenizer_t if tokenizer_t is not None else tokenizer
+    theta_name = recipe["models"]["theta"]
+    teacher_name = recipe["models"]["teacher"] or theta_name
+    out = Rendered()
+    skip = recipe["dataset"]["skip"]
+    for position, (row_id, row) in enumerate(rows):
+        index = skip + position
+        role = "theta"
+        try:
+            prompt = _render_one(prompts["theta"], tokenizer, row, "theta", theta_name)
+            role = "teacher"
+            if prompts["teacher"] is None:
+                prompt_t = prompt
+            else:
+                prompt_t = _render_one(prompts["teacher"], tokenizer_t, row, "teacher", teacher_name)
+        except MissingField as exc:
+            reason = f"prompts.{role}.template: {exc.describe()}"
+            if on_bad_row == "error":
+                raise UserError(
+                    f"dataset row {row_id!r}: {reason}; fix the data or the template, or set "
+                    f"prompts.on_bad_row: skip to write such rows to errors.jsonl"
+                ) from None
+            out.errors.append({"id": row_id, "reason": reason, "row": json_safe(row)})
+            continue
+        out.items.append(Prompt(index=index, id=row_id, row=row, prompt=prompt, prompt_t=prompt_t))
+    return out
+
+
+def kept_row(recipe: Mapping, row: Mapping) -> dict:
+    """The dataset fields a record keeps (`dataset.keep_fields`), JSON-safe."""
+    keep = recipe["dataset"]["keep_fields"]
+    if keep == "all":
+        kept = dict(row)
+    elif keep == "none":
+        kept = {}
+    else:
+        kept = {k: row.get(k) for k in keep}
+    return json_safe(kept)
+
+
+def json_safe(value: Any) -> Any:
+    """A copy that `json.dumps` writes as valid JSON (non-finite floats -> null, odd types -> str)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):  # numpy / torch scalars
+        try:
+            return json_safe(value.item())
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
