@@ -101,6 +101,7 @@ def test_generate_end_to_end(work):
     for r in records(other):
         tokens = r["tokens"]
         assert len(tokens["ids"]) == len(tokens["alpha"]) == len(tokens["logprob_q"]) == r["num_tokens"]
+        assert len(tokens["ess_ratio"]) == len(tokens["kl_theta"]) == len(tokens["kl_t"]) == r["num_tokens"]
         assert abs(sum(tokens["logprob_q"]) - r["logprob"]["q"]) < 1e-3
         assert r["row"] == {}
     import datasets

@@ -302,6 +302,9 @@ def build_records(recipe, items, out) -> tuple[list[dict], int, list[float], lis
             record["tokens"] = {
                 "ids": [int(t) for t in out.generated_ids[j, :n].tolist()],
                 "alpha": [_short(a) for a in alpha],
+                "ess_ratio": [_short(v) for v in ess],
+                "kl_theta": [_short(v) for v in kl_theta],
+                "kl_t": [_short(v) for v in kl_t],
                 "logprob_theta": [_short(v) for v in lp["theta"]],
                 "logprob_t": [_short(v) for v in lp["t"]],
                 "logprob_q": [_short(v) for v in lp["q"]],
