@@ -906,24 +906,15 @@ def output_dir(recipe: Mapping, override: str | os.PathLike | None = None) -> Pa
     return Path("outputs") / recipe["run_name"]
 
 
-def _resolve_builtin_model(value: str) -> str:
-    try:
-        from .models import resolve_model_path
-    except ImportError:  # pragma: no cover - the engine's loader is always present in a full checkout
-        name = value[len(BUILTIN_PREFIX):]
-        if not (BUILTIN_DIR / name).is_dir():
-            raise UserError(f"unknown builtin model {value!r}")
-        return str(BUILTIN_DIR / name)
-    return resolve_model_path(value)
-
-
 def model_location(recipe: Mapping, role: str = "theta") -> str | None:
     """Where a model is loaded from: an absolute local folder, a builtin folder, or a hub name."""
     value = recipe["models"]["theta" if role == "theta" else "teacher"]
     if value is None:
         return None
     if value.startswith(BUILTIN_PREFIX):
-        return _resolve_builtin_model(value)
+        from .models import resolve_model_path
+
+        return resolve_model_path(value)
     local = resolve_local_path(recipe, value)
     return str(local) if local is not None else value
 

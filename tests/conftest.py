@@ -55,3 +55,12 @@ def tiny_models(tmp_path_factory, tiny_tokenizer):
         ),
     }
     return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def cli_app():
+    """The real `os-sample` Typer app with every command registered."""
+    from os_cli.cli import _register, app
+
+    _register()
+    return app

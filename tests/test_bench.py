@@ -46,19 +46,8 @@ def recipe_file(tmp_path_factory, tiny_models):
 
 
 @pytest.fixture(scope="module")
-def runner_app():
-    import typer
-
-    from os_cli.cli import bench as bench_cli
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _group() -> None:
-        pass
-
-    bench_cli.register(app)
-    return app
+def runner_app(cli_app):
+    return cli_app
 
 
 def invoke(app, *args, env=None):

@@ -15,12 +15,7 @@ ROWS = [{"qid": f"q{i}", "question": f"What is {i} plus 3?", "answer": str(i + 3
         for i in range(5)]
 
 
-def _ensure_registered():
-    if not any(c.name == "generate" for c in app.registered_commands):
-        _register()
-
-
-_ensure_registered()
+_register()
 runner = CliRunner()
 
 

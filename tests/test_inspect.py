@@ -93,20 +93,8 @@ def read_shards(root: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def runner_app():
-    """A Typer group holding only `inspect` (independent of the other commands' state)."""
-    import typer
-
-    from os_cli.cli import inspect as inspect_cli
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _group() -> None:
-        pass
-
-    inspect_cli.register(app)
-    return app
+def runner_app(cli_app):
+    return cli_app
 
 
 def invoke(app, *args):

@@ -53,20 +53,22 @@ def print_error(message: str) -> None:
     console.print(message, markup=False, highlight=False)
 
 
-def setup_logging(debug: bool) -> None:
+def setup_logging(debug: bool) -> logging.Handler | None:
+    """With --debug, show the library's log lines on stderr; returns the handler to remove after."""
+    if not debug:
+        return None
     logger = logging.getLogger("os_cli")
-    if debug and not any(getattr(h, "_os_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(name)s: %(message)s"))
-        handler._os_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(levelname)s] %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return handler
 
 
 @contextmanager
 def cli_errors(debug: bool = False) -> Iterator[None]:
     """Run a command body; map exceptions to a message and an exit code (see module docstring)."""
-    setup_logging(debug)
+    handler = setup_logging(debug)
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -88,3 +90,6 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
         else:
             print_error(f"{type(exc).__name__}: {exc}\n(run again with --debug to see the full traceback)")
         raise typer.Exit(EXIT_FAILURE) from None
+    finally:
+        if handler is not None:
+            logging.getLogger("os_cli").removeHandler(handler)
