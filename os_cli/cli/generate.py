@@ -417,6 +417,9 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
             extra["device"] = str(dist.device)
         model = build_model(recipe, **extra)
         device = str(model.device)
+        if dist.is_main:
+            log.print(f"device {device}, dtype {str(model.dtype).replace('torch.', '')}, "
+                      f"attention {model.attn_implementation}", markup=False, highlight=False)
     else:
         device = (read_manifest(out_dir) or {}).get("device")
 
