@@ -22,6 +22,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/os-sample generate --config recipes/demo.yaml --output outputs/demo --overwrite
+	@echo "Next: $(BIN)/os-sample inspect outputs/demo"
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
