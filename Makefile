@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 # machines). GPU users: install the torch build for your CUDA before `make setup`, it is kept.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo demo-models test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ setup: $(VENV)/.installed
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/os-sample generate --config recipes/demo.yaml --output outputs/demo --overwrite
 	@echo "Next: $(BIN)/os-sample inspect outputs/demo"
+
+# Retrain the built-in demo pair (deterministic, about 7 minutes on 2 CPU cores).
+demo-models: setup
+	$(BIN)/python scripts/train_demo.py
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
