@@ -132,7 +132,9 @@ def decode(
     device = prompt_theta[0].device
     batch = prompt_theta[0].shape[0]
     tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    traces = {name: torch.full((batch, max_new_tokens), float("nan"), device=device) for name in TRACE_FIELDS}
+    # One buffer for every per-token field, so each step records them with a single write.
+    trace_values = torch.full((len(TRACE_FIELDS), batch, max_new_tokens), float("nan"), device=device)
+    traces = dict(zip(TRACE_FIELDS, trace_values.unbind(0)))
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     reasons = ["length"] * batch
     eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
@@ -145,8 +147,7 @@ def decode(
     for step in range(max_new_tokens):
         out = step_fn(logits_theta, logits_t, active, step)
         tokens[active, step] = out.tokens
-        for name in TRACE_FIELDS:
-            traces[name][active, step] = getattr(out, name).to(torch.float32)
+        trace_values[:, active, step] = torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])
         if keep_logits:
             trace.logits["theta"].append((active, logits_theta))
             trace.logits["t"].append((active, logits_t))
