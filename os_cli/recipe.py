@@ -652,17 +652,22 @@ def _check_template(spec, value, path, ctx):
     return value
 
 
+def _check_builtin(value: str, kind: str, available: list[str], path, ctx) -> str:
+    """A `builtin:NAME` must name one of the shipped models or datasets (`available`)."""
+    name = value[len(BUILTIN_PREFIX):]
+    if name not in available:
+        ctx.fail(path, f"unknown builtin {kind} {value!r}{_suggest(name, available)}; "
+                       f"available: {', '.join(BUILTIN_PREFIX + a for a in available) or 'none'}")
+    return value
+
+
 def _check_model(spec, value, path, ctx):
     if not isinstance(value, str) or not value.strip():
         ctx.fail(path, f"must be a local model folder, a hub name (org/name) or builtin:NAME, got {_show(value)}")
     value = value.strip()
     if value.startswith(BUILTIN_PREFIX):
-        name = value[len(BUILTIN_PREFIX):]
-        if not (BUILTIN_DIR / name).is_dir():
-            available = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
-            ctx.fail(path, f"unknown builtin model {value!r}{_suggest(name, available)}; "
-                           f"available: {', '.join(BUILTIN_PREFIX + a for a in available) or 'none'}")
-        return value
+        available = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
+        return _check_builtin(value, "model", available, path, ctx)
     local = _local_candidate(value, ctx.recipe_file)
     if local is not None:
         if not local.is_dir():
@@ -678,12 +683,8 @@ def _check_source(spec, value, path, ctx):
         ctx.fail(path, f"must be a hub dataset name, a local file or folder, or builtin:NAME, got {_show(value)}")
     value = value.strip()
     if value.startswith(BUILTIN_PREFIX):
-        name = value[len(BUILTIN_PREFIX):]
-        if not (BUILTIN_DIR / f"{name}.jsonl").is_file():
-            available = sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl")) if BUILTIN_DIR.is_dir() else []
-            ctx.fail(path, f"unknown builtin dataset {value!r}{_suggest(name, available)}; "
-                           f"available: {', '.join(BUILTIN_PREFIX + a for a in available) or 'none'}")
-        return value
+        available = sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl")) if BUILTIN_DIR.is_dir() else []
+        return _check_builtin(value, "dataset", available, path, ctx)
     local = _local_candidate(value, ctx.recipe_file)
     if local is not None:
         if local.is_file() and local.suffix not in DATA_SUFFIXES:
