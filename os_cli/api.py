@@ -42,7 +42,9 @@ class SamplingOutput:
 class OptimalSamplingModel:
     """Two causal LMs sharing a tokenizer, sampled token by token from q* ∝ pi_theta^(1-a) · pi_t^a.
 
-    `model_t_path=None` (or the same path as theta) loads one model and runs one forward per step.
+    `model_t_path=None` (or the same path as theta) loads the weights once. With identical prompts that
+    model runs one forward per step; with distinct teacher prompts (`prompts_t`, e.g. a hint only the
+    teacher sees) it keeps two streams over the same weights, each with its own KV cache.
     Keyword arguments go to `from_pretrained`; `load_in_4bit` / `load_in_8bit` / `bnb_*` become a
     BitsAndBytesConfig. The alpha settings are plain attributes and may be changed between calls.
     """
@@ -238,11 +240,14 @@ class OptimalSamplingModel:
             )
 
         stop_fn = self._stop_fn(stop) if stop else None
+        # One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
+        # One model with its own teacher prompts (a hint) still needs a second stream and cache.
+        one_stream = self.same_model and list(prompts_t) == list(prompts)
         theta = engine.ModelStream(self.model_theta, self.vocab_size)
-        teacher = None if self.same_model else engine.ModelStream(self.model_t, self.vocab_size)
+        teacher = None if one_stream else engine.ModelStream(self.model_t, self.vocab_size)
         return engine.decode(
             theta, teacher, self.encode(prompts),
-            None if self.same_model else self.encode(prompts_t, teacher=True),
+            None if one_stream else self.encode(prompts_t, teacher=True),
             step_fn, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
             pad_id=self.tokenizer.pad_token_id, stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
         )
