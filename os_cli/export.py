@@ -21,6 +21,7 @@ that ended for one of those reasons. Nothing is printed here; the CLI reports th
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -66,8 +67,6 @@ class ExportResult:
 
 def read_records(out_dir: Path) -> Iterator[dict]:
     """Every record of the folder, in shard order, through `os_cli.writer.iter_records`."""
-    import json
-
     from .writer import iter_records
 
     try:
@@ -293,7 +292,10 @@ def write_dataset(dataset, fmt: str, to: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     if fmt == "trl":
-        dataset.to_json(str(tmp), lines=True, force_ascii=False)
+        # Our own lines, not Dataset.to_json: pandas would round floats to 10 digits.
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for row in dataset:
+                handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
     elif fmt == "parquet":
         dataset.to_parquet(str(tmp))
     else:

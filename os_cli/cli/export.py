@@ -46,6 +46,9 @@ def export_command(
 ) -> None:
     with cli_errors(debug):
         from ..export import Filters, export
+        from ..quiet import quiet_progress_bars
+
+        quiet_progress_bars()
 
         filters = Filters(where=where, min_ess=min_ess, finish_reasons=tuple(finish_reason or ()),
                           answer_field=answer_field)
