@@ -321,7 +321,9 @@ def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filte
     answer_field = answer_field_of(root, filters.answer_field)
     kept, read, dropped = select(read_records(root), filters, answer_field)
     if not kept:
-        why = ", ".join(f"{n} by {k}" for k, n in dropped.items()) or "the folder holds no records"
+        if not read:
+            raise UserError(f"{root}: no record to export (the shards hold no records yet)")
+        why = ", ".join(f"{n} by {k}" for k, n in dropped.items())
         raise UserError(f"{root}: no record to export ({read} read; dropped: {why})")
     rows = build_rows(kept, fmt)
     dataset = to_dataset(rows)

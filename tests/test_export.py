@@ -219,3 +219,22 @@ def test_rows_of_records_without_tokens_get_no_token_column(tmp_path):
     assert ds["log_weight"] == [0.5, -1.5]
     assert ds["weight"] == pytest.approx([math.exp(0.5) / (math.exp(0.5) + math.exp(-1.5)),
                                           math.exp(-1.5) / (math.exp(0.5) + math.exp(-1.5))])
+
+
+def test_a_field_with_mixed_types_is_named():
+    from os_cli.errors import UserError
+    from os_cli.export import to_dataset
+
+    with pytest.raises(UserError, match="column 'row_answer' holds values of different types"):
+        to_dataset([{"id": "a", "row_answer": 3}, {"id": "b", "row_answer": "three"}])
+
+
+def test_a_folder_without_records_is_refused(cli_app, run_dir, tmp_path):
+    import shutil
+
+    empty = tmp_path / "empty"
+    shutil.copytree(run_dir, empty)
+    for shard in list_shards(empty):
+        shard.unlink()
+    result = export(cli_app, empty, "-f", "trl", "--to", tmp_path / "e.jsonl")
+    assert result.exit_code == 2 and "no records yet" in result.output
