@@ -285,6 +285,17 @@ def check_target(to: Path, fmt: str, overwrite: bool) -> None:
         raise UserError(f"--to {to}: the folder {to.parent} does not exist")
 
 
+def _not_a_run_file(root: Path, to: Path) -> None:
+    """An export must not land where generate, resume or inspect would read it as part of the run."""
+    from .writer import ERRORS_FILE, IDS_FILE, MANIFEST, SHARD_RE
+
+    run_file = SHARD_RE.match(to.name) or to.name in (MANIFEST, IDS_FILE, ERRORS_FILE)
+    if run_file and to.resolve().parent == root.resolve():
+        raise UserError(f"--to {to}: that name belongs to the run in {root}; choose another file name")
+    if to.resolve() == root.resolve():
+        raise UserError(f"--to {to}: that is the output folder itself; choose another path")
+
+
 def write_dataset(dataset, fmt: str, to: Path) -> None:
     """Write to a temporary sibling, then move it over `to` (a crash leaves the old export whole)."""
     to = Path(to)
@@ -318,6 +329,7 @@ def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filte
     root = check_output_dir(out_dir)
     if to is not None:
         check_target(Path(to), fmt, overwrite)
+        _not_a_run_file(root, Path(to))
     answer_field = answer_field_of(root, filters.answer_field)
     kept, read, dropped = select(read_records(root), filters, answer_field)
     if not kept:
