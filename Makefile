@@ -3,9 +3,14 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-# Where no torch is present, install this one first (a CPU build lies on disk on the project's
-# machines). GPU users: install the torch build for your CUDA before `make setup`, it is kept.
-TORCH_SPEC ?= torch==2.13.0
+# Where .venv has no torch, `make setup` installs TORCH_SPEC first; a torch already there is kept.
+# From PyPI on Linux that is the CUDA build (about 2.5 GB with its CUDA libraries). For the CPU-only
+# build (a few hundred MB) give the CPU wheel index:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The default (no index) is what works on the project's machines, whose pip finds a CPU wheel on disk.
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_PIP_ARGS = $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)),)
 
 .PHONY: setup demo demo-models test clean
 
@@ -14,7 +19,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
@@ -33,3 +38,4 @@ test: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 RECENT_TOKENS = 4096       # window of the "recent" alpha / ESS means
+SUMMARY_MEAN_SCOPE = "(over tokens, this run)"
 LOG_INTERVAL_S = 10.0      # plain mode: at most one progress line per interval (and one per batch at first)
 
 
@@ -241,7 +242,9 @@ class Dashboard:
         table.add_row("time", _duration(self.elapsed))
         mean_alpha = self._alpha_all / self._count_all if self._count_all else None
         mean_ess = self._ess_all / self._count_all if self._count_all else None
-        table.add_row("mean alpha", _fmt(mean_alpha))
-        table.add_row("mean ESS ratio", _fmt(mean_ess))
+        # Over this run's tokens: `inspect` shows the same population as "over tokens" (per-token
+        # records) next to the mean of the per-record means ("over record means").
+        table.add_row(f"mean alpha {SUMMARY_MEAN_SCOPE}", _fmt(mean_alpha))
+        table.add_row(f"mean ESS ratio {SUMMARY_MEAN_SCOPE}", _fmt(mean_ess))
         table.add_row("memory", memory_usage())
         return table

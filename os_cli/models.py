@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .quiet import quiet_loading
 
 log = logging.getLogger("os_cli")
 
@@ -108,9 +109,10 @@ def load_causal_lm(path: str, *, device: torch.device, dtype: torch.dtype, attn_
         kwargs["quantization_config"] = quantization_config
         kwargs.setdefault("device_map", {"": device.index or 0} if device.type == "cuda" else None)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation, **kwargs
-        )
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation=attn_implementation, **kwargs
+            )
     except OSError as exc:
         raise UserError(_load_failure("model", path, exc), exit_code=1) from exc
     if quantization_config is None:

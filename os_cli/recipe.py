@@ -45,6 +45,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
 BUNDLED_DIR = REPO_DIR / "recipes"
 CONFIGS_DIR = REPO_DIR / "configs"
+NOT_FRAGMENTS = ("accelerate",)  # configs/accelerate/ holds `accelerate launch` configs, not recipe fragments
 BUILTIN_DIR = PACKAGE_DIR / "builtin"
 BUILTIN_PREFIX = "builtin:"
 RECIPE_SUFFIXES = (".yaml", ".yml")
@@ -328,7 +329,8 @@ def list_fragments() -> list[str]:
         return []
     return sorted(
         str(p.relative_to(CONFIGS_DIR).with_suffix("")).replace(os.sep, "/")
-        for p in CONFIGS_DIR.rglob("*") if p.suffix in RECIPE_SUFFIXES
+        for p in CONFIGS_DIR.rglob("*")
+        if p.suffix in RECIPE_SUFFIXES and p.relative_to(CONFIGS_DIR).parts[0] not in NOT_FRAGMENTS
     )
 
 

@@ -67,8 +67,10 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
            do_compare: bool, json_file: Path | None, headroom: float) -> None:
     from .. import benchmark as B
     from ..data import load_rows, render_prompts
+    from ..quiet import quiet_progress_bars
     from ..recipe import build_model, load_recipe
 
+    quiet_progress_bars()
     if not 0 <= headroom < 1:
         raise UserError(f"--headroom {headroom}: give a fraction of device memory in [0, 1), e.g. 0.1")
     sizes = parse_batch_sizes(batch_sizes_text)

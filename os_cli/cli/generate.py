@@ -352,29 +352,14 @@ def _print_dry_run(recipe, out_dir, rows, rendered, mode_text) -> None:
     console.print(Rule("dry run: no model loaded, nothing written"))
 
 
-def quiet_progress_bars() -> None:
-    """The dashboard is the progress display: silence the per-file bars of datasets and transformers."""
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # noqa: BLE001
-        pass
-
-
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
                  resume: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
     from ..data import load_rows, render_prompts
     from ..recipe import build_model, check_models_reachable, load_recipe, model_location, output_dir
     from ..writer import RunWriter, check_output, check_plan, clear_outputs, read_manifest, scan_records
+
+    from ..quiet import quiet_progress_bars
 
     quiet_progress_bars()
     recipe = load_recipe(config, overrides)

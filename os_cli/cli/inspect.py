@@ -62,6 +62,7 @@ def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None
         if plot.suffix.lower() != ".png":
             raise UserError(f"--plot {plot}: give a .png file name")
     summary = summarize_dir(output_dir, by=by or None, answer_field=answer_field)
+    _show_builtin_names(summary, output_dir)
     if plot is not None:
         write_plot(summary, plot)
     if json_out:
@@ -76,19 +77,45 @@ def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None
         console.print(f"wrote [bold]{plot}[/]")
 
 
+def _show_builtin_names(summary: dict, output_dir: Path) -> None:
+    """Where the recipe named a model `builtin:NAME`, show that name (the manifest holds the folder)."""
+    from ..models import BUILTIN_PREFIX
+    from ..writer import read_manifest
+
+    view = summary.get("manifest") or {}
+    models = view.get("models")
+    if not isinstance(models, dict):
+        return
+    try:
+        named = (read_manifest(output_dir) or {}).get("recipe", {}).get("models", {})
+    except (UserError, AttributeError):
+        return
+    for role, key in (("theta", "theta"), ("teacher", "teacher")):
+        name = named.get(key) if isinstance(named, dict) else None
+        if isinstance(name, str) and name.startswith(BUILTIN_PREFIX) and role in models:
+            view.setdefault("model_paths", {})[role] = models[role]
+            models[role] = name
+
+
 # --------------------------------------------------------------------------------------------------
 # Tables
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def _fmt(x: Any, digits: int | None = None) -> str:
+    """A number in at most about 9 characters (8 in the compact layout: 3 digits, short exponents)."""
     if x is None:
         return "–"
     if isinstance(x, bool):
         return str(x)
     if isinstance(x, int):
         return f"{x:,}"
+    digits = digits or _LAYOUT["digits"]
     if abs(x) >= 1e5 or (x != 0 and abs(x) < 1e-3):
-        return f"{x:.3e}"
+        text = f"{x:.{digits - 1}e}"
+        if digits < 4:  # 1.33e-05 -> 1.33e-5
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}e{int(exponent)}"
+        return text
     return f"{x:.{digits}g}" if abs(x) < 1000 else f"{x:,.1f}"
 
 
@@ -119,28 +146,37 @@ def _table(title: str, summary: dict, columns: list[tuple[str, str]]):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
+    # Labels wrap (never vanish) in a narrow terminal; numbers and histograms stay on one line.
     if summary.get("by"):
-        table.add_column(summary["by"], style="cyan")
+        table.add_column(summary["by"], style="cyan", overflow="fold", min_width=LABEL_MIN_WIDTH)
     for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        if name in LABEL_COLUMNS or name.startswith(ANSWERS_COLUMN):
+            table.add_column(name, justify=justify, overflow="fold", min_width=LABEL_MIN_WIDTH)  # type: ignore[arg-type]
+        else:
+            table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     return table
+
+
+LABEL_COLUMNS = ("quantity", "over", "finish reasons")
+ANSWERS_COLUMN = "answers correct"
+LABEL_MIN_WIDTH = 6
 
 
 FULL_STATS = ("n", "mean", "std", "min", "p05", "p50", "p95", "max", "histogram")
 MEDIUM_STATS = ("n", "mean", "std", "p05", "p50", "p95", "histogram")
 COMPACT_STATS = ("n", "mean", "p05", "p50", "p95")
-_LAYOUT = {"stats": FULL_STATS, "spark": 20}
+_LAYOUT = {"stats": FULL_STATS, "spark": 20, "digits": 4}
 
 
 def _choose_layout(width: int, split: bool) -> None:
     """Fewer statistics per row in narrower terminals (--json always has all of them)."""
     extra = 12 if split else 0
     if width >= 150 + extra:
-        _LAYOUT.update(stats=FULL_STATS, spark=20)
+        _LAYOUT.update(stats=FULL_STATS, spark=20, digits=4)
     elif width >= 110 + extra:
-        _LAYOUT.update(stats=MEDIUM_STATS, spark=10)
+        _LAYOUT.update(stats=MEDIUM_STATS, spark=10, digits=4)
     else:
-        _LAYOUT.update(stats=COMPACT_STATS, spark=10)
+        _LAYOUT.update(stats=COMPACT_STATS, spark=10, digits=3)
 
 
 def _dist_columns() -> list[tuple[str, str]]:
@@ -194,7 +230,7 @@ def render(summary: dict, console) -> None:
     has_answers = any(g.get("answers") for _, g in _groups(summary))
     cols = [("records", "right"), ("tokens", "right"), ("mean tokens", "right"), ("finish reasons", "left")]
     if has_answers:
-        cols.append((f"answers correct ({summary.get('answer_field')})", "right"))
+        cols.append((f"{ANSWERS_COLUMN} ({summary.get('answer_field')})", "right"))
     table = _table("Records", summary, cols)
     for name, g in _groups(summary):
         cells = [_fmt(g["records"]), _fmt(g["tokens"]["total"]), _fmt(g["tokens"]["mean"]),
@@ -210,11 +246,13 @@ def render(summary: dict, console) -> None:
         _add(table, summary, name, _dist_cells(g["tokens"]["distribution"]))
     console.print(table)
 
-    table = _table("Mixture diagnostics", summary, [("quantity", "left"), ("per", "left")] + _dist_columns())
+    # "over record means": one value per record (its mean over its tokens); "over tokens": every token,
+    # the population of generate's end-of-run "mean alpha / mean ESS ratio (over tokens)".
+    table = _table("Mixture diagnostics", summary, [("quantity", "left"), ("over", "left")] + _dist_columns())
     for name, g in _groups(summary):
         for key, label in DIAG_LABELS.items():
             d = g["diagnostics"][key]
-            _add(table, summary, name, [label, "records"] + _dist_cells(d["per_record"]))
+            _add(table, summary, name, [label, "record means"] + _dist_cells(d["per_record"]))
             if d.get("per_token"):
                 _add(table, summary, name, [label, "tokens"] + _dist_cells(d["per_token"]))
     console.print(table)
@@ -235,7 +273,8 @@ def render(summary: dict, console) -> None:
         prefix = f"[cyan]{name}[/]: " if name else ""
         console.print(
             f"{prefix}mean log w per token = [bold]{_fmt(lw['mean_per_token'])}[/] over {_fmt(lw['tokens'])} tokens; "
-            f"ESS of sequence weights = {_pct(lw['ess_fraction'])} of records"
+            f"ESS of sequence weights = {_pct(lw['ess_fraction'])} of records",
+            soft_wrap=False,  # wrap at the terminal's width like the tables
         )
     console.print()
 
