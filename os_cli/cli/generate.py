@@ -53,7 +53,8 @@ def generate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: output.dir, else outputs/<run_name>)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use at most N rows (same as --set dataset.limit=N)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder (the default when its recipe matches)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output folder's shards and manifest and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: the new run replaces the folder's run only once it completes."),
+    repair: bool = typer.Option(False, "--repair", help="On resume, drop invalid record lines anywhere in the shards and generate their rows again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."),
     debug: bool = DebugOption,
 ) -> None:
@@ -64,7 +65,8 @@ def generate(
         overrides = list(set_ or [])
         if limit is not None:
             overrides.append(("dataset.limit", limit))
-        run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume)
+        run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume,
+                     repair=repair)
 
 
 def validate(
@@ -370,33 +372,55 @@ def quiet_progress_bars() -> None:
 
 
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
-                 resume: bool = False) -> None:
+                 resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
     from ..data import load_rows, render_prompts
-    from ..recipe import build_model, check_models_reachable, load_recipe, model_location, output_dir
-    from ..writer import RunWriter, check_output, check_plan, clear_outputs, read_manifest, scan_records
+    from ..outfolder import FolderLock, check_writable
+    from ..recipe import check_models_reachable, load_recipe, output_dir
+    from ..writer import check_output, plan_entries
 
     quiet_progress_bars()
     recipe = load_recipe(config, overrides)
     out_dir = output_dir(recipe, output)
     dist = _Distributed(recipe["models"]["device"])
-    log = err_console()
 
     rows = load_rows(recipe)
     check_models_reachable(recipe)
     tokenizer, tokenizer_t = _load_tokenizers(recipe)
     rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
+    planned_ids = [row_id for row_id, _ in rows]
+    plan = plan_entries(planned_ids, rendered.items, rendered.errors)
 
     if dry_run:
         try:
-            mode = check_output(out_dir, recipe, overwrite=overwrite)
+            mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
             mode_text = {"new": "a new run", "resume": "would resume", "overwrite": "would be overwritten"}[mode]
         except UserError as exc:
             mode_text = f"would be refused: {exc}"
         _print_dry_run(recipe, out_dir, rows, rendered, mode_text)
         return
 
-    mode = check_output(out_dir, recipe, overwrite=overwrite)
+    # The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or
+    # dataset, a path that cannot be written; then lock it (exit 1 if another run holds it).
+    check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
+    check_writable(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    locks = [FolderLock(out_dir, dist.rank).acquire()]
+    try:
+        _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, overwrite=overwrite, resume=resume,
+                    repair=repair)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite, resume, repair) -> None:
+    from ..outfolder import FolderLock, prepare_staging, staging_dir, swap_in
+    from ..recipe import build_model, model_location
+    from ..writer import RunWriter, check_output, check_plan, read_manifest, scan_records
+
+    log = err_console()
+    mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)  # again, now that we hold the lock
     if resume and mode == "new" and dist.is_main:
         log.print(f"--resume: nothing to resume in {out_dir}; starting a new run", markup=False, highlight=False)
     planned_ids = [row_id for row_id, _ in rows]
@@ -405,8 +429,14 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 
     # Read-only look at what is already written, before the (slow) model load: refuse early, and
     # skip loading models at all when this rank has nothing left to do.
-    done_before = scan_records(out_dir) if mode == "resume" else {}
+    done_before = scan_records(out_dir, repair=repair) if mode == "resume" else {}
     check_plan(out_dir, done_before, planned_ids)
+    target = out_dir
+    if mode == "overwrite":  # the new run goes beside the folder, swapped in when complete
+        target = staging_dir(out_dir)
+        if dist.is_main:
+            prepare_staging(out_dir)
+            locks.append(FolderLock(target, dist.rank).acquire())
     model, device = None, None
     if any(it.id not in done_before for it in mine):
         if dist.is_main:
@@ -423,12 +453,14 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     else:
         device = (read_manifest(out_dir) or {}).get("device")
 
-    if mode == "overwrite" and dist.is_main:
-        clear_outputs(out_dir)
     dist.barrier()
-    writer = RunWriter(out_dir, recipe, rank=dist.rank, world_size=dist.world_size)
+    if mode == "overwrite" and not dist.is_main:
+        locks.append(FolderLock(target, dist.rank).acquire())
+    writer = RunWriter(target, recipe, rank=dist.rank, world_size=dist.world_size)
     models = {"theta": model_location(recipe, "theta"), "teacher": model_location(recipe, "teacher")}
-    done = writer.start(planned_ids, rendered.errors, models=models, device=device)
+    done = writer.start(planned_ids, rendered.errors, models=models, device=device, plan=plan, repair=repair)
+    for note in writer.notes:
+        log.print(note, markup=False, highlight=False)
     dist.barrier()
     if dist.is_main and mode == "resume":
         log.print(f"resuming {out_dir}: {len(done)} of {len(planned_ids)} rows already written", markup=False,
@@ -437,6 +469,9 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     if pending and model is None:  # another process wrote less than the read-only look saw: impossible
         raise UserError(f"{out_dir} changed while this run started; rerun the command", exit_code=1)
     _sample(recipe, model, writer, dist, pending, len(mine), out_dir, len(rendered.errors))
+    if mode == "overwrite" and dist.is_main:  # complete: all ranks passed the final barrier in _sample
+        for note in swap_in(out_dir, target):
+            log.print(note, markup=False, highlight=False)
 
 
 def _sample(recipe, model, writer, dist, pending, total_mine, out_dir, n_errors) -> None:
