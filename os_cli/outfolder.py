@@ -57,6 +57,20 @@ def staging_dir(out_dir: Path) -> Path:
     return real.parent / f".{real.name}.overwrite"
 
 
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace `path` by `data` atomically and durably (temp file + fsync + os.replace + dir fsync)."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 # ------------------------------------------------------------------------------------------------ lock
 
 

@@ -82,6 +82,14 @@ def encode_ids(ids: Sequence[str]) -> bytes:
     return "".join(encode_id(i) + "\n" for i in ids).encode("utf-8")
 
 
+class IdsFileError(UserError):
+    """An ids.txt line that is not an id (`line` 1-based)."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
 def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
     """The planned ids of an ids.txt, exactly as written. `fmt` 1: the bare lines of format 1.
 
@@ -91,11 +99,14 @@ def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
     if not path.is_file():
         raise UserError(f"{path}: not a file (the manifest's ids_file must name the ids file in the folder)")
     try:
-        data = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 (byte {exc.start})") from None
+        raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        data = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise IdsFileError(f"{path}:{line}: not UTF-8 (byte {exc.start})", line) from None
     lines = data.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -108,6 +119,6 @@ def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
         except json.JSONDecodeError:
             value = None
         if not isinstance(value, str):
-            raise UserError(f"{path}:{number}: not an id (each line of {IDS_FILE} is one JSON string)")
+            raise IdsFileError(f"{path}:{number}: not an id (each line of {IDS_FILE} is one JSON string)", number)
         ids.append(value)
     return ids

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .errors import UserError
-from .record_format import IDS_FILE, MANIFEST, read_ids, record_problem
+from .record_format import IDS_FILE, MANIFEST, IdsFileError, read_ids, record_problem
 
 SUMMARY_FORMAT = 1
 DIAGNOSTICS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
@@ -639,9 +639,11 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
     if ids_path.exists():
         try:
             planned = read_ids(ids_path, (manifest or {}).get("format", 1))
+        except IdsFileError as exc:
+            problems.append({"file": ids_path.name, "line": exc.line, "kind": "invalid",
+                             "error": str(exc).split(": ", 1)[-1] + "; missing ids cannot be checked"})
         except UserError as exc:
-            notes.append(str(exc))
-            problems.append({"file": ids_path.name, "line": None, "kind": "invalid", "error": str(exc)})
+            notes.append(f"{exc}; missing ids cannot be checked")
     elif manifest is not None:
         notes.append(f"{ids_name} not found: missing ids cannot be checked")
 

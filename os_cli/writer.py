@@ -31,144 +31,30 @@ names re-exported from record_format.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import UserError
-from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, foreign_entries, is_own_file, staging_dir
+from .fingerprint import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
+from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, atomic_write, is_own_file  # noqa: F401
 from .record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
     parse_record_line, read_ids, record_problem,
 )
 from .recipe import recipe_diff, recipe_hash
-
-MAX_NAMED = 5  # problem lines named in one message
+from .shard_scan import (  # noqa: F401 - re-exported
+    BadLine, Scan, check_shards, describe_drop, drop_lines, list_shards, scan_records, scan_shards, shard_owner,
+)
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Replace `path` by `data` atomically and durably (temp file + fsync + os.replace + dir fsync)."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def shard_name(index: int, rank: int = 0, world_size: int = 1) -> str:
     return f"shard-{index:05d}.jsonl" if world_size <= 1 else f"shard-r{rank:02d}-{index:05d}.jsonl"
-
-
-def list_shards(out_dir: Path) -> list[Path]:
-    """Every shard of every rank, sorted by name."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    return sorted(p for p in out_dir.iterdir() if SHARD_RE.match(p.name) and p.is_file())
-
-
-def shard_owner(path: Path, world_size: int) -> int:
-    """The rank that repairs and appends to a shard in a run of `world_size` processes."""
-    rank = SHARD_RE.match(Path(path).name).group(1)
-    if world_size <= 1 or rank is None or int(rank) >= world_size:
-        return 0
-    return int(rank)
-
-
-@dataclass
-class BadLine:
-    path: Path
-    line: int          # 1-based
-    reason: str
-    last: bool         # the shard's last line
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}"
-
-
-@dataclass
-class Scan:
-    """What the shards hold: `done` {id: shard name} of complete records, and the invalid lines."""
-    done: dict[str, str] = field(default_factory=dict)
-    bad: list[BadLine] = field(default_factory=list)
-
-    @property
-    def torn_tails(self) -> list[BadLine]:
-        return [b for b in self.bad if b.last]
-
-    @property
-    def interior(self) -> list[BadLine]:
-        return [b for b in self.bad if not b.last]
-
-
-def scan_shards(out_dir: Path) -> Scan:
-    """Read-only: every shard line validated. Duplicate complete records raise `UserError` (exit 1)."""
-    scan = Scan()
-    for shard in list_shards(out_dir):
-        lines = shard.read_bytes().split(b"\n")
-        numbered = [(n, raw) for n, raw in enumerate(lines, start=1) if raw.strip()]
-        for k, (number, raw) in enumerate(numbered):
-            record, problem = parse_record_line(raw)
-            if record is None:
-                scan.bad.append(BadLine(shard, number, problem, last=k == len(numbered) - 1))
-                continue
-            row_id = record["id"]
-            if row_id in scan.done:
-                raise UserError(f"{shard}:{number}: id {row_id!r} was already written to {scan.done[row_id]}; "
-                                f"the output folder is inconsistent (use --overwrite)", exit_code=1)
-            scan.done[row_id] = shard.name
-    return scan
-
-
-def check_shards(scan: Scan, *, repair: bool) -> None:
-    """Refuse (exit 2) invalid lines other than a shard's last one, unless `repair`."""
-    if repair or not scan.interior:
-        return
-    named = "; ".join(str(b) for b in scan.interior[:MAX_NAMED])
-    more = f" (and {len(scan.interior) - MAX_NAMED} more)" if len(scan.interior) > MAX_NAMED else ""
-    raise UserError(
-        f"{len(scan.interior)} invalid line(s) in the shards, not at the end of a shard, so not a write cut "
-        f"short: {named}{more}. The folder was changed by something other than os-sample; rerun with --repair "
-        f"to drop such lines and generate their rows again"
-    )
-
-
-def scan_records(out_dir: Path, *, repair: bool = True) -> dict[str, str]:
-    """`{id: shard file name}` of every complete record in every shard (invalid lines do not count)."""
-    scan = scan_shards(out_dir)
-    check_shards(scan, repair=repair)
-    return scan.done
-
-
-def drop_lines(bad: Sequence[BadLine]) -> None:
-    """Rewrite each named shard atomically without the named lines."""
-    by_file: dict[Path, set[int]] = {}
-    for b in bad:
-        by_file.setdefault(b.path, set()).add(b.line)
-    for path, numbers in by_file.items():
-        lines = path.read_bytes().split(b"\n")
-        kept = [raw + b"\n" for n, raw in enumerate(lines, start=1) if raw.strip() and n not in numbers]
-        atomic_write(path, b"".join(kept))
-
-
-def describe_drop(b: BadLine) -> str:
-    if b.last:
-        return (f"{b.path} line {b.line} is not a complete record ({b.reason}): a write cut short; dropped, "
-                f"its row is generated again")
-    return f"{b.path} line {b.line} is not a complete record ({b.reason}): dropped (--repair), its row is generated again"
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -246,63 +132,6 @@ def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False,
     if plan is not None:
         check_dataset(out_dir, manifest, plan)
     return "resume"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
-
-
-def plan_entries(planned_ids: Sequence[str], items: Sequence, errors: Sequence[Mapping]) -> list[list]:
-    """One `[id, dataset index, digest of theta's prompt, digest of the teacher's]` per planned row, in plan
-    order (a row that could not be rendered: `[id, None, "bad:" + digest of the reason, None]`)."""
-    by_id: dict[str, list] = {it.id: [it.id, it.index, _digest(it.prompt), _digest(it.prompt_t)] for it in items}
-    for e in errors:
-        by_id.setdefault(e["id"], [e["id"], None, "bad:" + _digest(str(e.get("reason"))), None])
-    return [by_id[i] for i in planned_ids if i in by_id]
-
-
-def encode_plan(plan: Sequence[list]) -> bytes:
-    return b"".join(json.dumps(e, ensure_ascii=True).encode() + b"\n" for e in plan)
-
-
-def plan_fingerprint(plan: Sequence[list]) -> str:
-    return "sha256:" + hashlib.sha256(encode_plan(plan)).hexdigest()
-
-
-def _what_differs(old: list, new: list) -> str:
-    if (old[1] is None) != (new[1] is None):
-        return "it could not be rendered before" if old[1] is None else "it can no longer be rendered"
-    parts = []
-    if old[1] != new[1]:
-        parts.append(f"dataset index {old[1]} -> {new[1]}")
-    if old[2] != new[2]:
-        parts.append("theta's prompt differs" if new[1] is not None else "the render error differs")
-    if old[3] != new[3]:
-        parts.append("the teacher's prompt differs")
-    return ", ".join(parts) or "differs"
-
-
-def check_dataset(out_dir: Path, manifest: Mapping, plan: Sequence[list]) -> None:
-    """Refuse (exit 2) rows planned by both runs whose id, index or rendered prompts changed."""
-    old_fp = manifest.get("dataset_fingerprint")
-    if old_fp is None or old_fp == plan_fingerprint(plan):
-        return
-    advice = ("restore the dataset the folder was written from, or use --output NEW_DIR "
-              "(or --overwrite to start over)")
-    path = Path(out_dir) / str(manifest.get("plan_file") or PLAN_FILE)
-    try:
-        old_plan = {e[0]: e for e in (json.loads(x) for x in path.read_bytes().splitlines() if x.strip())}
-    except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise UserError(f"the dataset changed since {out_dir} was written (its fingerprint differs; {path} "
-                        f"is unreadable: {exc}); {advice}") from None
-    changed = [(old_plan[e[0]], e) for e in plan if e[0] in old_plan and old_plan[e[0]] != e]
-    if not changed:
-        return  # only rows added or left out (a changed limit); check_plan judges written rows
-    shown = "; ".join(f"id {new[0]!r}: {_what_differs(old, new)}" for old, new in changed[:3])
-    raise UserError(
-        f"the dataset changed since {out_dir} was written: {len(changed)} of the rows both runs plan differ "
-        f"(first: {shown}), so its records would mix old and new rows; {advice}"
-    )
 
 
 def check_plan(out_dir: Path, done: Iterable[str], planned_ids: Sequence[str]) -> None:

@@ -147,3 +147,26 @@ def test_multi_rank_names_and_scan(tmp_path):
     assert sorted(scan_records(tmp_path)) == ids
     assert [p.name for p in list_shards(tmp_path)] == ["shard-r00-00000.jsonl", "shard-r01-00000.jsonl"]
     assert w0.finish("complete", rescan=True)["counts"]["records"] == 4
+
+
+def test_each_rank_drops_only_its_own_torn_tail(tmp_path):
+    r = recipe()
+    ids = [str(i) for i in range(4)]
+    w0 = RunWriter(tmp_path, r, rank=0, world_size=2)
+    w1 = RunWriter(tmp_path, r, rank=1, world_size=2)
+    w0.start(ids, [])
+    w1.start(ids, [])
+    w0.append([rec(0), rec(2)])
+    w1.append([rec(1), rec(3)])
+    for name in ("shard-r00-00000.jsonl", "shard-r01-00000.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(path.read_bytes()[:-20])  # the last record cut short
+    w1 = RunWriter(tmp_path, r, rank=1, world_size=2)
+    assert w1.start(ids, []) == {"0", "1"}
+    assert len(w1.notes) == 1 and "shard-r01-00000.jsonl line 2" in w1.notes[0]
+    assert (tmp_path / "shard-r00-00000.jsonl").read_bytes().count(b"\n") == 1  # rank 0's shard untouched
+    w0 = RunWriter(tmp_path, r, rank=0, world_size=2)
+    assert w0.start(ids, []) == {"0", "1"} and "shard-r00-00000.jsonl line 2" in w0.notes[0]
+    w0.append([rec(2)])
+    w1.append([rec(3)])
+    assert sorted(scan_records(tmp_path, repair=False)) == ids

@@ -423,6 +423,9 @@ def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite
     mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)  # again, now that we hold the lock
     if resume and mode == "new" and dist.is_main:
         log.print(f"--resume: nothing to resume in {out_dir}; starting a new run", markup=False, highlight=False)
+    if mode != "overwrite" and dist.is_main and staging_dir(out_dir).exists():
+        log.print(f"note: {staging_dir(out_dir)} holds an --overwrite run of this folder that did not complete; "
+                  f"rerun that command to start it again, or delete the folder", markup=False, highlight=False)
     planned_ids = [row_id for row_id, _ in rows]
     position = {row_id: i for i, row_id in enumerate(planned_ids)}
     mine = [it for it in rendered.items if position[it.id] % dist.world_size == dist.rank]
