@@ -123,6 +123,11 @@ def check_writable(out_dir: Path, *, min_free: int = MIN_FREE_BYTES) -> None:
     if not probe_dir.is_dir():
         what = "is a file" if probe_dir == out_dir else f"is under {probe_dir}, which is a file"
         raise UserError(f"--output {out_dir} {what}, not a folder; choose another --output")
+    if probe_dir != out_dir:  # not created yet: nothing is written outside it, ask the OS instead
+        if not os.access(probe_dir, os.W_OK | os.X_OK):
+            raise UserError(f"--output {out_dir}: cannot write in {probe_dir} (not writable); choose another --output")
+        _check_free(out_dir, probe_dir, min_free)
+        return
     probe = probe_dir / f".os-sample-probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -135,6 +140,18 @@ def check_writable(out_dir: Path, *, min_free: int = MIN_FREE_BYTES) -> None:
     except OSError as exc:
         raise UserError(f"--output {out_dir}: cannot write in {probe_dir} ({exc.strerror or exc}); "
                         f"choose another --output") from None
+    _check_free(out_dir, probe_dir, min_free)
+
+
+def make_folder(out_dir: Path) -> None:
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {out_dir}: cannot create the folder ({exc.strerror or exc}); "
+                        f"choose another --output") from None
+
+
+def _check_free(out_dir: Path, probe_dir: Path, min_free: int) -> None:
     free = free_bytes(probe_dir)
     if free < min_free:
         raise UserError(f"--output {out_dir}: the file system of {probe_dir} has {free // 2**20} MiB free, "
@@ -181,6 +198,9 @@ def prepare_staging(out_dir: Path) -> Path:
             raise UserError(f"--overwrite writes the new run in {stage} beside {out_dir} and swaps it in when "
                             f"it completes; cannot create it ({exc.strerror or exc})") from None
     _fsync_dir(stage.parent)
+    if os.stat(stage).st_dev != os.stat(out_dir).st_dev:
+        raise UserError(f"--overwrite writes the new run in {stage} and swaps it in by renaming, but {out_dir} is on "
+                        f"another file system (a mount point?); empty it yourself or choose another --output")
     return stage
 
 

@@ -375,7 +375,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
                  resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
     from ..data import load_rows, render_prompts
-    from ..outfolder import FolderLock, check_writable
+    from ..outfolder import FolderLock, check_writable, make_folder
     from ..recipe import check_models_reachable, load_recipe, output_dir
     from ..writer import check_output, plan_entries
 
@@ -404,7 +404,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     # dataset, a path that cannot be written; then lock it (exit 1 if another run holds it).
     check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
     check_writable(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     locks = [FolderLock(out_dir, dist.rank).acquire()]
     try:
         _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, overwrite=overwrite, resume=resume,
