@@ -219,7 +219,7 @@ def test_odd_ids_make_a_clean_run(tmp_path, tiny_models):
 # ------------------------------------------------------------------------------------------------ A2 + A8 (one subprocess)
 
 
-def _start(work, *args, delay="0.4"):
+def _start(work, *args, delay="2"):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OS_SAMPLE_INJECT_DELAY=delay)
     log = open(work["tmp"] / "child.log", "w")
     return subprocess.Popen([sys.executable, "-m", "os_cli", "generate", "--config", str(work["recipe"]),

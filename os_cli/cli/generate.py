@@ -1,7 +1,8 @@
 """`os-sample generate`, `os-sample validate`, `os-sample recipes`: recipes in, JSONL shards out.
 
-generate: load and validate the recipe, load the rows, render both prompts of every row, check the
-output folder (resume / refuse / overwrite), load the models, then sample batch after batch; each
+generate: load and validate the recipe, load the rows, render both prompts of every row, check and
+lock the output folder (resume / refuse / overwrite; see os_cli/outfolder.py: --overwrite writes into a
+hidden sibling folder swapped in on completion), load the models, then sample batch after batch; each
 finished batch is appended atomically to the current shard (see os_cli/writer.py) and shown on the
 dashboard. Every row's draws are seeded from (sampling.seed, the row's dataset index), so a row's
 record does not depend on its batch, on OOM back-off, or on where a killed run is resumed.
