@@ -1,14 +1,17 @@
 """Resume scan of the shards: every line must be a complete record of the current format.
 
 `scan_shards` (read-only) returns the ids of complete records and the invalid lines with file and
-1-based line. An invalid last line of a shard is a write cut short: the shard's owner drops it
-(`drop_lines`, an atomic rewrite) and its row is generated again. An invalid line elsewhere was not
-made by a crash: `check_shards` refuses it (exit 2) unless `repair`, which drops those lines too.
+1-based line. A last line of a shard that is not even JSON (or not UTF-8) is a write cut short
+(`torn`): the shard's owner drops it (`drop_lines`, an atomic rewrite) and its row is generated
+again. Any other invalid line (elsewhere, or JSON that is not a complete record, such as a record
+cut down to `{"id": ...}`: no crash makes those) is refused by `check_shards` (exit 2) unless
+`repair`, which drops those lines too.
 Ownership with several ranks: rank RR repairs `shard-rRR-*`; rank 0 everything else.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +44,7 @@ class BadLine:
     path: Path
     line: int          # 1-based
     reason: str
-    last: bool         # the shard's last line
+    torn: bool         # the shard's last line, and not JSON: a write cut short
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -55,11 +58,11 @@ class Scan:
 
     @property
     def torn_tails(self) -> list[BadLine]:
-        return [b for b in self.bad if b.last]
+        return [b for b in self.bad if b.torn]
 
     @property
     def interior(self) -> list[BadLine]:
-        return [b for b in self.bad if not b.last]
+        return [b for b in self.bad if not b.torn]
 
 
 def scan_shards(out_dir: Path) -> Scan:
@@ -71,7 +74,8 @@ def scan_shards(out_dir: Path) -> Scan:
         for k, (number, raw) in enumerate(numbered):
             record, problem = parse_record_line(raw)
             if record is None:
-                scan.bad.append(BadLine(shard, number, problem, last=k == len(numbered) - 1))
+                torn = k == len(numbered) - 1 and not _is_json(raw)
+                scan.bad.append(BadLine(shard, number, problem, torn=torn))
                 continue
             row_id = record["id"]
             if row_id in scan.done:
@@ -81,16 +85,24 @@ def scan_shards(out_dir: Path) -> Scan:
     return scan
 
 
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
 def check_shards(scan: Scan, *, repair: bool) -> None:
-    """Refuse (exit 2) invalid lines other than a shard's last one, unless `repair`."""
+    """Refuse (exit 2) invalid lines other than a torn last line, unless `repair`."""
     if repair or not scan.interior:
         return
     named = "; ".join(str(b) for b in scan.interior[:MAX_NAMED])
     more = f" (and {len(scan.interior) - MAX_NAMED} more)" if len(scan.interior) > MAX_NAMED else ""
     raise UserError(
-        f"{len(scan.interior)} invalid line(s) in the shards, not at the end of a shard, so not a write cut "
-        f"short: {named}{more}. The folder was changed by something other than os-sample; rerun with --repair "
-        f"to drop such lines and generate their rows again"
+        f"{len(scan.interior)} invalid line(s) in the shards that a write cut short cannot explain (not the "
+        f"last line of a shard, or JSON that is not a complete record): {named}{more}. Something other than "
+        f"os-sample changed the folder; rerun with --repair to drop such lines and generate their rows again"
     )
 
 
@@ -113,7 +125,7 @@ def drop_lines(bad: Sequence[BadLine]) -> None:
 
 
 def describe_drop(b: BadLine) -> str:
-    if b.last:
+    if b.torn:
         return (f"{b.path} line {b.line} is not a complete record ({b.reason}): a write cut short; dropped, "
                 f"its row is generated again")
     return f"{b.path} line {b.line} is not a complete record ({b.reason}): dropped (--repair), its row is generated again"

@@ -617,8 +617,8 @@ def _manifest_view(manifest: dict | None) -> dict | None:
         return None
     recipe = manifest.get("recipe") if isinstance(manifest.get("recipe"), dict) else {}
     alpha = recipe.get("alpha") if isinstance(recipe.get("alpha"), dict) else {}
-    keys = ("format", "status", "recipe_hash", "models", "seed", "device", "world_size", "started_at",
-            "updated_at", "finished_at", "counts", "ids_file")
+    keys = ("format", "status", "recipe_hash", "dataset_fingerprint", "models", "seed", "device", "world_size",
+            "started_at", "updated_at", "finished_at", "counts", "ids_file")
     view = {k: manifest.get(k) for k in keys if k in manifest}
     view["run_name"] = recipe.get("run_name")
     view["alpha_method"] = alpha.get("method")

@@ -13,10 +13,11 @@ stays cheap); a batch that crosses a shard boundary fills the current shard, the
 The record lines on disk are therefore the only truth: a resumed run scans every shard (of every
 rank) for the ids already written and skips those rows. The manifest's counts are informational.
 
-Every line must parse as a complete record (`record_format.record_problem`). An invalid last line
-of a shard (a write cut short by something other than this writer) is dropped when the shard's
-owner starts, its row is generated again; an invalid line elsewhere is refused (exit 2, file and
-line) unless `repair=True`, which drops such lines too.
+Every line must parse as a complete record (`record_format.record_problem`). A torn last line of
+a shard (not JSON: a write cut short by something other than this writer) is dropped when the
+shard's owner starts, its row is generated again; any other invalid line (elsewhere, or JSON that is
+not a complete record) is refused (exit 2, file and line) unless `repair=True`, which drops those too
+(shard_scan.py).
 
 Resume or refuse: a folder whose manifest has the same `recipe_hash` and whose planned rows (ids,
 dataset index and both rendered prompts, `plan.jsonl`) agree with this run's for every id both
@@ -204,14 +205,14 @@ class RunWriter:
               device: str | None = None, plan: Sequence[list] | None = None, repair: bool = False) -> set[str]:
         """Prepare the folder and return the ids already written (by any rank, in any earlier attempt).
 
-        Invalid last lines of this rank's shards are dropped (with `repair`, every invalid line of
+        Torn last lines of this rank's shards are dropped (with `repair`, every invalid line of
         them); `self.notes` says which. Other invalid lines raise `UserError` unless `repair`.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_own_temporaries()
         scan = scan_shards(self.out_dir)
         check_shards(scan, repair=repair)
-        mine = [b for b in scan.bad if (b.last or repair) and shard_owner(b.path, self.world_size) == self.rank]
+        mine = [b for b in scan.bad if (b.torn or repair) and shard_owner(b.path, self.world_size) == self.rank]
         drop_lines(mine)
         self.notes = [describe_drop(b) for b in mine]
         self.done = scan.done

@@ -107,7 +107,7 @@ def test_torn_last_line_is_dropped_and_regenerated(work):
     lines = shard.read_text().split("\n")[:-1]
     assert len(lines) == 2
     torn_id = json.loads(lines[1])["id"]
-    shard.write_text(lines[0] + "\n" + _cut_after_nested_object(lines[1]) + "}\n")  # parses, but incomplete
+    shard.write_text(lines[0] + "\n" + _cut_after_nested_object(lines[1]))  # ends in "}", cut short
     assert not summarize_dir(out)["integrity"]["clean"]
     result = gen(work)
     assert result.exit_code == 0, result.output
@@ -117,20 +117,23 @@ def test_torn_last_line_is_dropped_and_regenerated(work):
     assert summarize_dir(out)["integrity"]["clean"]
 
 
-@pytest.mark.parametrize("bad", [b'{"id": "X"}', b"\xff\xfe garbage"])
-def test_invalid_line_inside_a_shard_needs_repair(work, bad):
+@pytest.mark.parametrize("bad,at", [("reduced", 1), ("reduced", 2), ("garbage", 1), ("complete-json-cut", 2)])
+def test_invalid_line_needs_repair(work, bad, at):
+    """Inside a shard anything invalid, and at its end JSON that is not a complete record: exit 2."""
     assert gen(work).exit_code == 0
     out = work["out"]
     shard = out / "shard-00000.jsonl"
     lines = shard.read_bytes().split(b"\n")[:-1]
-    lost = json.loads(lines[0])["id"]
-    if bad.startswith(b"{"):
-        bad = json.dumps({"id": lost}).encode()  # a record reduced to its id
-    shard.write_bytes(bad + b"\n" + lines[1] + b"\n")
+    lost = json.loads(lines[at - 1])["id"]
+    bad = {"reduced": json.dumps({"id": lost}).encode(), "garbage": b"\xff\xfe garbage",
+           "complete-json-cut": _cut_after_nested_object(lines[at - 1].decode()).encode() + b"}"}[bad]
+    lines[at - 1] = bad
+    shard.write_bytes(b"\n".join(lines) + b"\n")
+    before = shard.read_bytes()
     result = gen(work)
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert f"{shard}:1:" in result.stderr and "--repair" in result.stderr
-    assert "loading models" not in result.stderr and shard.read_bytes().startswith(bad)  # nothing changed
+    assert f"{shard}:{at}:" in result.stderr and "--repair" in result.stderr
+    assert "loading models" not in result.stderr and shard.read_bytes() == before  # nothing changed
     result = gen(work, "--repair")
     assert result.exit_code == 0, result.output
     assert lost in records(out) and summarize_dir(out)["integrity"]["clean"]
