@@ -11,7 +11,8 @@ two different files).
 
 Overwrite. `--overwrite` writes the new run into a hidden sibling folder `.NAME.overwrite` and
 swaps it in only when it is complete (one `renameat2(RENAME_EXCHANGE)` where the OS has it, else
-two renames), so the previous run stays whole in NAME until then. The run holds the locks of both
+two renames, a crash between them finished by `finish_swap` on the next run), so the previous run
+stays whole in NAME until then. The run holds the locks of both
 folders, so whoever locks NAME after the swap waits for the old run to be cleared. Files of the
 old folder that os-sample did not write are moved into the new one.
 
@@ -181,6 +182,9 @@ def prepare_staging(out_dir: Path) -> Path:
     staging folder found here belongs to no live run.
     """
     stage = staging_dir(out_dir)
+    if previous_dir(out_dir).exists() or previous_dir(out_dir).is_symlink():
+        raise UserError(f"{previous_dir(out_dir)} (left by an earlier --overwrite) is in the way of the swap; "
+                        f"move its files away and remove it")
     if stage.exists() or stage.is_symlink():
         if stage.is_symlink() or not stage.is_dir():
             raise UserError(f"--overwrite needs {stage} for the new run, and it is not a folder; remove it")
@@ -210,13 +214,33 @@ def swap_in(out_dir: Path, stage: Path) -> list[str]:
     notes: list[str] = []
     if _exchange(stage, real):
         old = stage                        # the previous run now sits at the staging path
-    else:                                  # no RENAME_EXCHANGE: two renames (a crash between them
-        old = real.parent / f".{real.name}.previous"   # leaves the new run in the staging folder)
-        if old.exists():
-            shutil.rmtree(old)
+    else:                                  # no RENAME_EXCHANGE: two renames; a crash between them
+        old = previous_dir(real)           # is finished by `finish_swap` on the next run
         os.rename(real, old)
         os.rename(stage, real)
     _fsync_dir(real.parent)
+    return notes + _clear_old(old, real)
+
+
+def previous_dir(out_dir: Path) -> Path:
+    real = Path(os.path.realpath(out_dir))
+    return real.parent / f".{real.name}.previous"
+
+
+def finish_swap(out_dir: Path) -> list[str]:
+    """Complete a two-rename swap cut between its renames (the folder missing, the new run staged)."""
+    old, stage = previous_dir(out_dir), staging_dir(out_dir)
+    if Path(out_dir).exists() or not old.is_dir() or not (stage / MANIFEST).is_file():
+        return []
+    real = Path(os.path.realpath(out_dir))
+    os.rename(stage, real)
+    _fsync_dir(real.parent)
+    return [f"finished the --overwrite swap of {real} that was cut short"] + _clear_old(old, real)
+
+
+def _clear_old(old: Path, real: Path) -> list[str]:
+    """Move the user's files of the previous run's folder `old` into `real`; remove the rest."""
+    notes: list[str] = []
     for path in sorted(old.iterdir()):
         if is_own_file(path.name):
             continue

@@ -339,3 +339,37 @@ def test_inspect_names_a_bad_ids_line(work):
     lines = summarize_dir(out)["integrity"]["invalid_lines"]["lines"]
     assert lines == [{"file": "ids.txt", "line": 2, "kind": "invalid",
                       "error": "not an id (each line of ids.txt is one JSON string); missing ids cannot be checked"}]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_swap_in_replaces_own_files_and_keeps_the_users(tmp_path, monkeypatch, exchange):
+    import os_cli.outfolder as outfolder
+
+    if not exchange:  # a file system without renameat2(RENAME_EXCHANGE): two renames
+        monkeypatch.setattr(outfolder, "_exchange", lambda a, b: False)
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in (("manifest.json", "old"), ("shard-00000.jsonl", "old"), ("notes.txt", "user")):
+        (out / name).write_text(text)
+    stage = outfolder.prepare_staging(out)
+    (stage / "manifest.json").write_text("new")
+    (stage / "shard-00000.jsonl").write_text("new")
+    assert outfolder.swap_in(out, stage) == []
+    assert listing(out) == {"manifest.json": b"new", "notes.txt": b"user", "shard-00000.jsonl": b"new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_two_rename_swap_cut_between_renames_is_finished(tmp_path):
+    from os_cli.outfolder import finish_swap, previous_dir
+
+    out = tmp_path / "run"
+    old, stage = previous_dir(out), staging_dir(out)
+    old.mkdir()
+    stage.mkdir()
+    (old / "manifest.json").write_text("old")
+    (old / "notes.txt").write_text("user")
+    (stage / "manifest.json").write_text("new")
+    assert finish_swap(out)
+    assert listing(out) == {"manifest.json": b"new", "notes.txt": b"user"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert finish_swap(out) == []

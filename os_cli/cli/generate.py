@@ -376,7 +376,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
                  resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
     from ..data import load_rows, render_prompts
-    from ..outfolder import FolderLock, check_writable, make_folder
+    from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
     from ..recipe import check_models_reachable, load_recipe, output_dir
     from ..writer import check_output, plan_entries
 
@@ -403,6 +403,9 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 
     # The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or
     # dataset, a path that cannot be written; then lock it (exit 1 if another run holds it).
+    if dist.is_main:
+        for note in finish_swap(out_dir):
+            err_console().print(note, markup=False, highlight=False)
     check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
     check_writable(out_dir)
     make_folder(out_dir)
