@@ -12,9 +12,9 @@ two different files).
 Overwrite. `--overwrite` writes the new run into a hidden sibling folder `.NAME.overwrite` and
 swaps it in only when it is complete (one `renameat2(RENAME_EXCHANGE)` where the OS has it, else
 two renames, a crash between them finished by `finish_swap` on the next run), so the previous run
-stays whole in NAME until then. The run holds the locks of both
-folders, so whoever locks NAME after the swap waits for the old run to be cleared. Files of the
-old folder that os-sample did not write are moved into the new one.
+stays whole in NAME until then. The run holds the locks of both folders, so a run that locks
+NAME right after the swap is refused until the old run is cleared. Files of the old folder that
+os-sample did not write are moved into the new one.
 
 Checks before the models load: an output path under a file, a folder that is not writable, or a
 file system with less than `MIN_FREE_BYTES` free is refused (exit 2).
