@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .errors import UserError
+from .record_format import IDS_FILE, MANIFEST, IdsFileError, read_ids, record_problem
 
 SUMMARY_FORMAT = 1
 DIAGNOSTICS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
@@ -495,7 +496,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None, bool
 
 
 def _read_manifest(root: Path) -> tuple[dict | None, str | None]:
-    path = root / "manifest.json"
+    path = root / MANIFEST
     if not path.exists():
         return None, None
     try:
@@ -522,7 +523,7 @@ def check_output_dir(path: str | Path) -> Path:
         raise UserError(f"{root}: no such folder (give the output folder of `os-sample generate`, e.g. outputs/<run>)")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder (give the output folder of `os-sample generate`, not a file in it)")
-    if not (root / "manifest.json").exists() and not any(root.glob(SHARD_GLOB)):
+    if not (root / MANIFEST).exists() and not any(root.glob(SHARD_GLOB)):
         if not any(root.iterdir()):
             raise UserError(f"{root}: the folder is empty; no manifest.json and no shard-*.jsonl files to inspect")
         raise UserError(
@@ -540,6 +541,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     """
     root = check_output_dir(path)
     manifest, manifest_error = _read_manifest(root)
+    check_manifest_types(root, manifest)
     if answer_field is None:
         answer_field = default_answer_field(manifest)
     answer_field = answer_field or None
@@ -554,6 +556,8 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
         for line, obj, error, torn in _iter_jsonl(shard):
             if obj is not None and "id" not in obj:
                 obj, error = None, "record has no `id`"
+            elif obj is not None and record_problem(obj):
+                obj, error = None, record_problem(obj)
             if obj is None:
                 bad += 1
                 problems.append({"file": shard.name, "line": line, "kind": "torn" if torn else "invalid",
@@ -584,13 +588,37 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     })
 
 
+_MANIFEST_TYPES = {"format": int, "status": str, "recipe_hash": str, "recipe": dict, "models": dict,
+                   "world_size": int, "counts": dict, "ids_file": str, "attempts": int}
+
+
+def check_manifest_types(root: Path, manifest: dict | None) -> None:
+    """UserError (exit 2) for a manifest whose keys have types os-sample never writes."""
+    if manifest is None:
+        return
+    where = root / MANIFEST
+    for key, kind in _MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise UserError(f"{where}: {key!r} must be {'an object' if kind is dict else 'a ' + kind.__name__}, "
+                            f"not {json.dumps(value)[:60]}; the manifest was edited or is not os-sample's")
+    for key, value in (manifest.get("counts") or {}).items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UserError(f"{where}: counts.{key} must be an integer, not {json.dumps(value)[:60]}")
+    ids_file = manifest.get("ids_file") or IDS_FILE
+    if ids_file in (".", "..") or "/" in ids_file or "\\" in ids_file:
+        raise UserError(f"{where}: ids_file {ids_file!r} must name a file in the output folder")
+    if (root / ids_file).exists() and not (root / ids_file).is_file():
+        raise UserError(f"{where}: ids_file {ids_file!r} is not a file ({root / ids_file} is a folder)")
+
+
 def _manifest_view(manifest: dict | None) -> dict | None:
     if manifest is None:
         return None
     recipe = manifest.get("recipe") if isinstance(manifest.get("recipe"), dict) else {}
     alpha = recipe.get("alpha") if isinstance(recipe.get("alpha"), dict) else {}
-    keys = ("format", "status", "recipe_hash", "models", "seed", "device", "world_size", "started_at",
-            "updated_at", "finished_at", "counts", "ids_file")
+    keys = ("format", "status", "recipe_hash", "dataset_fingerprint", "models", "seed", "device", "world_size",
+            "started_at", "updated_at", "finished_at", "counts", "ids_file")
     view = {k: manifest.get(k) for k in keys if k in manifest}
     view["run_name"] = recipe.get("run_name")
     view["alpha_method"] = alpha.get("method")
@@ -606,10 +634,16 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
         notes.append("no manifest.json: ids cannot be checked against the plan")
 
     planned: list[str] | None = None
-    ids_name = (manifest or {}).get("ids_file") or "ids.txt"
+    ids_name = (manifest or {}).get("ids_file") or IDS_FILE
     ids_path = root / str(ids_name)
     if ids_path.exists():
-        planned = [ln.strip() for ln in ids_path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            planned = read_ids(ids_path, (manifest or {}).get("format", 1))
+        except IdsFileError as exc:
+            problems.append({"file": ids_path.name, "line": exc.line, "kind": "invalid",
+                             "error": str(exc).split(": ", 1)[-1] + "; missing ids cannot be checked"})
+        except UserError as exc:
+            notes.append(f"{exc}; missing ids cannot be checked")
     elif manifest is not None:
         notes.append(f"{ids_name} not found: missing ids cannot be checked")
 
@@ -647,6 +681,9 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
         notes.append(f"manifest counts {counts['records']} record(s), the shards hold {n_records}")
     if missing and status in ("running", "interrupted", "failed"):
         notes.append(f"run status is {status!r}: missing ids are expected until it completes (resume it)")
+    if any(p["file"].startswith("shard-") for p in problems):
+        notes.append("rerunning the generate command drops an invalid last line of a shard and generates its row "
+                     "again; add --repair to drop invalid lines elsewhere too")
 
     return {
         "status": status,

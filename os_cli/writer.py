@@ -1,7 +1,8 @@
 """Sharded JSONL output with atomic appends and exactly-once resume.
 
-The output folder (format in docs/ARCHITECTURE.md): `manifest.json`, `ids.txt`, `errors.jsonl` and
-`shard-NNNNN.jsonl` (one process) or `shard-rRR-NNNNN.jsonl` (rank RR of several).
+The output folder (format in docs/ARCHITECTURE.md; names and record keys in record_format.py):
+`manifest.json`, `ids.txt`, `plan.jsonl`, `errors.jsonl` and `shard-NNNNN.jsonl` (one process) or
+`shard-rRR-NNNNN.jsonl` (rank RR of several). The lock and the --overwrite swap: outfolder.py.
 
 Exactly once, whatever moment the process dies at (`kill -9` included): every file is replaced
 whole, never appended to in place. `atomic_write` writes a hidden temporary file next to the
@@ -12,112 +13,49 @@ stays cheap); a batch that crosses a shard boundary fills the current shard, the
 The record lines on disk are therefore the only truth: a resumed run scans every shard (of every
 rank) for the ids already written and skips those rows. The manifest's counts are informational.
 
-Resume or refuse: a folder whose manifest has the same `recipe_hash` resumes; a different hash is
-refused with the list of keys that changed, unless the caller overwrites (`clear_outputs` removes
-only the files this module writes).
+Every line must parse as a complete record (`record_format.record_problem`). A torn last line of
+a shard (not JSON: a write cut short by something other than this writer) is dropped when the
+shard's owner starts, its row is generated again; any other invalid line (elsewhere, or JSON that is
+not a complete record) is refused (exit 2, file and line) unless `repair=True`, which drops those too
+(shard_scan.py).
 
-Public: `RunWriter`, `check_output`, `check_plan`, `clear_outputs`, `read_manifest`, `scan_records`,
-`atomic_write`, `shard_name`, `list_shards`, `MANIFEST`, `IDS_FILE`, `ERRORS_FILE`.
+Resume or refuse: a folder whose manifest has the same `recipe_hash` and whose planned rows (ids,
+dataset index and both rendered prompts, `plan.jsonl`) agree with this run's for every id both
+plan, resumes; otherwise the keys or rows that changed are named. A non-empty folder without a
+manifest of ours is refused, with or without overwrite.
+
+Public: `RunWriter`, `check_output`, `check_plan`, `check_shards`, `clear_outputs`, `read_manifest`,
+`scan_records`, `scan_shards`, `plan_entries`, `atomic_write`, `shard_name`, `list_shards`, and the
+names re-exported from record_format.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import platform
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import UserError
+from .fingerprint import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
+from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, atomic_write, is_own_file  # noqa: F401
+from .record_format import (  # noqa: F401 - re-exported
+    ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
+    parse_record_line, read_ids, record_problem,
+)
 from .recipe import recipe_diff, recipe_hash
-
-FORMAT = 1
-MANIFEST = "manifest.json"
-IDS_FILE = "ids.txt"
-ERRORS_FILE = "errors.jsonl"
-SHARD_RE = re.compile(r"^shard-(?:r(\d{2,})-)?(\d{5,})\.jsonl$")
-_TMP_RE = re.compile(r"^\.(?:shard-.*\.jsonl|manifest\.json|ids\.txt|errors\.jsonl)\.tmp-\d+$")
-_ID_RE = re.compile(r'^\{"id": ("(?:[^"\\]|\\.)*")')
+from .shard_scan import (  # noqa: F401 - re-exported
+    BadLine, Scan, check_shards, describe_drop, drop_lines, list_shards, scan_records, scan_shards, shard_owner,
+)
 
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Replace `path` by `data` atomically and durably (temp file + fsync + os.replace + dir fsync)."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def shard_name(index: int, rank: int = 0, world_size: int = 1) -> str:
     return f"shard-{index:05d}.jsonl" if world_size <= 1 else f"shard-r{rank:02d}-{index:05d}.jsonl"
-
-
-def list_shards(out_dir: Path) -> list[Path]:
-    """Every shard of every rank, sorted by name."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return []
-    return sorted(p for p in out_dir.iterdir() if SHARD_RE.match(p.name) and p.is_file())
-
-
-def encode_record(record: Mapping) -> bytes:
-    """One JSON line; `id` first (resume scans read just that), strict JSON (no NaN)."""
-    ordered = {"id": record["id"], **{k: v for k, v in record.items() if k != "id"}}
-    return (json.dumps(ordered, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _line_id(line: bytes, where: str) -> str:
-    match = _ID_RE.match(line.decode("utf-8", errors="replace"))
-    if match is not None and line.rstrip().endswith(b"}"):
-        return json.loads(match.group(1))
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{where}: not a valid JSON record ({exc.msg}); the output folder was modified by hand? "
-                        f"use --overwrite or another --output", exit_code=1) from exc
-    if not isinstance(record, dict) or "id" not in record:
-        raise UserError(f"{where}: a record without an id; use --overwrite or another --output", exit_code=1)
-    return str(record["id"])
-
-
-def scan_records(out_dir: Path) -> dict[str, str]:
-    """`{id: shard file name}` of every record in every shard. Duplicates raise `UserError`."""
-    found: dict[str, str] = {}
-    for shard in list_shards(out_dir):
-        for number, line in enumerate(shard.read_bytes().splitlines(), start=1):
-            if not line.strip():
-                continue
-            row_id = _line_id(line, f"{shard}:{number}")
-            if row_id in found:
-                raise UserError(f"{shard}:{number}: id {row_id!r} was already written to {found[row_id]}; "
-                                f"the output folder is inconsistent (use --overwrite)", exit_code=1)
-            found[row_id] = shard.name
-    return found
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -126,11 +64,17 @@ def read_manifest(out_dir: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable manifest ({exc}); use --overwrite or another --output", exit_code=1) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable manifest ({exc})", exit_code=2) from exc
     if not isinstance(manifest, dict):
-        raise UserError(f"{path}: not a manifest object; use --overwrite or another --output", exit_code=1)
+        raise UserError(f"{path}: not a manifest object", exit_code=2)
     return manifest
+
+
+def is_our_manifest(manifest: Any) -> bool:
+    return (isinstance(manifest, dict) and isinstance(manifest.get("format"), int)
+            and isinstance(manifest.get("recipe"), dict)
+            and str(manifest.get("recipe_hash", "")).startswith("sha256:"))
 
 
 def _short(value: Any) -> str:
@@ -138,41 +82,57 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False) -> str:
-    """What a run may do with `out_dir`: "new", "resume" or "overwrite". Refuses a different recipe.
+def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False,
+                 plan: Sequence[list] | None = None) -> str:
+    """What a run may do with `out_dir`: "new", "resume" or "overwrite". Read-only; refuses (exit 2):
 
-    Read-only: nothing is removed here (the caller clears after the models have loaded).
+    a file; a non-empty folder without a manifest os-sample wrote (with or without overwrite); a
+    different recipe or format (unless overwrite); rows that changed since (`plan`, unless overwrite).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--output {out_dir} is a file, not a folder")
-    manifest = read_manifest(out_dir) if not overwrite else None
-    shards = list_shards(out_dir)
-    if overwrite:
-        return "overwrite" if (shards or (out_dir / MANIFEST).exists()) else "new"
-    if manifest is None:
-        if shards:
-            raise UserError(
-                f"{out_dir} holds {len(shards)} shard file(s) but no {MANIFEST}, so it cannot be resumed safely; "
-                f"pass --overwrite to replace them, or choose another --output"
-            )
+    if not out_dir.is_dir():
         return "new"
+    manifest, why = None, None
+    if (out_dir / MANIFEST).exists() or (out_dir / MANIFEST).is_symlink():
+        try:
+            manifest = read_manifest(out_dir)
+            if not is_our_manifest(manifest):
+                why = f"its {MANIFEST} is not one os-sample writes"
+        except UserError as exc:
+            why = str(exc)
+    if manifest is None or why:
+        others = [p.name for p in out_dir.iterdir() if not (p.name.startswith(".os-sample-lock-r")
+                                                               or TMP_RE.match(p.name))]
+        if not others:
+            return "new"  # empty, or only what a run killed before its first write leaves
+        listed = ", ".join(sorted(others)[:5]) + (", ..." if len(others) > 5 else "")
+        raise UserError(
+            f"{out_dir} is not empty ({listed}) and {why or f'has no {MANIFEST} written by os-sample'}, so it "
+            f"may hold someone else's files; os-sample writes nothing there, --overwrite included: choose "
+            f"another --output (a new or empty folder)"
+        )
+    if overwrite:
+        return "overwrite"
     if manifest.get("format") != FORMAT:
         raise UserError(f"{out_dir}/{MANIFEST} has format {manifest.get('format')!r}, this version writes "
                         f"{FORMAT}; use --overwrite or another --output")
     new_hash = recipe_hash(recipe)
-    if manifest.get("recipe_hash") == new_hash:
-        return "resume"
-    changes = recipe_diff(manifest.get("recipe") or {}, recipe)
-    listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changes[:8])
-    if len(changes) > 8:
-        listed += f"; and {len(changes) - 8} more"
-    raise UserError(
-        f"{out_dir} was written by a different recipe, so its records cannot be continued "
-        f"(changed: {listed or 'recipe_hash only'}). Pass --overwrite to start over in this folder, "
-        f"or --output NEW_DIR to keep both",
-        exit_code=2,
-    )
+    if manifest.get("recipe_hash") != new_hash:
+        changes = recipe_diff(manifest.get("recipe") or {}, recipe)
+        listed = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changes[:8])
+        if len(changes) > 8:
+            listed += f"; and {len(changes) - 8} more"
+        raise UserError(
+            f"{out_dir} was written by a different recipe, so its records cannot be continued "
+            f"(changed: {listed or 'recipe_hash only'}). Pass --overwrite to start over in this folder, "
+            f"or --output NEW_DIR to keep both",
+            exit_code=2,
+        )
+    if plan is not None:
+        check_dataset(out_dir, manifest, plan)
+    return "resume"
 
 
 def check_plan(out_dir: Path, done: Iterable[str], planned_ids: Sequence[str]) -> None:
@@ -188,13 +148,12 @@ def check_plan(out_dir: Path, done: Iterable[str], planned_ids: Sequence[str]) -
 
 
 def clear_outputs(out_dir: Path) -> None:
-    """Remove what `RunWriter` writes (shards, manifest, ids, errors, temporaries); nothing else."""
+    """Remove what `RunWriter` writes (shards, manifest, ids, plan, errors, temporaries); nothing else."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return
     for path in out_dir.iterdir():
-        if (SHARD_RE.match(path.name) or _TMP_RE.match(path.name)
-                or path.name in (MANIFEST, IDS_FILE, ERRORS_FILE)) and path.is_file():
+        if is_own_file(path.name) and not path.name.startswith(".os-sample-lock-r") and path.is_file():
             path.unlink()
     _fsync_dir(out_dir)
 
@@ -238,17 +197,25 @@ class RunWriter:
         self.errors = 0
         self._shard_index = 0
         self._shard_lines: list[bytes] = []
+        self.notes: list[str] = []
 
     # ------------------------------------------------------------------ setup
 
     def start(self, planned_ids: Sequence[str], errors: Sequence[Mapping], *, models: Mapping | None = None,
-              device: str | None = None, clear: bool = False) -> set[str]:
-        """Prepare the folder and return the ids already written (by any rank, in any earlier attempt)."""
+              device: str | None = None, plan: Sequence[list] | None = None, repair: bool = False) -> set[str]:
+        """Prepare the folder and return the ids already written (by any rank, in any earlier attempt).
+
+        Torn last lines of this rank's shards are dropped (with `repair`, every invalid line of
+        them); `self.notes` says which. Other invalid lines raise `UserError` unless `repair`.
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if clear and self.is_main:
-            clear_outputs(self.out_dir)
         self._remove_own_temporaries()
-        self.done = scan_records(self.out_dir)
+        scan = scan_shards(self.out_dir)
+        check_shards(scan, repair=repair)
+        mine = [b for b in scan.bad if (b.torn or repair) and shard_owner(b.path, self.world_size) == self.rank]
+        drop_lines(mine)
+        self.notes = [describe_drop(b) for b in mine]
+        self.done = scan.done
         check_plan(self.out_dir, self.done, planned_ids)
         self.planned = len(planned_ids)
         self.records_known = len(self.done)
@@ -256,8 +223,6 @@ class RunWriter:
         if self.is_main:
             pending_errors = [e for e in errors if e["id"] not in self.done]
             self.errors = len(pending_errors)
-            atomic_write(self.out_dir / IDS_FILE, "".join(f"{i}\n" for i in planned_ids))
-            atomic_write(self.out_dir / ERRORS_FILE, b"".join(encode_record(e) for e in pending_errors))
             previous = read_manifest(self.out_dir) or {}
             recipe = {k: v for k, v in self.recipe.items() if k != "_meta"}
             self.manifest = {
@@ -265,6 +230,7 @@ class RunWriter:
                 "recipe": recipe,
                 "recipe_hash": recipe_hash(self.recipe),
                 "recipe_source": self.recipe.get("_meta"),
+                "dataset_fingerprint": plan_fingerprint(plan) if plan is not None else None,
                 "versions": versions(),
                 "models": dict(models or {}),
                 "seed": self.recipe["sampling"]["seed"],
@@ -277,15 +243,21 @@ class RunWriter:
                 "attempts": int(previous.get("attempts", 0)) + 1,
                 "counts": {"planned": self.planned, "records": self.records_known, "errors": self.errors},
                 "ids_file": IDS_FILE,
+                "plan_file": PLAN_FILE if plan is not None else None,
             }
+            # the manifest first: a folder holding any file of ours also holds our manifest
             self._save_manifest()
+            atomic_write(self.out_dir / IDS_FILE, encode_ids(planned_ids))
+            atomic_write(self.out_dir / ERRORS_FILE, b"".join(encode_record(e) for e in pending_errors))
+            if plan is not None:
+                atomic_write(self.out_dir / PLAN_FILE, encode_plan(plan))
         return set(self.done)
 
     def _remove_own_temporaries(self) -> None:
         """Temporaries left by a killed run: this rank's shard temporaries (rank 0: all of its files)."""
         prefix = "shard-" if self.world_size <= 1 else f"shard-r{self.rank:02d}-"
         for path in self.out_dir.iterdir():
-            if not _TMP_RE.match(path.name):
+            if not TMP_RE.match(path.name):
                 continue
             name = path.name[1:]
             mine = name.startswith(prefix) and (self.world_size > 1 or SHARD_RE.match(name.split(".tmp-")[0]))
@@ -311,7 +283,7 @@ class RunWriter:
             self._shard_index, self._shard_lines = 0, []
             return
         index, path = own[-1]
-        lines = [line + b"\n" for line in path.read_bytes().splitlines() if line.strip()]
+        lines = [line + b"\n" for line in path.read_bytes().split(b"\n") if line.strip()]
         if len(lines) < self.shard_size:
             self._shard_index, self._shard_lines = index, lines
         else:
@@ -325,6 +297,10 @@ class RunWriter:
 
     def append(self, records: Sequence[Mapping]) -> None:
         """Add a batch of records: the current shard is rewritten atomically with the lines added."""
+        for r in records:
+            problem = record_problem(dict(r))
+            if problem:
+                raise ValueError(f"record {r.get('id')!r} is not of the current format: {problem}")
         lines = [encode_record(r) for r in records]
         while lines:
             room = self.shard_size - len(self._shard_lines)
@@ -369,6 +345,6 @@ class RunWriter:
 def iter_records(out_dir: Path) -> Iterable[dict]:
     """Every record of every shard, in shard order (a convenience for tests and tools)."""
     for shard in list_shards(out_dir):
-        for line in shard.read_text(encoding="utf-8").splitlines():
+        for line in shard.read_text(encoding="utf-8").split("\n"):
             if line.strip():
                 yield json.loads(line)

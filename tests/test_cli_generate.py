@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from os_cli.cli import _register, app
+from os_cli.record_format import read_ids
 
 ROWS = [{"qid": f"q{i}", "question": f"What is {i} plus 3?", "answer": str(i + 3), "hint": f"{i}+3={i + 3}"}
         for i in range(5)]
@@ -64,7 +65,7 @@ def test_generate_end_to_end(work):
     assert [s.name for s in shards(out)] == ["shard-00000.jsonl", "shard-00001.jsonl", "shard-00002.jsonl"]
     recs = records(out)
     assert [r["id"] for r in recs] == [r["qid"] for r in ROWS]
-    assert (out / "ids.txt").read_text().split() == [r["qid"] for r in ROWS]
+    assert read_ids(out / "ids.txt") == [r["qid"] for r in ROWS]
     assert (out / "errors.jsonl").read_text() == ""
     m = manifest(out)
     assert m["status"] == "complete" and m["counts"] == {"planned": 5, "records": 5, "errors": 0}
@@ -172,7 +173,7 @@ def test_bad_rows_error_or_skip(work):
     assert [e["id"] for e in errors] == ["broken"] and "'hint'" in errors[0]["reason"]
     assert errors[0]["row"]["question"] == "no hint"
     assert manifest(work["out"])["counts"] == {"planned": 3, "records": 2, "errors": 1}
-    assert (work["out"] / "ids.txt").read_text().split() == ["broken", "q0", "q1"]
+    assert read_ids(work["out"] / "ids.txt") == ["broken", "q0", "q1"]
 
 
 def test_dry_run_renders_without_models_or_writes(work):

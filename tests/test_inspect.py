@@ -176,8 +176,11 @@ def test_stat_reservoir_keeps_exact_moments():
 def test_records_without_tokens_or_diagnostics(tmp_path):
     make_run(tmp_path / "run", n=4, per_token=False, shards=1)
     with open(tmp_path / "run" / "shard-00000.jsonl", "a") as fh:
-        fh.write(json.dumps({"id": "extra", "completion": "", "num_tokens": 0, "finish_reason": "length",
-                             "alpha": {"mean": None}, "logprob": {"theta": None, "t": None, "q": None}}) + "\n")
+        empty = {"mean": None, "min": None, "max": None}
+        fh.write(json.dumps({"id": "extra", "alpha_method": "fixed", "prompt": "", "prompt_t": "", "completion": "",
+                             "num_tokens": 0, "finish_reason": "length", "alpha": empty, "ess_ratio": empty,
+                             "kl_theta": empty, "kl_t": empty, "logprob": {"theta": None, "t": None, "q": None},
+                             "row": {}}) + "\n")
     s = S.summarize_dir(tmp_path / "run")
     o = s["overall"]
     assert o["records"] == 5

@@ -9,8 +9,8 @@ import pytest
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe
 from os_cli.writer import (
-    ERRORS_FILE, IDS_FILE, RunWriter, atomic_write, check_output, clear_outputs, iter_records,
-    list_shards, read_manifest, scan_records, shard_name,
+    ERRORS_FILE, IDS_FILE, REQUIRED_KEYS, RunWriter, atomic_write, check_output, clear_outputs, iter_records,
+    list_shards, read_ids, read_manifest, scan_records, shard_name,
 )
 
 
@@ -24,7 +24,11 @@ def recipe(*overrides):
 
 
 def rec(i):
-    return {"id": str(i), "completion": f"c{i}", "alpha": {"mean": 0.5, "min": 0.5, "max": 0.5}}
+    """A complete record of the current format (every key in REQUIRED_KEYS)."""
+    stats = {"mean": 0.5, "min": 0.5, "max": 0.5}
+    return {"id": str(i), "alpha_method": "fixed", "prompt": f"p{i}", "prompt_t": f"p{i}", "completion": f"c{i}",
+            "num_tokens": 1, "finish_reason": "eos", "alpha": stats, "ess_ratio": stats, "kl_theta": stats,
+            "kl_t": stats, "logprob": {"theta": -1.0, "t": -1.0, "q": -1.0}, "row": {}}
 
 
 def test_atomic_write_leaves_no_temporaries(tmp_path):
@@ -49,7 +53,7 @@ def test_append_rotates_shards_and_manifest_counts(tmp_path):
     assert [r_["id"] for r_ in iter_records(tmp_path)] == ["0", "1", "2", "3", "4", "5"]
     manifest = read_manifest(tmp_path)
     assert manifest["status"] == "running" and manifest["counts"] == {"planned": 8, "records": 6, "errors": 1}
-    assert (tmp_path / IDS_FILE).read_text().split() == ids
+    assert read_ids(tmp_path / IDS_FILE) == ids
     assert json.loads((tmp_path / ERRORS_FILE).read_text())["id"] == "7"
     w.finish("complete")
     manifest = read_manifest(tmp_path)
@@ -93,8 +97,10 @@ def test_changed_recipe_is_refused_with_keys(tmp_path):
 
 def test_shards_without_manifest_are_refused(tmp_path):
     (tmp_path / "shard-00000.jsonl").write_text(json.dumps(rec(0)) + "\n")
-    with pytest.raises(UserError, match="no manifest.json"):
-        check_output(tmp_path, recipe())
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="no manifest.json") as info:
+            check_output(tmp_path, recipe(), overwrite=overwrite)
+        assert info.value.exit_code == 2
     assert check_output(tmp_path / "fresh", recipe()) == "new"
 
 
@@ -121,9 +127,10 @@ def test_scan_detects_duplicates_and_bad_lines(tmp_path):
     (tmp_path / "shard-00001.jsonl").write_text(json.dumps(rec(0)) + "\n")
     with pytest.raises(UserError, match="already written"):
         scan_records(tmp_path)
-    (tmp_path / "shard-00001.jsonl").write_text('{"id": "1", "torn')
-    with pytest.raises(UserError, match="not a valid JSON record"):
-        scan_records(tmp_path)
+    (tmp_path / "shard-00001.jsonl").write_text('not json\n{"id": "1", "torn')
+    with pytest.raises(UserError, match="shard-00001.jsonl:1: not valid JSON") as info:
+        scan_records(tmp_path, repair=False)
+    assert info.value.exit_code == 2 and "--repair" in str(info.value)
 
 
 def test_multi_rank_names_and_scan(tmp_path):
@@ -140,3 +147,26 @@ def test_multi_rank_names_and_scan(tmp_path):
     assert sorted(scan_records(tmp_path)) == ids
     assert [p.name for p in list_shards(tmp_path)] == ["shard-r00-00000.jsonl", "shard-r01-00000.jsonl"]
     assert w0.finish("complete", rescan=True)["counts"]["records"] == 4
+
+
+def test_each_rank_drops_only_its_own_torn_tail(tmp_path):
+    r = recipe()
+    ids = [str(i) for i in range(4)]
+    w0 = RunWriter(tmp_path, r, rank=0, world_size=2)
+    w1 = RunWriter(tmp_path, r, rank=1, world_size=2)
+    w0.start(ids, [])
+    w1.start(ids, [])
+    w0.append([rec(0), rec(2)])
+    w1.append([rec(1), rec(3)])
+    for name in ("shard-r00-00000.jsonl", "shard-r01-00000.jsonl"):
+        path = tmp_path / name
+        path.write_bytes(path.read_bytes()[:-20])  # the last record cut short
+    w1 = RunWriter(tmp_path, r, rank=1, world_size=2)
+    assert w1.start(ids, []) == {"0", "1"}
+    assert len(w1.notes) == 1 and "shard-r01-00000.jsonl line 2" in w1.notes[0]
+    assert (tmp_path / "shard-r00-00000.jsonl").read_bytes().count(b"\n") == 1  # rank 0's shard untouched
+    w0 = RunWriter(tmp_path, r, rank=0, world_size=2)
+    assert w0.start(ids, []) == {"0", "1"} and "shard-r00-00000.jsonl line 2" in w0.notes[0]
+    w0.append([rec(2)])
+    w1.append([rec(3)])
+    assert sorted(scan_records(tmp_path, repair=False)) == ids

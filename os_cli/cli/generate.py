@@ -1,7 +1,8 @@
 """`os-sample generate`, `os-sample validate`, `os-sample recipes`: recipes in, JSONL shards out.
 
-generate: load and validate the recipe, load the rows, render both prompts of every row, check the
-output folder (resume / refuse / overwrite), load the models, then sample batch after batch; each
+generate: load and validate the recipe, load the rows, render both prompts of every row, check and
+lock the output folder (resume / refuse / overwrite; see os_cli/outfolder.py: --overwrite writes into a
+hidden sibling folder swapped in on completion), load the models, then sample batch after batch; each
 finished batch is appended atomically to the current shard (see os_cli/writer.py) and shown on the
 dashboard. Every row's draws are seeded from (sampling.seed, the row's dataset index), so a row's
 record does not depend on its batch, on OOM back-off, or on where a killed run is resumed.
@@ -53,7 +54,8 @@ def generate(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: output.dir, else outputs/<run_name>)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use at most N rows (same as --set dataset.limit=N)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder (the default when its recipe matches)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output folder's shards and manifest and start over."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: the new run replaces the folder's run only once it completes."),
+    repair: bool = typer.Option(False, "--repair", help="On resume, drop invalid record lines anywhere in the shards and generate their rows again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."),
     debug: bool = DebugOption,
 ) -> None:
@@ -64,7 +66,8 @@ def generate(
         overrides = list(set_ or [])
         if limit is not None:
             overrides.append(("dataset.limit", limit))
-        run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume)
+        run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume,
+                     repair=repair)
 
 
 def validate(
@@ -353,11 +356,12 @@ def _print_dry_run(recipe, out_dir, rows, rendered, mode_text) -> None:
 
 
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
-                 resume: bool = False) -> None:
+                 resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
     from ..data import load_rows, render_prompts
-    from ..recipe import build_model, check_models_reachable, load_recipe, model_location, output_dir
-    from ..writer import RunWriter, check_output, check_plan, clear_outputs, read_manifest, scan_records
+    from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
+    from ..recipe import check_models_reachable, load_recipe, output_dir
+    from ..writer import check_output, plan_entries
 
     from ..quiet import quiet_progress_bars
 
@@ -365,33 +369,66 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     recipe = load_recipe(config, overrides)
     out_dir = output_dir(recipe, output)
     dist = _Distributed(recipe["models"]["device"])
-    log = err_console()
 
     rows = load_rows(recipe)
     check_models_reachable(recipe)
     tokenizer, tokenizer_t = _load_tokenizers(recipe)
     rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
+    planned_ids = [row_id for row_id, _ in rows]
+    plan = plan_entries(planned_ids, rendered.items, rendered.errors)
 
     if dry_run:
         try:
-            mode = check_output(out_dir, recipe, overwrite=overwrite)
+            mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
             mode_text = {"new": "a new run", "resume": "would resume", "overwrite": "would be overwritten"}[mode]
         except UserError as exc:
             mode_text = f"would be refused: {exc}"
         _print_dry_run(recipe, out_dir, rows, rendered, mode_text)
         return
 
-    mode = check_output(out_dir, recipe, overwrite=overwrite)
+    # The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or
+    # dataset, a path that cannot be written; then lock it (exit 1 if another run holds it).
+    if dist.is_main:
+        for note in finish_swap(out_dir):
+            err_console().print(note, markup=False, highlight=False)
+    check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
+    check_writable(out_dir)
+    make_folder(out_dir)
+    locks = [FolderLock(out_dir, dist.rank).acquire()]
+    try:
+        _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, overwrite=overwrite, resume=resume,
+                    repair=repair)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite, resume, repair) -> None:
+    from ..outfolder import FolderLock, prepare_staging, staging_dir, swap_in
+    from ..recipe import build_model, model_location
+    from ..writer import RunWriter, check_output, check_plan, read_manifest, scan_records
+
+    log = err_console()
+    mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)  # again, now that we hold the lock
     if resume and mode == "new" and dist.is_main:
         log.print(f"--resume: nothing to resume in {out_dir}; starting a new run", markup=False, highlight=False)
+    if mode != "overwrite" and dist.is_main and staging_dir(out_dir).exists():
+        log.print(f"note: {staging_dir(out_dir)} holds an --overwrite run of this folder that did not complete; "
+                  f"rerun that command to start it again, or delete the folder", markup=False, highlight=False)
     planned_ids = [row_id for row_id, _ in rows]
     position = {row_id: i for i, row_id in enumerate(planned_ids)}
     mine = [it for it in rendered.items if position[it.id] % dist.world_size == dist.rank]
 
     # Read-only look at what is already written, before the (slow) model load: refuse early, and
     # skip loading models at all when this rank has nothing left to do.
-    done_before = scan_records(out_dir) if mode == "resume" else {}
+    done_before = scan_records(out_dir, repair=repair) if mode == "resume" else {}
     check_plan(out_dir, done_before, planned_ids)
+    target = out_dir
+    if mode == "overwrite":  # the new run goes beside the folder, swapped in when complete
+        target = staging_dir(out_dir)
+        if dist.is_main:
+            prepare_staging(out_dir)
+            locks.append(FolderLock(target, dist.rank).acquire())
     model, device = None, None
     if any(it.id not in done_before for it in mine):
         if dist.is_main:
@@ -408,12 +445,14 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     else:
         device = (read_manifest(out_dir) or {}).get("device")
 
-    if mode == "overwrite" and dist.is_main:
-        clear_outputs(out_dir)
     dist.barrier()
-    writer = RunWriter(out_dir, recipe, rank=dist.rank, world_size=dist.world_size)
+    if mode == "overwrite" and not dist.is_main:
+        locks.append(FolderLock(target, dist.rank).acquire())
+    writer = RunWriter(target, recipe, rank=dist.rank, world_size=dist.world_size)
     models = {"theta": model_location(recipe, "theta"), "teacher": model_location(recipe, "teacher")}
-    done = writer.start(planned_ids, rendered.errors, models=models, device=device)
+    done = writer.start(planned_ids, rendered.errors, models=models, device=device, plan=plan, repair=repair)
+    for note in writer.notes:
+        log.print(note, markup=False, highlight=False)
     dist.barrier()
     if dist.is_main and mode == "resume":
         log.print(f"resuming {out_dir}: {len(done)} of {len(planned_ids)} rows already written", markup=False,
@@ -422,6 +461,9 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     if pending and model is None:  # another process wrote less than the read-only look saw: impossible
         raise UserError(f"{out_dir} changed while this run started; rerun the command", exit_code=1)
     _sample(recipe, model, writer, dist, pending, len(mine), out_dir, len(rendered.errors))
+    if mode == "overwrite" and dist.is_main:  # complete: all ranks passed the final barrier in _sample
+        for note in swap_in(out_dir, target):
+            log.print(note, markup=False, highlight=False)
 
 
 def _sample(recipe, model, writer, dist, pending, total_mine, out_dir, n_errors) -> None:

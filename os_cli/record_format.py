@@ -1,0 +1,124 @@
+"""The on-disk formats of an output folder, defined once: file names, record keys, ids.txt.
+
+Imported by the writer (which writes them), the resume scan (which validates every line) and
+`summary` (inspect). No heavy imports: this module is pure data plus JSON.
+
+- A record is one JSON object per line with at least `REQUIRED_KEYS` (`tokens` is added with
+  `output.per_token: true`). `record_problem` says why a parsed line is not a complete record.
+- `ids.txt` holds the planned ids, one JSON string per line (`encode_ids` / `read_ids`), so ids with
+  edge whitespace, form feeds or U+2028 round-trip exactly. Folders of format 1 wrote bare lines.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import UserError
+
+FORMAT = 2            # 2: ids.txt holds JSON strings, plan.jsonl and the dataset fingerprint exist
+MANIFEST = "manifest.json"
+IDS_FILE = "ids.txt"
+ERRORS_FILE = "errors.jsonl"
+PLAN_FILE = "plan.jsonl"
+
+REQUIRED_KEYS = ("id", "alpha_method", "prompt", "prompt_t", "completion", "num_tokens", "finish_reason",
+                 "alpha", "ess_ratio", "kl_theta", "kl_t", "logprob", "row")
+STAT_KEYS = ("mean", "min", "max")              # of alpha, ess_ratio, kl_theta, kl_t
+LOGPROB_KEYS = ("theta", "t", "q")              # of logprob
+STAT_FIELDS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
+
+# Characters that some readers treat as line breaks although JSON leaves them unescaped.
+_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def encode_record(record: Mapping) -> bytes:
+    """One JSON line; `id` first, strict JSON (no NaN)."""
+    ordered = {"id": record["id"], **{k: v for k, v in record.items() if k != "id"}}
+    return (json.dumps(ordered, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def record_problem(obj: Any) -> str | None:
+    """None for a complete record of the current format, else what is wrong with it."""
+    if not isinstance(obj, dict):
+        return f"not a JSON object ({type(obj).__name__})"
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        return f"incomplete record: missing {', '.join(missing)}"
+    if not isinstance(obj["id"], str) or not obj["id"]:
+        return "the id is not a non-empty string"
+    for key in STAT_FIELDS:
+        if not isinstance(obj[key], dict) or any(k not in obj[key] for k in STAT_KEYS):
+            return f"incomplete record: {key} lacks {'/'.join(STAT_KEYS)}"
+    if not isinstance(obj["logprob"], dict) or any(k not in obj["logprob"] for k in LOGPROB_KEYS):
+        return f"incomplete record: logprob lacks {'/'.join(LOGPROB_KEYS)}"
+    return None
+
+
+def parse_record_line(raw: bytes) -> tuple[dict | None, str | None]:
+    """(record, None) for a complete record line, else (None, reason)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start})"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    problem = record_problem(obj)
+    return (None, problem) if problem else (obj, None)
+
+
+def encode_id(row_id: str) -> str:
+    text = json.dumps(row_id, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        text = text.replace(char, escaped)
+    return text
+
+
+def encode_ids(ids: Sequence[str]) -> bytes:
+    """ids.txt contents: one JSON string per line."""
+    return "".join(encode_id(i) + "\n" for i in ids).encode("utf-8")
+
+
+class IdsFileError(UserError):
+    """An ids.txt line that is not an id (`line` 1-based)."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
+def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
+    """The planned ids of an ids.txt, exactly as written. `fmt` 1: the bare lines of format 1.
+
+    Raises UserError (exit 2) naming the file and 1-based line for anything that is not an id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (the manifest's ids_file must name the ids file in the folder)")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    try:
+        data = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise IdsFileError(f"{path}:{line}: not UTF-8 (byte {exc.start})", line) from None
+    lines = data.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if fmt == 1:
+        return [ln.strip() for ln in lines if ln.strip()]
+    ids = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, str):
+            raise IdsFileError(f"{path}:{number}: not an id (each line of {IDS_FILE} is one JSON string)", number)
+        ids.append(value)
+    return ids
