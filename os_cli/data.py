@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
-from .recipe import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, resolve_local_path, template_fields
+from .recipe import (
+    BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, read_text, resolve_local_path, template_fields,
+)
 
 __all__ = [
     "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",
@@ -78,19 +80,6 @@ class _RawFloat(float):
         obj = super().__new__(cls, text)
         obj.raw = str(text)
         return obj
-
-
-def read_text(path: str | Path, what: str = "dataset") -> str:
-    """A file's text; not UTF-8 is a `UserError` naming the file and the byte offset."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(f"{what} {path}: cannot read the file: {exc.strerror or exc}") from exc
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{what} {path} is not UTF-8 text: byte offset {exc.start} "
-                        f"({data[exc.start:exc.start + 4]!r}: {exc.reason}); convert it to UTF-8") from None
 
 
 def _parse_json(text: str):

@@ -48,6 +48,16 @@ CONFIGS_DIR = REPO_DIR / "configs"
 BUILTIN_DIR = PACKAGE_DIR / "builtin"
 BUILTIN_PREFIX = "builtin:"
 RECIPE_SUFFIXES = (".yaml", ".yml")
+# Sane bounds on what a run may ask for (the engine preallocates per row and per new token).
+MAX_NEW_TOKENS = 1 << 20
+MAX_BATCH_SIZE = 1 << 16
+MAX_SEED = (1 << 63) - 1
+# Temperature divides the logits; below this bound a float32 logit / temperature can overflow to inf.
+# There is no greedy mode: temperature 0 is refused (use MIN_TEMPERATURE for near-greedy sampling).
+MIN_TEMPERATURE = 1e-3
+# YAML aliases (*name) may repeat an anchored value at most this many extra values in all
+# (a "billion laughs" file of nested aliases is refused before it is expanded).
+MAX_ALIAS_EXPANSION = 100_000
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 # Keys that do not change which records a run writes, so they may change between a run and its
@@ -76,6 +86,7 @@ class Field:
     max: float | None = None
     min_open: bool = False
     required: bool = False
+    note: str = ""  # appended to a range error (why the bound exists)
     allowed: str = ""  # how the error message describes what is allowed, when the kind's default is not enough
 
 
@@ -142,12 +153,15 @@ SCHEMA = Section(
         ),
         "sampling": Section(
             {
-                "max_new_tokens": Field("int", 256, min=1),
-                "temperature": Field("float", 1.0, min=0.0, min_open=True),
+                "max_new_tokens": Field("int", 256, min=1, max=MAX_NEW_TOKENS),
+                "temperature": Field(
+                    "float", 1.0, min=MIN_TEMPERATURE,
+                    note="; the bound keeps logits / temperature finite (temperature 0 / greedy is not supported)",
+                ),
                 "top_p": Field("float", 1.0, min=0.0, max=1.0, min_open=True),
                 "top_k": Field("top_k", -1),
-                "batch_size": Field("int", 8, min=1),
-                "seed": Field("int", 0, min=0),
+                "batch_size": Field("int", 8, min=1, max=MAX_BATCH_SIZE),
+                "seed": Field("int", 0, min=0, max=MAX_SEED),
                 "stop": Field("str_list", []),
             }
         ),
@@ -229,12 +243,11 @@ def _display(path: Path) -> str:
 
 def _read_yaml(path: Path) -> tuple[dict, _Source]:
     label = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{label}: cannot read the file: {exc.strerror or exc}") from exc
+    text = read_text(path, "recipe", label)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_aliases(node, label)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -249,6 +262,53 @@ def _read_yaml(path: Path) -> tuple[dict, _Source]:
     if node is not None:
         _collect_lines(node, (), lines, label)
     return data, _Source(label, lines, path)
+
+
+def read_text(path: str | os.PathLike, what: str = "dataset", label: str | None = None) -> str:
+    """A file's text; a file that is not UTF-8 is a `UserError` naming it and the byte offset."""
+    label = label or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{what} {label}: cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {label} is not UTF-8 text: byte offset {exc.start} "
+                        f"({data[exc.start:exc.start + 4]!r}: {exc.reason}); convert it to UTF-8") from None
+
+
+def _check_aliases(root, label: str) -> None:
+    """Refuse an anchor used inside itself (a recursive value) and aliases that expand the file to more
+    than MAX_ALIAS_EXPANSION extra values, from the node graph alone (aliases are shared nodes there)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise UserError(f"{label}:{node.start_mark.line + 1}: a YAML anchor (&name) is used inside its own "
+                            f"value (*name), which would make the recipe infinitely deep")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v) for v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        expanded = size(root)
+    except RecursionError:
+        raise UserError(f"{label}: the YAML is nested too deeply") from None
+    if expanded - len(sizes) > MAX_ALIAS_EXPANSION:
+        raise UserError(f"{label}: YAML aliases (*name) expand this file to {expanded:,} values from {len(sizes):,} "
+                        f"written ones (at most {MAX_ALIAS_EXPANSION:,} repeated values are allowed); write the "
+                        f"values out or use fewer nested aliases")
 
 
 def _collect_lines(node, path: tuple, lines: dict, label: str) -> None:
@@ -550,13 +610,18 @@ def _check_range(spec: Field, value: float, path: tuple, ctx: _Ctx) -> None:
     too_low = lo is not None and (value <= lo if spec.min_open else value < lo)
     too_high = hi is not None and value > hi
     if too_low or too_high:
+        lo_, hi_ = _num(lo), _num(hi)
         if lo is not None and hi is not None:
-            allowed = f"in ({lo:g}, {hi:g}]" if spec.min_open else f"in [{lo:g}, {hi:g}]"
+            allowed = f"in ({lo_}, {hi_}]" if spec.min_open else f"in [{lo_}, {hi_}]"
         elif lo is not None:
-            allowed = f"> {lo:g}" if spec.min_open else f">= {lo:g}"
+            allowed = f"> {lo_}" if spec.min_open else f">= {lo_}"
         else:
-            allowed = f"<= {hi:g}"
-        ctx.fail(path, f"must be {allowed}, got {_show(value)}")
+            allowed = f"<= {hi_}"
+        ctx.fail(path, f"must be {allowed}, got {_show(value)}{spec.note}")
+
+
+def _num(value) -> str:
+    return "" if value is None else str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _check_int(spec, value, path, ctx):
@@ -672,6 +737,11 @@ def _check_model(spec, value, path, ctx):
     if local is not None:
         if not local.is_dir():
             ctx.fail(path, f"{value!r} is a file; a model is a folder written by save_pretrained")
+        from .preflight import model_folder_problem
+
+        problem = model_folder_problem(local)
+        if problem:
+            ctx.fail(path, problem)
         return value
     if _looks_local(value) or not _HUB_NAME.match(value):
         ctx.fail(path, f"model folder not found: {value!r} (not a folder here, and not a hub name like org/name)")
@@ -768,6 +838,11 @@ def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
         for name in keep:
             if name not in fields:
                 ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{_suggest(name, fields)}")
+    from .preflight import attn_problem
+
+    problem = attn_problem(recipe["models"]["attn_implementation"], recipe["models"]["device"])
+    if problem:
+        ctx.fail(("models", "attn_implementation"), problem)
     if recipe["models"]["quantization"] != "none" and recipe["models"]["device"] == "cpu":
         ctx.fail(("models", "quantization"), "4bit/8bit (bitsandbytes) needs a CUDA device, but models.device is cpu")
 
@@ -811,10 +886,25 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
         "bundled": bundled,
         "fragments": [str(f) for f in fragments],
         "overrides": applied,
+        "warnings": _warnings(recipe, ctx),
     }
     if recipe["run_name"] is None:
         recipe["run_name"] = name
     return recipe
+
+
+def _warnings(recipe: dict, ctx: _Ctx) -> list[str]:
+    """Settings that are valid but have no effect (the CLI prints these as warnings)."""
+    out = []
+    revision = recipe["models"]["revision"]
+    if revision is not None:
+        for key in ("theta", "teacher"):
+            value = recipe["models"][key]
+            if value and (value.startswith(BUILTIN_PREFIX) or _local_candidate(value, ctx.recipe_file) is not None):
+                kind = "a builtin model" if value.startswith(BUILTIN_PREFIX) else "a local folder"
+                out.append(f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, "
+                           f"not a hub name")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
