@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import UserError
+from .limits import MAX_ALIAS_EXPANSION, MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_SEED, MIN_TEMPERATURE
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -48,16 +49,6 @@ CONFIGS_DIR = REPO_DIR / "configs"
 BUILTIN_DIR = PACKAGE_DIR / "builtin"
 BUILTIN_PREFIX = "builtin:"
 RECIPE_SUFFIXES = (".yaml", ".yml")
-# Sane bounds on what a run may ask for (the engine preallocates per row and per new token).
-MAX_NEW_TOKENS = 1 << 20
-MAX_BATCH_SIZE = 1 << 16
-MAX_SEED = (1 << 63) - 1
-# Temperature divides the logits; below this bound a float32 logit / temperature can overflow to inf.
-# There is no greedy mode: temperature 0 is refused (use MIN_TEMPERATURE for near-greedy sampling).
-MIN_TEMPERATURE = 1e-3
-# YAML aliases (*name) may repeat an anchored value at most this many extra values in all
-# (a "billion laughs" file of nested aliases is refused before it is expanded).
-MAX_ALIAS_EXPANSION = 100_000
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 # Keys that do not change which records a run writes, so they may change between a run and its

@@ -39,7 +39,7 @@ from .common import (
     DebugOption, SetOption, cli_errors, err_console, out_console,
 )
 
-ROW_SEED_STRIDE = 1_000_003  # the engine's own int-seed spacing: row seed = seed * stride + dataset index
+from ..rng import row_seed  # the engine's own int-seed spacing: row seed = seed * stride + dataset index
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,7 +465,7 @@ def _sample(recipe, model, writer, dist, pending, total_mine, out_dir, n_errors)
                     prompts_t=[it.prompt_t for it in batch] if teacher_prompts else None,
                     max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
                     top_p=sampling["top_p"], top_k=sampling["top_k"], return_diagnostics=True,
-                    seed=[sampling["seed"] * ROW_SEED_STRIDE + it.index for it in batch],
+                    seed=[row_seed(sampling["seed"], it.index) for it in batch],
                     stop=sampling["stop"] or None,
                 )
             except Exception as exc:  # noqa: BLE001 - only OOM is handled here
