@@ -88,16 +88,19 @@ class OptimalSamplingModel:
         self.model_t_path = models.resolve_model_path(model_t_path) if model_t_path else self.model_theta_path
         self.same_model = self.model_t_path == self.model_theta_path
         tokenizer_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
-        self.tokenizer = models.load_tokenizer(self.model_theta_path, **tokenizer_kwargs)
-        self.tokenizer_t = self.tokenizer if self.same_model else models.load_tokenizer(self.model_t_path, **tokenizer_kwargs)
+        theta_role = "theta (also the teacher)" if self.same_model else "theta"
+        self.tokenizer = models.load_tokenizer(self.model_theta_path, role=theta_role, **tokenizer_kwargs)
+        self.tokenizer_t = self.tokenizer if self.same_model else models.load_tokenizer(
+            self.model_t_path, role="teacher", **tokenizer_kwargs)
         if not self.same_model:
             models.check_same_vocabulary(self.tokenizer, self.tokenizer_t, self.model_theta_path, self.model_t_path)
         # Distributions live on the tokenizer's ids; model embeddings may have padding rows beyond them.
         self.vocab_size = len(self.tokenizer)
 
         load = dict(device=self.device, dtype=self.dtype, attn_implementation=self.attn_implementation, **kwargs)
-        self.model_theta = models.load_causal_lm(self.model_theta_path, **load)
-        self.model_t = self.model_theta if self.same_model else models.load_causal_lm(self.model_t_path, **load)
+        self.model_theta = models.load_causal_lm(self.model_theta_path, role=theta_role, **load)
+        self.model_t = self.model_theta if self.same_model else models.load_causal_lm(
+            self.model_t_path, role="teacher", **load)
         for path, model in ((self.model_theta_path, self.model_theta), (self.model_t_path, self.model_t)):
             rows = model.get_output_embeddings().weight.shape[0]
             if rows < self.vocab_size:

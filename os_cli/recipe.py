@@ -1072,14 +1072,15 @@ def _describe_load_failure(recipe: Mapping, exc: Exception) -> str:
     which = []
     for key in ("teacher", "theta"):
         value = recipe["models"][key]
-        if value and value in str(exc):
-            which.append(f"models.{key} ({value!r})")
-    name = which[0] if which else (
-        f"models.theta ({recipe['models']['theta']!r}) or models.teacher ({recipe['models']['teacher']!r})"
-    )
+        if value and (value in str(exc) or str(model_location(recipe, key)) in str(exc)):
+            which.append(key)
+    keys = which[:1] or ["theta", "teacher"]
+    name = " or ".join(f"models.{k} ({recipe['models'][k]!r})" for k in keys if recipe["models"][k])
+    hub_names = [k for k in keys if recipe["models"][k] and not recipe["models"][k].startswith(BUILTIN_PREFIX)
+                 and resolve_local_path(recipe, recipe["models"][k]) is None]
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     markers = ("offline", "connect", "resolve", "internet", "network", "couldn't", "could not find", "not found")
     hub = ""
-    if offline or any(m in str(exc).lower() for m in markers):
-        hub = "; if it is a hub name, the hub may be unreachable from here: use a local folder instead"
+    if hub_names and (offline or any(m in str(exc).lower() for m in markers)):
+        hub = "; it is a hub name, and the hub may be unreachable from here: use a local folder instead"
     return f"could not load {name}: {text}{hub}"

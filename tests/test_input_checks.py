@@ -57,3 +57,24 @@ def test_top_k_zero_and_temperature_bound_match_the_cli(model):
                          return_logits=True)
     assert torch.isfinite(out.logprobs["q"][out.mask]).all()
     assert torch.equal(out.generated_ids[0], out.generated_ids[1])  # the draw no longer matters
+
+
+def test_load_failures_name_the_model_and_the_real_cause(tiny_models, tmp_path):
+    import shutil
+
+    from os_cli.errors import UserError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match=r"could not load the teacher model: the folder .*empty has no config.json") \
+            as info:
+        OptimalSamplingModel(tiny_models["theta"], str(empty), device="cpu")
+    assert "hub" not in str(info.value)
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_models["theta"], no_weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    with pytest.raises(UserError, match=r"could not load the teacher model from the local folder .*no_weights") \
+            as info:
+        OptimalSamplingModel(tiny_models["theta"], str(no_weights), device="cpu")
+    assert "hub" not in str(info.value)
+    with pytest.raises(UserError, match="flash"):
+        OptimalSamplingModel(tiny_models["theta"], device="cpu", attn_implementation="flash_attention_2")

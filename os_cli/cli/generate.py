@@ -325,7 +325,7 @@ def _load_tokenizers(recipe):
     theta = model_location(recipe, "theta")
     tokenizer = load_tokenizer(theta, **kwargs)
     teacher = model_location(recipe, "teacher")
-    tokenizer_t = tokenizer if teacher in (None, theta) else load_tokenizer(teacher, **kwargs)
+    tokenizer_t = tokenizer if teacher in (None, theta) else load_tokenizer(teacher, role="teacher", **kwargs)
     return tokenizer, tokenizer_t
 
 
