@@ -75,6 +75,11 @@ def prompt_token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [tokenizer(t, add_special_tokens=not (bos and t.startswith(bos))).input_ids for t in texts]
 
 
+def _lengths(tokenizer, texts: Sequence[str]) -> list[int]:
+    """Prompt lengths in tokens; an empty text counts as 0 even where the tokenizer would add a BOS."""
+    return [len(ids) if text else 0 for text, ids in zip(texts, prompt_token_ids(tokenizer, texts))]
+
+
 def length_problem(n_tokens: int, max_new_tokens: int, context: int | None) -> str | None:
     if n_tokens == 0:
         return "the prompt is empty (0 tokens)"
@@ -107,10 +112,9 @@ def screen_prompts(recipe: Mapping, rendered, tokenizer, tokenizer_t, contexts: 
     if not rendered.items:
         return
     own_teacher = recipe["prompts"]["teacher"] is not None
-    lengths = {"theta": [len(ids) for ids in prompt_token_ids(tokenizer, [it.prompt for it in rendered.items])]}
+    lengths = {"theta": _lengths(tokenizer, [it.prompt for it in rendered.items])}
     if own_teacher or tokenizer_t is not tokenizer:
-        texts = [it.prompt_t for it in rendered.items]
-        lengths["teacher"] = [len(ids) for ids in prompt_token_ids(tokenizer_t, texts)]
+        lengths["teacher"] = _lengths(tokenizer_t, [it.prompt_t for it in rendered.items])
     else:
         lengths["teacher"] = lengths["theta"]
     skip = recipe["prompts"]["on_bad_row"] == "skip"
