@@ -87,6 +87,10 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     console = out_console()
 
     recipe = load_recipe(config, overrides)
+    from ..preflight import hub_offline_note
+
+    for text in recipe["_meta"]["warnings"] + [n for n in [hub_offline_note(recipe)] if n]:
+        console.print(f"warning: {text}", markup=False, highlight=False)
     sampling = recipe["sampling"]
     settings = B.BenchSettings(
         max_new_tokens=max_new_tokens or sampling["max_new_tokens"], temperature=sampling["temperature"],
