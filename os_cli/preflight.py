@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlparse
@@ -168,15 +169,24 @@ def go_offline() -> None:
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub endpoint (HF_ENDPOINT, default huggingface.co:443)."""
+    """One TCP connection to the hub endpoint (HF_ENDPOINT, default huggingface.co:443), `timeout` s at most."""
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host = url.hostname or "huggingface.co"
     port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # In a thread, so a name lookup that hangs (no resolver reachable) is bounded by the timeout too.
+    thread = threading.Thread(target=probe, name="os-sample-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 def hub_names(recipe: Mapping) -> list[str]:

@@ -25,11 +25,13 @@ def test_prompt_longer_than_the_context_is_refused(model):
     assert "theta" in str(info.value)
     with pytest.raises(ValueError, match=r"prompts_t\[0\]: the prompt has \d+ tokens"):
         model.generate(["What is 2 plus 3?"], prompts_t=[LONG], max_new_tokens=4, seed=0)
-    # a prompt that fits alone but not with the new tokens
-    n = len(model.tokenizer("Question 7: 7 plus 10 equals 17. " * 10).input_ids)
+    # a prompt that fits alone, and with up to 1024 - n new tokens, but not one more
+    k = max(k for k in range(1, 200) if len(model.tokenizer("Question 7: 7 plus 10 equals 17. " * k).input_ids) < 1020)
+    text = "Question 7: 7 plus 10 equals 17. " * k
+    n = len(model.tokenizer(text).input_ids)
     with pytest.raises(ValueError, match=rf"prompts\[0\]: the prompt has {n} tokens; with {1025 - n} new tokens"):
-        model.generate(["Question 7: 7 plus 10 equals 17. " * 10], max_new_tokens=1025 - n, seed=0)
-    out = model.generate(["Question 7: 7 plus 10 equals 17. " * 10], max_new_tokens=1024 - n, seed=0)
+        model.generate([text], max_new_tokens=1025 - n, seed=0)
+    out = model.generate([text], max_new_tokens=1024 - n, seed=0)
     assert int(out.lengths[0]) >= 1
 
 
