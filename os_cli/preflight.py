@@ -16,7 +16,7 @@ Nothing here loads weights or prints. Public functions:
   every rendered row of a recipe, for theta's and the teacher's prompts: a bad row raises `UserError`
   naming the row id and the lengths, or goes to `rendered.errors` with `prompts.on_bad_row: skip`.
 - `hub_offline_note(recipe) -> str | None`: when the recipe names something on the hub and
-  HF_HUB_OFFLINE is unset, probe the hub once (a TCP connect, a few seconds at most); when it cannot be
+  HF_HUB_OFFLINE is unset, probe the hub once (one HEAD request, a few seconds at most); when it cannot be
   reached, switch this process to offline mode (cached files only) and return a note saying so.
 """
 
@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlparse
 
 from .errors import UserError
 
@@ -169,17 +167,21 @@ def go_offline() -> None:
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub endpoint (HF_ENDPOINT, default huggingface.co:443), `timeout` s at most."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
+    """One HEAD request to the hub endpoint (HF_ENDPOINT, default https://huggingface.co), `timeout` s at most;
+    any HTTP answer counts as reachable."""
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     result: list[bool] = []
 
     def probe() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
+            with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
                 result.append(True)
-        except OSError:
+        except urllib.error.HTTPError:  # the hub answered, if only with an error status
+            result.append(True)
+        except (OSError, ValueError):  # no route, refused, TLS failure, timeout, a malformed endpoint
             result.append(False)
 
     # In a thread, so a name lookup that hangs (no resolver reachable) is bounded by the timeout too.
