@@ -207,6 +207,8 @@ class OptimalSamplingModel:
         if seed is None:  # follow torch's global RNG, so torch.manual_seed still reproduces a run
             base = int(torch.randint(0, 2**62, (1,)))
             return base + torch.arange(count, dtype=torch.int64)
+        if getattr(seed, "ndim", None) == 0 and hasattr(seed, "item"):  # a 0-d numpy array or tensor
+            seed = seed.item()
         if _is_int(seed):
             base = _checked_seed(seed, "seed")
             return torch.tensor([rng.row_seed(base, i) for i in range(count)], dtype=torch.int64)

@@ -245,6 +245,8 @@ def _read_yaml(path: Path) -> tuple[dict, _Source]:
         where = f"{label}:{mark.line + 1}" if mark is not None else label
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{where}: invalid YAML: {problem}") from exc
+    except RecursionError:
+        raise UserError(f"{label}: the YAML is nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -39,9 +39,11 @@ def test_seed_types_and_range(model):
     base = model.generate(["What is 2 plus 3?"] * 2, max_new_tokens=3, seed=3)
     same = model.generate(["What is 2 plus 3?"] * 2, max_new_tokens=3, seed=np.int64(3))
     assert torch.equal(base.generated_ids, same.generated_ids)
+    assert torch.equal(base.generated_ids, model.generate(["What is 2 plus 3?"] * 2, max_new_tokens=3,
+                                                          seed=torch.tensor(3)).generated_ids)
     listed = model.generate(["What is 2 plus 3?"] * 2, max_new_tokens=3, seed=[np.int32(5), 6])
     assert listed.generated_ids.shape[0] == 2
-    for bad in (3.0, "3", -1, MAX_SEED + 1, [1.5, 2], True):
+    for bad in (3.0, np.float64(3), "3", -1, MAX_SEED + 1, [1.5, 2], True, torch.tensor(3.0)):
         with pytest.raises(ValueError, match=r"seed(\[\d\])? must be an integer"):
             model.generate(["What is 2 plus 3?"] * 2, max_new_tokens=3, seed=bad)
     model.generate(["What is 2 plus 3?"], max_new_tokens=2, seed=MAX_SEED)  # the largest seed works
