@@ -28,10 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -41,6 +38,8 @@ from ..errors import UserError
 from .common import (
     DebugOption, SetOption, cli_errors, err_console, out_console,
 )
+from .preview import model_contexts, nothing_planned, validate_rows
+from .signals import StopSignals as _StopSignals
 
 from ..rng import row_seed  # the engine's own int-seed spacing: row seed = seed * stride + dataset index
 
@@ -104,87 +103,7 @@ def validate(
             console.print(f"  {key:<15} {value}", markup=False, highlight=False)
         for warning in meta["warnings"]:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
-        _validate_rows(resolved, console)
-
-
-VALIDATE_ROWS = 3  # `validate` renders this many rows from the start of the plan
-
-
-def _validate_rows(recipe, console) -> None:
-    """Render the first rows' prompts (as --dry-run does), so a template field typo fails here. A dataset or
-    tokenizer this machine cannot reach (hub) is a note, not a failure: the recipe itself is valid."""
-    from ..data import load_rows, render_prompts
-    from ..preflight import hub_offline_note, screen_prompts
-    from ..recipe import check_models_reachable
-
-    def note(text):
-        console.print(f"  {'note':<15} {text}", markup=False, highlight=False)
-
-    limit = recipe["dataset"]["limit"]
-    preview = {**recipe, "dataset": {**recipe["dataset"],
-                                     "limit": VALIDATE_ROWS if limit is None else min(limit, VALIDATE_ROWS)}}
-    offline = hub_offline_note(recipe)
-    if offline:
-        note(offline)
-    try:
-        rows = load_rows(preview)
-    except UserError as exc:
-        if exc.exit_code != 1:
-            raise
-        note(f"rows not checked: {exc}")
-        return
-    if not rows:
-        raise UserError(_nothing_planned(recipe))
-    tokenizers = None
-    try:
-        check_models_reachable(recipe)
-        tokenizers = _load_tokenizers(recipe)
-    except UserError as exc:
-        if exc.exit_code != 1:
-            raise
-        note(f"chat templates not applied and prompt lengths not checked (no tokenizer here): {exc}")
-    if tokenizers is None:
-        plain = {role: (None if spec is None else {**spec, "chat_template": False})
-                 for role, spec in recipe["prompts"].items() if role in ("theta", "teacher")}
-        preview = {**preview, "prompts": {**recipe["prompts"], **plain}}
-        rendered = render_prompts(preview, None, rows)
-    else:
-        rendered = render_prompts(preview, tokenizers[0], rows, tokenizer_t=tokenizers[1])
-        screen_prompts(preview, rendered, *tokenizers, _contexts(recipe, *tokenizers))
-    if not rendered.items:
-        raise UserError(f"none of the first {len(rows)} rows can be sampled: row {rendered.errors[0]['id']!r}: "
-                        f"{rendered.errors[0]['reason']}")
-    console.print(f"  {'rows':<15} the first {len(rows)} render ({len(rendered.errors)} bad, "
-                  f"on_bad_row: {recipe['prompts']['on_bad_row']})", markup=False, highlight=False)
-    for err in rendered.errors:
-        note(f"bad row {err['id']!r}: {err['reason']}")
-    item = rendered.items[0]
-    for role, text in (("theta", item.prompt), ("teacher", item.prompt_t)):
-        console.print(f"  --- row {item.id!r}: {role} prompt ---", markup=False, highlight=False)
-        console.print(text, markup=False, highlight=False)
-
-
-def _nothing_planned(recipe) -> str:
-    ds = recipe["dataset"]
-    return (f"nothing to generate: no rows are planned (dataset.skip {ds['skip']}, dataset.limit {ds['limit']}); "
-            f"lower dataset.skip or raise the limit")
-
-
-def _contexts(recipe, tokenizer, tokenizer_t) -> dict:
-    """The context length of theta and the teacher, from their config.json and tokenizers (no weights)."""
-    from ..preflight import model_context
-    from ..recipe import model_location
-
-    kwargs = {}
-    if recipe["models"]["revision"]:
-        kwargs["revision"] = recipe["models"]["revision"]
-    if recipe["models"]["trust_remote_code"]:
-        kwargs["trust_remote_code"] = True
-    theta = model_location(recipe, "theta")
-    teacher = model_location(recipe, "teacher") or theta
-    out = {"theta": model_context(theta, tokenizer, **kwargs)}
-    out["teacher"] = out["theta"] if teacher == theta else model_context(teacher, tokenizer_t, **kwargs)
-    return out
+        validate_rows(resolved, console)
 
 
 def _fragment_label(path: str) -> str:
@@ -257,90 +176,6 @@ class _Distributed:
     def barrier(self) -> None:
         if self.state is not None:
             self.state.wait_for_everyone()
-
-
-STOP_GRACE_S = 3.0  # after a stop signal, how long a model call may hold the main thread before a hard exit
-
-
-class _StopSignals:
-    """SIGINT/SIGTERM raise KeyboardInterrupt, except while a batch is being written: then it finishes first.
-
-    Python runs signal handlers only between bytecodes, so a long model call (a prefill, a CUDA sync)
-    would hold the signal until it returns. A watchdog thread, woken by the signal itself through
-    `signal.set_wakeup_fd`, ends the process (exit 130) when the main thread has not stopped within
-    STOP_GRACE_S and is not writing a batch: like a kill -9 at that point, the folder stays resumable
-    (files are replaced whole, the batch in flight is redone on resume).
-    """
-
-    def __init__(self):
-        self.pending: int | None = None
-        self.deferring = False
-        self._old: dict = {}
-        self._old_fd: int | None = None
-        self._write_fd: int | None = None
-        self._done = threading.Event()
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(write_fd, False)
-        try:
-            self._old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            os.close(read_fd)
-            os.close(write_fd)
-            return
-        self._write_fd = write_fd
-        threading.Thread(target=self._watch, args=(read_fd,), name="os-sample-stop", daemon=True).start()
-
-    def restore(self) -> None:
-        self._done.set()
-        if self._write_fd is not None:
-            signal.set_wakeup_fd(self._old_fd if self._old_fd is not None else -1)
-            os.close(self._write_fd)  # the watchdog reads end-of-file and leaves
-            self._write_fd = None
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old.clear()
-
-    def _watch(self, read_fd: int) -> None:
-        stops = {int(signal.SIGINT), int(signal.SIGTERM)}
-        try:
-            while True:
-                data = os.read(read_fd, 64)
-                if not data or self._done.is_set():
-                    return
-                if stops.isdisjoint(data):
-                    continue
-                deadline = time.monotonic() + STOP_GRACE_S
-                while not self._done.wait(0.1):
-                    if self.deferring:  # a batch is being written: let it finish
-                        deadline = time.monotonic() + STOP_GRACE_S
-                    elif time.monotonic() >= deadline:
-                        os.write(2, (f"\nstopped by a signal while the models were busy; exiting now "
-                                     f"(the batch in flight is redone when the same command is rerun)\n").encode())
-                        os._exit(130)
-                return
-        finally:
-            os.close(read_fd)
-
-    def _handle(self, signum, frame) -> None:
-        self.pending = signum
-        if not self.deferring:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def deferred(self):
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
-        if self.pending is not None:
-            raise KeyboardInterrupt
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -535,11 +370,11 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 
     rows = load_rows(recipe)
     if not rows:
-        raise UserError(_nothing_planned(recipe))
+        raise UserError(nothing_planned(recipe))
     check_models_reachable(recipe)
     tokenizer, tokenizer_t = _load_tokenizers(recipe)
     rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
-    screen_prompts(recipe, rendered, tokenizer, tokenizer_t, _contexts(recipe, tokenizer, tokenizer_t))
+    screen_prompts(recipe, rendered, tokenizer, tokenizer_t, model_contexts(recipe, tokenizer, tokenizer_t))
 
     if dry_run:
         try:
