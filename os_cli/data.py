@@ -125,7 +125,7 @@ def _csv_ids(files: list[str], id_field: str) -> list[str] | None:
 
     ids: list[str] = []
     for f in files:
-        reader = csv.DictReader(io.StringIO(read_text(f), newline=""))
+        reader = csv.DictReader(io.StringIO(read_text(f).lstrip("\ufeff"), newline=""))
         if reader.fieldnames is None or id_field not in reader.fieldnames:
             return None
         ids += [row[id_field] for row in reader]

@@ -81,7 +81,7 @@ def test_ids_are_kept_exactly_as_written(tmp_path):
     as_json.write_text("[" + ", ".join(f'{{"k": {i}, "question": "q"}}' for i in ids[:4]) + "]")
     assert [i for i, _ in load_rows(recipe(source=str(as_json), id_field="k"))] == got[:4]
     csv_file = tmp_path / "rows.csv"
-    csv_file.write_text("k,question\n1,a\n2,b\n3.5,c\n07,d\n123456789012345678901234567890,e\n")
+    csv_file.write_text("\ufeffk,question\n1,a\n2,b\n3.5,c\n07,d\n123456789012345678901234567890,e\n")
     rows = load_rows(recipe(source=str(csv_file), id_field="k"))
     assert [i for i, _ in rows] == ["1", "2", "3.5", "07", "123456789012345678901234567890"]
     assert rows[2][1]["question"] == "c"
