@@ -71,7 +71,14 @@ def context_length(config: Any, tokenizer: Any = None) -> int | None:
 
 def prompt_token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     bos = tokenizer.bos_token
-    return [tokenizer(t, add_special_tokens=not (bos and t.startswith(bos))).input_ids for t in texts]
+    out: list = [None] * len(texts)
+    for add in (True, False):  # one batch call per setting: a fast tokenizer encodes a batch in one go
+        rows = [i for i, t in enumerate(texts) if (not (bos and t.startswith(bos))) == add]
+        if rows:
+            encoded = tokenizer([texts[i] for i in rows], add_special_tokens=add).input_ids
+            for i, ids in zip(rows, encoded):
+                out[i] = list(ids)
+    return out
 
 
 def _lengths(tokenizer, texts: Sequence[str]) -> list[int]:
