@@ -8,8 +8,9 @@ from typing import Sequence
 
 import torch
 
-from . import engine, models, rng
+from . import engine, models, preflight, rng
 from .alpha import ALPHA_METHODS
+from .limits import MAX_NEW_TOKENS, MAX_SEED
 from .sampler import SamplerConfig, mixture_step
 
 log = logging.getLogger("os_cli")
@@ -89,21 +90,27 @@ class OptimalSamplingModel:
         self.model_t_path = models.resolve_model_path(model_t_path) if model_t_path else self.model_theta_path
         self.same_model = self.model_t_path == self.model_theta_path
         tokenizer_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
-        self.tokenizer = models.load_tokenizer(self.model_theta_path, **tokenizer_kwargs)
-        self.tokenizer_t = self.tokenizer if self.same_model else models.load_tokenizer(self.model_t_path, **tokenizer_kwargs)
+        theta_role = "theta (also the teacher)" if self.same_model else "theta"
+        self.tokenizer = models.load_tokenizer(self.model_theta_path, role=theta_role, **tokenizer_kwargs)
+        self.tokenizer_t = self.tokenizer if self.same_model else models.load_tokenizer(
+            self.model_t_path, role="teacher", **tokenizer_kwargs)
         if not self.same_model:
             models.check_same_vocabulary(self.tokenizer, self.tokenizer_t, self.model_theta_path, self.model_t_path)
         # Distributions live on the tokenizer's ids; model embeddings may have padding rows beyond them.
         self.vocab_size = len(self.tokenizer)
 
         load = dict(device=self.device, dtype=self.dtype, attn_implementation=self.attn_implementation, **kwargs)
-        self.model_theta = models.load_causal_lm(self.model_theta_path, **load)
-        self.model_t = self.model_theta if self.same_model else models.load_causal_lm(self.model_t_path, **load)
+        self.model_theta = models.load_causal_lm(self.model_theta_path, role=theta_role, **load)
+        self.model_t = self.model_theta if self.same_model else models.load_causal_lm(
+            self.model_t_path, role="teacher", **load)
         for path, model in ((self.model_theta_path, self.model_theta), (self.model_t_path, self.model_t)):
             rows = model.get_output_embeddings().weight.shape[0]
             if rows < self.vocab_size:
                 raise ValueError(f"{path} has {rows} output rows but its tokenizer has {self.vocab_size} tokens")
         self.eos_token_ids = self._eos_ids()
+        # Longest prompt + new tokens each model takes (None: not known); `generate` checks it.
+        self.context_theta = preflight.context_length(self.model_theta.config, self.tokenizer)
+        self.context_t = preflight.context_length(self.model_t.config, self.tokenizer_t)
         self.special_token_ids = sorted(set(self.tokenizer.all_special_ids) | set(self.tokenizer_t.all_special_ids))
 
     # ------------------------------------------------------------------ public
@@ -134,8 +141,10 @@ class OptimalSamplingModel:
         or `"theta"` skips mixing and samples one model while both still run (baselines, floors).
         """
         prompts, prompts_t = self._check_prompts(prompts, prompts_t)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
+        max_new_tokens = int(max_new_tokens)
+        self._check_lengths(prompts, prompts_t, max_new_tokens)
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if sample_from not in _SAMPLE_FROM:
@@ -185,16 +194,33 @@ class OptimalSamplingModel:
                     raise ValueError(f"{name}[{i}] must be a non-empty string, got {text!r}")
         return prompts, prompts_t
 
+    def _check_lengths(self, prompts, prompts_t, max_new_tokens: int) -> None:
+        """Every prompt must tokenize to at least one token and fit its model's context with the new tokens."""
+        sides = [("prompts", prompts, self.tokenizer, self.context_theta, self.model_theta_path)]
+        if prompts_t is not prompts or self.tokenizer_t is not self.tokenizer or self.context_t != self.context_theta:
+            sides.append(("prompts_t", prompts_t, self.tokenizer_t, self.context_t, self.model_t_path))
+        for name, texts, tokenizer, context, path in sides:
+            for i, ids in enumerate(preflight.prompt_token_ids(tokenizer, texts)):
+                problem = preflight.length_problem(len(ids), max_new_tokens, context)
+                if problem is not None:
+                    raise ValueError(f"{name}[{i}]: {problem} ({path}); shorten the prompt or max_new_tokens")
+
     def _row_seeds(self, seed, count: int) -> torch.Tensor:
         if seed is None:  # follow torch's global RNG, so torch.manual_seed still reproduces a run
             base = int(torch.randint(0, 2**62, (1,)))
             return base + torch.arange(count, dtype=torch.int64)
-        if isinstance(seed, int):
-            return seed * 1_000_003 + torch.arange(count, dtype=torch.int64)
+        if getattr(seed, "ndim", None) == 0 and hasattr(seed, "item"):  # a 0-d numpy array or tensor
+            seed = seed.item()
+        if _is_int(seed):
+            base = _checked_seed(seed, "seed")
+            return torch.tensor([rng.row_seed(base, i) for i in range(count)], dtype=torch.int64)
+        if isinstance(seed, (str, bytes, float)) or not hasattr(seed, "__iter__"):
+            raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (or a list of {count}, one per prompt), "
+                             f"got {type(seed).__name__} {seed!r}")
         seeds = list(seed)
-        if len(seeds) != count or not all(isinstance(s, int) for s in seeds):
-            raise ValueError(f"seed must be an int or a list of {count} ints (one per prompt)")
-        return torch.tensor(seeds, dtype=torch.int64)
+        if len(seeds) != count:
+            raise ValueError(f"seed must be an int or a list of {count} ints (one per prompt), got {len(seeds)}")
+        return torch.tensor([_checked_seed(s, f"seed[{i}]") for i, s in enumerate(seeds)], dtype=torch.int64)
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -210,8 +236,7 @@ class OptimalSamplingModel:
         Texts that already start with BOS (chat templates) get no second one.
         """
         tokenizer, side = (self.tokenizer_t, "prompts_t") if teacher else (self.tokenizer, "prompts")
-        bos = tokenizer.bos_token
-        encoded = [tokenizer(t, add_special_tokens=not (bos and t.startswith(bos))).input_ids for t in texts]
+        encoded = preflight.prompt_token_ids(tokenizer, texts)
         for i, ids in enumerate(encoded):
             if not ids:
                 raise ValueError(f"{side}[{i}] tokenizes to no tokens: {texts[i]!r}")
@@ -306,3 +331,19 @@ class OptimalSamplingModel:
                 out[offset + rows.cpu(), step] = values.float().cpu()
             offset += part.tokens.shape[0]
         return out
+
+
+def _is_int(value) -> bool:
+    """Python and numpy integers (not bool)."""
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _checked_seed(value, name: str) -> int:
+    if not _is_int(value):
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {value}")
+    return value

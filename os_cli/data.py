@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
-from .recipe import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, resolve_local_path, template_fields
+from .recipe import (
+    BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, read_text, resolve_local_path, template_fields,
+)
 
 __all__ = [
     "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",
@@ -62,9 +64,83 @@ def _local_files(path: Path) -> tuple[str, list[str]]:
     return builder, [str(p) for p in files if _BUILDERS[p.suffix] == builder]
 
 
+class _RawInt(int):
+    """A JSON integer that remembers how the file wrote it (ids are kept as written)."""
+
+    def __new__(cls, text):
+        obj = super().__new__(cls, text)
+        obj.raw = str(text)
+        return obj
+
+
+class _RawFloat(float):
+    """A JSON number with a fraction or exponent that remembers how the file wrote it (`3.50`, `1e5`)."""
+
+    def __new__(cls, text):
+        obj = super().__new__(cls, text)
+        obj.raw = str(text)
+        return obj
+
+
+def _parse_json(text: str):
+    return json.loads(text, parse_int=_RawInt, parse_float=_RawFloat)
+
+
+def _json_lines(path: str, text: str) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = _parse_json(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"dataset {path}, line {lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"dataset {path}, line {lineno}: a row must be a JSON object {{...}}, "
+                            f"got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _read_json_file(path: str) -> list[dict]:
+    """Rows of a .jsonl file (one object per line) or a .json file (a list of objects, or JSON lines)."""
+    text = read_text(path).lstrip("\ufeff")
+    if path.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            rows = _parse_json(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"dataset {path}, line {exc.lineno}: not valid JSON: {exc.msg} "
+                            f"(column {exc.colno})") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise UserError(f"dataset {path}: item {i} of the list is not a JSON object {{...}}")
+        return rows
+    return _json_lines(path, text)
+
+
+def _csv_ids(files: list[str], id_field: str) -> list[str] | None:
+    """The id column of CSV files exactly as written (pandas would turn `07` into 7, `1` into 1.0)."""
+    import csv
+    import io
+
+    ids: list[str] = []
+    for f in files:
+        reader = csv.DictReader(io.StringIO(read_text(f).lstrip("\ufeff"), newline=""))
+        if reader.fieldnames is None or id_field not in reader.fieldnames:
+            return None
+        ids += [row[id_field] for row in reader]
+    return ids
+
+
 def _load_local(builder: str, files: list[str], label: str):
+    if builder == "json":
+        return [row for f in files for row in _read_json_file(f)]
     from datasets import load_dataset
 
+    if builder == "csv":
+        for f in files:
+            if not read_text(f).strip():
+                raise UserError(f"dataset {f} has no rows (the file is empty)")
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
@@ -97,33 +173,58 @@ def _load_hub(name: str, config: str | None, split: str):
 
 
 def _open_dataset(recipe: Mapping):
+    """(rows: a list of dicts or a `datasets.Dataset`, raw CSV ids or None, label)."""
     ds_cfg = recipe["dataset"]
     source = ds_cfg["source"]
     if source.startswith(BUILTIN_PREFIX):
         path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
         if not path.is_file():
             raise UserError(f"dataset.source: unknown builtin dataset {source!r} (no {path})")
-        return _load_local("json", [str(path)], source)
+        return _load_local("json", [str(path)], source), None, source
     local = resolve_local_path(recipe, source)
     if local is not None:
         builder, files = _local_files(local)
-        return _load_local(builder, files, str(source))
-    return _load_hub(source, ds_cfg["config"], ds_cfg["split"])
+        data = _load_local(builder, files, str(source))
+        raw_ids = _csv_ids(files, ds_cfg["id_field"]) if builder == "csv" and ds_cfg["id_field"] else None
+        if raw_ids is not None and len(raw_ids) != len(data):
+            raw_ids = None
+        return data, raw_ids, str(source)
+    return _load_hub(source, ds_cfg["config"], ds_cfg["split"]), None, source
+
+
+def id_text(value: Any) -> str:
+    """A row id as the dataset wrote it: strings as they are, numbers as their JSON/CSV text."""
+    raw = getattr(value, "raw", None)
+    if isinstance(raw, str):
+        return raw
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy / arrow scalars
+        value = value.item()
+    return str(value)
 
 
 def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
     """The planned rows `(id, row)` after skip and limit, in dataset order. Raises `UserError`."""
     ds_cfg = recipe["dataset"]
     skip, limit = ds_cfg["skip"], ds_cfg["limit"]
+    raw_ids = None
     if ds_cfg["inline"] is not None:
         total = len(ds_cfg["inline"])
         stop = total if limit is None else min(total, skip + limit)
         rows = [dict(r) for r in ds_cfg["inline"][skip:stop]]
     else:
-        ds = _open_dataset(recipe)
-        total = len(ds)
+        data, raw_ids, label = _open_dataset(recipe)
+        total = len(data)
+        if total == 0:
+            raise UserError(f"dataset {label} has no rows")
         stop = total if limit is None else min(total, skip + limit)
-        rows = ds.select(range(skip, stop)).to_list() if stop > skip else []
+        if isinstance(data, list):
+            rows = data[skip:stop]
+        else:
+            rows = data.select(range(skip, stop)).to_list() if stop > skip else []
     id_field = ds_cfg["id_field"]
     out: list[tuple[str, dict]] = []
     seen: dict[str, int] = {}
@@ -135,7 +236,11 @@ def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
             if id_field not in row or row[id_field] is None:
                 fields = ", ".join(row)
                 raise UserError(f"dataset row {index} has no {id_field!r} (dataset.id_field); its fields: {fields}")
-            row_id = str(row[id_field])
+            value = row[id_field]
+            if isinstance(value, (dict, list)):
+                raise UserError(f"dataset row {index}: id {_short_repr(value)} (dataset.id_field {id_field!r}) "
+                                f"must be a string or a number")
+            row_id = raw_ids[index] if raw_ids is not None else id_text(value)
         if not row_id or "\n" in row_id or "\r" in row_id:
             raise UserError(f"dataset row {index}: id {row_id!r} (dataset.id_field) must be non-empty and on one line")
         if row_id in seen:
@@ -146,6 +251,11 @@ def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
         seen[row_id] = index
         out.append((row_id, row))
     return out
+
+
+def _short_repr(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from .errors import UserError
 from .quiet import quiet_loading
+from .preflight import attn_problem, model_folder_problem
 
 log = logging.getLogger("os_cli")
 
@@ -68,6 +69,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def choose_attn_implementation(requested: str | None, device: torch.device) -> str:
     """flash_attention_2 when flash-attn is importable on CUDA, else sdpa, unless the user chose."""
     if requested not in (None, "auto"):
+        problem = attn_problem(requested, device)
+        if problem:
+            raise UserError(problem)
         return requested
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
@@ -86,13 +90,15 @@ def pop_quantization_config(kwargs: dict):
     return BitsAndBytesConfig(**quant)
 
 
-def load_tokenizer(path: str, **kwargs):
+def load_tokenizer(path: str, role: str = "theta", **kwargs):
+    """The tokenizer of the model in `path`; `role` ("theta" or "teacher") names it in errors."""
     from transformers import AutoTokenizer
 
+    _check_folder(path, role)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise UserError(_load_failure("tokenizer", path, exc), exit_code=1) from exc
+    except (OSError, ValueError) as exc:
+        raise UserError(_load_failure(f"{role} tokenizer", path, exc), exit_code=1) from exc
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         # Padding is masked out everywhere; any id works, EOS is the usual choice.
@@ -100,9 +106,11 @@ def load_tokenizer(path: str, **kwargs):
     return tokenizer
 
 
-def load_causal_lm(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str, **kwargs):
+def load_causal_lm(path: str, *, device: torch.device, dtype: torch.dtype, attn_implementation: str,
+                   role: str = "theta", **kwargs):
     from transformers import AutoModelForCausalLM
 
+    _check_folder(path, role)
     kwargs = dict(kwargs)
     quantization_config = pop_quantization_config(kwargs)
     if quantization_config is not None:
@@ -113,8 +121,8 @@ def load_causal_lm(path: str, *, device: torch.device, dtype: torch.dtype, attn_
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=dtype, attn_implementation=attn_implementation, **kwargs
             )
-    except OSError as exc:
-        raise UserError(_load_failure("model", path, exc), exit_code=1) from exc
+    except (OSError, ImportError) as exc:
+        raise UserError(_load_failure(f"{role} model", path, exc), exit_code=1) from exc
     if quantization_config is None:
         model.to(device)
     model.eval()
@@ -134,9 +142,15 @@ def check_same_vocabulary(tokenizer_theta, tokenizer_t, path_theta: str, path_t:
     )
 
 
+def _check_folder(path: str, role: str) -> None:
+    problem = model_folder_problem(path)
+    if problem:
+        raise UserError(f"could not load the {role} model: {problem}")
+
+
 def _load_failure(what: str, path: str, exc: Exception) -> str:
     if Path(path).exists() or path.startswith(("/", ".", "~")):
-        return f"could not load the {what} from {path}: {exc}"
+        return f"could not load the {what} from the local folder {path}: {type(exc).__name__}: {exc}"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = "the hub is offline here (HF_HUB_OFFLINE=1)" if offline else "the hub may be unreachable from this machine"
     return (f"could not load the {what} {path!r}: it is not a local folder and {hint}; "

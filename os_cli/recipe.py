@@ -40,6 +40,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import UserError
+from .limits import MAX_ALIAS_EXPANSION, MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_SEED, MIN_TEMPERATURE
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -77,6 +78,7 @@ class Field:
     max: float | None = None
     min_open: bool = False
     required: bool = False
+    note: str = ""  # appended to a range error (why the bound exists)
     allowed: str = ""  # how the error message describes what is allowed, when the kind's default is not enough
 
 
@@ -143,12 +145,15 @@ SCHEMA = Section(
         ),
         "sampling": Section(
             {
-                "max_new_tokens": Field("int", 256, min=1),
-                "temperature": Field("float", 1.0, min=0.0, min_open=True),
+                "max_new_tokens": Field("int", 256, min=1, max=MAX_NEW_TOKENS),
+                "temperature": Field(
+                    "float", 1.0, min=MIN_TEMPERATURE,
+                    note="; the bound keeps logits / temperature finite (temperature 0 / greedy is not supported)",
+                ),
                 "top_p": Field("float", 1.0, min=0.0, max=1.0, min_open=True),
                 "top_k": Field("top_k", -1),
-                "batch_size": Field("int", 8, min=1),
-                "seed": Field("int", 0, min=0),
+                "batch_size": Field("int", 8, min=1, max=MAX_BATCH_SIZE),
+                "seed": Field("int", 0, min=0, max=MAX_SEED),
                 "stop": Field("str_list", []),
             }
         ),
@@ -230,18 +235,19 @@ def _display(path: Path) -> str:
 
 def _read_yaml(path: Path) -> tuple[dict, _Source]:
     label = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{label}: cannot read the file: {exc.strerror or exc}") from exc
+    text = read_text(path, "recipe", label)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_aliases(node, label)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{label}:{mark.line + 1}" if mark is not None else label
         problem = getattr(exc, "problem", None) or str(exc)
         raise UserError(f"{where}: invalid YAML: {problem}") from exc
+    except RecursionError:
+        raise UserError(f"{label}: the YAML is nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -250,6 +256,53 @@ def _read_yaml(path: Path) -> tuple[dict, _Source]:
     if node is not None:
         _collect_lines(node, (), lines, label)
     return data, _Source(label, lines, path)
+
+
+def read_text(path: str | os.PathLike, what: str = "dataset", label: str | None = None) -> str:
+    """A file's text; a file that is not UTF-8 is a `UserError` naming it and the byte offset."""
+    label = label or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UserError(f"{what} {label}: cannot read the file: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {label} is not UTF-8 text: byte offset {exc.start} "
+                        f"({data[exc.start:exc.start + 4]!r}: {exc.reason}); convert it to UTF-8") from None
+
+
+def _check_aliases(root, label: str) -> None:
+    """Refuse an anchor used inside itself (a recursive value) and aliases that expand the file to more
+    than MAX_ALIAS_EXPANSION extra values, from the node graph alone (aliases are shared nodes there)."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise UserError(f"{label}:{node.start_mark.line + 1}: a YAML anchor (&name) is used inside its own "
+                            f"value (*name), which would make the recipe infinitely deep")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v) for v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        expanded = size(root)
+    except RecursionError:
+        raise UserError(f"{label}: the YAML is nested too deeply") from None
+    if expanded - len(sizes) > MAX_ALIAS_EXPANSION:
+        raise UserError(f"{label}: YAML aliases (*name) expand this file to {expanded:,} values from {len(sizes):,} "
+                        f"written ones (at most {MAX_ALIAS_EXPANSION:,} repeated values are allowed); write the "
+                        f"values out or use fewer nested aliases")
 
 
 def _collect_lines(node, path: tuple, lines: dict, label: str) -> None:
@@ -552,13 +605,18 @@ def _check_range(spec: Field, value: float, path: tuple, ctx: _Ctx) -> None:
     too_low = lo is not None and (value <= lo if spec.min_open else value < lo)
     too_high = hi is not None and value > hi
     if too_low or too_high:
+        lo_, hi_ = _num(lo), _num(hi)
         if lo is not None and hi is not None:
-            allowed = f"in ({lo:g}, {hi:g}]" if spec.min_open else f"in [{lo:g}, {hi:g}]"
+            allowed = f"in ({lo_}, {hi_}]" if spec.min_open else f"in [{lo_}, {hi_}]"
         elif lo is not None:
-            allowed = f"> {lo:g}" if spec.min_open else f">= {lo:g}"
+            allowed = f"> {lo_}" if spec.min_open else f">= {lo_}"
         else:
-            allowed = f"<= {hi:g}"
-        ctx.fail(path, f"must be {allowed}, got {_show(value)}")
+            allowed = f"<= {hi_}"
+        ctx.fail(path, f"must be {allowed}, got {_show(value)}{spec.note}")
+
+
+def _num(value) -> str:
+    return "" if value is None else str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _check_int(spec, value, path, ctx):
@@ -674,6 +732,11 @@ def _check_model(spec, value, path, ctx):
     if local is not None:
         if not local.is_dir():
             ctx.fail(path, f"{value!r} is a file; a model is a folder written by save_pretrained")
+        from .preflight import model_folder_problem
+
+        problem = model_folder_problem(local)
+        if problem:
+            ctx.fail(path, problem)
         return value
     if _looks_local(value) or not _HUB_NAME.match(value):
         ctx.fail(path, f"model folder not found: {value!r} (not a folder here, and not a hub name like org/name)")
@@ -770,6 +833,11 @@ def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
         for name in keep:
             if name not in fields:
                 ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{_suggest(name, fields)}")
+    from .preflight import attn_problem
+
+    problem = attn_problem(recipe["models"]["attn_implementation"], recipe["models"]["device"])
+    if problem:
+        ctx.fail(("models", "attn_implementation"), problem)
     if recipe["models"]["quantization"] != "none" and recipe["models"]["device"] == "cpu":
         ctx.fail(("models", "quantization"), "4bit/8bit (bitsandbytes) needs a CUDA device, but models.device is cpu")
 
@@ -813,10 +881,25 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
         "bundled": bundled,
         "fragments": [str(f) for f in fragments],
         "overrides": applied,
+        "warnings": _warnings(recipe, ctx),
     }
     if recipe["run_name"] is None:
         recipe["run_name"] = name
     return recipe
+
+
+def _warnings(recipe: dict, ctx: _Ctx) -> list[str]:
+    """Settings that are valid but have no effect (the CLI prints these as warnings)."""
+    out = []
+    revision = recipe["models"]["revision"]
+    if revision is not None:
+        for key in ("theta", "teacher"):
+            value = recipe["models"][key]
+            if value and (value.startswith(BUILTIN_PREFIX) or _local_candidate(value, ctx.recipe_file) is not None):
+                kind = "a builtin model" if value.startswith(BUILTIN_PREFIX) else "a local folder"
+                out.append(f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, "
+                           f"not a hub name")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -993,14 +1076,15 @@ def _describe_load_failure(recipe: Mapping, exc: Exception) -> str:
     which = []
     for key in ("teacher", "theta"):
         value = recipe["models"][key]
-        if value and value in str(exc):
-            which.append(f"models.{key} ({value!r})")
-    name = which[0] if which else (
-        f"models.theta ({recipe['models']['theta']!r}) or models.teacher ({recipe['models']['teacher']!r})"
-    )
+        if value and (value in str(exc) or str(model_location(recipe, key)) in str(exc)):
+            which.append(key)
+    keys = which[:1] or ["theta", "teacher"]
+    name = " or ".join(f"models.{k} ({recipe['models'][k]!r})" for k in keys if recipe["models"][k])
+    hub_names = [k for k in keys if recipe["models"][k] and not recipe["models"][k].startswith(BUILTIN_PREFIX)
+                 and resolve_local_path(recipe, recipe["models"][k]) is None]
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     markers = ("offline", "connect", "resolve", "internet", "network", "couldn't", "could not find", "not found")
     hub = ""
-    if offline or any(m in str(exc).lower() for m in markers):
-        hub = "; if it is a hub name, the hub may be unreachable from here: use a local folder instead"
+    if hub_names and (offline or any(m in str(exc).lower() for m in markers)):
+        hub = "; it is a hub name, and the hub may be unreachable from here: use a local folder instead"
     return f"could not load {name}: {text}{hub}"

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from .limits import MAX_SEED
+
 _MASK32 = 0xFFFFFFFF
+# Row r of a call with one int seed s gets the seed row_seed(s, r); the CLI seeds dataset row i the same way.
+ROW_SEED_STRIDE = 1_000_003
 _GOLDEN = 0x9E3779B9
 
 
@@ -31,6 +35,11 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     x = x ^ (x >> 15)
     x = _mul32(x, 0x846CA68B)
     return x ^ (x >> 16)
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The seed of row `index` under one user seed: seed * ROW_SEED_STRIDE + index, wrapped into 0..MAX_SEED."""
+    return (int(seed) * ROW_SEED_STRIDE + int(index)) % (MAX_SEED + 1)
 
 
 def row_keys(seeds: torch.Tensor) -> torch.Tensor:

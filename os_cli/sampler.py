@@ -17,6 +17,7 @@ from torch import Tensor
 
 from os_cli import mixing, rng
 from os_cli.alpha import solve_alpha, validate_alpha_bounds, validate_alpha_method
+from os_cli.limits import MIN_TEMPERATURE
 
 SAMPLE_FROM = ("mixture", "teacher", "theta")
 
@@ -46,13 +47,14 @@ class SamplerConfig:
         validate_alpha_method(self.alpha_method)
         validate_alpha_bounds(self.alpha_min, self.alpha_max, self.fixed_alpha)
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
-            math.isfinite(self.temperature) and self.temperature > 0
+            math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE
         ):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+            raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {self.temperature!r} "
+                             f"(the bound keeps logits / temperature finite; temperature 0 / greedy is not supported)")
         for name in ("top_k", "target_top_k"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer (<= 0 disables it), got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
+                raise ValueError(f"{name} must be an integer: -1 (off) or a positive number of tokens, got {value!r}")
         for name in ("top_p", "target_top_p"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0.0 < value <= 1.0):

@@ -321,6 +321,12 @@ def completion_matches(completion: str, reference: Any) -> bool | None:
 # Grouping
 
 
+def record_fields(record: dict) -> list[str]:
+    """The names `--by` accepts for this record: its top-level keys, and its row's fields."""
+    row = record.get("row") if isinstance(record.get("row"), dict) else {}
+    return [k for k in record if k != "row"] + [k if k not in record else f"row.{k}" for k in row]
+
+
 def group_value(record: dict, field: str) -> str:
     """`field` as a top-level record key, else `row.field`; `row.NAME` looks only in the row."""
     row = record.get("row") if isinstance(record.get("row"), dict) else {}
@@ -551,6 +557,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     locations: dict[str, list[str]] = {}
     problems: list[dict] = []
     shards = []
+    by_found, by_fields = False, set()
     for shard in sorted(root.glob(SHARD_GLOB)):
         good = bad = 0
         for line, obj, error, torn in _iter_jsonl(shard):
@@ -569,11 +576,17 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
             overall.add(obj)
             if by:
                 key = group_value(obj, by)
+                by_found = by_found or key != MISSING_GROUP
+                if not by_found:
+                    by_fields.update(record_fields(obj))
                 if key not in groups:
                     groups[key] = GroupStats(answer_field)
                 groups[key].add(obj)
         shards.append({"file": shard.name, "records": good, "invalid_lines": bad, "bytes": shard.stat().st_size})
 
+    if by and groups and not by_found:
+        raise UserError(f"--by {by}: no record has this field; fields the records have: "
+                        f"{', '.join(sorted(by_fields))}")
     integrity = _integrity(root, manifest, manifest_error, locations, problems)
     return _json_safe({
         "format": SUMMARY_FORMAT,

@@ -63,9 +63,43 @@ def test_inline_rows():
 
 def test_malformed_file_is_a_user_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "ok"}\n{not json\n')
-    with pytest.raises(UserError, match="could not read dataset"):
+    bad.write_text('{"question": "ok"}\n\n{not json\n')
+    with pytest.raises(UserError, match=r"bad.jsonl, line 3: not valid JSON"):
         load_rows(recipe(source=str(bad)))
+    bad.write_text('{"question": "ok"}\n[1, 2]\n')
+    with pytest.raises(UserError, match=r"line 2: a row must be a JSON object"):
+        load_rows(recipe(source=str(bad)))
+
+
+def test_ids_are_kept_exactly_as_written(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    ids = ['1', '2', '3.5', '123456789012345678901234567890', '"07"', '7', '1e5', '-0.0', 'true']
+    src.write_text("".join(f'{{"k": {i}, "question": "q{n}"}}\n' for n, i in enumerate(ids)))
+    got = [i for i, _ in load_rows(recipe(source=str(src), id_field="k"))]
+    assert got == ["1", "2", "3.5", "123456789012345678901234567890", "07", "7", "1e5", "-0.0", "true"]
+    as_json = tmp_path / "rows.json"
+    as_json.write_text("[" + ", ".join(f'{{"k": {i}, "question": "q"}}' for i in ids[:4]) + "]")
+    assert [i for i, _ in load_rows(recipe(source=str(as_json), id_field="k"))] == got[:4]
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("\ufeffk,question\n1,a\n2,b\n3.5,c\n07,d\n123456789012345678901234567890,e\n")
+    rows = load_rows(recipe(source=str(csv_file), id_field="k"))
+    assert [i for i, _ in rows] == ["1", "2", "3.5", "07", "123456789012345678901234567890"]
+    assert rows[2][1]["question"] == "c"
+
+
+def test_empty_and_non_utf8_datasets(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(UserError, match=r"dataset .*empty.jsonl has no rows"):
+        load_rows(recipe(source=str(empty)))
+    empty_csv = tmp_path / "empty.csv"
+    empty_csv.write_text("")
+    with pytest.raises(UserError, match=r"empty.csv has no rows"):
+        load_rows(recipe(source=str(empty_csv)))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"question": "caf\xe9"}\n')
+    with pytest.raises(UserError, match=r"latin.jsonl is not UTF-8 text: byte offset 17"):
+        load_rows(recipe(source=str(latin)))
 
 
 def test_unreachable_hub_says_so(monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from os_cli import summary as S
+from os_cli.errors import UserError
 
 METHODS = ("kl_symmetry", "entropy")
 
@@ -263,7 +264,8 @@ def test_by_splits_every_table(tmp_path, runner_app):
 
     by_row = S.summarize_dir(tmp_path / "run", by="level")  # not top-level: looked up in row
     assert {k: g["records"] for k, g in by_row["groups"].items()} == {"easy": 6, "hard": 4}
-    assert S.summarize_dir(tmp_path / "run", by="nope")["groups"].keys() == {S.MISSING_GROUP}
+    with pytest.raises(UserError, match=r"--by nope: no record has this field; fields the records have: .*level"):
+        S.summarize_dir(tmp_path / "run", by="nope")
 
     result = invoke(runner_app, tmp_path / "run", "--by", "alpha_method")
     assert result.exit_code == 0, result.output

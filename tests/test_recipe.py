@@ -112,11 +112,16 @@ def test_set_typo_suggests(tmp_path):
 @pytest.mark.parametrize(
     "key,value,expect",
     [
-        ("sampling__temperature", 0, "must be > 0"),
+        ("sampling__temperature", 0, "must be >= 0.001"),
+        ("sampling__temperature", 1e-40, "greedy is not supported"),
+        ("sampling__max_new_tokens", 10**9, "must be in [1, 1048576]"),
+        ("sampling__seed", 2**63, "must be in [0, 9223372036854775807]"),
+        ("sampling__seed", -1, "must be in [0, 9223372036854775807]"),
+        ("sampling__batch_size", 99999999999999999999, "must be in [1, 65536]"),
         ("sampling__temperature", "hot", "must be a number"),
         ("sampling__top_p", 1.5, "must be in (0, 1]"),
         ("sampling__top_p", 0.0, "must be in (0, 1]"),
-        ("sampling__batch_size", 0, "must be >= 1"),
+        ("sampling__batch_size", 0, "must be in [1, 65536]"),
         ("sampling__batch_size", 2.5, "must be an integer"),
         ("sampling__batch_size", True, "must be an integer"),
         ("sampling__max_new_tokens", "10", "must be an integer"),
@@ -244,3 +249,60 @@ def test_in_memory_recipe():
     assert r["sampling"]["temperature"] < 1.0
     with pytest.raises(UserError, match="<recipe>"):
         load_recipe(data={**BASE, "bogus": 1})
+
+
+def test_recipe_not_utf8_names_file_and_byte_offset(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"description: caf\xe9\n")
+    with pytest.raises(UserError, match=r"latin.yaml is not UTF-8 text: byte offset 16") as info:
+        load_recipe(path)
+    assert info.value.exit_code == 2
+
+
+def test_self_referencing_anchor_is_refused(tmp_path):
+    err = error_of(tmp_path, "models: &m\n  theta: a/b\n  again: *m\n")
+    assert "used inside its own value" in str(err) and "r.yaml:1" in str(err)
+    err = error_of(tmp_path, "dataset:\n  inline: &rows [{q: 1}, *rows]\n")
+    assert "used inside its own value" in str(err)
+
+
+def test_billion_laughs_is_bounded_and_fast(tmp_path):
+    import time
+
+    lines = ['a0: &a0 {x: "lol"}']
+    for i in range(1, 30):  # 2**30 values once expanded
+        lines.append(f"a{i}: &a{i} {{l: *a{i - 1}, r: *a{i - 1}}}")
+    lines.append("models: {theta: a/b, extra: *a29}")
+    start = time.monotonic()
+    err = error_of(tmp_path, "\n".join(lines) + "\n")
+    assert time.monotonic() - start < 5
+    assert "YAML aliases (*name) expand this file" in str(err)
+    merges = ['a0: &a0 {x: lol}'] + [f"a{i}: &a{i} {{<<: *a{i - 1}, l: *a{i - 1}, r: *a{i - 1}}}" for i in range(1, 40)]
+    assert "YAML aliases" in str(error_of(tmp_path, "\n".join(merges) + "\n"))
+    assert "nested too deeply" in str(error_of(tmp_path, "models: " + "[" * 1000 + "]" * 1000 + "\n"))
+    # a few aliases are fine
+    ok = dict(BASE, prompts={"theta": {"template": "{question}"}})
+    text = yaml.safe_dump(ok) + "sampling: &s {seed: 1}\n"
+    assert load_recipe(write(tmp_path, text))["sampling"]["seed"] == 1
+
+
+def test_model_folder_without_config_and_missing_flash_attn(tmp_path):
+    (tmp_path / "not_a_model").mkdir()
+    err = error_of(tmp_path, merged(models__theta=str(tmp_path / "not_a_model")))
+    assert "models.theta" in str(err) and "no config.json" in str(err) and "hub" not in str(err)
+    err = error_of(tmp_path, merged(models__teacher=str(tmp_path / "not_a_model")))
+    assert "models.teacher" in str(err) and "no config.json" in str(err)
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is None:
+        err = error_of(tmp_path, merged(models__attn_implementation="flash_attention_2"))
+        assert "models.attn_implementation" in str(err) and "flash-attn package" in str(err)
+    err = error_of(tmp_path, merged(models__attn_implementation="flash_attention_2", models__device="cpu"))
+    assert "flash" in str(err)
+
+
+def test_revision_on_local_or_builtin_model_warns(tmp_path):
+    r = load_recipe(data=merged(models={"theta": "builtin:demo-theta", "revision": "v1"}))
+    assert any("models.revision 'v1' is ignored for models.theta" in w for w in r["_meta"]["warnings"])
+    r = load_recipe(data=merged(models={"theta": "org/model", "revision": "v1"}))
+    assert r["_meta"]["warnings"] == []

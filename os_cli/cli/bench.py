@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
+from ..limits import MAX_NEW_TOKENS
 from .common import DebugOption, SetOption, cli_errors, out_console
 
 HELP = (
@@ -36,7 +37,7 @@ def bench_command(
     overrides: Optional[List[str]] = SetOption,
     batch_sizes: str = typer.Option("1,2,4,8", "--batch-sizes", help="Comma-separated batch sizes, or 'auto'."),
     prompts: int = typer.Option(16, "--prompts", min=1, help="Prompts per point (at least the batch size is run)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS,
                                                  help="Tokens per completion (default: the recipe's)."),
     compare: bool = typer.Option(False, "--compare", help="Also run HF generate, the two-model floor and every "
                                  "alpha method at the recommended batch size."),
@@ -50,6 +51,9 @@ def bench_command(
 
 
 def parse_batch_sizes(text: str) -> list[int] | str:
+    """Batch sizes from 1 to MAX_BATCH_SIZE (larger is a typo, not a plan: memory grows with it)."""
+    from ..limits import MAX_BATCH_SIZE
+
     text = text.strip().lower()
     if text == "auto":
         return "auto"
@@ -58,6 +62,9 @@ def parse_batch_sizes(text: str) -> list[int] | str:
         part = part.strip()
         if not part.isdigit() or int(part) < 1:
             raise UserError(f"--batch-sizes {text!r}: give positive integers separated by commas (1,2,4,8) or 'auto'")
+        if int(part) > MAX_BATCH_SIZE:
+            raise UserError(f"--batch-sizes: {part} is more than the largest batch size, {MAX_BATCH_SIZE}; "
+                            f"use 'auto' to find the largest that fits in memory")
         if int(part) not in sizes:
             sizes.append(int(part))
     return sizes
@@ -68,17 +75,24 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     from .. import benchmark as B
     from ..data import load_rows, render_prompts
     from ..quiet import quiet_progress_bars
+    from ..limits import MAX_BATCH_SIZE
     from ..recipe import build_model, load_recipe
 
     quiet_progress_bars()
     if not 0 <= headroom < 1:
         raise UserError(f"--headroom {headroom}: give a fraction of device memory in [0, 1), e.g. 0.1")
     sizes = parse_batch_sizes(batch_sizes_text)
+    if num_prompts > MAX_BATCH_SIZE:
+        raise UserError(f"--prompts {num_prompts}: at most {MAX_BATCH_SIZE} prompts per point")
     if json_file is not None and json_file.exists() and json_file.is_dir():
         raise UserError(f"--json {json_file}: is a folder; give a file name")
     console = out_console()
 
     recipe = load_recipe(config, overrides)
+    from ..preflight import hub_offline_note
+
+    for text in recipe["_meta"]["warnings"] + [n for n in [hub_offline_note(recipe)] if n]:
+        console.print(f"warning: {text}", markup=False, highlight=False)
     sampling = recipe["sampling"]
     settings = B.BenchSettings(
         max_new_tokens=max_new_tokens or sampling["max_new_tokens"], temperature=sampling["temperature"],

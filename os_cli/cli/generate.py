@@ -19,17 +19,17 @@ Testing-only hooks (environment variables, not a user interface):
 - `OS_SAMPLE_INJECT_OOM=8[,4...]` raises `torch.OutOfMemoryError` whenever a batch of one of these
   sizes is about to be sampled (to exercise the back-off without a GPU);
 - `OS_SAMPLE_INJECT_DELAY=SECONDS` sleeps after each batch is written (lets tests kill a run at a
-  known point).
+  known point);
+- `OS_SAMPLE_INJECT_BUSY=PATH` creates PATH, then blocks in a native call that signals do not interrupt
+  before the first batch is sampled (stands in for a long prefill or CUDA sync, to test that a stop
+  signal still ends the run).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -39,8 +39,10 @@ from ..errors import UserError
 from .common import (
     DebugOption, SetOption, cli_errors, err_console, out_console,
 )
+from .preview import model_contexts, nothing_planned, validate_rows
+from .signals import StopSignals as _StopSignals
 
-ROW_SEED_STRIDE = 1_000_003  # the engine's own int-seed spacing: row seed = seed * stride + dataset index
+from ..rng import row_seed  # the engine's own int-seed spacing: row seed = seed * stride + dataset index
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,6 +104,9 @@ def validate(
         ]
         for key, value in lines:
             console.print(f"  {key:<15} {value}", markup=False, highlight=False)
+        for warning in meta["warnings"]:
+            console.print(f"  warning: {warning}", markup=False, highlight=False)
+        validate_rows(resolved, console)
 
 
 def _fragment_label(path: str) -> str:
@@ -176,41 +181,6 @@ class _Distributed:
             self.state.wait_for_everyone()
 
 
-class _StopSignals:
-    """SIGINT/SIGTERM raise KeyboardInterrupt, except while a batch is being written: then it finishes first."""
-
-    def __init__(self):
-        self.pending: int | None = None
-        self.deferring = False
-        self._old: dict = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old.clear()
-
-    def _handle(self, signum, frame) -> None:
-        self.pending = signum
-        if not self.deferring:
-            raise KeyboardInterrupt
-
-    @contextmanager
-    def deferred(self):
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
-        if self.pending is not None:
-            raise KeyboardInterrupt
-
-
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -228,6 +198,17 @@ def _inject_oom(batch_size: int) -> None:
         import torch
 
         raise torch.OutOfMemoryError(f"CUDA out of memory (injected by OS_SAMPLE_INJECT_OOM at batch size {batch_size})")
+
+
+def _inject_busy() -> None:
+    path = os.environ.get("OS_SAMPLE_INJECT_BUSY", "").strip()
+    if path and not os.path.exists(path):
+        import ctypes
+
+        Path(path).write_text(str(os.getpid()))
+        libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # zeroed: an unlocked default mutex
+        libc.pthread_mutex_lock(mutex)
+        libc.pthread_mutex_lock(mutex)  # native, GIL released, never returns, not interrupted by signals
 
 
 def _inject_delay() -> None:
@@ -328,7 +309,7 @@ def _load_tokenizers(recipe):
     theta = model_location(recipe, "theta")
     tokenizer = load_tokenizer(theta, **kwargs)
     teacher = model_location(recipe, "teacher")
-    tokenizer_t = tokenizer if teacher in (None, theta) else load_tokenizer(teacher, **kwargs)
+    tokenizer_t = tokenizer if teacher in (None, theta) else load_tokenizer(teacher, role="teacher", **kwargs)
     return tokenizer, tokenizer_t
 
 
@@ -360,20 +341,28 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
     from ..data import load_rows, render_prompts
     from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
+    from ..preflight import hub_offline_note, screen_prompts
+    from ..quiet import quiet_progress_bars
     from ..recipe import check_models_reachable, load_recipe, output_dir
     from ..writer import check_output, plan_entries
-
-    from ..quiet import quiet_progress_bars
 
     quiet_progress_bars()
     recipe = load_recipe(config, overrides)
     out_dir = output_dir(recipe, output)
     dist = _Distributed(recipe["models"]["device"])
+    log = err_console()
+    offline = hub_offline_note(recipe)
+    if dist.is_main:
+        for text in recipe["_meta"]["warnings"] + ([offline] if offline else []):
+            log.print(f"warning: {text}", markup=False, highlight=False)
 
     rows = load_rows(recipe)
+    if not rows:
+        raise UserError(nothing_planned(recipe))
     check_models_reachable(recipe)
     tokenizer, tokenizer_t = _load_tokenizers(recipe)
     rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
+    screen_prompts(recipe, rendered, tokenizer, tokenizer_t, model_contexts(recipe, tokenizer, tokenizer_t))
     planned_ids = [row_id for row_id, _ in rows]
     plan = plan_entries(planned_ids, rendered.items, rendered.errors)
 
@@ -487,12 +476,13 @@ def _sample(recipe, model, writer, dist, pending, total_mine, out_dir, n_errors)
             dash.batch_started(len(batch), writer.current_shard)
             try:
                 _inject_oom(len(batch))
+                _inject_busy()
                 out = model.generate(
                     prompts=[it.prompt for it in batch],
                     prompts_t=[it.prompt_t for it in batch] if teacher_prompts else None,
                     max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
                     top_p=sampling["top_p"], top_k=sampling["top_k"], return_diagnostics=True,
-                    seed=[sampling["seed"] * ROW_SEED_STRIDE + it.index for it in batch],
+                    seed=[row_seed(sampling["seed"], it.index) for it in batch],
                     stop=sampling["stop"] or None,
                 )
             except Exception as exc:  # noqa: BLE001 - only OOM is handled here

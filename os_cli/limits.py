@@ -1,0 +1,14 @@
+"""Bounds on what a run or a `generate` call may ask for: defined once, used by the recipe schema, the
+sampler's and the API's argument checks and the CLI. No imports, so anything may import it cheaply."""
+
+# Temperature divides the logits; below this bound float32 logits / temperature can overflow to inf.
+# There is no greedy mode: temperature 0 is refused (MIN_TEMPERATURE samples nearly greedily).
+MIN_TEMPERATURE = 1e-3
+# Seeds are non-negative int64 values.
+MAX_SEED = (1 << 63) - 1
+# The engine preallocates per row and per new token: larger values are typos, not plans.
+MAX_NEW_TOKENS = 1 << 20
+MAX_BATCH_SIZE = 1 << 16
+# YAML aliases (*name) may repeat anchored values at most this many extra values in all
+# (a "billion laughs" file of nested aliases is refused before it is expanded).
+MAX_ALIAS_EXPANSION = 100_000
