@@ -165,7 +165,10 @@ def test_unreachable_hub_without_offline_flag_fails_fast(tmp_path, tiny_models, 
 def test_inspect_by_unknown_field_lists_fields(tmp_path, cli_app):
     out = tmp_path / "run"
     out.mkdir()
-    rec = {"id": "1", "alpha_method": "fixed", "completion": "x", "num_tokens": 1, "row": {"topic": "math"}}
+    stat = {"mean": 0.5, "min": 0.5, "max": 0.5}
+    rec = {"id": "1", "alpha_method": "fixed", "prompt": "p", "prompt_t": "p", "completion": "x", "num_tokens": 1,
+           "finish_reason": "eos", "alpha": stat, "ess_ratio": stat, "kl_theta": stat, "kl_t": stat,
+           "logprob": {"theta": -1.0, "t": -1.0, "q": -1.0}, "row": {"topic": "math"}}
     (out / "shard-00000.jsonl").write_text(json.dumps(rec) + "\n")
     result = cli(cli_app, "inspect", out, "--by", "tpoic")
     assert result.exit_code == 2, result.output
