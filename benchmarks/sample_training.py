@@ -134,6 +134,12 @@ def importance_weights(samples: list[Sample], clip: float) -> torch.Tensor:
     return (w * len(samples) / w.sum()).float()
 
 
+def weighted_share(flags: list[bool], weights: torch.Tensor | None) -> float:
+    """sum_i w_i flag_i / sum_i w_i (the plain share when `weights` is None)."""
+    w = torch.ones(len(flags), dtype=torch.float64) if weights is None else weights.double()
+    return float((w * torch.tensor(flags, dtype=torch.float64)).sum() / w.sum())
+
+
 def effective_sample_size(weights: torch.Tensor) -> float:
     w = weights.double()
     return float(w.sum() ** 2 / (w * w).sum())

@@ -78,6 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key in ("train_prompts", "steps", "batch_size", "eval_samples"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.details is not None and not args.details.parent.is_dir():
+        parser.error(f"--details {args.details}: folder {args.details.parent} does not exist")
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
     if args.is_clip < 1:
         parser.error(f"--is-clip must be at least 1 (the mean weight), got {args.is_clip}")
     return args
@@ -130,6 +134,8 @@ def run(args: argparse.Namespace) -> dict:
                 "accuracy_before_se": before["accuracy_se"], "accuracy_after_se": after["accuracy_se"],
                 "terse_before": before["terse"], "terse_after": after["terse"],
                 "is_ess_share": st.effective_sample_size(weights) / len(data) if weights is not None else 1.0,
+                # the share correct as the weighted loss sees it: sum_i w_i correct_i / sum_i w_i
+                "train_correct_weighted": st.weighted_share([s.correct for s in data], weights),
                 "loss_first": losses[0], "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
             })
             log(f"  {weighting}: accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
@@ -166,9 +172,9 @@ def main(argv=None) -> int:
     result = run(args)
     log(markdown_table(result["details"]))
     log(f"done in {result['settings']['seconds']:.0f}s")
+    print(json.dumps({"rows": result["rows"]}), flush=True)
     if args.details:
         args.details.write_text(json.dumps({"settings": result["settings"], "rows": result["details"]}, indent=2) + "\n")
-    print(json.dumps({"rows": result["rows"]}))
     return 0
 
 
