@@ -1,7 +1,7 @@
 """Train theta on each sampler's output and measure what it learned (issue 12).
 
     nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # < 5 min on 2 CPU cores
-    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py            # the full run, ~30-45 min
+    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py            # the full run, ~25 min (docs/benchmarks.md)
 
 On the built-in demo pair (os_cli/builtin/README.md):
 1. Training prompts: problems from scripts/train_demo.py's generator with another seed
