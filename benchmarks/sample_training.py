@@ -76,7 +76,8 @@ def training_prompts(n: int, seed: int, heldout: list[dict]) -> list[dict]:
 
 
 def hint_question(problem: dict) -> str:
-    """The teacher's side of the hinted sampler: the question followed by its reference answer."""
+    """The teacher's side of the hinted sampler: the reference answer, then the question. Of four
+    forms tried on 300 training prompts this one misled the demo teacher least (docs/benchmarks.md)."""
     return f"The answer is {problem['answer']}. {problem['question']}"
 
 
