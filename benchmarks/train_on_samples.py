@@ -1,0 +1,182 @@
+"""Train theta on each sampler's output and measure what it learned (issue 12).
+
+    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # < 5 min on 2 CPU cores
+    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py            # the full run, ~25 min (docs/benchmarks.md)
+
+On the built-in demo pair (os_cli/builtin/README.md):
+1. Training prompts: problems from scripts/train_demo.py's generator with another seed
+   (TRAIN_PROMPT_SEED), disjoint from the 500 held-out `builtin:demo-problems` (checked).
+2. One completion per prompt from each sampler (SAMPLERS in benchmarks/sample_training.py: theta
+   alone, teacher alone, q* fixed 0.5, kl_symmetry, ess_balance, entropy, and kl_symmetry with a
+   hinted teacher whose prompt ends with "The answer is N."), same row seeds for every sampler,
+   through the Python API (os_cli.OptimalSamplingModel) at temperature 1.
+3. For each data set a fresh copy of builtin:demo-theta is fine-tuned with the same budget (steps,
+   batch, learning rate, batch order): plain SFT ("sft"), and, where the sampler is not theta itself,
+   importance-weighted SFT ("is"): each sequence weighted by pi_theta(y)/q*(y) from the records,
+   self-normalised over the data set to mean 1, clipped at --is-clip times the mean, renormalised
+   to mean 1 (sample_training.importance_weights).
+4. Every fine-tuned theta is sampled alone at temperature 1 on the held-out problems
+   (--eval-samples completions each, same seeds for every model) and scored with
+   os_cli.summary's answer matching (what `os-sample inspect` uses).
+
+stdout: one JSON object {"rows": [{"sampler", "weighting", "accuracy_before", "accuracy_after",
+"logp_theta_per_token", "train_correct"}, ...]}; progress and a markdown table go to stderr;
+--details FILE also writes the extra columns (standard errors, ESS, styles, losses, settings).
+Deterministic: one thread, torch.use_deterministic_algorithms, fixed seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+import torch  # noqa: E402
+
+import sample_training as st  # noqa: E402
+
+TRAIN_PROMPT_SEED = 2468  # scripts/train_demo.py uses 1234 (its training set) and 5678 (held-out)
+SAMPLE_SEED = 100
+EVAL_SEED = 7_000_000
+
+FULL = dict(train_prompts=2000, steps=300, batch_size=32, lr=3e-3, eval_problems=500, eval_samples=4)
+QUICK = dict(train_prompts=256, steps=30, batch_size=32, lr=3e-3, eval_problems=100, eval_samples=2)
+ROW_KEYS = ("sampler", "weighting", "accuracy_before", "accuracy_after", "logp_theta_per_token", "train_correct")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"reduced sizes: {QUICK}")
+    for key, value in FULL.items():
+        parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=None,
+                            help=f"default {value} (--quick: {QUICK[key]})")
+    parser.add_argument("--samplers", default=",".join(st.SAMPLERS),
+                        help="comma-separated subset of: " + ", ".join(st.SAMPLERS))
+    parser.add_argument("--is-clip", type=float, default=10.0,
+                        help="clip self-normalised importance weights at this multiple of their mean")
+    parser.add_argument("--train-seed", type=int, default=0, help="initial state and batch order of fine-tuning")
+    parser.add_argument("--sample-batch-size", type=int, default=256, help="rows per API decode batch")
+    parser.add_argument("--details", type=Path, default=None, help="also write every column and the settings here")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    names = [s.strip() for s in args.samplers.split(",") if s.strip()]
+    unknown = [s for s in names if s not in st.SAMPLERS]
+    if unknown or not names:
+        parser.error(f"--samplers: unknown {unknown}; choose from {', '.join(st.SAMPLERS)}")
+    args.samplers = names
+    if not 1 <= args.eval_problems <= 500:
+        parser.error(f"--eval-problems must be in 1..500, got {args.eval_problems}")
+    for key in ("train_prompts", "steps", "batch_size", "eval_samples"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.details is not None and not args.details.parent.is_dir():
+        parser.error(f"--details {args.details}: folder {args.details.parent} does not exist")
+    if not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    if args.is_clip < 1:
+        parser.error(f"--is-clip must be at least 1 (the mean weight), got {args.is_clip}")
+    return args
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole experiment; returns {"rows": [...], "details": [...], "settings": {...}}."""
+    torch.set_num_threads(1)  # tiny models: one thread is far faster than two on a shared machine
+    torch.use_deterministic_algorithms(True)
+    started = time.time()
+    heldout = st.heldout_problems(args.eval_problems)
+    problems = st.training_prompts(args.train_prompts, TRAIN_PROMPT_SEED, st.heldout_problems())
+    cfg = st.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.train_seed)
+    tokenizer = st.OptimalSamplingModel(st.THETA, None, dtype=torch.float32, device="cpu").tokenizer
+    log(f"{len(problems)} training prompts (seed {TRAIN_PROMPT_SEED}, disjoint from the held-out set), "
+        f"{len(heldout)} held-out problems x {args.eval_samples} samples; fine-tuning {cfg}")
+
+    def eval_model(model) -> dict:
+        return st.evaluate(model, tokenizer, heldout, args.eval_samples, EVAL_SEED, args.sample_batch_size)
+
+    before = eval_model(None)
+    log(f"theta before: accuracy {before['accuracy']:.3f} +- {before['accuracy_se']:.3f} ({time.time() - started:.0f}s)")
+    rows, details = [], []
+    for name in args.samplers:
+        data = st.sample_dataset(name, problems, SAMPLE_SEED, args.sample_batch_size)
+        tokens = sum(len(s.completion_ids) for s in data)
+        data_stats = {
+            "logp_theta_per_token": sum(s.logp_theta for s in data) / tokens,
+            "logp_q_per_token": sum(s.logp_q for s in data) / tokens,
+            "train_correct": sum(s.correct for s in data) / len(data),
+            "train_terse": sum(s.terse for s in data) / len(data),
+            "train_tokens_mean": tokens / len(data),
+        }
+        log(f"{name}: data correct {data_stats['train_correct']:.3f}, log pi_theta/token "
+            f"{data_stats['logp_theta_per_token']:.3f}, terse {data_stats['train_terse']:.2f} ({time.time() - started:.0f}s)")
+        for weighting in ("sft",) if name in st.ON_POLICY else ("sft", "is"):
+            weights = st.importance_weights(data, args.is_clip) if weighting == "is" else None
+            model, losses = st.fine_tune(data, weights, cfg, tokenizer.pad_token_id)
+            after = eval_model(model)
+            row = {"sampler": name, "weighting": weighting, "accuracy_before": before["accuracy"],
+                   "accuracy_after": after["accuracy"],
+                   "logp_theta_per_token": data_stats["logp_theta_per_token"],
+                   "train_correct": data_stats["train_correct"]}
+            rows.append(row)
+            details.append(row | data_stats | {
+                "accuracy_before_se": before["accuracy_se"], "accuracy_after_se": after["accuracy_se"],
+                "terse_before": before["terse"], "terse_after": after["terse"],
+                "is_ess_share": st.effective_sample_size(weights) / len(data) if weights is not None else 1.0,
+                # the share correct as the weighted loss sees it: sum_i w_i correct_i / sum_i w_i
+                "train_correct_weighted": st.weighted_share([s.correct for s in data], weights),
+                "loss_first": losses[0], "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+            })
+            log(f"  {weighting}: accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
+                f"+- {after['accuracy_se']:.3f}, terse {after['terse']:.2f}, ESS share "
+                f"{details[-1]['is_ess_share']:.3f} ({time.time() - started:.0f}s)")
+    settings = {k: v for k, v in vars(args).items() if k != "details"} | {
+        "train_prompt_seed": TRAIN_PROMPT_SEED, "sample_seed": SAMPLE_SEED, "eval_seed": EVAL_SEED,
+        "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+        "seconds": round(time.time() - started, 1),
+    }
+    return {"rows": rows, "details": details, "settings": settings}
+
+
+def markdown_table(details: list[dict]) -> str:
+    lines = ["| sampler | weighting | train correct | log pi_theta / token | IS ESS share | accuracy before "
+             "| accuracy after | change | terse after |", "|---|---|---|---|---|---|---|---|---|"]
+    for d in details:
+        lines.append(
+            f"| {d['sampler']} | {d['weighting']} | {d['train_correct']:.1%} | {d['logp_theta_per_token']:.3f} "
+            f"| {d['is_ess_share']:.3f} | {d['accuracy_before']:.1%} | {d['accuracy_after']:.1%} "
+            f"+- {d['accuracy_after_se']:.1%} | {d['accuracy_after'] - d['accuracy_before']:+.1%} "
+            f"| {d['terse_after']:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    result = run(args)
+    log(markdown_table(result["details"]))
+    log(f"done in {result['settings']['seconds']:.0f}s")
+    print(json.dumps({"rows": result["rows"]}), flush=True)
+    if args.details:
+        args.details.write_text(json.dumps({"settings": result["settings"], "rows": result["details"]}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
