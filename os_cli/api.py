@@ -4,19 +4,47 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from . import engine, models, rng
+from . import engine, models, rng, scheduler
 from .alpha import ALPHA_METHODS
 from .sampler import SamplerConfig, mixture_step
+from .scheduler import InFlightLimit, SchedulerStats
 
 log = logging.getLogger("os_cli")
 
 # from_pretrained keyword arguments that concern the tokenizer too.
 _TOKENIZER_KWARGS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
 _SAMPLE_FROM = ("mixture", "teacher", "theta")
+_LOOPS = ("refill", "static")
+
+
+@dataclass
+class StreamRow:
+    """One row for `generate_stream`: prompts, the row's seed (as `generate(seed=[...])` takes it),
+    an optional token cap and any id of the caller's (returned on the result)."""
+
+    prompt: str
+    prompt_t: str | None = None
+    seed: int = 0
+    max_new_tokens: int | None = None
+    id: object = None
+
+
+@dataclass
+class RowOutput:
+    """One finished row from `generate_stream`: tensors [n] on the CPU (n = tokens, EOS included)."""
+
+    index: int  # position in the input stream
+    id: object
+    text: str | None
+    token_ids: torch.Tensor
+    finish_reason: str
+    traces: dict[str, torch.Tensor]  # engine.TRACE_FIELDS: alpha, ess_*, kl_*, logprob_theta/t/q, fallback
+    logits: dict[str, torch.Tensor] | None = None
+    q_star_probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -111,7 +139,7 @@ class OptimalSamplingModel:
         self,
         prompts: Sequence[str],
         prompts_t: Sequence[str] | None = None,
-        max_new_tokens: int = 100,
+        max_new_tokens: int | Sequence[int] = 100,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = -1,
@@ -123,6 +151,8 @@ class OptimalSamplingModel:
         seed: int | Sequence[int] | None = None,
         stop: Sequence[str] | None = None,
         sample_from: str = "mixture",
+        draft_tokens: int = 0,
+        loop: str = "refill",
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -130,27 +160,69 @@ class OptimalSamplingModel:
         seed, prompts and the models, not on its batch-mates or `batch_size`. `stop` strings end a
         row (finish reason "stop"; the text is cut before the stop string). `sample_from="teacher"`
         or `"theta"` skips mixing and samples one model while both still run (baselines, floors).
+        `max_new_tokens` may be one cap per prompt. `batch_size` rows decode at once; a finished
+        row's slot is refilled with the next prompt at once (continuous batching). `draft_tokens=k`
+        samples by exact speculative rounds: theta drafts k tokens, q* verifies them (same
+        distribution, fewer teacher forwards). `loop="static"` runs the reference loop instead
+        (fixed micro-batches, one token per step), kept for tests and benchmarks.
         """
         prompts, prompts_t = self._check_prompts(prompts, prompts_t)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        caps = self._check_caps(max_new_tokens, len(prompts))
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if sample_from not in _SAMPLE_FROM:
-            raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
-        config = self._sampler_config(temperature, top_k, top_p)
-        stop = [s for s in (stop or []) if s]
-        keys = rng.row_keys(self._row_seeds(seed, len(prompts)))
+        if loop not in _LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(_LOOPS)}, got {loop!r}")
+        seeds = self._row_seeds(seed, len(prompts)).tolist()
+        limit = batch_size or len(prompts)
+        if loop == "static":
+            if draft_tokens:
+                raise ValueError("draft_tokens needs loop='refill'; the static reference loop draws one token per step")
+            results = self._static(prompts, prompts_t, seeds, caps, limit, temperature, top_k, top_p, stop,
+                                   sample_from, return_logits, return_q_star_probs)
+        else:
+            rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
+            results = [None] * len(rows)
+            for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
+                                       limit, return_logits, return_q_star_probs, oom_backoff=False, stats=None):
+                results[result.index] = result
+        return self._assemble(results, stop, return_diagnostics, skip_decode)
 
-        chunk = batch_size or len(prompts)
-        parts = []
-        for start in range(0, len(prompts), chunk):
-            rows = slice(start, start + chunk)
-            parts.append(self._decode_batch(
-                prompts[rows], prompts_t[rows], keys[rows], config, max_new_tokens, stop, sample_from,
-                return_logits, return_q_star_probs,
-            ))
-        return self._assemble(parts, max_new_tokens, stop, return_diagnostics, skip_decode)
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        rows: Iterable[StreamRow],
+        *,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        stop: Sequence[str] | None = None,
+        sample_from: str = "mixture",
+        draft_tokens: int = 0,
+        limit: int | InFlightLimit = 8,
+        return_logits: bool = False,
+        return_q_star_probs: bool = False,
+        skip_decode: bool = False,
+        oom_backoff: bool = False,
+        stats: SchedulerStats | None = None,
+    ) -> Iterator[RowOutput]:
+        """Decode `rows` (read lazily) with up to `limit` in flight; yield each row as soon as it ends.
+
+        Results come in finishing order; `RowOutput.index` is the row's position in `rows` and
+        `RowOutput.id` its `StreamRow.id`. A row's output is the one `generate` gives for the same
+        prompts and seed. Pass an `InFlightLimit` to lower the limit while iterating; with
+        `oom_backoff=True` an out-of-memory error halves it (see `limit.backoffs`) instead of failing,
+        and only the rows beyond the new limit restart (with the same output). `stats` collects
+        occupancy and acceptance counters.
+        """
+        rows = iter(rows)
+        cap = self._check_caps(max_new_tokens, 1)[0]
+        for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
+                                        return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats):
+            text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, _stops(stop))
+            yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
+                            finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
+                            q_star_probs=result.q_star)
 
     # ------------------------------------------------------------------ internals
 
@@ -207,63 +279,128 @@ class OptimalSamplingModel:
 
         Texts that already start with BOS (chat templates) get no second one.
         """
-        tokenizer, side = (self.tokenizer_t, "prompts_t") if teacher else (self.tokenizer, "prompts")
-        bos = tokenizer.bos_token
-        encoded = [tokenizer(t, add_special_tokens=not (bos and t.startswith(bos))).input_ids for t in texts]
-        for i, ids in enumerate(encoded):
-            if not ids:
-                raise ValueError(f"{side}[{i}] tokenizes to no tokens: {texts[i]!r}")
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, row in enumerate(encoded):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        side = "prompts_t" if teacher else "prompts"
+        rows = [self._token_ids(text, side, i, teacher=teacher) for i, text in enumerate(texts)]
+        pad = (self.tokenizer_t if teacher else self.tokenizer).pad_token_id
+        return engine.left_pad(rows, pad, self.device)
 
-    def _decode_batch(self, prompts, prompts_t, keys, config, max_new_tokens, stop, sample_from,
-                      keep_logits, keep_q_star) -> engine.DecodeTrace:
-        keys = keys.to(self.device)
+    def _token_ids(self, text: str, side: str, index: int, teacher: bool = False) -> list[int]:
+        tokenizer = self.tokenizer_t if teacher else self.tokenizer
+        bos = tokenizer.bos_token
+        ids = tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids
+        if not ids:
+            raise ValueError(f"{side}[{index}] tokenizes to no tokens: {text!r}")
+        return ids
+
+    def _check_caps(self, max_new_tokens, count: int) -> list[int]:
+        caps = [max_new_tokens] * count if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(caps) != count or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in caps):
+            raise ValueError(
+                f"max_new_tokens must be a positive integer or a list of {count} positive integers, got {max_new_tokens!r}"
+            )
+        return caps
+
+    def _step_fn(self, config: SamplerConfig, sample_from: str):
+        """q* for [n, V] logits of rows at per-row steps, exactly as every loop draws it."""
         special = None
         if self.force_target_for_special_tokens and self.special_token_ids:
             special = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             special[self.special_token_ids] = True
         force_first = self.force_target_for_first_token
 
-        def step_fn(logits_theta, logits_t, rows, step):
-            first = torch.ones_like(rows, dtype=torch.bool) if (force_first and step == 0) else None
+        def step_fn(logits_theta, logits_t, keys, steps):
             return mixture_step(
-                logits_theta, logits_t, config, row_keys=keys[rows], step=step,
-                force_teacher_tokens=special, force_teacher_rows=first, sample_from=sample_from,
+                logits_theta, logits_t, config, row_keys=keys, step=steps, force_teacher_tokens=special,
+                force_teacher_rows=(steps == 0) if force_first else None, sample_from=sample_from,
             )
 
+        return step_fn
+
+    def _settings(self, temperature, top_k, top_p, stop, sample_from, draft_tokens):
+        if sample_from not in _SAMPLE_FROM:
+            raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
+        if draft_tokens and self.same_model:
+            raise ValueError("draft_tokens needs two different models: with one model q* is pi_theta, nothing to draft")
+        config = self._sampler_config(temperature, top_k, top_p)
+        return config, _stops(stop)
+
+    def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
+                keep_logits, keep_q_star, oom_backoff, stats) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
+        """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end."""
+        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens)
+        two_streams = not self.same_model
+        in_flight: dict[int, StreamRow] = {}
+
+        def requests():
+            for index, row in enumerate(rows):
+                if not isinstance(row, StreamRow):
+                    raise ValueError(f"row {index}: expected a StreamRow, got {type(row).__name__}")
+                prompt_t = row.prompt if row.prompt_t is None else row.prompt_t
+                self._check_prompts([row.prompt], [prompt_t])
+                request = scheduler.RowRequest(
+                    index, self._token_ids(row.prompt, "prompts", index),
+                    self._token_ids(prompt_t, "prompts_t", index, teacher=True) if two_streams else None,
+                    int(rng.row_keys(torch.tensor([row.seed]))[0]), row.max_new_tokens,
+                )
+                in_flight[index] = row
+                yield request
+
+        for result in scheduler.decode_rows(
+            requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
+            self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+            stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
+            draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
+        ):
+            yield result, in_flight.pop(result.index)
+
+    def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
+                keep_logits, keep_q_star) -> list[scheduler.RowResult]:
+        """The reference loop (engine.decode): fixed micro-batches, each until its last row ends."""
+        if len(set(caps)) != 1:
+            raise ValueError("per-row max_new_tokens needs loop='refill'")
+        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, 0)
+        keys = rng.row_keys(torch.tensor(seeds, dtype=torch.int64)).to(self.device)
+        step_fn = self._step_fn(config, sample_from)
         stop_fn = self._stop_fn(stop) if stop else None
-        theta = engine.ModelStream(self.model_theta, self.vocab_size)
-        teacher = None if self.same_model else engine.ModelStream(self.model_t, self.vocab_size)
-        return engine.decode(
-            theta, teacher, self.encode(prompts),
-            None if self.same_model else self.encode(prompts_t, teacher=True),
-            step_fn, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
-            pad_id=self.tokenizer.pad_token_id, stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
-        )
+        results = []
+        for start in range(0, len(prompts), chunk):
+            part_keys = keys[start:start + chunk]
+            theta = engine.ModelStream(self.model_theta, self.vocab_size)
+            teacher = None if self.same_model else engine.ModelStream(self.model_t, self.vocab_size)
+            trace = engine.decode(
+                theta, teacher, self.encode(prompts[start:start + chunk]),
+                None if self.same_model else self.encode(prompts_t[start:start + chunk], teacher=True),
+                lambda lt, lt_t, rows, step: step_fn(lt, lt_t, part_keys[rows], torch.full_like(rows, step)),
+                max_new_tokens=caps[0], eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+                stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
+            )
+            results += _rows_of_trace(trace, start, self.vocab_size)
+        return results
 
     def _stop_fn(self, stop: list[str]):
         window = max(len(s) for s in stop) + 2  # a token is at least one character
         decode = self.tokenizer.decode
 
-        def stop_fn(row: int, ids: list[int]) -> bool:
+        def stop_fn(row, ids: list[int]) -> bool:
             tail = decode(ids[-window:], skip_special_tokens=True)
             return any(s in tail for s in stop)
 
         return stop_fn
 
-    def _assemble(self, parts: list[engine.DecodeTrace], max_new_tokens, stop, return_diagnostics, skip_decode):
-        lengths = torch.cat([p.lengths for p in parts]).cpu()
+    def _assemble(self, results: list[scheduler.RowResult], stop, return_diagnostics, skip_decode) -> SamplingOutput:
+        stop = _stops(stop)
+        lengths = torch.tensor([len(r.tokens) for r in results], dtype=torch.long)
         width = int(lengths.max())
-        cat = lambda tensors: torch.cat([t[:, :width] for t in tensors]).cpu()  # noqa: E731
-        ids = cat([p.tokens for p in parts])
-        traces = {name: cat([p.traces[name] for p in parts]) for name in engine.TRACE_FIELDS}
-        reasons = [r for p in parts for r in p.finish_reasons]
+        ids = torch.full((len(results), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        traces = {name: torch.full((len(results), width), float("nan")) for name in engine.TRACE_FIELDS}
+        for i, r in enumerate(results):
+            ids[i, : len(r.tokens)] = r.tokens
+            for name in engine.TRACE_FIELDS:
+                traces[name][i, : len(r.tokens)] = r.traces[name]
+        reasons = [r.finish_reason for r in results]
         mask = torch.arange(width)[None, :] < lengths[:, None]
 
         texts = None
@@ -273,10 +410,17 @@ class OptimalSamplingModel:
         if return_diagnostics:
             diagnostics = {name: traces[name] for name in
                            ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t", "fallback")}
+
+        def stack(values_of) -> torch.Tensor:
+            out = torch.full((len(results), width, self.vocab_size), float("nan"))
+            for i, r in enumerate(results):
+                out[i, : len(r.tokens)] = values_of(r)
+            return out
+
         logits = None
-        if parts[0].logits:
-            logits = {side: self._stack_steps(parts, lambda p: p.logits[side], width) for side in ("theta", "t")}
-        q_star = self._stack_steps(parts, lambda p: p.q_star, width) if parts[0].q_star else None
+        if results[0].logits is not None:
+            logits = {side: stack(lambda r: r.logits[side]) for side in ("theta", "t")}
+        q_star = stack(lambda r: r.q_star) if results[0].q_star is not None else None
         return SamplingOutput(
             generated_texts=texts, generated_ids=ids, alpha_values=traces["alpha"], ess_ratios=traces["ess_ratio"],
             diagnostics=diagnostics, lengths=lengths, finish_reasons=reasons, mask=mask,
@@ -291,13 +435,29 @@ class OptimalSamplingModel:
             text = text[:cut]
         return text
 
-    def _stack_steps(self, parts, steps_of, width: int) -> torch.Tensor:
-        """[batch, width, vocab] from per-step (rows, values) pairs, NaN where a row had ended."""
-        total = sum(p.tokens.shape[0] for p in parts)
-        out = torch.full((total, width, self.vocab_size), float("nan"))
-        offset = 0
-        for part in parts:
-            for step, (rows, values) in enumerate(steps_of(part)):
-                out[offset + rows.cpu(), step] = values.float().cpu()
-            offset += part.tokens.shape[0]
+
+def _stops(stop) -> list[str]:
+    return [s for s in (stop or []) if s]
+
+
+def _rows_of_trace(trace: engine.DecodeTrace, offset: int, vocab_size: int) -> list[scheduler.RowResult]:
+    """The reference loop's micro-batch trace as per-row results (indices offset by the batch start)."""
+    lengths = trace.lengths.tolist()
+    tokens, values = trace.tokens.cpu(), {k: v.cpu() for k, v in trace.traces.items()}
+
+    def per_row(steps) -> torch.Tensor:
+        out = torch.full((len(lengths), tokens.shape[1], vocab_size), float("nan"))
+        for step, (rows, step_values) in enumerate(steps):
+            out[rows.cpu(), step] = step_values.float().cpu()
         return out
+
+    logits = {side: per_row(trace.logits[side]) for side in ("theta", "t")} if trace.logits else None
+    q_star = per_row(trace.q_star) if trace.q_star else None
+    return [
+        scheduler.RowResult(
+            offset + i, tokens[i, :n], trace.finish_reasons[i], {k: v[i, :n] for k, v in values.items()},
+            {side: logits[side][i, :n] for side in logits} if logits else None,
+            q_star[i, :n] if q_star is not None else None,
+        )
+        for i, n in enumerate(lengths)
+    ]
