@@ -338,7 +338,11 @@ class OptimalSamplingModel:
                 if not isinstance(row, StreamRow):
                     raise ValueError(f"row {index}: expected a StreamRow, got {type(row).__name__}")
                 prompt_t = row.prompt if row.prompt_t is None else row.prompt_t
-                self._check_prompts([row.prompt], [prompt_t])
+                for name, text in (("prompts", row.prompt), ("prompts_t", prompt_t)):
+                    if not isinstance(text, str) or not text:
+                        raise ValueError(f"{name}[{index}] must be a non-empty string, got {text!r}")
+                if isinstance(row.seed, bool) or not isinstance(row.seed, int):
+                    raise ValueError(f"row {index}: seed must be an int, got {row.seed!r}")
                 request = scheduler.RowRequest(
                     index, self._token_ids(row.prompt, "prompts", index),
                     self._token_ids(prompt_t, "prompts_t", index, teacher=True) if two_streams else None,

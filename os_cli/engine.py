@@ -25,6 +25,11 @@ TRACE_FIELDS = ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t",
                 "logprob_theta", "logprob_t", "logprob_q", "fallback")
 
 
+def trace_columns(out: StepOutput) -> torch.Tensor:
+    """[F, n] float32: a StepOutput's per-token fields in TRACE_FIELDS order, for one write per step."""
+    return torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])
+
+
 class ModelStream:
     """One causal LM decoding a left-padded batch: cache, attention mask and next positions."""
 
@@ -213,7 +218,7 @@ def decode(
     for step in range(max_new_tokens):
         out = step_fn(logits_theta, logits_t, active, step)
         tokens[active, step] = out.tokens
-        trace_values[:, active, step] = torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])
+        trace_values[:, active, step] = trace_columns(out)
         if keep_logits:
             trace.logits["theta"].append((active, logits_theta))
             trace.logits["t"].append((active, logits_t))

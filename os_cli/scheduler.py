@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import speculative
-from .engine import TRACE_FIELDS, ModelStream, left_pad
+from .engine import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from .sampler import StepOutput
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n]) -> StepOutput: the q* step.
@@ -305,7 +305,7 @@ class _Loop:
         )
         out = self.step_fn(logits_theta, logits_t, group.keys, group.steps)
         self._keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq.exp()[:, None])
-        self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), _trace_columns(out)))
+        self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
         return group
 
     # ------------------------------------------------------------------ one iteration
@@ -320,69 +320,19 @@ class _Loop:
         self.stats.row_steps += len(g)
         out = self.step_fn(logits_theta, logits_t, g.keys, g.steps)
         self._keep_distributions(g, logits_theta[:, None], logits_t[:, None], out.logq.exp()[:, None])
-        return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), _trace_columns(out))
+        return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
 
     def _round(self) -> Iterator[RowResult]:
-        """One exact speculative round (see speculative.py) for every row in flight."""
-        g, k, temperature = self.main, self.k, self.temperature
-        batch, ar = len(g), torch.arange(len(g), device=self.device)
-        positions = g.steps[:, None] + torch.arange(k + 1, device=self.device)  # token index of each position
-        theta_logits, draft_logp, drafts = [], [], []
-        token = g.pending
-        for i in range(k):  # theta feeds c, d_1..d_{k-1}, drafting d_1..d_k
-            logits = g.theta.step(token)
-            logp = speculative.draft_logprobs(logits, temperature)
-            token = speculative.draft(logp, g.keys, positions[:, i])
-            theta_logits.append(logits), draft_logp.append(logp), drafts.append(token)
-        drafts_t = torch.stack(drafts, 1)  # [B, k]
-        teacher_logits = g.teacher.extend(torch.cat([g.pending[:, None], drafts_t], 1))  # [B, k+1, V]
-        self.stats.theta_forwards += k
-        self.stats.teacher_forwards += 1
+        """One exact speculative round (os_cli/speculative.py) for every row in flight."""
+        g = self.main
         self.stats.steps += 1
-        self.stats.row_steps += batch
-
-        theta_logits_t, logp_draft = torch.stack(theta_logits, 1), torch.stack(draft_logp, 1)  # [B, k, V]
-        flat = lambda x: x.reshape(batch * k, *x.shape[2:])  # noqa: E731
-        out = self.step_fn(flat(theta_logits_t), flat(teacher_logits[:, :k]),
-                           g.keys.repeat_interleave(k), flat(positions[:, :k]))
-        logq = out.logq.view(batch, k, -1)
-        accepted = speculative.accepted_prefix(logq, logp_draft, drafts_t, g.keys, g.steps)
-        at = accepted.clamp(max=k - 1)
-        correction = speculative.residual_draw(logq[ar, at], logp_draft[ar, at], g.keys, positions[ar, at])
-        emitted = torch.cat([drafts_t, drafts_t[:, -1:]], 1)
-        traces = _trace_columns(out).reshape(len(TRACE_FIELDS), batch, k)
-        traces = torch.cat([traces, torch.full_like(traces[:, :, :1], float("nan"))], 2)
-        theta_added = k
-        bonus_rows = accepted == k
-        bonus = None
-        if bool(bonus_rows.any()):  # some row took all k drafts: theta feeds d_k, q*_k gives the bonus
-            logits_k = g.theta.step(drafts_t[:, -1])
-            self.stats.theta_forwards += 1
-            theta_added = k + 1
-            bonus = self.step_fn(logits_k, teacher_logits[:, k], g.keys, positions[:, k])
-            traces[:, :, k] = _trace_columns(bonus)[:, :, 0]
-            correction = torch.where(bonus_rows, bonus.tokens, correction)
-        emitted[ar, accepted] = correction
-        # Log-probs of the emitted tokens under the distributions of their position (the plain loop's).
-        fb = out.fallback.view(batch, k).long()
-        logp_t = torch.log_softmax(teacher_logits[:, :k].float() / temperature, -1)
-        logp_theta = torch.where((fb == 1)[..., None], logp_t, logp_draft)
-        logp_t = torch.where((fb == 2)[..., None], logp_draft, logp_t)
-        ids = emitted[:, :k, None]
-        for name, logp in (("logprob_theta", logp_theta), ("logprob_t", logp_t), ("logprob_q", logq)):
-            traces[TRACE_FIELDS.index(name), :, :k] = logp.gather(-1, ids).squeeze(-1)
-
-        self.stats.drafted += int(torch.where(bonus_rows, k, accepted + 1).sum())
-        self.stats.accepted += int(accepted.sum())
-        kept = accepted + 1  # c plus the accepted drafts stay in the caches
-        g.theta.drop_tail(kept.clamp(max=theta_added), theta_added)
-        g.teacher.drop_tail(kept, k + 1)
+        self.stats.row_steps += len(g)
+        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.k, self.temperature,
+                                  self.step_fn, self.stats)
         if self.keep_logits or self.keep_q_star:
-            lt = torch.cat([theta_logits_t, (logits_k if bonus is not None else theta_logits_t[:, -1])[:, None]], 1)
-            qs = torch.cat([logq, (bonus.logq if bonus is not None else logq[:, -1])[:, None]], 1).exp()
-            self._keep_distributions(g, lt, teacher_logits, qs, counts=kept)
-        results = list(self._emit(g, emitted, kept, traces))
-        for stream in g.streams():
+            self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq.exp(), counts=r.counts)
+        results = list(self._emit(g, r.emitted, r.counts, r.traces))
+        for stream in g.streams():  # holes left by rejected drafts: repack once they are worth a copy
             stream.compact(min_waste=max(8, stream.attention_mask.shape[1] // 8))
         return iter(results)
 
@@ -459,8 +409,3 @@ class _Loop:
             results.append(result)
             self.free.append(row.slot)
         return results
-
-
-def _trace_columns(out: StepOutput) -> Tensor:
-    """[F, B, 1] float32: the StepOutput's per-token fields in TRACE_FIELDS order."""
-    return torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])[:, :, None]
