@@ -165,6 +165,7 @@ def decode_rows(
     temperature: float = 1.0,
     oom_backoff: bool = False,
     stats: SchedulerStats | None = None,
+    admit_min: int | None = None,
 ) -> Iterator[RowResult]:
     """Decode `requests` (any iterable, read lazily) with continuous refill; yield each row as it ends.
 
@@ -172,6 +173,8 @@ def decode_rows(
     `draft_tokens=k > 0` decodes by exact speculative rounds (needs `model_t`) and `temperature`
     must be the one `step_fn` uses, since drafts come from the temperature-scaled pi_theta.
     Results come in finishing order; `RowResult.index` says which request each one is.
+    `admit_min`: waiting rows are prefilled once that many slots are free (default a quarter of
+    the limit, at least 1), since a prefill's cost hardly depends on how many rows it takes.
     """
     if draft_tokens and model_t is None:
         raise ValueError("draft_tokens needs a teacher stream (two models, or two prompts)")
@@ -179,6 +182,7 @@ def decode_rows(
                  limit if isinstance(limit, InFlightLimit) else InFlightLimit(limit),
                  max_new_tokens, eos_ids, pad_id, stop_fn, keep_logits, keep_q_star, draft_tokens, temperature,
                  oom_backoff, stats if stats is not None else SchedulerStats())
+    loop.admit_min = admit_min if admit_min is not None else max(1, loop.limit.value // 4)
     yield from loop.run(iter(requests))
 
 
@@ -207,6 +211,8 @@ class _Loop:
             self._enforce_limit()
             in_flight = len(self.main) if self.main else 0
             room = self.limit.value - in_flight
+            if in_flight and room < min(self.admit_min, self.limit.value):
+                room = 0  # wait for a few free slots: one prefill for several rows costs about one for one
             batch = []
             while len(batch) < room:
                 if self.queue:
