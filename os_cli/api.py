@@ -1,17 +1,20 @@
-"""The Python API of the usage guide: `OptimalSamplingModel(...).generate(...) -> SamplingOutput`."""
+"""The Python API of the usage guide: `OptimalSamplingModel(...).generate(...) -> SamplingOutput`, and
+`generate_stream` (rows in lazily, each result out as its row ends) on the same batching loop."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from . import engine, models, rng, scheduler
 from .alpha import ALPHA_METHODS
+from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
 from .scheduler import InFlightLimit, SchedulerStats
+
+__all__ = ["OptimalSamplingModel", "SamplingOutput", "StreamRow", "RowOutput", "InFlightLimit", "SchedulerStats"]
 
 log = logging.getLogger("os_cli")
 
@@ -19,52 +22,6 @@ log = logging.getLogger("os_cli")
 _TOKENIZER_KWARGS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
 _SAMPLE_FROM = ("mixture", "teacher", "theta")
 _LOOPS = ("refill", "static")
-
-
-@dataclass
-class StreamRow:
-    """One row for `generate_stream`: prompts, the row's seed (as `generate(seed=[...])` takes it),
-    an optional token cap and any id of the caller's (returned on the result)."""
-
-    prompt: str
-    prompt_t: str | None = None
-    seed: int = 0
-    max_new_tokens: int | None = None
-    id: object = None
-
-
-@dataclass
-class RowOutput:
-    """One finished row from `generate_stream`: tensors [n] on the CPU (n = tokens, EOS included)."""
-
-    index: int  # position in the input stream
-    id: object
-    text: str | None
-    token_ids: torch.Tensor
-    finish_reason: str
-    traces: dict[str, torch.Tensor]  # engine.TRACE_FIELDS: alpha, ess_*, kl_*, logprob_theta/t/q, fallback
-    logits: dict[str, torch.Tensor] | None = None
-    q_star_probs: torch.Tensor | None = None
-
-
-@dataclass
-class SamplingOutput:
-    """Results in input order. Float tensors hold NaN, and `generated_ids` the pad id, after a row ended.
-
-    Averages over real tokens: `x[out.mask].mean()` or `x.nanmean()`.
-    """
-
-    generated_texts: list[str] | None
-    generated_ids: torch.Tensor  # [batch, len]
-    alpha_values: torch.Tensor  # [batch, len]
-    ess_ratios: torch.Tensor  # [batch, len]
-    diagnostics: dict[str, torch.Tensor] | None  # alpha, ess_theta, ess_t, ess_ratio, kl_theta, kl_t, fallback
-    lengths: torch.Tensor  # [batch] tokens generated per row, EOS included
-    finish_reasons: list[str]  # "eos" | "length" | "stop"
-    mask: torch.Tensor  # [batch, len] bool, True on real positions
-    logprobs: dict[str, torch.Tensor]  # "theta", "t", "q": log-prob of each sampled token, [batch, len]
-    logits: dict[str, torch.Tensor] | None = None  # "theta", "t": raw logits before temperature, [batch, len, vocab]
-    q_star_probs: torch.Tensor | None = None  # [batch, len, vocab], the distribution each token was drawn from
 
 
 class OptimalSamplingModel:
@@ -185,7 +142,8 @@ class OptimalSamplingModel:
             for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
                                        limit, return_logits, return_q_star_probs, oom_backoff=False, stats=None):
                 results[result.index] = result
-        return self._assemble(results, stop, return_diagnostics, skip_decode)
+        return assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
+                        lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
 
     @torch.inference_mode()
     def generate_stream(
@@ -219,7 +177,7 @@ class OptimalSamplingModel:
         cap = self._check_caps(max_new_tokens, 1)[0]
         for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                                         return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats):
-            text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, _stops(stop))
+            text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, stops(stop))
             yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
                             finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
                             q_star_probs=result.q_star)
@@ -324,7 +282,7 @@ class OptimalSamplingModel:
         if draft_tokens and self.same_model:
             raise ValueError("draft_tokens needs two different models: with one model q* is pi_theta, nothing to draft")
         config = self._sampler_config(temperature, top_k, top_p)
-        return config, _stops(stop)
+        return config, stops(stop)
 
     def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                 keep_logits, keep_q_star, oom_backoff, stats) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
@@ -381,7 +339,7 @@ class OptimalSamplingModel:
                 max_new_tokens=caps[0], eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
                 stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
             )
-            results += _rows_of_trace(trace, start, self.vocab_size)
+            results += rows_of_trace(trace, start, self.vocab_size)
         return results
 
     def _stop_fn(self, stop: list[str]):
@@ -394,74 +352,9 @@ class OptimalSamplingModel:
 
         return stop_fn
 
-    def _assemble(self, results: list[scheduler.RowResult], stop, return_diagnostics, skip_decode) -> SamplingOutput:
-        stop = _stops(stop)
-        lengths = torch.tensor([len(r.tokens) for r in results], dtype=torch.long)
-        width = int(lengths.max())
-        ids = torch.full((len(results), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        traces = {name: torch.full((len(results), width), float("nan")) for name in engine.TRACE_FIELDS}
-        for i, r in enumerate(results):
-            ids[i, : len(r.tokens)] = r.tokens
-            for name in engine.TRACE_FIELDS:
-                traces[name][i, : len(r.tokens)] = r.traces[name]
-        reasons = [r.finish_reason for r in results]
-        mask = torch.arange(width)[None, :] < lengths[:, None]
-
-        texts = None
-        if not skip_decode:
-            texts = [self._text(ids[i, : lengths[i]].tolist(), reasons[i], stop) for i in range(len(reasons))]
-        diagnostics = None
-        if return_diagnostics:
-            diagnostics = {name: traces[name] for name in
-                           ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t", "fallback")}
-
-        def stack(values_of) -> torch.Tensor:
-            out = torch.full((len(results), width, self.vocab_size), float("nan"))
-            for i, r in enumerate(results):
-                out[i, : len(r.tokens)] = values_of(r)
-            return out
-
-        logits = None
-        if results[0].logits is not None:
-            logits = {side: stack(lambda r: r.logits[side]) for side in ("theta", "t")}
-        q_star = stack(lambda r: r.q_star) if results[0].q_star is not None else None
-        return SamplingOutput(
-            generated_texts=texts, generated_ids=ids, alpha_values=traces["alpha"], ess_ratios=traces["ess_ratio"],
-            diagnostics=diagnostics, lengths=lengths, finish_reasons=reasons, mask=mask,
-            logprobs={"theta": traces["logprob_theta"], "t": traces["logprob_t"], "q": traces["logprob_q"]},
-            logits=logits, q_star_probs=q_star,
-        )
-
     def _text(self, ids: list[int], reason: str, stop: list[str]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         if reason == "stop":
             cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
             text = text[:cut]
         return text
-
-
-def _stops(stop) -> list[str]:
-    return [s for s in (stop or []) if s]
-
-
-def _rows_of_trace(trace: engine.DecodeTrace, offset: int, vocab_size: int) -> list[scheduler.RowResult]:
-    """The reference loop's micro-batch trace as per-row results (indices offset by the batch start)."""
-    lengths = trace.lengths.tolist()
-    tokens, values = trace.tokens.cpu(), {k: v.cpu() for k, v in trace.traces.items()}
-
-    def per_row(steps) -> torch.Tensor:
-        out = torch.full((len(lengths), tokens.shape[1], vocab_size), float("nan"))
-        for step, (rows, step_values) in enumerate(steps):
-            out[rows.cpu(), step] = step_values.float().cpu()
-        return out
-
-    logits = {side: per_row(trace.logits[side]) for side in ("theta", "t")} if trace.logits else None
-    q_star = per_row(trace.q_star) if trace.q_star else None
-    return [
-        scheduler.RowResult(
-            offset + i, tokens[i, :n], trace.finish_reasons[i], {k: v[i, :n] for k, v in values.items()},
-            {side: logits[side][i, :n] for side in logits} if logits else None,
-            q_star[i, :n] if q_star is not None else None,
-        )
-        for i, n in enumerate(lengths)
-    ]
