@@ -15,7 +15,8 @@ theta one position, the teacher one and k + 1 positions, and the q* step. Report
   E          (1 - a^(k+1)) / (1 - a), tokens per round
   ideal      issue 9's: E * (t_theta + t_T(1)) / (k t_theta + t_T(k+1))
   ideal+     also counting what a round really runs: k + a^k theta forwards (the bonus needs theta
-             at position k) and k + 1 q* steps, against t_theta + t_T(1) + one q* step per token
+             at position k) and 1 + a^k q* steps (one over the k drafted positions, one for the
+             bonus), against t_theta + t_T(1) + one q* step per plain token
   measured   tokens/s at k over tokens/s at k = 0, median (min-max) over repeats
 """
 
@@ -113,16 +114,18 @@ def main() -> None:
             print(f"repeat {repeat}: " + ", ".join(f"k={k} {v[-1]:.1f} tok/s" for k, v in rates.items()), flush=True)
         costs = forward_costs(model, prompts[0], 40 + args.max_new_tokens // 2, args.ks)
         print("costs (ms, batch 1): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
-        print(f"{'k':>2} {'a':>6} {'E':>6} {'ideal':>7} {'ideal+':>7}  measured (min-max)       measured/ideal")
+        print(f"{'k':>2} {'a':>6} {'E':>6} {'ideal':>7} {'ideal+':>7}  measured (min-max)       measured/ideal, /ideal+")
         t_th, t_t1, t_q = costs["theta"], costs["teacher"], costs["q_step"]
         for k in args.ks:
             a = statistics.median(acceptance[k])
             e = speculative.expected_tokens_per_round(a, k)
             ideal = e * (t_th + t_t1) / (k * t_th + costs[f"teacher_{k + 1}"])
-            ideal_plus = e * (t_th + t_t1 + t_q) / ((k + a ** k) * t_th + costs[f"teacher_{k + 1}"] + (k + 1) * t_q)
+            bonus = a ** k  # share of rounds (batch 1) that run theta at position k and a second q* step
+            ideal_plus = e * (t_th + t_t1 + t_q) / ((k + bonus) * t_th + costs[f"teacher_{k + 1}"] + (1 + bonus) * t_q)
             measured = [r / r0 for r, r0 in zip(rates[k], rates[0])]
             ratio = statistics.median(measured) / ideal
-            print(f"{k:>2} {a:6.3f} {e:6.2f} {ideal:7.2f} {ideal_plus:7.2f}  {spread(measured):22s} {ratio:.2f}")
+            print(f"{k:>2} {a:6.3f} {e:6.2f} {ideal:7.2f} {ideal_plus:7.2f}  {spread(measured):22s} {ratio:.2f}"
+                  f" / {statistics.median(measured) / ideal_plus:.2f}")
 
 
 if __name__ == "__main__":
