@@ -1,43 +1,28 @@
-"""The Python API of the usage guide: `OptimalSamplingModel(...).generate(...) -> SamplingOutput`."""
+"""The Python API of the usage guide: `OptimalSamplingModel(...).generate(...) -> SamplingOutput`, and
+`generate_stream` (rows in lazily, each result out as its row ends) on the same batching loop."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from . import engine, models, preflight, rng
+from . import engine, models, preflight, rng, scheduler
 from .alpha import ALPHA_METHODS
 from .limits import MAX_NEW_TOKENS, MAX_SEED
+from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
+from .scheduler import InFlightLimit, SchedulerStats
+
+__all__ = ["OptimalSamplingModel", "SamplingOutput", "StreamRow", "RowOutput", "InFlightLimit", "SchedulerStats"]
 
 log = logging.getLogger("os_cli")
 
 # from_pretrained keyword arguments that concern the tokenizer too.
 _TOKENIZER_KWARGS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
 _SAMPLE_FROM = ("mixture", "teacher", "theta")
-
-
-@dataclass
-class SamplingOutput:
-    """Results in input order. Float tensors hold NaN, and `generated_ids` the pad id, after a row ended.
-
-    Averages over real tokens: `x[out.mask].mean()` or `x.nanmean()`.
-    """
-
-    generated_texts: list[str] | None
-    generated_ids: torch.Tensor  # [batch, len]
-    alpha_values: torch.Tensor  # [batch, len]
-    ess_ratios: torch.Tensor  # [batch, len]
-    diagnostics: dict[str, torch.Tensor] | None  # alpha, ess_theta, ess_t, ess_ratio, kl_theta, kl_t, fallback
-    lengths: torch.Tensor  # [batch] tokens generated per row, EOS included
-    finish_reasons: list[str]  # "eos" | "length" | "stop"
-    mask: torch.Tensor  # [batch, len] bool, True on real positions
-    logprobs: dict[str, torch.Tensor]  # "theta", "t", "q": log-prob of each sampled token, [batch, len]
-    logits: dict[str, torch.Tensor] | None = None  # "theta", "t": raw logits before temperature, [batch, len, vocab]
-    q_star_probs: torch.Tensor | None = None  # [batch, len, vocab], the distribution each token was drawn from
+_LOOPS = ("refill", "static")
 
 
 class OptimalSamplingModel:
@@ -120,7 +105,7 @@ class OptimalSamplingModel:
         self,
         prompts: Sequence[str],
         prompts_t: Sequence[str] | None = None,
-        max_new_tokens: int = 100,
+        max_new_tokens: int | Sequence[int] = 100,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = -1,
@@ -132,6 +117,8 @@ class OptimalSamplingModel:
         seed: int | Sequence[int] | None = None,
         stop: Sequence[str] | None = None,
         sample_from: str = "mixture",
+        draft_tokens: int = 0,
+        loop: str = "refill",
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -139,29 +126,78 @@ class OptimalSamplingModel:
         seed, prompts and the models, not on its batch-mates or `batch_size`. `stop` strings end a
         row (finish reason "stop"; the text is cut before the stop string). `sample_from="teacher"`
         or `"theta"` skips mixing and samples one model while both still run (baselines, floors).
+        `max_new_tokens` may be one cap per prompt. `batch_size` rows decode at once; a finished
+        row's slot is refilled with the next prompt at once (continuous batching). `draft_tokens=k`
+        samples by exact speculative rounds: theta drafts k tokens, q* verifies them (same
+        distribution, fewer teacher forwards). `loop="static"` runs the reference loop instead
+        (fixed micro-batches, one token per step), kept for tests and benchmarks.
         """
         prompts, prompts_t = self._check_prompts(prompts, prompts_t)
-        if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")
-        max_new_tokens = int(max_new_tokens)
-        self._check_lengths(prompts, prompts_t, max_new_tokens)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        caps = self._check_caps(max_new_tokens, len(prompts))
+        self._check_lengths(prompts, prompts_t, caps)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-        if sample_from not in _SAMPLE_FROM:
-            raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
-        config = self._sampler_config(temperature, top_k, top_p)
-        stop = [s for s in (stop or []) if s]
-        keys = rng.row_keys(self._row_seeds(seed, len(prompts)))
+        if loop not in _LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(_LOOPS)}, got {loop!r}")
+        seeds = self._row_seeds(seed, len(prompts)).tolist()
+        limit = batch_size or len(prompts)
+        if loop == "static":
+            if draft_tokens:
+                raise ValueError("draft_tokens needs loop='refill'; the static reference loop draws one token per step")
+            results = self._static(prompts, prompts_t, seeds, caps, limit, temperature, top_k, top_p, stop,
+                                   sample_from, return_logits, return_q_star_probs)
+        else:
+            rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
+            results = [None] * len(rows)
+            two_streams = self._two_streams(prompts, prompts_t)
+            for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
+                                          limit, return_logits, return_q_star_probs, oom_backoff=False, stats=None,
+                                          two_streams=two_streams):
+                results[result.index] = result
+        return assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
+                        lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
 
-        chunk = batch_size or len(prompts)
-        parts = []
-        for start in range(0, len(prompts), chunk):
-            rows = slice(start, start + chunk)
-            parts.append(self._decode_batch(
-                prompts[rows], prompts_t[rows], keys[rows], config, max_new_tokens, stop, sample_from,
-                return_logits, return_q_star_probs,
-            ))
-        return self._assemble(parts, max_new_tokens, stop, return_diagnostics, skip_decode)
+    @torch.inference_mode()
+    def generate_stream(
+        self,
+        rows: Iterable[StreamRow],
+        *,
+        max_new_tokens: int = 100,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        stop: Sequence[str] | None = None,
+        sample_from: str = "mixture",
+        draft_tokens: int = 0,
+        limit: int | InFlightLimit = 8,
+        return_logits: bool = False,
+        return_q_star_probs: bool = False,
+        skip_decode: bool = False,
+        oom_backoff: bool = False,
+        stats: SchedulerStats | None = None,
+        separate_teacher_prompts: bool = False,
+    ) -> Iterator[RowOutput]:
+        """Decode `rows` (read lazily) with up to `limit` in flight; yield each row as soon as it ends.
+
+        Results come in finishing order; `RowOutput.index` is the row's position in `rows` and
+        `RowOutput.id` its `StreamRow.id`. A row's output is the one `generate` gives for the same
+        prompts and seed. Pass an `InFlightLimit` to lower the limit while iterating; with
+        `oom_backoff=True` an out-of-memory error halves it (see `limit.backoffs`) instead of failing,
+        and only the rows beyond the new limit restart (with the same output). `stats` collects
+        occupancy and acceptance counters. With one model (theta = teacher) rows share one stream
+        unless `separate_teacher_prompts=True` gives the teacher's prompts (`StreamRow.prompt_t`) their
+        own stream; a row with a distinct `prompt_t` is refused otherwise.
+        """
+        rows = iter(rows)
+        cap = self._check_caps(max_new_tokens, 1)[0]
+        two_streams = not self.same_model or separate_teacher_prompts
+        for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
+                                        return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
+                                        two_streams=two_streams):
+            text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, stops(stop))
+            yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
+                            finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
+                            q_star_probs=result.q_star)
 
     # ------------------------------------------------------------------ internals
 
@@ -194,16 +230,26 @@ class OptimalSamplingModel:
                     raise ValueError(f"{name}[{i}] must be a non-empty string, got {text!r}")
         return prompts, prompts_t
 
-    def _check_lengths(self, prompts, prompts_t, max_new_tokens: int) -> None:
-        """Every prompt must tokenize to at least one token and fit its model's context with the new tokens."""
-        sides = [("prompts", prompts, self.tokenizer, self.context_theta, self.model_theta_path)]
+    def _check_lengths(self, prompts, prompts_t, caps: Sequence[int]) -> None:
+        """Every prompt must tokenize to at least one token and fit its model's context with its new tokens."""
+        sides = [("prompts", prompts, self.tokenizer)]
         if prompts_t is not prompts or self.tokenizer_t is not self.tokenizer or self.context_t != self.context_theta:
-            sides.append(("prompts_t", prompts_t, self.tokenizer_t, self.context_t, self.model_t_path))
-        for name, texts, tokenizer, context, path in sides:
+            sides.append(("prompts_t", prompts_t, self.tokenizer_t))
+        for name, texts, tokenizer in sides:
             for i, ids in enumerate(preflight.prompt_token_ids(tokenizer, texts)):
-                problem = preflight.length_problem(len(ids), max_new_tokens, context)
-                if problem is not None:
-                    raise ValueError(f"{name}[{i}]: {problem} ({path}); shorten the prompt or max_new_tokens")
+                self._check_length(name, i, len(ids), caps[i])
+
+    def _check_length(self, name: str, index: int, length: int, cap: int) -> None:
+        context, path = ((self.context_t, self.model_t_path) if name == "prompts_t"
+                         else (self.context_theta, self.model_theta_path))
+        problem = preflight.length_problem(length, cap, context)
+        if problem is not None:
+            raise ValueError(f"{name}[{index}]: {problem} ({path}); shorten the prompt or max_new_tokens")
+
+    def _two_streams(self, prompts, prompts_t) -> bool:
+        """One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
+        One model with its own teacher prompts (a hint) still needs a second stream and KV cache."""
+        return not self.same_model or list(prompts_t) != list(prompts)
 
     def _row_seeds(self, seed, count: int) -> torch.Tensor:
         if seed is None:  # follow torch's global RNG, so torch.manual_seed still reproduces a run
@@ -235,84 +281,128 @@ class OptimalSamplingModel:
 
         Texts that already start with BOS (chat templates) get no second one.
         """
-        tokenizer, side = (self.tokenizer_t, "prompts_t") if teacher else (self.tokenizer, "prompts")
-        encoded = preflight.prompt_token_ids(tokenizer, texts)
-        for i, ids in enumerate(encoded):
-            if not ids:
-                raise ValueError(f"{side}[{i}] tokenizes to no tokens: {texts[i]!r}")
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, row in enumerate(encoded):
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        side = "prompts_t" if teacher else "prompts"
+        rows = [self._token_ids(text, side, i, teacher=teacher) for i, text in enumerate(texts)]
+        pad = (self.tokenizer_t if teacher else self.tokenizer).pad_token_id
+        return engine.left_pad(rows, pad, self.device)
 
-    def _decode_batch(self, prompts, prompts_t, keys, config, max_new_tokens, stop, sample_from,
-                      keep_logits, keep_q_star) -> engine.DecodeTrace:
-        keys = keys.to(self.device)
+    def _token_ids(self, text: str, side: str, index: int, teacher: bool = False) -> list[int]:
+        ids = preflight.prompt_token_ids(self.tokenizer_t if teacher else self.tokenizer, [text])[0]
+        if not ids:
+            raise ValueError(f"{side}[{index}] tokenizes to no tokens: {text!r}")
+        return ids
+
+    def _check_caps(self, max_new_tokens, count: int) -> list[int]:
+        caps = [max_new_tokens] * count if _is_int(max_new_tokens) else list(max_new_tokens)
+        if len(caps) != count or not all(_is_int(c) and 1 <= c <= MAX_NEW_TOKENS for c in caps):
+            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS} or a list of {count} such "
+                             f"integers, got {max_new_tokens!r}")
+        return [int(c) for c in caps]
+
+    def _step_fn(self, config: SamplerConfig, sample_from: str):
+        """q* for [n, V] logits of rows at per-row steps, exactly as every loop draws it."""
         special = None
         if self.force_target_for_special_tokens and self.special_token_ids:
             special = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             special[self.special_token_ids] = True
         force_first = self.force_target_for_first_token
 
-        def step_fn(logits_theta, logits_t, rows, step):
-            first = torch.ones_like(rows, dtype=torch.bool) if (force_first and step == 0) else None
+        def step_fn(logits_theta, logits_t, keys, steps):
             return mixture_step(
-                logits_theta, logits_t, config, row_keys=keys[rows], step=step,
-                force_teacher_tokens=special, force_teacher_rows=first, sample_from=sample_from,
+                logits_theta, logits_t, config, row_keys=keys, step=steps, force_teacher_tokens=special,
+                force_teacher_rows=(steps == 0) if force_first else None, sample_from=sample_from,
             )
 
+        return step_fn
+
+    def _settings(self, temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams: bool = True):
+        if sample_from not in _SAMPLE_FROM:
+            raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
+        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
+        if draft_tokens and not two_streams:
+            raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
+                             "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
+        config = self._sampler_config(temperature, top_k, top_p)
+        return config, stops(stop)
+
+    def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
+                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool
+                ) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
+        """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
+
+        With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
+        differs from its prompt is an error rather than a silently ignored hint."""
+        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams)
+        in_flight: dict[int, StreamRow] = {}
+
+        def requests():
+            for index, row in enumerate(rows):
+                if not isinstance(row, StreamRow):
+                    raise ValueError(f"row {index}: expected a StreamRow, got {type(row).__name__}")
+                prompt_t = row.prompt if row.prompt_t is None else row.prompt_t
+                for name, text in (("prompts", row.prompt), ("prompts_t", prompt_t)):
+                    if not isinstance(text, str) or not text:
+                        raise ValueError(f"{name}[{index}] must be a non-empty string, got {text!r}")
+                if not two_streams and prompt_t != row.prompt:
+                    raise ValueError(f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
+                                     f"theta's prompts; pass separate_teacher_prompts=True")
+                seed = _checked_seed(row.seed, f"row {index}: seed")
+                cap = max_new_tokens if row.max_new_tokens is None else self._check_caps(row.max_new_tokens, 1)[0]
+                ids = self._token_ids(row.prompt, "prompts", index)
+                self._check_length("prompts", index, len(ids), cap)
+                ids_t = None
+                if two_streams:
+                    ids_t = self._token_ids(prompt_t, "prompts_t", index, teacher=True)
+                    self._check_length("prompts_t", index, len(ids_t), cap)
+                request = scheduler.RowRequest(index, ids, ids_t, int(rng.row_keys(torch.tensor([seed]))[0]),
+                                               row.max_new_tokens)
+                in_flight[index] = row
+                yield request
+
+        for result in scheduler.decode_rows(
+            requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
+            self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+            stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
+            draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
+        ):
+            yield result, in_flight.pop(result.index)
+
+    def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
+                keep_logits, keep_q_star) -> list[scheduler.RowResult]:
+        """The reference loop (engine.decode): fixed micro-batches, each until its last row ends."""
+        if len(set(caps)) != 1:
+            raise ValueError("per-row max_new_tokens needs loop='refill'")
+        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, 0)
+        one_stream = not self._two_streams(prompts, prompts_t)
+        keys = rng.row_keys(torch.tensor(seeds, dtype=torch.int64)).to(self.device)
+        step_fn = self._step_fn(config, sample_from)
         stop_fn = self._stop_fn(stop) if stop else None
-        # One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
-        # One model with its own teacher prompts (a hint) still needs a second stream and cache.
-        one_stream = self.same_model and list(prompts_t) == list(prompts)
-        theta = engine.ModelStream(self.model_theta, self.vocab_size)
-        teacher = None if one_stream else engine.ModelStream(self.model_t, self.vocab_size)
-        return engine.decode(
-            theta, teacher, self.encode(prompts),
-            None if one_stream else self.encode(prompts_t, teacher=True),
-            step_fn, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
-            pad_id=self.tokenizer.pad_token_id, stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
-        )
+        results = []
+        for start in range(0, len(prompts), chunk):
+            part_keys = keys[start:start + chunk]
+            theta = engine.ModelStream(self.model_theta, self.vocab_size)
+            teacher = None if one_stream else engine.ModelStream(self.model_t, self.vocab_size)
+            trace = engine.decode(
+                theta, teacher, self.encode(prompts[start:start + chunk]),
+                None if one_stream else self.encode(prompts_t[start:start + chunk], teacher=True),
+                lambda lt, lt_t, rows, step: step_fn(lt, lt_t, part_keys[rows], torch.full_like(rows, step)),
+                max_new_tokens=caps[0], eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+                stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
+            )
+            results += rows_of_trace(trace, start, self.vocab_size)
+        return results
 
     def _stop_fn(self, stop: list[str]):
         window = max(len(s) for s in stop) + 2  # a token is at least one character
         decode = self.tokenizer.decode
 
-        def stop_fn(row: int, ids: list[int]) -> bool:
+        def stop_fn(row, ids: list[int]) -> bool:
             tail = decode(ids[-window:], skip_special_tokens=True)
             return any(s in tail for s in stop)
 
         return stop_fn
-
-    def _assemble(self, parts: list[engine.DecodeTrace], max_new_tokens, stop, return_diagnostics, skip_decode):
-        lengths = torch.cat([p.lengths for p in parts]).cpu()
-        width = int(lengths.max())
-        cat = lambda tensors: torch.cat([t[:, :width] for t in tensors]).cpu()  # noqa: E731
-        ids = cat([p.tokens for p in parts])
-        traces = {name: cat([p.traces[name] for p in parts]) for name in engine.TRACE_FIELDS}
-        reasons = [r for p in parts for r in p.finish_reasons]
-        mask = torch.arange(width)[None, :] < lengths[:, None]
-
-        texts = None
-        if not skip_decode:
-            texts = [self._text(ids[i, : lengths[i]].tolist(), reasons[i], stop) for i in range(len(reasons))]
-        diagnostics = None
-        if return_diagnostics:
-            diagnostics = {name: traces[name] for name in
-                           ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t", "fallback")}
-        logits = None
-        if parts[0].logits:
-            logits = {side: self._stack_steps(parts, lambda p: p.logits[side], width) for side in ("theta", "t")}
-        q_star = self._stack_steps(parts, lambda p: p.q_star, width) if parts[0].q_star else None
-        return SamplingOutput(
-            generated_texts=texts, generated_ids=ids, alpha_values=traces["alpha"], ess_ratios=traces["ess_ratio"],
-            diagnostics=diagnostics, lengths=lengths, finish_reasons=reasons, mask=mask,
-            logprobs={"theta": traces["logprob_theta"], "t": traces["logprob_t"], "q": traces["logprob_q"]},
-            logits=logits, q_star_probs=q_star,
-        )
 
     def _text(self, ids: list[int], reason: str, stop: list[str]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -320,17 +410,6 @@ class OptimalSamplingModel:
             cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
             text = text[:cut]
         return text
-
-    def _stack_steps(self, parts, steps_of, width: int) -> torch.Tensor:
-        """[batch, width, vocab] from per-step (rows, values) pairs, NaN where a row had ended."""
-        total = sum(p.tokens.shape[0] for p in parts)
-        out = torch.full((total, width, self.vocab_size), float("nan"))
-        offset = 0
-        for part in parts:
-            for step, (rows, values) in enumerate(steps_of(part)):
-                out[offset + rows.cpu(), step] = values.float().cpu()
-            offset += part.tokens.shape[0]
-        return out
 
 
 def _is_int(value) -> bool:

@@ -1,10 +1,13 @@
-"""The decode loop: two models advance token by token, each on its own prompt, KV cache and positions.
+"""Model streams and the reference decode loop.
 
 `ModelStream` is one model's state for the rows in flight. Rows can leave it (`keep_rows`, used
 when a row finishes so it costs no more forward work), join it (`join`, for refilling finished
-slots) and it can be rolled back by a few tokens (`rollback`, for speculative verification). `decode` drives two streams with a per-step sampling
-function and records everything per row in preallocated buffers, so the loop itself makes one
-host sync per step (the "did any row finish" check).
+slots), take several tokens at once (`extend`, speculative verification), forget a per-row tail
+(`drop_tail`, rejected drafts) and be compacted (`compact`: drop the columns no row needs any more).
+
+`decode` is the plain static loop: one micro-batch, one token per row per step, until its last
+row ends. It is kept as the reference implementation the continuous scheduler
+(os_cli/scheduler.py) and speculative sampling (os_cli/speculative.py) are tested against.
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ from .sampler import StepOutput
 # Per-token float traces recorded for every row (NaN after the row ended).
 TRACE_FIELDS = ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t",
                 "logprob_theta", "logprob_t", "logprob_q", "fallback")
+
+
+def trace_columns(out: StepOutput) -> torch.Tensor:
+    """[F, n] float32: a StepOutput's per-token fields in TRACE_FIELDS order, for one write per step."""
+    return torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])
 
 
 class ModelStream:
@@ -72,6 +80,56 @@ class ModelStream:
             mine.keys = torch.cat([pad_kv(mine.keys), pad_kv(theirs.keys)])
             mine.values = torch.cat([pad_kv(mine.values), pad_kv(theirs.values)])
 
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed `tokens` [B, m] per row in one forward; return the logits after each [B, m, vocab_size]."""
+        count = self.attention_mask.sum(-1, keepdim=True)
+        m = tokens.shape[1]
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(self.batch_size, m)], dim=-1)
+        positions = count + torch.arange(m, device=tokens.device)
+        return self._forward(tokens, positions, keep=m)
+
+    def drop_tail(self, keep: torch.Tensor, added: int) -> None:
+        """Of the last `added` columns, row r keeps its first `keep[r]`; the rest are masked out, and
+        the columns no row keeps are cropped. Positions count real tokens, so they stay exact."""
+        width = self.attention_mask.shape[1]
+        kept = torch.arange(added, device=keep.device)[None, :] < keep[:, None]
+        self.attention_mask[:, width - added:] *= kept.to(self.attention_mask.dtype)
+        self.rollback(added - int(keep.max()))
+
+    def compact(self, min_waste: int = 1) -> None:
+        """Drop the columns no row needs: leading pad columns by slicing; holes left by rejected
+        drafts by repacking each row's real tokens to the right end (only when `min_waste` columns
+        or more would go, since repacking copies the cache). One host sync."""
+        width = self.attention_mask.shape[1]
+        dead = width - int(self.attention_mask.sum(-1).max())
+        if dead == 0:
+            return
+        if not self.attention_mask[:, :dead].any():  # leading pad columns only: a slice, no copy
+            self.attention_mask = self.attention_mask[:, dead:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, dead:], layer.values[:, :, dead:]
+            return
+        if dead < min_waste:
+            return
+        needed = width - dead
+        # Stable sort puts each row's pad columns first and its real tokens after, in order.
+        order = torch.argsort(self.attention_mask, dim=-1, stable=True)[:, width - needed:]
+        self.attention_mask = self.attention_mask.gather(1, order)
+        for layer in self.cache.layers:
+            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+
+    def checkpoint(self) -> tuple[torch.Tensor, int]:
+        """What `restore` needs to undo forwards that only appended columns (e.g. after an OOM)."""
+        return self.attention_mask.clone(), self.attention_mask.shape[1]
+
+    def restore(self, saved: tuple[torch.Tensor, int]) -> None:
+        mask, width = saved
+        self.attention_mask = mask
+        for layer in self.cache.layers:  # layers an interrupted forward already extended
+            if layer.is_initialized and layer.keys.shape[-2] > width:
+                layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
+
     def rollback(self, num_tokens: int) -> None:
         """Forget the last `num_tokens` positions of every row."""
         if num_tokens > 0:
@@ -79,17 +137,30 @@ class ModelStream:
             self.attention_mask = self.attention_mask[:, :-num_tokens]
 
     @torch.inference_mode()
-    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: int | None = None) -> torch.Tensor:
         out = self.model(
             input_ids=input_ids,
             attention_mask=self.attention_mask,
             position_ids=position_ids,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep or 1,
             **{self._cache_kwarg: self.cache},  # updated in place
         )
         # Embeddings may be padded past the tokenizer (151936 vs 152064 rows): keep the shared ids.
-        return out.logits[:, -1, : self.vocab_size]
+        if keep is None:
+            return out.logits[:, -1, : self.vocab_size]
+        return out.logits[:, -keep:, : self.vocab_size]
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> left-padded ids [B, L] and attention mask [B, L] on `device`."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
 
 
 @dataclass
@@ -147,7 +218,7 @@ def decode(
     for step in range(max_new_tokens):
         out = step_fn(logits_theta, logits_t, active, step)
         tokens[active, step] = out.tokens
-        trace_values[:, active, step] = torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])
+        trace_values[:, active, step] = trace_columns(out)
         if keep_logits:
             trace.logits["theta"].append((active, logits_theta))
             trace.logits["t"].append((active, logits_t))

@@ -48,12 +48,17 @@ def row_keys(seeds: torch.Tensor) -> torch.Tensor:
     return hash32(hash32(seeds & _MASK32) ^ ((seeds >> 32) & _MASK32))
 
 
-def keyed_uniform(keys: torch.Tensor, step: int, stream: int = 0) -> torch.Tensor:
+def keyed_uniform(keys: torch.Tensor, step: int | torch.Tensor, stream: int = 0) -> torch.Tensor:
     """One Uniform(0, 1) float64 per row, strictly inside (0, 1), fixed by (key, step, stream).
 
+    `step` is one int for every row or an int64 tensor of per-row steps (rows in flight under
+    continuous batching are at different steps); both give the same bits for the same step.
     `stream` separates independent uses at the same step (e.g. draft and verify in speculative sampling).
     """
-    counter = torch.full_like(keys, (step + 1) * 0x10001 + stream)
+    if isinstance(step, torch.Tensor):
+        counter = ((step.to(device=keys.device, dtype=torch.int64) + 1) * 0x10001 + stream).expand_as(keys)
+    else:
+        counter = torch.full_like(keys, (step + 1) * 0x10001 + stream)
     first = hash32(keys ^ hash32(counter))
     second = hash32(first + _GOLDEN)
     # 53 random bits fill a float64 mantissa; the half offset keeps both ends out of reach.
@@ -61,7 +66,7 @@ def keyed_uniform(keys: torch.Tensor, step: int, stream: int = 0) -> torch.Tenso
     return (bits53.to(torch.float64) + 0.5) * (1.0 / (1 << 53))
 
 
-def keyed_categorical(logq: torch.Tensor, keys: torch.Tensor, step: int, stream: int = 0) -> torch.Tensor:
+def keyed_categorical(logq: torch.Tensor, keys: torch.Tensor, step: int | torch.Tensor, stream: int = 0) -> torch.Tensor:
     """Exact draws from softmax(logq) per row by inverting the float64 CDF at a keyed uniform.
 
     One uniform per row (not one per token, as Gumbel-max would need) keeps the cost at a softmax

@@ -133,7 +133,8 @@ def mixture_step(
     sample_from: "mixture" (default), or "teacher" / "theta" to skip the alpha solve and the mix
     and draw from one model (alpha reported 1 / 0); baselines keep temperature, the user's
     top-k/top-p and the fallbacks, and ignore the target constraint and the force masks.
-    step: the decoding step: names the step in error messages and indexes keyed draws.
+    step: the decoding step (an int, or int64 [B] per-row steps with row_keys): names the step in
+    error messages and indexes keyed draws.
 
     Raises ValueError for a bad config, bad shapes, or a row where both models' logits are
     unusable (NaN, +inf or all -inf), naming the first such row and the step.
@@ -146,9 +147,11 @@ def mixture_step(
     if row_keys is not None:
         if generator is not None:
             raise ValueError("pass either generator or row_keys, not both")
-        if row_keys.shape != (logits_theta.shape[0],) or not isinstance(step, int):
+        if row_keys.shape != (logits_theta.shape[0],) or not (
+            isinstance(step, int) or (isinstance(step, Tensor) and step.shape == row_keys.shape)
+        ):
             raise ValueError(
-                f"row_keys must be [{logits_theta.shape[0]}] with an int step, "
+                f"row_keys must be [{logits_theta.shape[0]}] with an int step or [{logits_theta.shape[0]}] steps, "
                 f"got {tuple(row_keys.shape)} and step={step!r}"
             )
 
