@@ -97,3 +97,17 @@ def test_cli_one_model_with_hinted_teacher_matches_two_copies(tiny_models, tmp_p
         for key in ("alpha", "kl_theta", "kl_t", "logprob_t"):
             assert a["tokens"][key] == pytest.approx(b["tokens"][key], abs=1e-4)
     assert any(k > 1e-3 for r in one for k in r["tokens"]["kl_t"])
+
+
+def test_stream_with_one_model_refuses_a_hint_it_would_ignore(tiny_models):
+    from os_cli.api import StreamRow
+
+    model = OptimalSamplingModel(tiny_models["theta"], device="cpu", dtype=torch.float32)
+    rows = [StreamRow(p, pt, seed=s) for p, pt, s in zip(PROMPTS, HINTED, (4, 5, 6))]
+    with pytest.raises(ValueError, match="separate_teacher_prompts=True"):
+        list(model.generate_stream(rows, max_new_tokens=8))
+    streamed = {r.index: r for r in model.generate_stream(rows, max_new_tokens=8, separate_teacher_prompts=True)}
+    batch = _same_seed_run(model, PROMPTS, HINTED)
+    for i in range(3):
+        n = int(batch.lengths[i])
+        assert streamed[i].token_ids.tolist() == batch.generated_ids[i, :n].tolist()

@@ -149,7 +149,17 @@ def test_speculative_output_distribution_equals_the_plain_loops(tiny_models, mon
     assert min(_two_sample_p_values(wrong.generated_ids[:, :width], plain.generated_ids[:, :width])) < 1e-4
 
 
-def test_draft_tokens_needs_two_models(tiny_models):
+def test_draft_tokens_needs_a_teacher_that_differs(tiny_models, tmp_path):
+    import shutil
+
     single = OptimalSamplingModel(tiny_models["theta"], device="cpu")
-    with pytest.raises(ValueError, match="draft_tokens needs two different models"):
+    with pytest.raises(ValueError, match="draft_tokens needs a teacher that differs from theta"):
         single.generate(["a"], max_new_tokens=3, draft_tokens=2)
+    # One model whose teacher half reads a hint drafts and verifies exactly as two copies of it do.
+    copy = shutil.copytree(tiny_models["theta"], tmp_path / "theta-copy")
+    two = OptimalSamplingModel(tiny_models["theta"], str(copy), device="cpu")
+    prompts, hinted = ["What is 2 plus 3?", "Hi"], ["What is 2 plus 3? Hint: 5.", "Explain quantum computing"]
+    a = single.generate(prompts, prompts_t=hinted, max_new_tokens=8, seed=[3, 4], draft_tokens=2)
+    b = two.generate(prompts, prompts_t=hinted, max_new_tokens=8, seed=[3, 4], draft_tokens=2)
+    assert torch.equal(a.generated_ids, b.generated_ids)
+    torch.testing.assert_close(a.logprobs["t"], b.logprobs["t"], equal_nan=True, atol=1e-5, rtol=1e-4)
