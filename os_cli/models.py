@@ -47,13 +47,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """`auto` is cuda where torch sees a CUDA device, else cpu; cuda:N must name a device torch sees."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from .preflight import device_problem
+    from .preflight import DEVICE_ALLOWED, cuda_index_problem
 
-    text = str(device)
-    problem = device_problem(text)
-    if problem:
-        raise UserError(problem)
-    return torch.device(text)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise UserError(f"device {device!r} is not a valid device (use {DEVICE_ALLOWED})") from exc
+    if resolved.type == "cuda":
+        problem = cuda_index_problem(resolved.index or 0, f"device {str(device)!r}")
+        if problem:
+            raise UserError(problem)
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

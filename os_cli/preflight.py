@@ -168,7 +168,7 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _cuda_index_problem(index: int, what: str) -> str | None:
+def cuda_index_problem(index: int, what: str) -> str | None:
     count = _cuda_count()
     if count == 0:
         return f"{what} asks for CUDA, but torch sees no CUDA device here (use auto or cpu)"
@@ -181,14 +181,14 @@ def device_problem(value: Any, hardware: bool = True) -> str | None:
     if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
         return f"device must be {DEVICE_ALLOWED}, got {value!r}"
     if hardware and value.startswith("cuda"):
-        return _cuda_index_problem(int(value[5:] or 0), f"device {value!r}")
+        return cuda_index_problem(int(value[5:] or 0), f"device {value!r}")
     return None
 
 
 def _map_value_problem(value: Any, hardware: bool) -> str | None:
     """One device of a device_map mapping: a GPU index, cpu, cuda or cuda:N."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return _cuda_index_problem(value, f"device {value}") if hardware else None
+        return cuda_index_problem(value, f"device {value}") if hardware else None
     if isinstance(value, str) and value != "auto" and DEVICE_PATTERN.match(value):
         return device_problem(value, hardware)
     return f"a device_map device must be a GPU index (0, 1, ...), cpu, cuda or cuda:N, got {value!r}"
@@ -218,7 +218,7 @@ def max_memory_problem(value: Any, hardware: bool = True) -> str | None:
         if device != "cpu" and not (isinstance(device, int) and not isinstance(device, bool) and device >= 0):
             return f"max_memory keys are GPU indices (0, 1, ...) or cpu, got {device!r}"
         if isinstance(device, int) and hardware:
-            problem = _cuda_index_problem(device, f"max_memory[{device}]")
+            problem = cuda_index_problem(device, f"max_memory[{device}]")
             if problem:
                 return problem
         good = (isinstance(size, int) and not isinstance(size, bool) and size > 0) or (

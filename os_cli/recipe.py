@@ -60,8 +60,8 @@ HASH_EXCLUDED = (
     "dataset.limit", "sampling.batch_size", "prompts.on_bad_row",
 ) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
           for key in ("device", "device_map", "max_memory"))
-# Keys added after output folders already existed: left out of the hash while unset (default), so
-# folders written before them still resume.
+# Keys added after output folders already existed: left out of the hash while unset (the default;
+# for a section, its null keys), so folders written before them still resume.
 HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
                "models.per_model.teacher": None, "models.per_model": None}
 
@@ -705,8 +705,6 @@ def _check_device(spec, value, path, ctx):
 def _check_device_map(spec, value, path, ctx):
     from .preflight import device_map_problem
 
-    if isinstance(value, str) and value.isdigit():  # --set ...device_map={"": 0} may arrive as text
-        value = int(value)
     problem = device_map_problem(value, hardware=False)
     if problem:
         ctx.fail(path, problem)
@@ -1015,16 +1013,15 @@ def _strip(recipe: Mapping) -> dict:
         node = out
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and last in node and _unset(node[last], default):
+        if not isinstance(node, dict) or last not in node:
+            continue
+        if isinstance(node[last], dict):  # a section: its unset (null) keys go, then the section if empty
+            node[last] = {k: v for k, v in node[last].items() if v is not None}
+            if not node[last]:
+                node.pop(last)
+        elif node[last] == default:
             node.pop(last)
     return out
-
-
-def _unset(value: Any, default: Any) -> bool:
-    """A leaf at its default, or a section whose leaves are all null (or that is empty)."""
-    if isinstance(value, dict):
-        return all(_unset(v, None) for v in value.values())
-    return value == default
 
 
 def recipe_hash(recipe: Mapping) -> str:
@@ -1156,8 +1153,7 @@ def _load_kwargs(recipe: Mapping, role: str) -> dict:
         compute = settings["compute_dtype"] if settings["compute_dtype"] != "auto" else settings["dtype"]
         out["load_in_4bit"] = True
         out["bnb_4bit_quant_type"] = settings["quant_type"]
-        if compute != "auto":
-            out["bnb_4bit_compute_dtype"] = compute
+        out["bnb_4bit_compute_dtype"] = compute  # auto: the model dtype auto picks on CUDA
     elif settings["quantization"] == "8bit":
         out["load_in_8bit"] = True
     return out
