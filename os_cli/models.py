@@ -186,12 +186,16 @@ def _map_device(device_map) -> str:
 
 
 def input_device(model) -> torch.device:
-    """Where a loaded model takes its input ids: its embedding's device (the first of a device_map)."""
-    hook = getattr(model, "_hf_hook", None)
-    execution = getattr(hook, "execution_device", None)
-    if execution is not None:
-        return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
-    return model.get_input_embeddings().weight.device
+    """Where a loaded model takes its input ids: where its embedding runs. Under a device_map that is
+    the execution device accelerate gave the embedding (its weights may be offloaded)."""
+    embedding = model.get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    for one in [hook, *getattr(hook, "hooks", ())]:  # a SequentialHook holds several
+        execution = getattr(one, "execution_device", None)
+        if execution is not None:
+            return torch.device(f"cuda:{execution}" if isinstance(execution, int) else execution)
+    device = embedding.weight.device
+    return device if device.type != "meta" else torch.device("cpu")
 
 
 def load_tokenizer(path: str, role: str = "theta", **kwargs):
