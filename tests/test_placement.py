@@ -269,3 +269,15 @@ def test_hash_ignores_placement_but_not_quantization(recipe_file):
     old = {k: v for k, v in base.items()}
     old["models"] = {k: v for k, v in base["models"].items() if k not in ("per_model", "quant_type", "compute_dtype")}
     assert recipe_hash(old) == recipe_hash(base) and recipe_diff(old, base) == []
+
+
+def test_bundled_4bit_teacher_fragment(tmp_path, recipe_file):
+    recipe = yaml.safe_load(recipe_file.read_text())
+    recipe["defaults"] = ["models/qwen2.5-7b-32b-4bit-teacher"]
+    del recipe["models"]
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    kwargs = model_kwargs(load_recipe(path))
+    assert kwargs["device"] == "cuda:0" and kwargs["dtype"] == "bfloat16" and "theta_kwargs" not in kwargs
+    assert kwargs["teacher_kwargs"] == {"device_map": "auto", "max_memory": {0: "4GiB", 1: "70GiB"}, "load_in_4bit": True,
+                                        "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
