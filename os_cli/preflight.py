@@ -159,7 +159,8 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 DEVICE_ALLOWED = "auto, cpu, cuda or cuda:N"
 # from_pretrained's device_map strategies; a mapping {module name: device} is the other form.
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
-_MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+# The sizes accelerate's convert_file_size_to_int reads as bytes (it reads a lowercase b as bits).
+_MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
 
 
 def _cuda_count() -> int:
@@ -224,7 +225,8 @@ def max_memory_problem(value: Any, hardware: bool = True) -> str | None:
         good = (isinstance(size, int) and not isinstance(size, bool) and size > 0) or (
             isinstance(size, str) and _MEMORY_SIZE.match(size.strip()))
         if not good:
-            return f"max_memory[{device!r}] must be a size like 20GiB or 20GB, or a number of bytes, got {size!r}"
+            return (f"max_memory[{device!r}] must be a size in KiB, MiB, GiB, KB, MB or GB (like 20GiB), "
+                    f"or a number of bytes, got {size!r}")
     return None
 
 

@@ -281,3 +281,14 @@ def test_bundled_4bit_teacher_fragment(tmp_path, recipe_file):
     assert kwargs["device"] == "cuda:0" and kwargs["dtype"] == "bfloat16" and "theta_kwargs" not in kwargs
     assert kwargs["teacher_kwargs"] == {"device_map": "auto", "max_memory": {0: "4GiB", 1: "70GiB"}, "load_in_4bit": True,
                                         "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("size, ok", [("20GiB", True), ("1.5 GiB", True), ("300MB", True), (2**30, True),
+                                      ("20gb", False), ("2TiB", False), ("10B", False), (0, False), (True, False)])
+def test_max_memory_sizes_are_the_ones_accelerate_reads_as_bytes(size, ok):
+    from accelerate.utils import convert_file_size_to_int
+
+    problem = preflight.max_memory_problem({"cpu": size}, hardware=False)
+    assert (problem is None) == ok, problem
+    if ok:
+        assert convert_file_size_to_int(size) >= 2**20  # and accelerate agrees they are bytes
