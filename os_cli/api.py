@@ -31,8 +31,13 @@ class OptimalSamplingModel:
     `model_t_path=None` (or the same path as theta) loads the weights once. With identical prompts that
     model runs one forward per step; with distinct teacher prompts (`prompts_t`, e.g. a hint only the
     teacher sees) it keeps two streams over the same weights, each with its own KV cache.
-    Keyword arguments go to `from_pretrained`; `load_in_4bit` / `load_in_8bit` / `bnb_*` become a
-    BitsAndBytesConfig. The alpha settings are plain attributes and may be changed between calls.
+    Keyword arguments go to `from_pretrained` of both models; `load_in_4bit` / `load_in_8bit` / `bnb_*`
+    become a BitsAndBytesConfig, `device_map` (a strategy such as "auto", or {module: device}) with
+    `max_memory` places a model instead of `device`. Per model: `device_t` / `dtype_t` (the teacher;
+    default: `device` / `dtype`) and `theta_kwargs` / `teacher_kwargs` (from_pretrained arguments for one
+    model, over the shared ones), e.g. `teacher_kwargs={"device_map": "auto", "load_in_4bit": True}`.
+    Mixing runs on theta's device (`self.device`); the teacher's logits move there each step.
+    The alpha settings are plain attributes and may be changed between calls.
     """
 
     def __init__(
@@ -50,6 +55,10 @@ class OptimalSamplingModel:
         dtype: str | torch.dtype | None = "auto",
         force_target_for_first_token: bool = False,
         force_target_for_special_tokens: bool = False,
+        device_t: str | torch.device | None = None,
+        dtype_t: str | torch.dtype | None = None,
+        theta_kwargs: dict | None = None,
+        teacher_kwargs: dict | None = None,
         **kwargs,
     ):
         if not model_theta_path:
@@ -65,15 +74,23 @@ class OptimalSamplingModel:
         self.force_target_for_special_tokens = force_target_for_special_tokens
         self._sampler_config(1.0, -1, 1.0)  # fail fast on bad alpha/constraint settings
 
-        self.device = models.resolve_device(device)
-        self.dtype = models.resolve_dtype(dtype, self.device)
-        self.attn_implementation = models.choose_attn_implementation(kwargs.pop("attn_implementation", None), self.device)
-        log.info("device %s, dtype %s, attention %s", self.device, str(self.dtype).replace("torch.", ""),
-                 self.attn_implementation)
+        # Placement of each model, checked before anything loads: `device`/`dtype`/**kwargs are both
+        # models' defaults; `device_t`/`dtype_t` and `theta_kwargs`/`teacher_kwargs` override one model.
+        for name, extra in (("theta_kwargs", theta_kwargs), ("teacher_kwargs", teacher_kwargs)):
+            if extra is not None and not isinstance(extra, dict):
+                raise ValueError(f"{name} must be a dict of from_pretrained keyword arguments, got {extra!r}")
+        requested_attn = kwargs.pop("attn_implementation", None)
+        spec_theta = models.load_spec("theta", device, dtype, {**kwargs, **(theta_kwargs or {})})
+        spec_t = models.load_spec("teacher", device if device_t is None else device_t,
+                                  dtype if dtype_t is None else dtype_t, {**kwargs, **(teacher_kwargs or {})})
+        self.attn_implementation = models.choose_attn_implementation(requested_attn, spec_theta.device)
+        attn_t = models.choose_attn_implementation(requested_attn, spec_t.device)
 
         self.model_theta_path = models.resolve_model_path(model_theta_path)
         self.model_t_path = models.resolve_model_path(model_t_path) if model_t_path else self.model_theta_path
-        self.same_model = self.model_t_path == self.model_theta_path
+        # One set of weights serves both parts when the paths and the ways of loading them agree.
+        self.same_model = self.model_t_path == self.model_theta_path and spec_theta.same_load(spec_t) \
+            and attn_t == self.attn_implementation
         tokenizer_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
         theta_role = "theta (also the teacher)" if self.same_model else "theta"
         self.tokenizer = models.load_tokenizer(self.model_theta_path, role=theta_role, **tokenizer_kwargs)
@@ -84,10 +101,17 @@ class OptimalSamplingModel:
         # Distributions live on the tokenizer's ids; model embeddings may have padding rows beyond them.
         self.vocab_size = len(self.tokenizer)
 
-        load = dict(device=self.device, dtype=self.dtype, attn_implementation=self.attn_implementation, **kwargs)
-        self.model_theta = models.load_causal_lm(self.model_theta_path, role=theta_role, **load)
+        self.model_theta = models.load_causal_lm(self.model_theta_path, spec_theta, role=theta_role,
+                                                 attn_implementation=self.attn_implementation)
         self.model_t = self.model_theta if self.same_model else models.load_causal_lm(
-            self.model_t_path, role="teacher", **load)
+            self.model_t_path, spec_t, role="teacher", attn_implementation=attn_t)
+        # Mixing happens on theta's input device; each model takes its prompt ids on its own input device.
+        self.device = models.input_device(self.model_theta)
+        self.device_t = models.input_device(self.model_t)
+        self.dtype, self.dtype_t = spec_theta.dtype, spec_t.dtype
+        log.info("theta on %s, teacher on %s, dtype %s / %s, attention %s", _placement(self.model_theta, self.device),
+                 _placement(self.model_t, self.device_t), str(self.dtype).replace("torch.", ""),
+                 str(self.dtype_t).replace("torch.", ""), self.attn_implementation)
         for path, model in ((self.model_theta_path, self.model_theta), (self.model_t_path, self.model_t)):
             rows = model.get_output_embeddings().weight.shape[0]
             if rows < self.vocab_size:
@@ -277,14 +301,14 @@ class OptimalSamplingModel:
         return sorted(i for i in ids if i is not None and i < self.vocab_size)
 
     def encode(self, texts: Sequence[str], teacher: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids and attention mask on the model's device, as `generate` feeds them.
+        """Left-padded prompt ids and attention mask on the model's input device, as `generate` feeds them.
 
         Texts that already start with BOS (chat templates) get no second one.
         """
         side = "prompts_t" if teacher else "prompts"
         rows = [self._token_ids(text, side, i, teacher=teacher) for i, text in enumerate(texts)]
         pad = (self.tokenizer_t if teacher else self.tokenizer).pad_token_id
-        return engine.left_pad(rows, pad, self.device)
+        return engine.left_pad(rows, pad, self.device_t if teacher else self.device)  # each model's input device
 
     def _token_ids(self, text: str, side: str, index: int, teacher: bool = False) -> list[int]:
         ids = preflight.prompt_token_ids(self.tokenizer_t if teacher else self.tokenizer, [text])[0]
@@ -383,7 +407,8 @@ class OptimalSamplingModel:
         for start in range(0, len(prompts), chunk):
             part_keys = keys[start:start + chunk]
             theta = engine.ModelStream(self.model_theta, self.vocab_size)
-            teacher = None if one_stream else engine.ModelStream(self.model_t, self.vocab_size)
+            teacher = None if one_stream else engine.ModelStream(self.model_t, self.vocab_size,
+                                                                  output_device=self.device)
             trace = engine.decode(
                 theta, teacher, self.encode(prompts[start:start + chunk]),
                 None if one_stream else self.encode(prompts_t[start:start + chunk], teacher=True),
@@ -410,6 +435,12 @@ class OptimalSamplingModel:
             cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
             text = text[:cut]
         return text
+
+
+def _placement(model, device: torch.device) -> str:
+    """`cuda:0`, or for a model a device_map spreads: `cuda:0 (device_map over 0, 1, cpu)`."""
+    spread = sorted(set(map(str, (getattr(model, "hf_device_map", None) or {}).values())))
+    return f"{device} (device_map over {', '.join(spread)})" if len(spread) > 1 else str(device)
 
 
 def _is_int(value) -> bool:

@@ -31,11 +31,22 @@ def trace_columns(out: StepOutput) -> torch.Tensor:
 
 
 class ModelStream:
-    """One causal LM decoding a left-padded batch: cache, attention mask and next positions."""
+    """One causal LM decoding a left-padded batch: cache, attention mask and next positions.
 
-    def __init__(self, model, vocab_size: int):
+    Inputs (prompt ids, tokens, row indices) may come from another device: they move to the model's
+    input device. Logits come back on `output_device` (default: the input device), so a teacher on
+    another device (or spread by a device_map) hands theta's device its [B, V] logits; the cache stays put.
+    """
+
+    def __init__(self, model, vocab_size: int, output_device: torch.device | str | None = None):
         self.model = model
         self.vocab_size = vocab_size
+        from .models import input_device
+
+        self.input_device = input_device(model)
+        self.output_device = torch.device(output_device) if output_device is not None else self.input_device
+        # Cache layers on several devices (a device_map) are indexed with row indices on the CPU.
+        self._rows_device = self.input_device if len(_devices(model)) <= 1 else torch.device("cpu")
         # transformers >= 5.2x renamed `past_key_values` to `cache`; speak whichever this version knows.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache = None
@@ -50,6 +61,7 @@ class ModelStream:
         from transformers import DynamicCache
 
         self.cache = DynamicCache(config=self.model.config)
+        input_ids, attention_mask = input_ids.to(self.input_device), attention_mask.to(self.input_device)
         self.attention_mask = attention_mask
         # Left padding: real tokens are numbered from 0 whatever the pad count, as in an unpadded run.
         positions = (attention_mask.cumsum(-1) - 1).clamp_(min=0)
@@ -60,12 +72,12 @@ class ModelStream:
         ones = self.attention_mask.new_ones(self.batch_size, 1)
         self.attention_mask = torch.cat([self.attention_mask, ones], dim=-1)
         positions = self.attention_mask.sum(-1, keepdim=True) - 1
-        return self._forward(tokens[:, None], positions)
+        return self._forward(tokens.to(self.input_device)[:, None], positions)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Drop every row not in `rows` (indices into the current batch), cache included."""
-        self.cache.batch_select_indices(rows)
-        self.attention_mask = self.attention_mask[rows]
+        self.cache.batch_select_indices(rows.to(self._rows_device))
+        self.attention_mask = self.attention_mask[rows.to(self.input_device)]
 
     def join(self, other: "ModelStream") -> None:
         """Append `other`'s rows (prefilled separately) to this batch: the primitive for refilling
@@ -82,6 +94,7 @@ class ModelStream:
 
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed `tokens` [B, m] per row in one forward; return the logits after each [B, m, vocab_size]."""
+        tokens = tokens.to(self.input_device)
         count = self.attention_mask.sum(-1, keepdim=True)
         m = tokens.shape[1]
         self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(self.batch_size, m)], dim=-1)
@@ -92,6 +105,7 @@ class ModelStream:
         """Of the last `added` columns, row r keeps its first `keep[r]`; the rest are masked out, and
         the columns no row keeps are cropped. Positions count real tokens, so they stay exact."""
         width = self.attention_mask.shape[1]
+        keep = keep.to(self.input_device)
         kept = torch.arange(added, device=keep.device)[None, :] < keep[:, None]
         self.attention_mask[:, width - added:] *= kept.to(self.attention_mask.dtype)
         self.rollback(added - int(keep.max()))
@@ -116,7 +130,7 @@ class ModelStream:
         order = torch.argsort(self.attention_mask, dim=-1, stable=True)[:, width - needed:]
         self.attention_mask = self.attention_mask.gather(1, order)
         for layer in self.cache.layers:
-            index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            index = order.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
     def checkpoint(self) -> tuple[torch.Tensor, int]:
@@ -148,8 +162,8 @@ class ModelStream:
         )
         # Embeddings may be padded past the tokenizer (151936 vs 152064 rows): keep the shared ids.
         if keep is None:
-            return out.logits[:, -1, : self.vocab_size]
-        return out.logits[:, -keep:, : self.vocab_size]
+            return out.logits[:, -1, : self.vocab_size].to(self.output_device)
+        return out.logits[:, -keep:, : self.vocab_size].to(self.output_device)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,6 +175,12 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
         ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
         mask[i, width - len(row):] = 1
     return ids.to(device), mask.to(device)
+
+
+def _devices(model) -> set[str]:
+    """The devices a model's weights sit on (more than one under a device_map)."""
+    device_map = getattr(model, "hf_device_map", None)
+    return set(map(str, device_map.values())) if device_map else {str(model.device)}
 
 
 @dataclass

@@ -15,6 +15,12 @@ Nothing here loads weights or prints. Public functions:
 - `screen_prompts(recipe, rendered, tokenizer, tokenizer_t, contexts)`: applies the two checks above to
   every rendered row of a recipe, for theta's and the teacher's prompts: a bad row raises `UserError`
   naming the row id and the lengths, or goes to `rendered.errors` with `prompts.on_bad_row: skip`.
+- `device_problem(value)`, `device_map_problem(value)`, `max_memory_problem(value)`: why a device,
+  a `device_map` or a `max_memory` cannot be used (syntax with `hardware=False`; with `hardware=True`
+  also CUDA present and device indices below `torch.cuda.device_count()`).
+- `placement_problem(recipe) -> (key path, message) | None`: the first of those problems, or a
+  quantization bitsandbytes cannot run here, over both models' effective settings (the CLI's check
+  before any model loads).
 - `hub_offline_note(recipe) -> str | None`: when the recipe names something on the hub and
   HF_HUB_OFFLINE is unset, probe the hub once (one HEAD request, a few seconds at most); when it cannot be
   reached, switch this process to offline mode (cached files only) and return a note saying so.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -142,6 +149,112 @@ def screen_prompts(recipe: Mapping, rendered, tokenizer, tokenizer_t, contexts: 
 
         rendered.errors.append({"id": item.id, "reason": problem, "row": json_safe(item.row)})
     rendered.items[:] = kept
+
+
+# ----------------------------------------------------------------------------------------------
+# Placement: devices, device maps, max_memory, quantization
+# ----------------------------------------------------------------------------------------------
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+DEVICE_ALLOWED = "auto, cpu, cuda or cuda:N"
+# from_pretrained's device_map strategies; a mapping {module name: device} is the other form.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+# The sizes accelerate's convert_file_size_to_int reads as bytes (it reads a lowercase b as bits).
+_MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cuda_index_problem(index: int, what: str) -> str | None:
+    count = _cuda_count()
+    if count == 0:
+        return f"{what} asks for CUDA, but torch sees no CUDA device here (use auto or cpu)"
+    if index >= count:
+        return f"{what} asks for CUDA device {index}, but torch sees {count} (cuda:0..cuda:{count - 1})"
+    return None
+
+
+def device_problem(value: Any, hardware: bool = True) -> str | None:
+    if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
+        return f"device must be {DEVICE_ALLOWED}, got {value!r}"
+    if hardware and value.startswith("cuda"):
+        return cuda_index_problem(int(value[5:] or 0), f"device {value!r}")
+    return None
+
+
+def _map_value_problem(value: Any, hardware: bool) -> str | None:
+    """One device of a device_map mapping: a GPU index, cpu, cuda or cuda:N."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return cuda_index_problem(value, f"device {value}") if hardware else None
+    if isinstance(value, str) and value != "auto" and DEVICE_PATTERN.match(value):
+        return device_problem(value, hardware)
+    return f"a device_map device must be a GPU index (0, 1, ...), cpu, cuda or cuda:N, got {value!r}"
+
+
+def device_map_problem(value: Any, hardware: bool = True) -> str | None:
+    if isinstance(value, str):
+        if value in DEVICE_MAP_STRATEGIES:
+            return None
+        return (f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a mapping of module names "
+                f"to devices (e.g. {{\"\": 0}}), got {value!r}")
+    if not isinstance(value, Mapping) or not value:
+        return f"device_map must be a strategy name or a non-empty mapping of module names to devices, got {value!r}"
+    for module, device in value.items():
+        if not isinstance(module, str):
+            return f"device_map keys are module names (strings; \"\" is the whole model), got {module!r}"
+        problem = _map_value_problem(device, hardware)
+        if problem:
+            return f"device_map[{module!r}]: {problem}"
+    return None
+
+
+def max_memory_problem(value: Any, hardware: bool = True) -> str | None:
+    if not isinstance(value, Mapping) or not value:
+        return f"max_memory must be a mapping of devices (GPU index or cpu) to sizes (e.g. {{0: 20GiB, cpu: 64GiB}}), got {value!r}"
+    for device, size in value.items():
+        if device != "cpu" and not (isinstance(device, int) and not isinstance(device, bool) and device >= 0):
+            return f"max_memory keys are GPU indices (0, 1, ...) or cpu, got {device!r}"
+        if isinstance(device, int) and hardware:
+            problem = cuda_index_problem(device, f"max_memory[{device}]")
+            if problem:
+                return problem
+        good = (isinstance(size, int) and not isinstance(size, bool) and size > 0) or (
+            isinstance(size, str) and _MEMORY_SIZE.match(size.strip()))
+        if not good:
+            return (f"max_memory[{device!r}] must be a size in KiB, MiB, GiB, KB, MB or GB (like 20GiB), "
+                    f"or a number of bytes, got {size!r}")
+    return None
+
+
+def placement_problem(recipe: Mapping) -> tuple[str, str] | None:
+    """The first placement or quantization setting of either model that cannot run here (see module doc)."""
+    from .models import bitsandbytes_problem
+    from .recipe import model_settings
+
+    for role in ("theta", "teacher"):
+        settings = model_settings(recipe, role)
+        for key, check in (("device_map", device_map_problem), ("max_memory", max_memory_problem)):
+            value, path = settings[key]
+            if value is not None:
+                problem = check(value)
+                if problem:
+                    return path, problem
+        device, path = settings["device"]
+        if settings["device_map"][0] is None:
+            problem = device_problem(device)
+            if problem:
+                return path, problem
+        quantization, path = settings["quantization"]
+        if quantization != "none":
+            problem = bitsandbytes_problem()
+            if problem:
+                name = recipe["models"][role] or recipe["models"]["theta"]
+                return path, f"{quantization} loading of the {role} model ({name}) cannot run here: {problem}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,8 +57,13 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # shard rotation, the bad-row policy, and the row limit (a larger limit extends the run).
 HASH_EXCLUDED = (
     "_meta", "description", "defaults", "run_name", "output.dir", "output.shard_size",
-    "dataset.limit", "sampling.batch_size", "models.device", "prompts.on_bad_row",
-)
+    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row",
+) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
+          for key in ("device", "device_map", "max_memory"))
+# Keys added after output folders already existed: left out of the hash while unset (the default;
+# for a section, its null keys), so folders written before them still resume.
+HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
+               "models.per_model.teacher": None, "models.per_model": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +108,27 @@ def _prompt_section(**kw) -> Section:
     )
 
 
+_DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+# The keys that place and load one model: under `models:` they are both models' defaults; under
+# `models.per_model.theta|teacher:` (null = the default) they override one model.
+PLACEMENT_KEYS = ("device", "device_map", "max_memory", "dtype", "quantization", "quant_type", "compute_dtype")
+
+
+def _placement_fields(defaults: bool) -> dict:
+    fields = {
+        "dtype": Field("choice", "auto", choices=_DTYPE_CHOICES),
+        "device": Field("device", "auto", allowed="auto, cpu, cuda or cuda:N"),
+        "device_map": Field("device_map", None, nullable=True),
+        "max_memory": Field("max_memory", None, nullable=True),
+        "quantization": Field("choice", "none", choices=("none", "4bit", "8bit")),
+        "quant_type": Field("choice", "nf4", choices=("nf4", "fp4")),
+        "compute_dtype": Field("choice", "auto", choices=_DTYPE_CHOICES),
+    }
+    if defaults:
+        return fields
+    return {k: Field(f.kind, None, nullable=True, choices=f.choices, allowed=f.allowed) for k, f in fields.items()}
+
+
 SCHEMA = Section(
     {
         "description": Field("str", None, nullable=True),
@@ -112,9 +138,11 @@ SCHEMA = Section(
             {
                 "theta": Field("model", required=True),
                 "teacher": Field("model", None, nullable=True),
-                "dtype": Field("choice", "auto", choices=("auto", "float32", "bfloat16", "float16")),
-                "device": Field("device", "auto", allowed="auto, cpu, cuda or cuda:N"),
-                "quantization": Field("choice", "none", choices=("none", "4bit", "8bit")),
+                **_placement_fields(defaults=True),
+                "per_model": Section({
+                    "theta": Section(_placement_fields(defaults=False)),
+                    "teacher": Section(_placement_fields(defaults=False)),
+                }),
                 "attn_implementation": Field(
                     "choice", "auto", choices=("auto", "sdpa", "eager", "flash_attention_2")
                 ),
@@ -192,7 +220,6 @@ SCHEMA = Section(
 # any other brace (`\boxed{}`, `{ x }`) is left as written.
 TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\}")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)?$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 def template_fields(template: str) -> list[str]:
@@ -668,9 +695,29 @@ def _check_choice(spec, value, path, ctx):
 
 
 def _check_device(spec, value, path, ctx):
-    if not isinstance(value, str) or not _DEVICE.match(value):
+    from .preflight import device_problem
+
+    if device_problem(value, hardware=False):
         ctx.fail(path, f"must be {spec.allowed}, got {_show(value)}")
     return value
+
+
+def _check_device_map(spec, value, path, ctx):
+    from .preflight import device_map_problem
+
+    problem = device_map_problem(value, hardware=False)
+    if problem:
+        ctx.fail(path, problem)
+    return copy.deepcopy(value)
+
+
+def _check_max_memory(spec, value, path, ctx):
+    from .preflight import max_memory_problem
+
+    problem = max_memory_problem(value, hardware=False)
+    if problem:
+        ctx.fail(path, problem)
+    return copy.deepcopy(value)
 
 
 def _check_top_k(spec, value, path, ctx):
@@ -764,7 +811,8 @@ def _check_source(spec, value, path, ctx):
 
 _CHECKERS = {
     "int": _check_int, "float": _check_float, "bool": _check_bool, "str": _check_str, "name": _check_name,
-    "choice": _check_choice, "device": _check_device, "top_k": _check_top_k, "str_list": _check_str_list,
+    "choice": _check_choice, "device": _check_device, "device_map": _check_device_map,
+    "max_memory": _check_max_memory, "top_k": _check_top_k, "str_list": _check_str_list,
     "keep_fields": _check_keep_fields, "rows": _check_rows, "template": _check_template,
     "model": _check_model, "source": _check_source,
 }
@@ -835,11 +883,53 @@ def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
                 ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{_suggest(name, fields)}")
     from .preflight import attn_problem
 
-    problem = attn_problem(recipe["models"]["attn_implementation"], recipe["models"]["device"])
-    if problem:
-        ctx.fail(("models", "attn_implementation"), problem)
-    if recipe["models"]["quantization"] != "none" and recipe["models"]["device"] == "cpu":
-        ctx.fail(("models", "quantization"), "4bit/8bit (bitsandbytes) needs a CUDA device, but models.device is cpu")
+    for role in ("theta", "teacher"):
+        _placement_checks(recipe, role, ctx)
+
+
+def _placement_checks(recipe: dict, role: str, ctx: _Ctx) -> None:
+    """One model's effective placement: contradictions that no machine could run."""
+    from .preflight import attn_problem
+
+    settings = model_settings(recipe, role)
+    device, device_path = settings["device"]
+    device_map, map_path = settings["device_map"]
+    max_memory, memory_path = settings["max_memory"]
+    key = lambda path: tuple(path.split("."))  # noqa: E731
+    for level in (("models",), ("models", "per_model", role)):
+        node = recipe["models"] if len(level) == 1 else recipe["models"]["per_model"][role]
+        if node["device_map"] is not None and node["device"] not in (None, "auto"):
+            ctx.fail(level + ("device_map",), f"give either {'.'.join(level)}.device ({node['device']}) or "
+                                              f"{'.'.join(level)}.device_map, not both")
+    if max_memory is not None and device_map is None:
+        ctx.fail(key(memory_path), f"max_memory needs a device_map for the {role} model "
+                                   f"(e.g. {map_path}: auto)")
+    if device_map is None:
+        problem = attn_problem(recipe["models"]["attn_implementation"], device)
+        if problem:
+            ctx.fail(("models", "attn_implementation"), f"{problem} ({device_path} for the {role} model)")
+    quantization, quant_path = settings["quantization"]
+    if quantization != "none" and device_map is None and device == "cpu":
+        ctx.fail(key(quant_path), f"4bit/8bit (bitsandbytes) needs a CUDA device, but {device_path} is cpu "
+                                  f"for the {role} model")
+
+
+def model_settings(recipe: Mapping, role: str) -> dict:
+    """One model's effective placement keys (`PLACEMENT_KEYS`) as {key: (value, key path that set it)}:
+    `models.per_model.<role>.<key>` where set (not null), else `models.<key>`."""
+    own = ((recipe["models"].get("per_model") or {}).get(role)) or {}
+    out = {}
+    for key in PLACEMENT_KEYS:
+        if own.get(key) is not None:
+            out[key] = (own[key], f"models.per_model.{role}.{key}")
+        else:
+            out[key] = (recipe["models"].get(key, _spec_at(f"models.{key}").default), f"models.{key}")
+    # A device_map under per_model wins over the shared device, a device under per_model over the shared map.
+    if own.get("device") is not None and own.get("device_map") is None:
+        out["device_map"] = (None, f"models.per_model.{role}.device_map")
+        if own.get("max_memory") is None:
+            out["max_memory"] = (None, f"models.per_model.{role}.max_memory")
+    return out
 
 
 def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterable = (), *,
@@ -918,6 +1008,19 @@ def _strip(recipe: Mapping) -> dict:
                 break
         if isinstance(node, dict):
             node.pop(parts[-1], None)
+    for key, default in HASH_IF_SET.items():  # in order: a section left empty goes too
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            continue
+        if isinstance(node[last], dict):  # a section: its unset (null) keys go, then the section if empty
+            node[last] = {k: v for k, v in node[last].items() if v is not None}
+            if not node[last]:
+                node.pop(last)
+        elif node[last] == default:
+            node.pop(last)
     return out
 
 
@@ -1013,14 +1116,22 @@ def model_kwargs(recipe: Mapping) -> dict:
         model_t_path=model_location(recipe, "teacher"),
         alpha_method=a["method"], fixed_alpha=a["fixed"], alpha_min=a["min"], alpha_max=a["max"],
         constraint_to_target=c["to_target"], target_top_k=c["top_k"], target_top_p=c["top_p"],
-        device=m["device"], dtype=m["dtype"],
         force_target_for_first_token=c["force_first_token"],
         force_target_for_special_tokens=c["force_special_tokens"],
     )
-    if m["quantization"] == "4bit":
-        kwargs["load_in_4bit"] = True
-    elif m["quantization"] == "8bit":
-        kwargs["load_in_8bit"] = True
+    per_role = {role: _load_kwargs(recipe, role) for role in ("theta", "teacher")}
+    # What both models share stays a plain keyword argument (both); the rest goes to one model.
+    shared = {k: v for k, v in per_role["theta"].items() if k in per_role["teacher"] and per_role["teacher"][k] == v}
+    kwargs.update({k: v for k, v in shared.items() if k not in ("device", "dtype")})
+    kwargs["device"], kwargs["dtype"] = per_role["theta"]["device"], per_role["theta"]["dtype"]
+    if per_role["teacher"]["device"] != kwargs["device"]:
+        kwargs["device_t"] = per_role["teacher"]["device"]
+    if per_role["teacher"]["dtype"] != kwargs["dtype"]:
+        kwargs["dtype_t"] = per_role["teacher"]["dtype"]
+    for role, name in (("theta", "theta_kwargs"), ("teacher", "teacher_kwargs")):
+        own = {k: v for k, v in per_role[role].items() if k not in shared and k not in ("device", "dtype")}
+        if own:
+            kwargs[name] = own
     if m["attn_implementation"] != "auto":
         kwargs["attn_implementation"] = m["attn_implementation"]
     if m["revision"] is not None:
@@ -1028,6 +1139,35 @@ def model_kwargs(recipe: Mapping) -> dict:
     if m["trust_remote_code"]:
         kwargs["trust_remote_code"] = True
     return kwargs
+
+
+def _load_kwargs(recipe: Mapping, role: str) -> dict:
+    """One model's device, dtype and placement / quantization arguments of `from_pretrained`."""
+    settings = {key: value for key, (value, _) in model_settings(recipe, role).items()}
+    out: dict = {"device": settings["device"], "dtype": settings["dtype"]}
+    if settings["device_map"] is not None:
+        out["device_map"] = copy.deepcopy(settings["device_map"])
+        if settings["max_memory"] is not None:
+            out["max_memory"] = copy.deepcopy(settings["max_memory"])
+    if settings["quantization"] == "4bit":
+        compute = settings["compute_dtype"] if settings["compute_dtype"] != "auto" else settings["dtype"]
+        out["load_in_4bit"] = True
+        out["bnb_4bit_quant_type"] = settings["quant_type"]
+        out["bnb_4bit_compute_dtype"] = compute  # auto: the model dtype auto picks on CUDA
+    elif settings["quantization"] == "8bit":
+        out["load_in_8bit"] = True
+    return out
+
+
+def check_placement(recipe: Mapping) -> None:
+    """Before any model loads: each model's devices, device_map, max_memory and quantization can run
+    on this machine (CUDA present, device indices in range, bitsandbytes usable); else exit 2."""
+    from .preflight import placement_problem
+
+    found = placement_problem(recipe)
+    if found:
+        path, problem = found
+        raise UserError(f"{path}: {problem}")
 
 
 def check_models_reachable(recipe: Mapping) -> None:
@@ -1060,6 +1200,7 @@ def build_model(recipe: Mapping, **extra):
     """
     from .api import OptimalSamplingModel
 
+    check_placement(recipe)
     check_models_reachable(recipe)
     kwargs = model_kwargs(recipe)
     kwargs.update(extra)

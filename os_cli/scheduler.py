@@ -30,6 +30,7 @@ from torch import Tensor
 
 from . import speculative
 from .engine import TRACE_FIELDS, ModelStream, left_pad, trace_columns
+from .models import input_device
 from .sampler import StepOutput
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n]) -> StepOutput: the q* step.
@@ -193,7 +194,7 @@ class _Loop:
         self.limit, self.max_new_tokens, self.pad_id, self.stop_fn = limit, max_new_tokens, pad_id, stop_fn
         self.keep_logits, self.keep_q_star, self.k, self.temperature = keep_logits, keep_q_star, draft_tokens, temperature
         self.oom_backoff, self.stats = oom_backoff, stats
-        self.device = model_theta.device
+        self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=self.device)
         capacity, width = limit.value, max_new_tokens + draft_tokens + 1
         # Per-slot output buffers: a row records into its slot at its own step, one write per step.
@@ -298,7 +299,7 @@ class _Loop:
         logits_theta = theta.prefill(*left_pad([r.ids_theta for r in batch], self.pad_id, device))
         teacher, logits_t = None, logits_theta
         if self.model_t is not None:
-            teacher = ModelStream(self.model_t, self.vocab_size)
+            teacher = ModelStream(self.model_t, self.vocab_size, output_device=device)
             logits_t = teacher.prefill(*left_pad([r.ids_t for r in batch], self.pad_id, device))
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]

@@ -343,7 +343,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
     from ..preflight import hub_offline_note, screen_prompts
     from ..quiet import quiet_progress_bars
-    from ..recipe import check_models_reachable, load_recipe, output_dir
+    from ..recipe import check_models_reachable, check_placement, load_recipe, output_dir
     from ..writer import check_output, plan_entries
 
     quiet_progress_bars()
@@ -359,6 +359,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     rows = load_rows(recipe)
     if not rows:
         raise UserError(nothing_planned(recipe))
+    check_placement(recipe)
     check_models_reachable(recipe)
     tokenizer, tokenizer_t = _load_tokenizers(recipe)
     rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
@@ -394,7 +395,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 
 def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite, resume, repair) -> None:
     from ..outfolder import FolderLock, prepare_staging, staging_dir, swap_in
-    from ..recipe import build_model, model_location
+    from ..recipe import build_model, model_location, model_settings
     from ..writer import RunWriter, check_output, check_plan, read_manifest, scan_records
 
     log = err_console()
@@ -424,8 +425,8 @@ def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite
             log.print(f"loading models: theta={recipe['models']['theta']} "
                       f"teacher={recipe['models']['teacher'] or '(same as theta)'}", markup=False, highlight=False)
         extra = {}
-        if dist.device is not None and recipe["models"]["device"] == "auto":
-            extra["device"] = str(dist.device)
+        if dist.device is not None and model_settings(recipe, "theta")["device"][0] == "auto":
+            extra["device"] = str(dist.device)  # theta's; a teacher without its own device follows
         model = build_model(recipe, **extra)
         device = str(model.device)
         if dist.is_main:
