@@ -230,12 +230,18 @@ class OptimalSamplingModel:
             special[self.special_token_ids] = True
         force_first = self.force_target_for_first_token
 
+        # Each row's last solved alpha warm-starts its next solve (NaN: none yet). Indexed like `rows`.
+        alpha_state = torch.full((len(prompts),), float("nan"), device=self.device)
+
         def step_fn(logits_theta, logits_t, rows, step):
             first = torch.ones_like(rows, dtype=torch.bool) if (force_first and step == 0) else None
-            return mixture_step(
+            out = mixture_step(
                 logits_theta, logits_t, config, row_keys=keys[rows], step=step,
                 force_teacher_tokens=special, force_teacher_rows=first, sample_from=sample_from,
+                alpha_init=alpha_state[rows],
             )
+            alpha_state[rows] = out.alpha_solved
+            return out
 
         stop_fn = self._stop_fn(stop) if stop else None
         theta = engine.ModelStream(self.model_theta, self.vocab_size)
