@@ -111,7 +111,7 @@ class OptimalSamplingModel:
         self,
         prompts: Sequence[str],
         prompts_t: Sequence[str] | None = None,
-        max_new_tokens: int = 100,
+        max_new_tokens: int | Sequence[int] = 100,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = -1,
@@ -130,8 +130,16 @@ class OptimalSamplingModel:
         seed, prompts and the models, not on its batch-mates or `batch_size`. `stop` strings end a
         row (finish reason "stop"; the text is cut before the stop string). `sample_from="teacher"`
         or `"theta"` skips mixing and samples one model while both still run (baselines, floors).
+        `max_new_tokens` may be a list with one cap per prompt (a row at its cap finishes with "length").
         """
         prompts, prompts_t = self._check_prompts(prompts, prompts_t)
+        caps = None
+        if isinstance(max_new_tokens, (list, tuple)):  # per-row caps (bench --lengths long-tail)
+            caps = list(max_new_tokens)
+            if len(caps) != len(prompts) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                                                    for c in caps):
+                raise ValueError(f"max_new_tokens as a list needs {len(prompts)} positive integers (one per prompt)")
+            max_new_tokens = max(caps)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -148,7 +156,7 @@ class OptimalSamplingModel:
             rows = slice(start, start + chunk)
             parts.append(self._decode_batch(
                 prompts[rows], prompts_t[rows], keys[rows], config, max_new_tokens, stop, sample_from,
-                return_logits, return_q_star_probs,
+                return_logits, return_q_star_probs, caps=caps[rows] if caps else None,
             ))
         return self._assemble(parts, max_new_tokens, stop, return_diagnostics, skip_decode)
 
@@ -222,7 +230,7 @@ class OptimalSamplingModel:
         return ids.to(self.device), mask.to(self.device)
 
     def _decode_batch(self, prompts, prompts_t, keys, config, max_new_tokens, stop, sample_from,
-                      keep_logits, keep_q_star) -> engine.DecodeTrace:
+                      keep_logits, keep_q_star, caps=None) -> engine.DecodeTrace:
         keys = keys.to(self.device)
         special = None
         if self.force_target_for_special_tokens and self.special_token_ids:
@@ -244,14 +252,29 @@ class OptimalSamplingModel:
             return out
 
         stop_fn = self._stop_fn(stop) if stop else None
+        capped: set[int] = set()
+        if caps is not None and min(caps) < max_new_tokens:  # per-row caps end rows like stop strings
+            by_string = stop_fn
+
+            def stop_fn(row: int, ids: list[int]) -> bool:
+                if by_string is not None and by_string(row, ids):
+                    return True
+                if len(ids) >= caps[row]:
+                    capped.add(row)
+                    return True
+                return False
         theta = engine.ModelStream(self.model_theta, self.vocab_size)
         teacher = None if self.same_model else engine.ModelStream(self.model_t, self.vocab_size)
-        return engine.decode(
+        trace = engine.decode(
             theta, teacher, self.encode(prompts),
             None if self.same_model else self.encode(prompts_t, teacher=True),
             step_fn, max_new_tokens=max_new_tokens, eos_ids=self.eos_token_ids,
             pad_id=self.tokenizer.pad_token_id, stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
         )
+        for row in capped:
+            if trace.finish_reasons[row] == "stop":
+                trace.finish_reasons[row] = "length"
+        return trace
 
     def _stop_fn(self, stop: list[str]):
         window = max(len(s) for s in stop) + 2  # a token is at least one character
