@@ -107,8 +107,8 @@ def solve(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: fl
     batch, device = lt.shape[0], lt.device
     if method == "fixed":
         return torch.full((batch,), float(fixed_alpha), device=device), 0
-    if method in ("reverse_kl_symmetry", "entropy"):  # closed forms: one sweep already
-        return A.solve_alpha(method, lt, logp_t, alpha_min=alpha_min, alpha_max=alpha_max), 0
+    if method in ("reverse_kl_symmetry", "entropy"):
+        return _closed_form(method, lt, logp_t, r).clamp(alpha_min, alpha_max), 0
     lo = torch.full((batch,), float(alpha_min), device=device)
     hi = torch.full((batch,), float(alpha_max), device=device)
     state = _State(_start(alpha_init, batch, lo, hi), lo, hi, torch.zeros(batch, dtype=torch.bool, device=device))
@@ -133,6 +133,22 @@ def solve(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: fl
     stuck = rows[~sub.accepted]  # the safeguarded reference always converges
     return a.index_put((stuck,), A.solve_alpha(method, lt[stuck], logp_t[stuck], alpha_min=alpha_min,
                                                 alpha_max=alpha_max)), int(stuck.numel())
+
+
+def _closed_form(method: str, lt: Tensor, lT: Tensor, r: Tensor) -> Tensor:
+    """alpha.solve_reverse_kl_symmetry / solve_entropy on full supports (no leak rules needed)."""
+    p_theta = lt.clamp_min(EXP_FLOOR).exp()
+    p_t = lT.clamp_min(EXP_FLOOR).exp()
+    if method == "entropy":
+        h_theta = -torch.linalg.vecdot(p_theta, lt).clamp_max(0.0)
+        h_t = -torch.linalg.vecdot(p_t, lT).clamp_max(0.0)
+        total = h_theta + h_t
+        return torch.where(total <= TOL, 0.5, h_theta / total.clamp_min(TOL))
+    diff = p_t.sub_(p_theta)
+    numerator = -torch.linalg.vecdot(diff, lt)  # CE(pi_t, pi_theta) - H(pi_theta)
+    denominator = torch.linalg.vecdot(diff, r)  # KL(theta||t) + KL(t||theta) >= 0
+    solved = (numerator / denominator.clamp_min(TOL)).clamp(0.0, 1.0)
+    return torch.where(denominator <= TOL, 0.5, solved)
 
 
 @dataclass
