@@ -16,7 +16,9 @@ diagnostics and log-probs recorded), EOS disabled so every row runs exactly --st
 - one row per alpha method with the fast solvers (warm-started from each row's previous alpha, as
   `api.generate` does), and the same method with the reference solvers (`solver="reference"`).
 Variants are interleaved within each round (drift hits all of them); the table gives per-round
-ratios to that round's floor: median and min-max over rounds.
+ratios to that round's floor: median and min-max over rounds, for wall time and for this process's
+CPU time (`time.process_time`; with --threads 1 it counts the work done and is much less sensitive
+to other processes competing for the cores than wall time is).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def parameters(model) -> str:
 
 
 def run(theta, teacher, prompt, steps: int, config: SamplerConfig, sample_from: str, solver: str, warm: bool,
-        device) -> float:
+        device) -> tuple[float, float]:
     batch = prompt[0].shape[0]
     keys = rng.row_keys(torch.arange(batch, dtype=torch.int64)).to(device)
     state = torch.full((batch,), float("nan"), device=device)
@@ -84,12 +86,12 @@ def run(theta, teacher, prompt, steps: int, config: SamplerConfig, sample_from: 
     s_theta, s_t = engine.ModelStream(theta, VOCAB), engine.ModelStream(teacher, VOCAB)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trace = engine.decode(s_theta, s_t, prompt, prompt, step_fn, max_new_tokens=steps, eos_ids=[], pad_id=0)
     assert int(trace.lengths.min()) == steps
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main() -> None:
@@ -117,7 +119,7 @@ def main() -> None:
         variants.append((method, "mixture", method, "fast", True))
         if args.reference and method != "fixed":
             variants.append((f"{method} (reference)", "mixture", method, "reference", False))
-    times: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
     for name, sample_from, method, solver, warm in variants:  # warm-up
         run(theta, teacher, prompt, 4, SamplerConfig(alpha_method=method), sample_from, solver, warm, device)
     for _ in range(args.repeats):
@@ -129,13 +131,16 @@ def main() -> None:
           f"teacher {parameters(teacher)}, device {args.device}, dtype {args.dtype}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, {args.repeats} interleaved rounds")
     print()
-    print("| variant | ms/step median | x floor median | x floor min-max |")
-    print("|---|---:|---:|---:|")
+    print("| variant | wall ms/step | x floor (wall) | min-max | CPU ms/step | x floor (CPU) | min-max |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     floor = times["floor"]
     for name, *_ in variants:
-        ratios = [t / f for t, f in zip(times[name], floor)]
-        ms = statistics.median(times[name]) / args.steps * 1e3
-        print(f"| {name} | {ms:.1f} | {statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f} |")
+        cells = []
+        for k in (0, 1):
+            ratios = [t[k] / f[k] for t, f in zip(times[name], floor)]
+            ms = statistics.median(t[k] for t in times[name]) / args.steps * 1e3
+            cells.append(f"{ms:.1f} | {statistics.median(ratios):.3f} | {min(ratios):.3f}-{max(ratios):.3f}")
+        print(f"| {name} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":
