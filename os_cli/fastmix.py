@@ -104,35 +104,54 @@ def _start(alpha_init: Tensor | None, batch: int, lo: Tensor, hi: Tensor) -> Ten
 def solve(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: float, fixed_alpha: float,
           alpha_init: Tensor | None, logp_t: Tensor) -> tuple[Tensor, int]:
     """Clamped alpha [B] for `method` on all-finite rows, and how many rows the reference re-solved."""
+    alpha, resolved, _ = solve_with_tilts(method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max,
+                                          fixed_alpha=fixed_alpha, alpha_init=alpha_init, logp_t=logp_t)
+    return alpha, resolved
+
+
+def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: float,
+                     fixed_alpha: float, alpha_init: Tensor | None,
+                     logp_t: Tensor) -> tuple[Tensor, int, dict[str, Tilt] | None]:
+    """`solve`, plus the solver's last tilts when they were evaluated at exactly the returned alpha
+    (kl_symmetry: "q", with z; ess_balance: "left" and "right"), for `mix_and_diagnose` to reuse."""
     batch, device = lt.shape[0], lt.device
     if method == "fixed":
-        return torch.full((batch,), float(fixed_alpha), device=device), 0
+        return torch.full((batch,), float(fixed_alpha), device=device), 0, None
     if method in ("reverse_kl_symmetry", "entropy"):
-        return _closed_form(method, lt, logp_t, r).clamp(alpha_min, alpha_max), 0
+        return _closed_form(method, lt, logp_t, r).clamp(alpha_min, alpha_max), 0, None
     lo = torch.full((batch,), float(alpha_min), device=device)
     hi = torch.full((batch,), float(alpha_max), device=device)
     state = _State(_start(alpha_init, batch, lo, hi), lo, hi, torch.zeros(batch, dtype=torch.bool, device=device))
     abs_r = r.abs() if method == "kl_symmetry" else None
-    for _ in range(COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):  # no host sync
-        state = _iterate(method, lt, r, abs_r, state)
+    # No host sync per iteration on accelerators; on a CPU a sync is free, so stop as soon as all rows are.
+    early = device.type == "cpu"
+    tilts: dict[str, Tilt] = {}
+    evaluated = state.a
+    for _ in range(COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):
+        evaluated = state.a
+        state, tilts = _iterate(method, lt, r, abs_r, state)
+        if early and bool(state.accepted.all()):
+            break
+    all_accepted, at_evaluated = torch.stack([state.accepted.all(), (state.a == evaluated).all()]).tolist()
+    if all_accepted:  # the one host sync of the solve, in the common case
+        return state.a, 0, (tilts if at_evaluated else None)
     failed = ~state.accepted
-    if not bool(failed.any()):  # the one host sync of the solve, in the common case
-        return state.a, 0
     # Rows still moving continue alone (gathered), one sync per iteration, as the reference does.
     rows = failed.nonzero().squeeze(-1)
     sub = _State(*(x[rows] for x in (state.a, state.lo, state.hi, state.accepted, state.lo_seen, state.hi_seen)))
     sub_lt, sub_r = lt[rows], r[rows]
     sub_abs = abs_r[rows] if abs_r is not None else None
     for _ in range(EXTRA_ITERATIONS):
-        sub = _iterate(method, sub_lt, sub_r, sub_abs, sub)
+        sub, _ = _iterate(method, sub_lt, sub_r, sub_abs, sub)
         if bool(sub.accepted.all()):
             break
-    a = state.a.index_put((rows,), sub.a)
-    if bool(sub.accepted.all()):
-        return a, 0
-    stuck = rows[~sub.accepted]  # the safeguarded reference always converges
-    return a.index_put((stuck,), A.solve_alpha(method, lt[stuck], logp_t[stuck], alpha_min=alpha_min,
-                                                alpha_max=alpha_max)), int(stuck.numel())
+    sub_a = sub.a
+    if not bool(sub.accepted.all()):  # the safeguarded reference always converges
+        stuck = (~sub.accepted).nonzero().squeeze(-1)
+        sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, sub_lt[stuck], logp_t[rows][stuck],
+                                                         alpha_min=alpha_min, alpha_max=alpha_max))
+        return state.a.index_put((rows,), sub_a), int(stuck.numel()), None
+    return state.a.index_put((rows,), sub_a), 0, None
 
 
 def _closed_form(method: str, lt: Tensor, lT: Tensor, r: Tensor) -> Tensor:
@@ -169,13 +188,14 @@ class _State:
             self.hi_seen = torch.zeros_like(self.accepted)
 
 
-def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State) -> _State:
-    """Evaluate every row at s.a; accepted rows keep their point, the others take a Halley step."""
+def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State) -> tuple[_State, dict]:
+    """Evaluate every row at s.a; accepted rows keep their point, the others take a Halley step.
+    Also returns the tilts evaluated at s.a."""
     if method == "kl_symmetry":
-        f, df, d2f, scaled = _kl_evaluate(lt, r, s.a, abs_r)
+        f, df, d2f, scaled, tilts = _kl_evaluate(lt, r, s.a, abs_r)
         root_left = f > 0
     else:
-        f, df, d2f, scaled = _ess_evaluate(lt, r, s.a)
+        f, df, d2f, scaled, tilts = _ess_evaluate(lt, r, s.a)
         root_left = f < 0
     # Newton's distance to the root, |f / f'|, stands in for the reference's bracket width: at the
     # float32 noise floor the scaled residual may not get below tol while the root is pinned.
@@ -185,13 +205,13 @@ def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State
     lo, lo_seen = torch.where(move_lo, s.a, s.lo), s.lo_seen | move_lo
     closed = hi - lo <= TOL
     a = torch.where(done, s.a, torch.where(closed, lo, _halley(s.a, f, df, d2f, lo, hi, lo_seen, hi_seen)))
-    return _State(a, lo, hi, done | closed, lo_seen, hi_seen)
+    return _State(a, lo, hi, done | closed, lo_seen, hi_seen), tilts
 
 
 def _kl_evaluate(lt, r, a, abs_r):
-    t = tilt(lt, r, a, 3, abs_r=abs_r)
+    t = tilt(lt, r, a, 3, keep_z=True, abs_r=abs_r)  # z kept: at the accepted alpha it is log q*
     m1, var, mu3 = _central(t.moments)
-    return m1, var, mu3, m1 / (1.0 + t.mean_abs)  # the reference's scaled residual
+    return m1, var, mu3, m1 / (1.0 + t.mean_abs), {"q": t}  # the reference's scaled residual
 
 
 def _ess_evaluate(lt, r, a):
@@ -201,17 +221,23 @@ def _ess_evaluate(lt, r, a):
     m_right, v_right = right.moments[:, 0], (right.moments[:, 1] - right.moments[:, 0] ** 2).clamp_min(0.0)
     dg = m_left - m_right
     d2g = v_right - v_left
-    return g, dg, d2g, g / (1.0 + left.log_norm.abs() + right.log_norm.abs())
+    return g, dg, d2g, g / (1.0 + left.log_norm.abs() + right.log_norm.abs()), {"left": left, "right": right}
 
 
-def mix_and_diagnose(lt: Tensor, r: Tensor, alpha: Tensor, logq_exact: Tensor | None = None) -> dict[str, Tensor]:
+def mix_and_diagnose(lt: Tensor, r: Tensor, alpha: Tensor, logq_exact: Tensor | None = None,
+                     reuse: dict[str, Tilt] | None = None) -> dict[str, Tensor]:
     """log q_alpha and the diagnostics of mixing.diagnostics, from three tilts.
 
     `logq_exact`: pass pi_t's (pi_theta's) own log-probabilities when alpha is 1 (0) everywhere, so
-    q is that model exactly, not lt + r renormalised.
+    q is that model exactly, not lt + r renormalised. `reuse`: tilts already evaluated at exactly
+    `alpha` (from `solve_with_tilts`): "q" (with z), "left" (s = -alpha), "right" (s = 2 - alpha).
     """
-    q = tilt(lt, r, alpha, 1, keep_z=logq_exact is None)
-    left, right = tilt(lt, r, -alpha, 0), tilt(lt, r, 2.0 - alpha, 0)
+    reuse = reuse or {}
+    q = reuse.get("q")
+    if q is None or (logq_exact is None and q.z is None):
+        q = tilt(lt, r, alpha, 1, keep_z=logq_exact is None)
+    left = reuse.get("left") or tilt(lt, r, -alpha, 0)
+    right = reuse.get("right") or tilt(lt, r, 2.0 - alpha, 0)
     logq = logq_exact if logq_exact is not None else q.z.sub_(q.log_norm.unsqueeze(-1))
     mean_r = q.moments[:, 0]
     kl_theta = (alpha * mean_r - q.log_norm).clamp_min(0.0)

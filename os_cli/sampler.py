@@ -258,11 +258,11 @@ def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample
     """The step on a batch where every log-probability is finite (see os_cli.fastmix)."""
     batch, device = logp_theta.shape[0], logp_theta.device
     r = logp_t - logp_theta
-    exact = None
+    exact, reuse = None, None
     if sample_from == "mixture":
-        alpha, _ = fastmix.solve(config.alpha_method, logp_theta, r, alpha_min=config.alpha_min,
-                                 alpha_max=config.alpha_max, fixed_alpha=config.fixed_alpha,
-                                 alpha_init=alpha_init, logp_t=logp_t)
+        alpha, _, reuse = fastmix.solve_with_tilts(
+            config.alpha_method, logp_theta, r, alpha_min=config.alpha_min, alpha_max=config.alpha_max,
+            fixed_alpha=config.fixed_alpha, alpha_init=alpha_init, logp_t=logp_t)
         alpha = alpha.float()
         alpha_solved = alpha
     else:
@@ -270,7 +270,7 @@ def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample
         alpha = torch.full((batch,), value, device=device)
         alpha_solved = torch.full((batch,), math.nan, device=device)
         exact = logp_t if sample_from == "teacher" else logp_theta
-    stats = fastmix.mix_and_diagnose(logp_theta, r, alpha, logq_exact=exact)
+    stats = fastmix.mix_and_diagnose(logp_theta, r, alpha, logq_exact=exact, reuse=reuse)
     logq = stats.pop("logq")
     if exact is None:
         ends = (alpha == 1.0) | (alpha == 0.0)
