@@ -141,8 +141,10 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     sub = _State(*(x[rows] for x in (state.a, state.lo, state.hi, state.accepted, state.lo_seen, state.hi_seen)))
     sub_lt, sub_r = lt[rows], r[rows]
     sub_abs = abs_r[rows] if abs_r is not None else None
+    valid = bool(((state.a == evaluated) | failed).all())  # main-loop rows sit where their tilts were taken
+    sub_tilts: dict[str, Tilt] = {}
     for _ in range(EXTRA_ITERATIONS):
-        sub, _ = _iterate(method, sub_lt, sub_r, sub_abs, sub)
+        sub, sub_tilts = _iterate(method, sub_lt, sub_r, sub_abs, sub)
         if bool(sub.accepted.all()):
             break
     sub_a = sub.a
@@ -151,7 +153,19 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
         sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, sub_lt[stuck], logp_t[rows][stuck],
                                                          alpha_min=alpha_min, alpha_max=alpha_max))
         return state.a.index_put((rows,), sub_a), int(stuck.numel()), None
-    return state.a.index_put((rows,), sub_a), 0, None
+    # The continuation's last tilts were taken at sub.a (accepted rows stay put): splice them in.
+    return state.a.index_put((rows,), sub_a), 0, (_splice(tilts, sub_tilts, rows) if valid else None)
+
+
+def _splice(tilts: dict[str, Tilt], sub_tilts: dict[str, Tilt], rows: Tensor) -> dict[str, Tilt]:
+    """`tilts` with the rows `rows` replaced by `sub_tilts` (same keys, gathered rows)."""
+    out = {}
+    for key, t in tilts.items():
+        s = sub_tilts[key]
+        put = lambda x, y: None if x is None else x.index_put((rows,), y)  # noqa: E731
+        out[key] = Tilt(put(t.log_norm, s.log_norm), put(t.moments, s.moments), put(t.z, s.z),
+                        put(t.mean_abs, s.mean_abs))
+    return out
 
 
 def _closed_form(method: str, lt: Tensor, lT: Tensor, r: Tensor) -> Tensor:

@@ -153,3 +153,20 @@ def test_bad_solver_and_alpha_init_shape_raise():
         mixture_step(theta, teacher, SamplerConfig(), solver="quick")
     with pytest.raises(ValueError, match=r"alpha_init must be \[3\]"):
         mixture_step(theta, teacher, SamplerConfig(), alpha_init=torch.zeros(2))
+
+
+@pytest.mark.parametrize("method", ["kl_symmetry", "ess_balance"])
+def test_tilts_handed_back_by_the_per_row_continuation_give_the_right_step(method, monkeypatch):
+    # One main-loop evaluation only: most rows finish in the continuation, whose tilts are spliced in.
+    monkeypatch.setattr(fastmix, "COLD_ITERATIONS", 1)
+    theta, teacher = correlated_logits(8, 2048, seed=11)
+    lt, lT = torch.log_softmax(theta, -1), torch.log_softmax(teacher, -1)
+    alpha, _, reuse = fastmix.solve_with_tilts(method, lt, lT - lt, alpha_min=0.0, alpha_max=1.0, fixed_alpha=0.5,
+                                               alpha_init=None, logp_t=lT)
+    assert reuse  # handed back
+    out = mixture_step(theta, teacher, SamplerConfig(alpha_method=method, alpha_min=0.0))
+    expected_logq = mixing.geometric_mix(lt, lT, out.alpha)
+    torch.testing.assert_close(out.logq, expected_logq, atol=5e-5, rtol=1e-5)
+    expected = mixing.diagnostics(expected_logq, lt, lT)
+    for name in ("ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t"):
+        torch.testing.assert_close(getattr(out, name), expected[name], atol=1e-5, rtol=1e-4, msg=name)
