@@ -173,13 +173,17 @@ class OptimalSamplingModel:
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             results = [None] * len(rows)
+            stats = SchedulerStats()
             two_streams = self._two_streams(prompts, prompts_t)
             for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
-                                          limit, return_logits, return_q_star_probs, oom_backoff=False, stats=None,
+                                          limit, return_logits, return_q_star_probs, oom_backoff=False, stats=stats,
                                           two_streams=two_streams):
                 results[result.index] = result
-        return assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
-                        lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
+        out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
+                       lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
+        if loop == "refill":
+            out.slot_occupancy = stats.occupancy(limit)
+        return out
 
     @torch.inference_mode()
     def generate_stream(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,9 +38,11 @@ import torch
 
 INJECT_OOM_ENV = "OS_SAMPLE_INJECT_OOM"
 AUTO_MAX_BATCH = 1024
-AUTO_MIN_GAIN = 0.05  # `auto` stops once throughput improves by no more than this fraction
+AUTO_MIN_GAIN = 0.05  # a point "improves" when its throughput beats the best so far by more than this
+AUTO_PATIENCE = 2  # `auto` stops after this many points in a row that do not improve by AUTO_MIN_GAIN
 WARMUP_MAX_NEW_TOKENS = 16
-BENCH_FORMAT = 1
+NOISY_SPREAD = 0.10
+BENCH_FORMAT = 2
 
 
 @dataclass
@@ -53,10 +56,32 @@ class BenchSettings:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     num_prompts: int = 16  # each point runs max(num_prompts, batch_size) prompts
+    repeats: int = 3  # timed runs per point after the warm-up (median and spread reported)
+    lengths: str = "natural"  # "natural" | "long-tail" (per-row caps, see long_tail_caps)
+    fixed_length: bool = False  # every row runs exactly max_new_tokens (EOS and stop strings ignored)
 
     def generate_kwargs(self) -> dict:
         return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                    top_k=self.top_k, seed=self.seed, stop=list(self.stop) or None)
+                    top_k=self.top_k, seed=self.seed, stop=None if self.fixed_length else (list(self.stop) or None))
+
+
+LENGTHS = ("natural", "long-tail")
+LONG_TAIL_SHAPE = 1.5  # Pareto tail index of the per-row caps: heavy (infinite variance), finite mean
+
+
+def long_tail_caps(count: int, max_new_tokens: int, seed: int = 0) -> list[int]:
+    """Per-row token caps for `--lengths long-tail`: deterministic (from `seed`), long-tailed.
+
+    cap = min(max_new_tokens, ceil(m · U^(-1/1.5))) with U uniform on (0, 1] from a seeded generator
+    and m = max(1, max_new_tokens // 8): a Pareto(1.5) tail, so most rows stop within a few times m,
+    a few run to max_new_tokens (mean about 3m before the cap), as stop strings cut real completions.
+    """
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    u = 1.0 - torch.rand(count, generator=g, dtype=torch.float64)  # (0, 1]
+    scale = max(1, max_new_tokens // 8)
+    return [min(max_new_tokens, max(1, math.ceil(scale * x ** (-1.0 / LONG_TAIL_SHAPE)))) for x in u.tolist()]
 
 
 @dataclass
@@ -80,7 +105,15 @@ class BenchRow:
     memory_metric: str | None = None
     oom: bool = False
     error: str | None = None
-    ratio_to_floor: float | None = None
+    ratio_to_floor: float | None = None  # median over rounds of tokens/s over the same round's floor
+    ratio_min: float | None = None
+    ratio_max: float | None = None
+    repeats: int = 0  # timed runs (after the warm-up); seconds is their median
+    seconds_all: list[float] = field(default_factory=list)
+    spread: float | None = None  # (slowest - fastest) / median over the timed runs
+    noisy: bool = False  # spread > NOISY_SPREAD: do not trust small differences
+    lengths: str | None = None  # how completion lengths were set (see BenchSettings)
+    slot_occupancy: float | None = None  # mean rows in flight / batch size, where the engine reports it
 
     @property
     def ok(self) -> bool:
@@ -243,66 +276,138 @@ def _steps(lengths: torch.Tensor, batch_size: int) -> int:
     return int(sum(max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)))
 
 
-def _measure(row: BenchRow, devices, run: Callable[[], tuple[int, int]]) -> BenchRow:
-    """Run `run() -> (new tokens, steps)` once under timing and memory tracking, filling `row`."""
+class _Point:
+    """One row to measure: `warmup()` (untimed) then `run() -> (new tokens, steps[, occupancy])` per round."""
+
+    def __init__(self, row: BenchRow, run: Callable[[], tuple], warmup: Callable[[], Any] | None = None):
+        self.row, self.run, self.warmup = row, run, warmup
+        self.tokens: list[int] = []
+        self.steps = 0
+        self.occupancy: float | None = None
+
+
+def _warm(point: _Point, devices) -> bool:
+    try:
+        _maybe_inject_oom(point.row.batch_size)
+        if point.warmup is not None:
+            point.warmup()
+            _sync(devices)
+        return True
+    except Exception as exc:  # noqa: BLE001 - recorded on the row like a measured failure
+        _failed(point.row, exc)
+        return False
+
+
+def _time_once(point: _Point, devices) -> None:
+    """One timed run of `point` under memory tracking; a failure is recorded on its row."""
+    row = point.row
     try:
         _maybe_inject_oom(row.batch_size)
         with PeakMemory(devices) as mem:
             _sync(devices)
             start = time.perf_counter()
-            new_tokens, steps = run()
+            result = point.run()
             _sync(devices)
             seconds = time.perf_counter() - start
-        row.peak_memory, row.peak_reserved, row.memory_by_device = mem.read()
-        row.memory_metric = mem.metric
+        peak, reserved, by_device = mem.read()
     except Exception as exc:  # noqa: BLE001 - OOM is a result; anything else is recorded, not raised
-        return _failed(row, exc)
-    row.new_tokens, row.steps, row.seconds = int(new_tokens), int(steps), seconds
-    row.tokens_per_s = new_tokens / seconds if seconds > 0 else None
-    row.s_per_step = seconds / steps if steps else None
+        _failed(row, exc)
+        return
+    row.seconds_all.append(seconds)
+    point.tokens.append(int(result[0]))
+    point.steps = int(result[1])
+    if len(result) > 2 and result[2] is not None:
+        point.occupancy = float(result[2])
+    row.peak_memory = max(row.peak_memory or 0, peak) if peak is not None else row.peak_memory
+    if reserved is not None:
+        row.peak_reserved = max(row.peak_reserved or 0, reserved)
+    for key, value in by_device.items():
+        row.memory_by_device[key] = max(row.memory_by_device.get(key, 0), value)
+    row.memory_metric = mem.metric
+
+
+def _finish(point: _Point) -> BenchRow:
+    """Median seconds, tokens/s and the spread of the timed runs onto the row."""
+    row = point.row
+    if row.error is not None or not row.seconds_all:
+        return row
+    times = row.seconds_all
+    median = statistics.median(times)
+    row.repeats, row.seconds = len(times), median
+    row.new_tokens, row.steps = point.tokens[-1], point.steps
+    row.tokens_per_s = row.new_tokens / median if median > 0 else None
+    row.s_per_step = median / row.steps if row.steps else None
+    row.spread = (max(times) - min(times)) / median if median > 0 else None
+    row.noisy = bool(row.spread is not None and row.spread > NOISY_SPREAD)
+    row.slot_occupancy = point.occupancy
     return row
 
 
-def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
-               settings: BenchSettings, *, mode: str = "sweep", label: str | None = None,
-               sample_from: str = "mixture", alpha_method: str | None = None, warmup: bool = False) -> BenchRow:
-    """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`.
+def measure(points: Sequence[_Point], devices, repeats: int, *, warmup: bool = True) -> list[BenchRow]:
+    """Warm every point up, then time them in `repeats` interleaved rounds (drift hits all alike)."""
+    live = [p for p in points if (_warm(p, devices) if warmup else True)]
+    for _ in range(max(1, repeats)):
+        for p in live:
+            if p.row.error is None:
+                _time_once(p, devices)
+    return [_finish(p) for p in points]
 
-    `alpha_method` is set on the model for this run and restored after. `warmup` first runs one
-    untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens).
-    """
+
+def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, *, mode: str,
+                  label: str | None, sample_from: str, alpha_method: str | None) -> _Point:
     n = max(settings.num_prompts, batch_size)
     batch = _cycle(prompts, n)
     batch_t = _cycle(prompts_t, n) if prompts_t is not None else None
     method = alpha_method or getattr(model, "alpha_method", None)
     row = BenchRow(mode=mode, label=label or (method if sample_from == "mixture" else f"sample_from={sample_from}"),
                    batch_size=batch_size, prompts=n, alpha_method=method if sample_from == "mixture" else None,
-                   sample_from=sample_from)
+                   sample_from=sample_from, lengths=_lengths_label(settings))
     kwargs = settings.generate_kwargs()
-    previous = getattr(model, "alpha_method", None)
+    if settings.lengths == "long-tail":
+        kwargs["max_new_tokens"] = long_tail_caps(n, settings.max_new_tokens, settings.seed)
 
-    devices = model_devices(model)
+    def generate(prompts_, prompts_t_, **kw):
+        previous, previous_eos = getattr(model, "alpha_method", None), getattr(model, "eos_token_ids", None)
+        try:
+            if alpha_method is not None:
+                model.alpha_method = alpha_method
+            if settings.fixed_length:
+                model.eos_token_ids = []  # every row runs to its cap: the same work for every compared run
+            return model.generate(prompts_, prompts_t_, batch_size=batch_size, sample_from=sample_from, **kw)
+        finally:
+            if alpha_method is not None:
+                model.alpha_method = previous
+            if settings.fixed_length:
+                model.eos_token_ids = previous_eos
 
-    def run() -> tuple[int, int]:
-        out = model.generate(batch, batch_t, batch_size=batch_size, sample_from=sample_from, **kwargs)
-        return int(out.lengths.sum()), _steps(out.lengths, batch_size)
+    def run() -> tuple:
+        out = generate(batch, batch_t, **kwargs)
+        return int(out.lengths.sum()), _steps(out.lengths, batch_size), getattr(out, "slot_occupancy", None)
 
-    try:
-        if alpha_method is not None:
-            model.alpha_method = alpha_method
-        if warmup:
-            try:
-                _maybe_inject_oom(batch_size)
-                warm = dict(kwargs, max_new_tokens=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
-                model.generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None,
-                               batch_size=batch_size, sample_from=sample_from, **warm)
-                _sync(devices)
-            except Exception as exc:  # noqa: BLE001 - recorded on the row like a measured failure
-                return _failed(row, exc)
-        return _measure(row, devices, run)
-    finally:
-        if alpha_method is not None:
-            model.alpha_method = previous
+    def warm() -> None:
+        warm_kwargs = dict(kwargs, max_new_tokens=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
+        generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None, **warm_kwargs)
+
+    return _Point(row, run, warm)
+
+
+def _lengths_label(settings: BenchSettings) -> str:
+    if settings.lengths == "long-tail":
+        return f"long-tail per-row caps (max {settings.max_new_tokens}, seed {settings.seed})"
+    if settings.fixed_length:
+        return f"fixed: {settings.max_new_tokens} tokens per row, EOS and stop strings ignored"
+    return "natural (EOS, stop strings, max_new_tokens)"
+
+
+def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
+               settings: BenchSettings, *, mode: str = "sweep", label: str | None = None,
+               sample_from: str = "mixture", alpha_method: str | None = None, warmup: bool = False) -> BenchRow:
+    """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`,
+    `settings.repeats` times. `alpha_method` is set on the model for each run and restored after.
+    `warmup` first runs one untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens)."""
+    point = _engine_point(model, prompts, prompts_t, batch_size, settings, mode=mode, label=label,
+                          sample_from=sample_from, alpha_method=alpha_method)
+    return measure([point], model_devices(model), settings.repeats, warmup=warmup)[0]
 
 
 def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
@@ -313,10 +418,10 @@ def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
     return row
 
 
-def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings,
-                    *, warmup: bool = True) -> BenchRow:
+def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings) -> _Point:
     """Plain `transformers` sampling from the teacher alone (`do_sample=True`), the same prompts and
-    settings: the single-model reference. Stop strings are not applied (HF counts up to EOS)."""
+    settings: the single-model reference. Stop strings are not applied (HF counts up to EOS); with
+    `fixed_length` EOS is ignored too (min_new_tokens = max_new_tokens)."""
     n = max(settings.num_prompts, batch_size)
     texts = _cycle(list(prompts_t), n)
     teacher = model.model_t
@@ -326,8 +431,10 @@ def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: 
     gen = dict(do_sample=True, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                top_p=settings.top_p, top_k=settings.top_k if settings.top_k > 0 else 0,
                eos_token_id=eos, pad_token_id=pad)
-    row = BenchRow(mode="hf_generate", label="HF generate (teacher alone)", batch_size=batch_size, prompts=n)
-    devices = model_devices(model)
+    if settings.fixed_length:
+        gen["min_new_tokens"] = settings.max_new_tokens
+    row = BenchRow(mode="hf_generate", label="HF generate (teacher)", batch_size=batch_size, prompts=n,
+                   lengths=_lengths_label(settings) if settings.lengths != "long-tail" else "natural (HF: EOS only)")
     eos_t = torch.tensor(eos)
 
     def one_pass(limit: int | None = None) -> tuple[int, int]:
@@ -336,7 +443,7 @@ def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: 
         chunks = range(0, n, batch_size) if limit is None else range(0, min(n, batch_size), batch_size)
         for start in chunks:
             ids, mask = model.encode(texts[start:start + batch_size], teacher=True)  # the engine's ids
-            kwargs = dict(gen, max_new_tokens=limit) if limit else gen
+            kwargs = dict(gen, max_new_tokens=limit, min_new_tokens=0) if limit else gen
             with torch.inference_mode():
                 out = teacher.generate(input_ids=ids, attention_mask=mask, **kwargs)
             new = out[:, ids.shape[1]:].cpu()
@@ -348,13 +455,13 @@ def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: 
             tokens += int(first.sum())
         return tokens, steps
 
-    try:
-        _maybe_inject_oom(batch_size)
-        if warmup:
-            one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
-    except Exception as exc:  # noqa: BLE001
-        return _failed(row, exc)
-    return _measure(row, devices, one_pass)
+    return _Point(row, one_pass, lambda: one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS)))
+
+
+def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings,
+                    *, warmup: bool = True) -> BenchRow:
+    return measure([_hf_point(model, prompts_t, batch_size, settings)], model_devices(model), settings.repeats,
+                   warmup=warmup)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,19 +478,20 @@ def auto_batch_sizes(limit: int = AUTO_MAX_BATCH) -> list[int]:
 
 def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_sizes: Sequence[int] | str,
           settings: BenchSettings, *, on_row: Callable[[BenchRow], None] | None = None,
-          auto_limit: int = AUTO_MAX_BATCH) -> list[BenchRow]:
+          auto_limit: int = AUTO_MAX_BATCH, memory_limit: float | None = None) -> list[BenchRow]:
     """Measure the engine (the model's alpha method) at each batch size; one warm-up before the first.
 
-    `batch_sizes="auto"` doubles from 1 until out of memory, `auto_limit`, or throughput improving by no
-    more than AUTO_MIN_GAIN over the best so far. An out-of-memory point is recorded and ends the sweep;
-    so does a point that fails otherwise (its `error` says why).
+    `batch_sizes="auto"` doubles from 1 and stops at out of memory, at `auto_limit`, at a point whose
+    peak memory exceeds `memory_limit` bytes, or after AUTO_PATIENCE points in a row whose throughput
+    does not beat the best so far by more than AUTO_MIN_GAIN (one noisy point does not end it). An
+    out-of-memory point is recorded and ends the sweep; so does a point that fails otherwise.
     """
     auto = isinstance(batch_sizes, str)
     if auto and batch_sizes != "auto":
         raise ValueError(f"batch_sizes must be a list of integers or 'auto', got {batch_sizes!r}")
     sizes = auto_batch_sizes(auto_limit) if auto else list(batch_sizes)
     rows: list[BenchRow] = []
-    best = 0.0
+    best, flat = 0.0, 0
     for i, b in enumerate(sizes):
         row = run_engine(model, prompts, prompts_t, b, settings, mode="sweep", warmup=(i == 0))
         rows.append(row)
@@ -392,9 +500,13 @@ def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_
         if not row.ok:  # out of memory ends the sweep; so does any other failure (recorded in `error`)
             break
         if auto:
-            if best and row.tokens_per_s <= best * (1 + AUTO_MIN_GAIN):
+            peak = row.peak_reserved if row.peak_reserved is not None else row.peak_memory
+            if memory_limit is not None and peak is not None and peak > memory_limit:
                 break
+            flat = flat + 1 if best and row.tokens_per_s <= best * (1 + AUTO_MIN_GAIN) else 0
             best = max(best, row.tokens_per_s)
+            if flat >= AUTO_PATIENCE:
+                break
     return rows
 
 
@@ -407,27 +519,27 @@ def alpha_methods() -> tuple[str, ...]:
 def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
             settings: BenchSettings, *, methods: Sequence[str] | None = None,
             on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
-    """Same prompts, settings and batch size: HF `generate` of the teacher alone, the two-model floor
-    (`sample_from="teacher"`: both forwards, no alpha solve or mixing), then the engine with each alpha
-    method. Each row gets `ratio_to_floor` = its tokens/s over the floor's."""
-    rows: list[BenchRow] = []
-
-    def add(row: BenchRow) -> None:
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-
-    add(run_hf_generate(model, prompts_t if prompts_t is not None else prompts, batch_size, settings))
-    add(run_engine(model, prompts, prompts_t, batch_size, settings, mode="floor", sample_from="teacher",
-                   label="floor (both models, teacher draws)", warmup=True))
+    """Same prompts, settings, batch size and lengths: HF `generate` of the teacher alone, the
+    two-model floor (`sample_from="teacher"`: both forwards, no alpha solve or mixing), then the engine
+    with each alpha method. All are warmed up, then timed in `settings.repeats` interleaved rounds.
+    Each row's `ratio_to_floor` is the median over rounds of its tokens/s over that round's floor's
+    (ratio_min / ratio_max: the range). Unless `settings.lengths` is long-tail, the caller should set
+    `settings.fixed_length` so every run does the same work (q* and the teacher end rows at other times)."""
+    devices = model_devices(model)
+    points = [_hf_point(model, prompts_t if prompts_t is not None else prompts, batch_size, settings),
+              _engine_point(model, prompts, prompts_t, batch_size, settings, mode="floor", sample_from="teacher",
+                            label="floor (teacher draws)", alpha_method=None)]
     for method in methods or alpha_methods():
-        add(run_engine(model, prompts, prompts_t, batch_size, settings, mode="method", alpha_method=method,
-                       label=method))
-    floor = next((r for r in rows if r.mode == "floor"), None)
-    if floor is not None and floor.ok:
-        for r in rows:
-            if r.ok:
-                r.ratio_to_floor = r.tokens_per_s / floor.tokens_per_s
+        points.append(_engine_point(model, prompts, prompts_t, batch_size, settings, mode="method",
+                                    alpha_method=method, label=method, sample_from="mixture"))
+    rows = measure(points, devices, settings.repeats)
+    floor = rows[1]
+    for r in rows:
+        if r.ok and floor.ok and len(r.seconds_all) == len(floor.seconds_all):
+            ratios = [(r.new_tokens / t) / (floor.new_tokens / f) for t, f in zip(r.seconds_all, floor.seconds_all)]
+            r.ratio_to_floor, r.ratio_min, r.ratio_max = statistics.median(ratios), min(ratios), max(ratios)
+        if on_row is not None:
+            on_row(r)
     return rows
 
 

@@ -55,6 +55,7 @@ class SamplingOutput:
     logprobs: dict[str, torch.Tensor]  # "theta", "t", "q": log-prob of each sampled token, [batch, len]
     logits: dict[str, torch.Tensor] | None = None  # "theta", "t": raw logits before temperature, [batch, len, vocab]
     q_star_probs: torch.Tensor | None = None  # [batch, len, vocab], the distribution each token was drawn from
+    slot_occupancy: float | None = None  # mean rows in flight / batch_size over the decode (refill loop)
 
 
 def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, return_diagnostics: bool,

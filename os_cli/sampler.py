@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from os_cli import mixing, rng
+from os_cli import fastmix, mixing, rng
 from os_cli.alpha import solve_alpha, validate_alpha_bounds, validate_alpha_method
 from os_cli.limits import MIN_TEMPERATURE
 
 SAMPLE_FROM = ("mixture", "teacher", "theta")
+# "fast": os_cli.fastmix (warm-started Halley, q* and diagnostics from the solver's own tilts) where a
+# batch qualifies, else the reference; "reference": the original pipeline (alpha.py + mixing.py) always.
+SOLVERS = ("fast", "reference")
 
 # StepOutput.fallback codes (int8).
 FALLBACK_NONE = 0
@@ -86,13 +89,17 @@ class StepOutput:
     logprob_q: Tensor
     fallback: Tensor
     logq: Tensor
+    alpha_solved: Tensor | None = None  # [B] the method's (clamped) alpha before forcing/fallbacks: warm start
 
 
-def _unusable_rows(scaled_logits: Tensor) -> Tensor:
-    """bool [B]: rows with a NaN or +inf logit, or no finite logit at all."""
-    return (torch.isnan(scaled_logits) | torch.isposinf(scaled_logits)).any(dim=-1) | ~torch.isfinite(
-        scaled_logits
-    ).any(dim=-1)
+
+
+def _row_extremes(scaled_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """bool [B] pair: (unusable, complete). Unusable: a NaN or +inf logit, or no finite logit at all
+    (the row maximum is then NaN, +inf or -inf: NaN propagates through amax). Complete: every logit
+    finite. Two reductions, no [B, V] temporary."""
+    unusable = ~torch.isfinite(scaled_logits.amax(dim=-1))
+    return unusable, ~unusable & torch.isfinite(scaled_logits.amin(dim=-1))
 
 
 def _check_shapes(logits_theta: Tensor, logits_t: Tensor, force_tokens: Tensor | None, force_rows: Tensor | None):
@@ -121,6 +128,8 @@ def mixture_step(
     force_teacher_rows: Tensor | None = None,
     sample_from: str = "mixture",
     step: int | None = None,
+    solver: str = "fast",
+    alpha_init: Tensor | None = None,
 ) -> StepOutput:
     """Draw one token per row from q* ∝ pi_theta^(1-a) · pi_t^a built from two [B, V] logits.
 
@@ -135,14 +144,23 @@ def mixture_step(
     top-k/top-p and the fallbacks, and ignore the target constraint and the force masks.
     step: the decoding step (an int, or int64 [B] per-row steps with row_keys): names the step in
     error messages and indexes keyed draws.
+    solver: "fast" (default) or "reference" (see SOLVERS). The fast path applies when every logit of
+    both models is finite, nothing is forced, and there is no target constraint and no user
+    top-k/top-p; otherwise the reference pipeline runs. Both give alpha to the method's tolerance.
+    alpha_init: optional float [B], each row's previous `alpha_solved` (NaN: none yet), the warm start
+    of the fast iterative solvers. Pass it along per row and the solve usually takes 2-3 tilts.
 
     Raises ValueError for a bad config, bad shapes, or a row where both models' logits are
     unusable (NaN, +inf or all -inf), naming the first such row and the step.
-    Host syncs: one `.any()` for that check; the iterative alpha solvers sync once per iteration.
+    Host syncs: one for that check; the fast solvers one more; the reference solvers one per iteration.
     """
     config.validate()
     if sample_from not in SAMPLE_FROM:
         raise ValueError(f"sample_from must be one of {', '.join(SAMPLE_FROM)}, got {sample_from!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if alpha_init is not None and alpha_init.shape != (logits_theta.shape[0],):
+        raise ValueError(f"alpha_init must be [{logits_theta.shape[0]}], got {tuple(alpha_init.shape)}")
     _check_shapes(logits_theta, logits_t, force_teacher_tokens, force_teacher_rows)
     if row_keys is not None:
         if generator is not None:
@@ -157,22 +175,31 @@ def mixture_step(
 
     scaled_theta = logits_theta.float() / config.temperature
     scaled_t = logits_t.float() / config.temperature
-    bad_theta, bad_t = _unusable_rows(scaled_theta), _unusable_rows(scaled_t)
+    (bad_theta, full_theta), (bad_t, full_t) = _row_extremes(scaled_theta), _row_extremes(scaled_t)
     both_bad = bad_theta & bad_t
-    if bool(both_bad.any()):  # the one host sync of this function
+    any_bad, any_both_bad, all_full = torch.stack(
+        [(bad_theta | bad_t).any(), both_bad.any(), (full_theta & full_t).all()]
+    ).tolist()  # the one host sync of the checks
+    if any_both_bad:
         rows = both_bad.nonzero().flatten().tolist()
         raise ValueError(
             f"step {step}: row {rows[0]} has non-finite logits (NaN, +inf or all -inf) in both models "
             f"(rows {rows})"
         )
 
-    # A row unusable in one model continues with the other model's distribution in its place.
     logp_theta = torch.log_softmax(scaled_theta, dim=-1)
     logp_t = torch.log_softmax(scaled_t, dim=-1)
-    logp_theta, logp_t = (
-        torch.where(bad_theta.unsqueeze(-1), logp_t, logp_theta),
-        torch.where(bad_t.unsqueeze(-1), logp_theta, logp_t),
+    fast = (
+        solver == "fast" and all_full and force_teacher_tokens is None and force_teacher_rows is None
+        and not config.constraint_to_target and config.top_k <= 0 and config.top_p >= 1.0
     )
+    if fast:
+        return _fast_step(logp_theta, logp_t, config, sample_from, alpha_init, generator, row_keys, step)
+    if any_bad:  # a row unusable in one model continues with the other model's distribution in its place
+        logp_theta, logp_t = (
+            torch.where(bad_theta.unsqueeze(-1), logp_t, logp_theta),
+            torch.where(bad_t.unsqueeze(-1), logp_theta, logp_t),
+        )
     fallback = torch.where(bad_theta, FALLBACK_TEACHER_ONLY, torch.where(bad_t, FALLBACK_THETA_ONLY, FALLBACK_NONE))
 
     if sample_from == "mixture":
@@ -180,6 +207,7 @@ def mixture_step(
             config.alpha_method, logp_theta, logp_t,
             fixed_alpha=config.fixed_alpha, alpha_min=config.alpha_min, alpha_max=config.alpha_max,
         )
+        alpha_solved = alpha
         if force_teacher_rows is not None:
             alpha = torch.where(force_teacher_rows.to(alpha.device, torch.bool), 1.0, alpha)
         logq = mixing.geometric_mix(logp_theta, logp_t, alpha, force_teacher=force_teacher_tokens)
@@ -195,8 +223,10 @@ def mixture_step(
         fallback = torch.where(no_overlap & (fallback == FALLBACK_NONE), FALLBACK_NO_OVERLAP, fallback)
     elif sample_from == "teacher":
         logq, alpha = logp_t, torch.ones(logp_t.shape[0], device=logp_t.device)
+        alpha_solved = torch.full_like(alpha, math.nan)
     else:
         logq, alpha = logp_theta, torch.zeros(logp_t.shape[0], device=logp_t.device)
+        alpha_solved = torch.full_like(alpha, math.nan)
 
     # Report the model actually used in fallback rows.
     alpha = torch.where(bad_theta, 1.0, torch.where(bad_t, 0.0, alpha)).float()
@@ -224,4 +254,41 @@ def mixture_step(
         logprob_q=logprob_of_token(logq),
         fallback=fallback.to(torch.int8),
         logq=logq,
+        alpha_solved=alpha_solved,
+    )
+
+
+def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample_from: str,
+               alpha_init: Tensor | None, generator, row_keys: Tensor | None, step: int | None) -> StepOutput:
+    """The step on a batch where every log-probability is finite (see os_cli.fastmix)."""
+    batch, device = logp_theta.shape[0], logp_theta.device
+    r = logp_t - logp_theta
+    exact, reuse = None, None
+    if sample_from == "mixture":
+        alpha, _, reuse = fastmix.solve_with_tilts(
+            config.alpha_method, logp_theta, r, alpha_min=config.alpha_min, alpha_max=config.alpha_max,
+            fixed_alpha=config.fixed_alpha, alpha_init=alpha_init, logp_t=logp_t)
+        alpha = alpha.float()
+        alpha_solved = alpha
+    else:
+        value = 1.0 if sample_from == "teacher" else 0.0
+        alpha = torch.full((batch,), value, device=device)
+        alpha_solved = torch.full((batch,), math.nan, device=device)
+        exact = logp_t if sample_from == "teacher" else logp_theta
+    stats = fastmix.mix_and_diagnose(logp_theta, r, alpha, logq_exact=exact, reuse=reuse)
+    logq = stats.pop("logq")
+    if exact is None:
+        ends = (alpha == 1.0) | (alpha == 0.0)
+        if bool(ends.any()):  # the ends are the models exactly, as in mixing.geometric_mix
+            logq = torch.where((alpha == 1.0).unsqueeze(-1), logp_t,
+                               torch.where((alpha == 0.0).unsqueeze(-1), logp_theta, logq))
+    if row_keys is not None:
+        tokens = rng.keyed_categorical(logq, row_keys.to(device), step)
+    else:
+        tokens = mixing.sample(logq, generator)
+    pick = lambda logp: logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    return StepOutput(
+        tokens=tokens, alpha=alpha, **stats,
+        logprob_theta=pick(logp_theta), logprob_t=pick(logp_t), logprob_q=pick(logq),
+        fallback=torch.zeros(batch, dtype=torch.int8, device=device), logq=logq, alpha_solved=alpha_solved,
     )

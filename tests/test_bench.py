@@ -123,13 +123,13 @@ def test_compare_lists_hf_floor_and_every_method(runner_app, recipe_file, tmp_pa
         assert label in result.stdout, label
 
 
-def test_auto_doubles_until_throughput_stops_improving(monkeypatch):
-    speeds = {1: 100.0, 2: 180.0, 4: 185.0, 8: 400.0}
+def test_auto_doubles_until_throughput_stops_improving_twice(monkeypatch):
+    speeds = {1: 100.0, 2: 180.0, 4: 185.0, 8: 400.0, 16: 390.0, 32: 415.0, 64: 900.0}
     seen = []
 
     def fake_run_engine(model, prompts, prompts_t, b, settings, **kw):
         seen.append((b, kw.get("warmup")))
-        row = B.BenchRow(mode="sweep", label="m", batch_size=b, new_tokens=1, steps=1, seconds=1.0)
+        row = B.BenchRow(mode="sweep", label="m", batch_size=b, new_tokens=1, steps=1, seconds=1.0, peak_memory=b)
         if b in B.injected_oom_sizes():
             row.oom, row.error = True, "out of memory: injected"
         else:
@@ -138,7 +138,8 @@ def test_auto_doubles_until_throughput_stops_improving(monkeypatch):
 
     monkeypatch.setattr(B, "run_engine", fake_run_engine)
     rows = B.sweep(None, ["Hi"], None, "auto", B.BenchSettings())
-    assert [r.batch_size for r in rows] == [1, 2, 4]  # 185 is within 5% of 180: stop
+    # 4 is within 5% of 180 (once: go on), 8 improves, 16 drops and 32 is within 5% of 400: stop.
+    assert [r.batch_size for r in rows] == [1, 2, 4, 8, 16, 32]
     assert seen[0] == (1, True) and all(w is False for _, w in seen[1:])  # one warm-up, before the first
 
     speeds.update({4: 300.0, 8: 500.0, 16: 900.0})
@@ -147,6 +148,10 @@ def test_auto_doubles_until_throughput_stops_improving(monkeypatch):
     assert [(r.batch_size, r.oom) for r in rows] == [(1, False), (2, False), (4, False), (8, False), (16, True)]
     assert B.recommend(rows, 0.1, None)["batch_size"] == 8
     assert B.auto_batch_sizes(8) == [1, 2, 4, 8]
+
+    monkeypatch.delenv(B.INJECT_OOM_ENV)
+    rows = B.sweep(None, ["Hi"], None, "auto", B.BenchSettings(), memory_limit=3)  # peak_memory = b here
+    assert [r.batch_size for r in rows] == [1, 2, 4]  # 4 passed the memory limit: no larger point
 
 
 def test_recommend_respects_cuda_headroom():
@@ -201,3 +206,79 @@ def test_cpu_peak_memory_is_per_point():
     assert big > 0 and small > 0
     if mem.metric == "cpu_peak_rss":  # Linux with a resettable VmHWM: the second point does not see the first
         assert big - small > 32 * 2**20
+
+
+def test_points_are_timed_repeatedly_with_median_and_spread(recipe_file, tiny_models):
+    model = _model(tiny_models)
+    row = B.run_engine(model, ["Hello", "Hi there"], None, 2, B.BenchSettings(max_new_tokens=4, num_prompts=2,
+                                                                              repeats=3), warmup=True)
+    assert row.ok and row.repeats == 3 and len(row.seconds_all) == 3
+    assert row.seconds == sorted(row.seconds_all)[1]  # the median
+    assert row.tokens_per_s == pytest.approx(row.new_tokens / row.seconds)
+    assert row.spread == pytest.approx((max(row.seconds_all) - min(row.seconds_all)) / row.seconds)
+    assert row.noisy == (row.spread > B.NOISY_SPREAD)
+
+
+def test_compare_runs_every_row_at_the_same_length_and_fits_80_columns(runner_app, recipe_file, tmp_path):
+    out = tmp_path / "cmp80.json"
+    result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "2", "--prompts", "4", "--compare",
+                    "--json", out, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["compare"]
+    for r in rows:  # EOS ignored: every engine row and HF generate make exactly 4 prompts x 6 tokens
+        assert r["new_tokens"] == 4 * 6 and r["repeats"] == 3 and len(r["seconds_all"]) == 3, r
+        assert r["ratio_min"] <= r["ratio_to_floor"] <= r["ratio_max"]
+    assert "EOS and stop strings ignored" in rows[1]["lengths"]
+    assert "EOS and stop strings ignored" in result.stdout
+    tables = _table_lines(result.stdout)
+    assert len(tables) >= 8
+    for line in tables:
+        assert len(line) <= 80, line
+    assert "…" not in result.stdout  # nothing was cut to fit
+    for label in ("floor", *ALL_METHODS, "× floor", "spread"):
+        assert label in result.stdout, label
+
+
+def test_long_tail_caps_are_deterministic_and_long_tailed():
+    caps = B.long_tail_caps(2000, 256, seed=3)
+    assert caps == B.long_tail_caps(2000, 256, seed=3) and caps != B.long_tail_caps(2000, 256, seed=4)
+    assert min(caps) >= 32 // 1 and max(caps) == 256  # scale 256 // 8 = 32; some rows reach the cap
+    below = sum(c < 64 for c in caps) / len(caps)
+    assert 0.55 < below < 0.75  # Pareto(1.5): P(cap < 2·scale) = 1 - 2^-1.5 ~ 0.65
+    assert B.long_tail_caps(5, 4) == [c for c in B.long_tail_caps(5, 4)] and all(1 <= c <= 4 for c in
+                                                                                  B.long_tail_caps(5, 4))
+
+
+def test_per_row_caps_in_generate_and_long_tail_bench(runner_app, recipe_file, tiny_models, tmp_path):
+    model = _model(tiny_models)
+    saved = model.eos_token_ids
+    model.eos_token_ids = []  # no EOS: every row must stop exactly at its own cap
+    try:
+        out = model.generate(["a", "b", "c"], max_new_tokens=[1, 4, 2], seed=0, batch_size=2)
+    finally:
+        model.eos_token_ids = saved
+    assert out.lengths.tolist() == [1, 4, 2] and out.finish_reasons == ["length"] * 3
+    with pytest.raises(ValueError, match="a list of 2 such integers"):
+        model.generate(["a", "b"], max_new_tokens=[1])
+    path = tmp_path / "lt.json"
+    result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "2", "--prompts", "4", "--lengths",
+                    "long-tail", "--json", path)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(path.read_text())
+    assert doc["settings"]["lengths"] == "long-tail" and "long-tail" in doc["rows"][0]["lengths"]
+    assert doc["rows"][0]["new_tokens"] <= sum(B.long_tail_caps(4, 6, 0))
+    bad = invoke(runner_app, "--config", recipe_file, "--lengths", "short")
+    assert bad.exit_code == 2 and "--lengths" in bad.stderr
+
+
+def _table_lines(text: str) -> list[str]:
+    """The lines of the rich tables: a title line and the indented (or blank) lines after it."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith(("Batch-size sweep", "Comparison at")):
+            inside = True
+        elif inside and line.strip() and not line.startswith(" "):
+            inside = False
+        if inside and line.strip():
+            lines.append(line)
+    return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import List, Optional
@@ -15,16 +16,20 @@ from .common import DebugOption, SetOption, cli_errors, out_console
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
     "Loads the models once, renders real prompts from the recipe's dataset (as generate does) and, for "
-    'each batch size, times `generate` on max(--prompts, batch size) prompts after one warm-up run: '
-    'tokens/s (generated tokens only), seconds per decode step, peak memory (CUDA: '
+    "each batch size, times `generate` on max(--prompts, batch size) prompts --repeats times after one "
+    "warm-up run, reporting the median and the spread ((max - min) / median; over 10% is flagged with *): "
+    "tokens/s (generated tokens only), seconds per decode step, peak memory (CUDA: "
     "torch.cuda.max_memory_allocated per device, reset per point; CPU: the process's peak resident set "
-    'size during the point, models included) and whether it ran out of memory. An out-of-memory point is '
-    'recorded and ends the sweep. `auto` doubles the batch size from 1 until out of memory or until '
-    'throughput improves by 5% or less. The recommendation is the best throughput that leaves --headroom '
-    'of device memory free (CPU: best throughput), printed as `--set sampling.batch_size=N`.\n\n'
-    '--compare then runs, at the recommended batch size on the same prompts: HF `generate` of the teacher '
-    'alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine '
-    "with each alpha method, with each one's tokens/s as a ratio to the floor."
+    "size during the point, models included) and whether it ran out of memory. An out-of-memory point is "
+    "recorded and ends the sweep. `auto` doubles the batch size from 1 until out of memory, until peak "
+    "memory passes the --headroom limit (CUDA), or until two points in a row fail to beat the best "
+    "throughput so far by more than 5%. The recommendation is the best throughput that leaves --headroom "
+    "of device memory free (CPU: best throughput), printed as `--set sampling.batch_size=N`.\n\n"
+    "--compare then runs, at the recommended batch size on the same prompts: HF `generate` of the teacher "
+    "alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine "
+    "with each alpha method, interleaved round by round, every row generating exactly max-new-tokens "
+    "tokens (EOS and stop strings ignored; with --lengths long-tail, the same per-row caps), with each "
+    "one's tokens/s as a ratio to the same round's floor (median and min-max over rounds)."
 )
 
 
@@ -40,14 +45,21 @@ def bench_command(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS,
                                                  help="Tokens per completion (default: the recipe's)."),
     compare: bool = typer.Option(False, "--compare", help="Also run HF generate, the two-model floor and every "
-                                 "alpha method at the recommended batch size."),
+                                 "alpha method at the recommended batch size, interleaved, each row generating "
+                                 "the same number of tokens (EOS and stop strings ignored)."),
+    repeats: int = typer.Option(3, "--repeats", min=3, help="Timed runs per point after the warm-up (median and "
+                                "min-max spread are reported; spread over 10% is flagged)."),
+    lengths: str = typer.Option("natural", "--lengths", help="natural: rows end at EOS, a stop string or "
+                                "--max-new-tokens. long-tail: each row gets its own cap drawn from a Pareto(1.5) "
+                                "distribution (scale max/8, capped at max; deterministic from the recipe's seed)."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
                                    "free (CUDA)."),
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
-        _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom)
+        _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom,
+               repeats, lengths)
 
 
 def parse_batch_sizes(text: str) -> list[int] | str:
@@ -71,7 +83,8 @@ def parse_batch_sizes(text: str) -> list[int] | str:
 
 
 def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts: int, max_new_tokens: int | None,
-           do_compare: bool, json_file: Path | None, headroom: float) -> None:
+           do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
+           lengths: str = "natural") -> None:
     from .. import benchmark as B
     from ..data import load_rows, render_prompts
     from ..quiet import quiet_progress_bars
@@ -84,6 +97,8 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     sizes = parse_batch_sizes(batch_sizes_text)
     if num_prompts > MAX_BATCH_SIZE:
         raise UserError(f"--prompts {num_prompts}: at most {MAX_BATCH_SIZE} prompts per point")
+    if lengths not in B.LENGTHS:
+        raise UserError(f"--lengths {lengths!r}: choose one of {', '.join(B.LENGTHS)}")
     if json_file is not None and json_file.exists() and json_file.is_dir():
         raise UserError(f"--json {json_file}: is a folder; give a file name")
     console = out_console()
@@ -97,7 +112,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     settings = B.BenchSettings(
         max_new_tokens=max_new_tokens or sampling["max_new_tokens"], temperature=sampling["temperature"],
         top_p=sampling["top_p"], top_k=sampling["top_k"], seed=sampling["seed"], stop=list(sampling["stop"] or []),
-        num_prompts=num_prompts,
+        num_prompts=num_prompts, repeats=repeats, lengths=lengths,
     )
     wanted = max([num_prompts] + (sizes if isinstance(sizes, list) else []))
     dataset = dict(recipe["dataset"])
@@ -127,12 +142,15 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
 
     def progress(row) -> None:
         console.print(f"  {row.label} @ batch {row.batch_size}: {_status(row)}"
-                      + (f", {row.tokens_per_s:.1f} tokens/s" if row.ok else ""))
+                      + (f", {row.tokens_per_s:.1f} tokens/s ({_pct(row.spread)} spread)" if row.ok else ""))
 
-    sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress)
     total = B.device_memory(model)
+    limit = min(total.values()) * (1 - headroom) if total else None
+    sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress, memory_limit=limit)
     rec = B.recommend(sweep_rows, headroom, total)
-    console.print(_rows_table("Batch-size sweep", sweep_rows, compare=False))
+    console.print(_rows_table(f"Batch-size sweep (median of {repeats} runs)", sweep_rows, compare=False))
+    console.print(f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
+                  "runs, * when over 10%[/]")
     console.print(_memory_note(sweep_rows, device))
     if rec["batch_size"] is not None:
         console.print(f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
@@ -147,17 +165,23 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
             console.print("[red]--compare skipped:[/] no batch size ran to completion")
         else:
             console.print(f"[bold]compare[/] at batch size {at}")
-            compare_rows = B.compare(model, prompts, prompts_t, at, settings, on_row=progress)
+            same_work = dataclasses.replace(settings, fixed_length=settings.lengths != "long-tail")
+            compare_rows = B.compare(model, prompts, prompts_t, at, same_work, on_row=progress)
             n = max(num_prompts, at)
-            console.print(_rows_table(f"Comparison at batch size {at}, {n} prompts (× floor: tokens/s over the "
-                                      f"floor's)", compare_rows, compare=True))
+            console.print(_rows_table(f"Comparison at batch size {at}, {n} prompts, {repeats} interleaved rounds",
+                                      compare_rows, compare=True))
+            console.print(f"[dim]lengths: {compare_rows[1].lengths}; × floor: median over rounds of tokens/s "
+                          "over the same round's floor (min-max); spread * over 10%[/]")
+            for r in compare_rows:
+                if not r.ok:
+                    console.print(f"[red]{r.label}:[/] {r.error}")
 
     if json_file is not None:
         doc = B.report(model, settings, sweep_rows, compare_rows, rec, extra_settings={
             "config": config, "recipe": recipe["_meta"]["name"], "overrides": list(overrides),
             "batch_sizes": sizes, "headroom": headroom, "alpha_method": model.alpha_method,
             "models": {"theta": recipe["models"]["theta"], "teacher": recipe["models"]["teacher"]},
-            "distinct_prompts": len(prompts),
+            "distinct_prompts": len(prompts), "repeats": repeats, "lengths": lengths,
         })
         try:
             json_file.parent.mkdir(parents=True, exist_ok=True)
@@ -186,36 +210,48 @@ def _mem(n: int | None) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
+def settings_lengths(settings, B) -> str:
+    return B._lengths_label(settings)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.0f}%"
+
+
 def _rows_table(title: str, rows, compare: bool):
-    """Sweep: one row per batch size. Compare: one row per run (batch size and prompts are in the title)."""
+    """Sweep: one row per batch size. Compare: one row per run (batch size and prompts are in the title).
+    Both fit 80 columns: the JSON file has every field."""
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
     if compare:
-        cols = ["run", "tokens/s", "× floor", "s/step", "peak memory", "status"]
+        cols = ["run", "tokens/s", "spread", "× floor", "min-max", "peak mem"]
     else:
-        cols = ["batch", "prompts", "new tokens", "steps", "seconds", "tokens/s", "s/step", "peak memory", "status"]
+        cols = ["batch", "tokens", "steps", "tokens/s", "spread", "s/step", "peak mem", "status"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("run", "status") else "right", no_wrap=c != "status")
     for r in rows:
-        mem = _mem(r.peak_memory) + (f" ({_mem(r.peak_reserved)} rsv)" if r.peak_reserved is not None else "")
-        status = "ok" if r.ok else ("[red]OOM[/]" if r.oom else f"[red]error[/]: {r.error}")
+        mem = _mem(r.peak_reserved if r.peak_reserved is not None else r.peak_memory)
+        failed = "[red]OOM[/]" if r.oom else "[red]error[/]"
+        spread = _pct(r.spread) + ("*" if r.noisy else "")
         if compare:
             cells = [r.label]
             if r.ok:
-                cells += [f"{r.tokens_per_s:,.1f}", "–" if r.ratio_to_floor is None else f"{r.ratio_to_floor:.2f}",
-                          f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–", mem]
+                ratio = "–" if r.ratio_to_floor is None else f"{r.ratio_to_floor:.2f}"
+                rng = "–" if r.ratio_min is None else f"{r.ratio_min:.2f}-{r.ratio_max:.2f}"
+                cells += [f"{r.tokens_per_s:,.1f}", spread, ratio, rng, mem]
             else:
-                cells += ["–"] * 4
+                cells += [failed] + ["–"] * 4
+            table.add_row(*cells)
         else:
-            cells = [str(r.batch_size), str(r.prompts)]
+            cells = [str(r.batch_size)]
             if r.ok:
-                cells += [f"{r.new_tokens:,}", f"{r.steps:,}", f"{r.seconds:.2f}", f"{r.tokens_per_s:,.1f}",
-                          f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–", mem]
+                cells += [f"{r.new_tokens:,}", f"{r.steps:,}", f"{r.tokens_per_s:,.1f}", spread,
+                          f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–", mem, "ok"]
             else:
-                cells += ["–"] * 6
-        table.add_row(*cells, status)
+                cells += ["–"] * 6 + [failed]
+            table.add_row(*cells)
     return table
 
 
