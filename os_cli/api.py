@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from . import engine, models, preflight, rng
+from . import engine, models, preflight, rng, samples
 from .alpha import ALPHA_METHODS
 from .limits import MAX_NEW_TOKENS, MAX_SEED
 from .sampler import SamplerConfig, mixture_step
@@ -38,6 +38,9 @@ class SamplingOutput:
     logprobs: dict[str, torch.Tensor]  # "theta", "t", "q": log-prob of each sampled token, [batch, len]
     logits: dict[str, torch.Tensor] | None = None  # "theta", "t": raw logits before temperature, [batch, len, vocab]
     q_star_probs: torch.Tensor | None = None  # [batch, len, vocab], the distribution each token was drawn from
+    # With generate(num_samples=n): row r is sample sample_indices[r] of prompt prompt_indices[r] (os_cli/samples.py)
+    prompt_indices: torch.Tensor | None = None  # [batch] int64
+    sample_indices: torch.Tensor | None = None  # [batch] int64
 
 
 class OptimalSamplingModel:
@@ -132,6 +135,7 @@ class OptimalSamplingModel:
         seed: int | Sequence[int] | None = None,
         stop: Sequence[str] | None = None,
         sample_from: str = "mixture",
+        num_samples: int | None = None,
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -139,7 +143,12 @@ class OptimalSamplingModel:
         seed, prompts and the models, not on its batch-mates or `batch_size`. `stop` strings end a
         row (finish reason "stop"; the text is cut before the stop string). `sample_from="teacher"`
         or `"theta"` skips mixing and samples one model while both still run (baselines, floors).
+        `num_samples=n` samples n completions per prompt: rows prompt-major (prompt 0's n samples
+        first), sample 0 of each prompt is what a call without num_samples draws (os_cli/samples.py).
         """
+        if num_samples is not None:  # a thin layer over this same method: repeat, seed, annotate
+            args = {k: v for k, v in locals().items() if k not in ("self", "num_samples", "__class__")}
+            return samples.generate_samples(self, num_samples, args)
         prompts, prompts_t = self._check_prompts(prompts, prompts_t)
         if not _is_int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}")

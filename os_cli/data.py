@@ -334,6 +334,7 @@ class Prompt:
     row: dict
     prompt: str         # theta's rendered prompt
     prompt_t: str       # the teacher's rendered prompt (theta's when prompts.teacher is null)
+    messages: list | None = None  # theta's conversation prefix (prompts.theta.messages_field), else None
 
 
 @dataclass

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import UserError
+from .record_format import describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
 WHERE = ("correct",)
 FINISH_REASONS = ("eos", "length", "stop")
 WEIGHT_COLUMNS = ("log_weight", "weight")
 TOKEN_WEIGHT_COLUMN = "token_log_weights"
-TRL_COLUMNS = ("id", "prompt", "completion", "num_tokens", "finish_reason") + WEIGHT_COLUMNS
+TRL_COLUMNS = ("id", "sample", "prompt", "completion", "num_tokens", "finish_reason") + WEIGHT_COLUMNS
 FLAT_SEP = "_"
 
 
@@ -124,14 +125,14 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
     kept: list[dict] = []
     read = 0
     dropped = {"where": 0, "min_ess": 0, "finish_reason": 0}
-    seen: dict[str, int] = {}
+    seen: dict[tuple, int] = {}
     for record in records:
         read += 1
-        rid = str(record.get("id"))
-        if rid in seen:
-            raise UserError(f"id {rid!r} appears more than once in the shards; exporting would weight it twice "
-                            f"(`os-sample inspect` shows where)", exit_code=1)
-        seen[rid] = read
+        key = (str(record.get("id")), sample_of(record))
+        if key in seen:
+            raise UserError(f"{describe_key(key)} appears more than once in the shards; exporting would weight it "
+                            f"twice (`os-sample inspect` shows where)", exit_code=1)
+        seen[key] = read
         if filters.finish_reasons and record.get("finish_reason") not in filters.finish_reasons:
             dropped["finish_reason"] += 1
             continue
@@ -192,7 +193,8 @@ def token_log_weights(record: dict) -> list[float] | None:
 
 def trl_row(record: dict, lw: float, w: float) -> dict:
     """A standard prompt-completion record (TRL) with its weights; `messages` joins here for chat runs."""
-    row = {"id": str(record["id"]), "prompt": record.get("prompt"), "completion": record.get("completion"),
+    row = {"id": str(record["id"]), "sample": sample_of(record), "prompt": record.get("prompt"),
+           "completion": record.get("completion"),
            "num_tokens": record.get("num_tokens"), "finish_reason": record.get("finish_reason"),
            "log_weight": lw, "weight": w}
     per_token = token_log_weights(record)
@@ -224,6 +226,7 @@ def flatten(record: dict, prefix: str = "") -> dict:
 def flat_row(record: dict, lw: float, w: float) -> dict:
     row = flatten(record)
     row["id"] = str(record["id"])
+    row["sample"] = sample_of(record)
     for name, value in (("log_weight", lw), ("weight", w)):
         if name in row:
             raise UserError(f"record {record.get('id')!r} already has a field {name!r}; it would clash with "
