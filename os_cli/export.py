@@ -3,7 +3,9 @@
 Formats (columns in docs/ARCHITECTURE.md, "Exports"):
 - `trl`: a JSON Lines file of standard prompt-completion records (`prompt` is theta's rendered
   prompt, chat template already applied, so TRL's SFT trainers use it as is), with the importance
-  weights of each record as columns;
+  weights of each record as columns; for chat runs (`prompts.theta.messages_field`) TRL's
+  conversational prompt-completion records instead (`prompt` = theta's conversation prefix,
+  `completion` = one assistant turn; the trainer applies the chat template, as generate did);
 - `parquet`: one Parquet file, every record field flattened (`alpha.mean` -> `alpha_mean`,
   `row.question` -> `row_question`, `tokens.ids` -> `tokens_ids`), plus the weights;
 - `hf`: the same columns as `parquet`, written with `datasets.Dataset.save_to_disk`.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import UserError
-from .record_format import describe_key, sample_of
+from .record_format import MESSAGES_KEY, describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
 WHERE = ("correct",)
@@ -192,9 +194,15 @@ def token_log_weights(record: dict) -> list[float] | None:
 
 
 def trl_row(record: dict, lw: float, w: float) -> dict:
-    """A standard prompt-completion record (TRL) with its weights; `messages` joins here for chat runs."""
-    row = {"id": str(record["id"]), "sample": sample_of(record), "prompt": record.get("prompt"),
-           "completion": record.get("completion"),
+    """A prompt-completion record (TRL) with its weights. Standard (text) rows, or for a chat run (the
+    record has `messages`, theta's conversation prefix) TRL's conversational prompt-completion rows:
+    `prompt` = the conversation, `completion` = [the completion as an assistant turn]. Not a `messages`
+    column beside them: TRL tells a row's type by its keys, and prompt + completion + messages is none."""
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(record.get(MESSAGES_KEY), list):
+        prompt = [{"role": t.get("role"), "content": t.get("content")} for t in record[MESSAGES_KEY]]
+        completion = [{"role": "assistant", "content": completion}]
+    row = {"id": str(record["id"]), "sample": sample_of(record), "prompt": prompt, "completion": completion,
            "num_tokens": record.get("num_tokens"), "finish_reason": record.get("finish_reason"),
            "log_weight": lw, "weight": w}
     per_token = token_log_weights(record)
