@@ -217,9 +217,10 @@ def test_inspect_counts_missing_and_duplicated_pairs_and_reports_pass_at_k(work)
     assert it["missing"]["count"] == 1 and it["missing"]["samples"] == [["1", 2]]
     assert it["duplicates"]["count"] == 1 and it["duplicates"]["ids"][0]["sample"] == 0
     assert it["duplicates"]["ids"][0]["id"] == "3" and not it["clean"]
-    shown = runner.invoke(app, ["inspect", str(out)], env={"COLUMNS": "100"})
+    shown = runner.invoke(app, ["inspect", str(out)], env={"COLUMNS": "80"})
     assert shown.exit_code == 0, shown.output
     assert "pass@3" in shown.output and "missing (id, sample)" in shown.output and "1#2" in shown.output
+    assert max(len(line.rstrip()) for line in shown.output.splitlines()) <= 80
     # resume refuses the duplicated pair before loading models
     again = gen(write("three", num_samples=3), out)
     assert again.exit_code == 1 and "id '3' was already written" in again.output

@@ -284,23 +284,23 @@ def render(summary: dict, console) -> None:
 
 
 def _render_pass_at_k(summary: dict, console) -> None:
-    """pass@k per row (several samples per row with reference answers); see os_cli/passk.py."""
+    """pass@k per row (several samples per row with reference answers), one quantity per line so the
+    table fits 80 columns for any n; see os_cli/passk.py."""
     per_row = [(name, (g.get("answers") or {}).get("per_row")) for name, g in _groups(summary)]
     if not any(p for _, p in per_row):
         return
-    ks = sorted({int(k) for _, p in per_row if p for k in p["pass_at"]})
-    cols = [("rows", "right"), ("mean accuracy", "right")] + [(f"pass@{k}", "right") for k in ks]
-    cols += [("all correct", "right"), ("none correct", "right")]
     n = max(p["samples_per_row"]["max"] for _, p in per_row if p)
-    table = _table(f"Per row over its samples (up to {n} per row; pass@k unbiased estimate)", summary, cols)
+    table = _table(f"Per row over its samples (up to {n} per row; pass@k: unbiased estimate)", summary,
+                   [("quantity", "left"), ("value", "right"), ("rows", "right")])
     for name, p in per_row:
         if not p:
-            _add(table, summary, name, ["–"] * len(cols))
+            _add(table, summary, name, ["(one sample per row)", "–", "–"])
             continue
-        cells = [_fmt(p["rows"]), _pct(p["mean_accuracy"])]
-        cells += [_pct(p["pass_at"][str(k)]["value"]) if str(k) in p["pass_at"] else "–" for k in ks]
-        cells += [_fmt(p["rows_all_correct"]), _fmt(p["rows_none_correct"])]
-        _add(table, summary, name, cells)
+        _add(table, summary, name, ["mean accuracy", _pct(p["mean_accuracy"]), _fmt(p["rows"])])
+        for k, v in p["pass_at"].items():
+            _add(table, summary, name, [f"pass@{k}", _pct(v["value"]), _fmt(v["rows"])])
+        _add(table, summary, name, ["all samples correct", _fmt(p["rows_all_correct"]), _fmt(p["rows"])])
+        _add(table, summary, name, ["no sample correct", _fmt(p["rows_none_correct"]), _fmt(p["rows"])])
     console.print(table)
 
 
