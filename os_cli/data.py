@@ -339,7 +339,7 @@ def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: s
 def _render_chat(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list]:
     """A row's conversation (os_cli/chat.py) rendered with the chat template and its generation prompt."""
     field = spec["messages_field"]
-    if not getattr(tokenizer, "chat_template", None):
+    if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"prompts.{role}.messages_field is set, but the tokenizer of {model_name} has no chat template to "
             f"render a conversation with; use a model whose tokenizer has one, or a {{field}} template instead"
@@ -350,6 +350,8 @@ def _render_chat(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: 
         turns = prompt_turns(conversation(value), spec["system"], extra)
     except BadConversation as exc:
         raise BadRow(f"prompts.{role}.messages_field: row field {field!r} {exc}") from None
+    if tokenizer is None:  # `validate` without a reachable tokenizer: the turns as plain text, a preview only
+        return "\n\n".join(f"[{t['role']}] {t['content']}" for t in turns), turns
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True), turns
 
 

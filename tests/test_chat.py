@@ -248,3 +248,18 @@ def test_chat_run_with_several_samples_and_template_theta_still_works(work):
     recs = records(tmp / "out")
     assert len(recs) == 6 and all("messages" not in r for r in recs)
     assert all("(The reference answer is" in r["prompt_t"] for r in recs)
+
+
+def test_validate_previews_a_conversation_without_a_reachable_tokenizer(tmp_path):
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(base()))  # models.theta is a hub name; the tests run with HF_HUB_OFFLINE=1
+    result = runner.invoke(app, ["validate", str(path)])
+    text = result.output
+    assert result.exit_code == 0, text
+    assert "no tokenizer here" in " ".join(text.split()) and "[user] What is 2 plus 3?" in text
+    assert "[assistant] 5" not in text  # the reference reply is dropped in the preview too
+    bad = base()
+    bad["dataset"]["inline"] = [{"messages": "What is 2 plus 3?"}]
+    path.write_text(yaml.safe_dump(bad))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "is a string, not a list of {role, content} turns" in " ".join(result.output.split())
