@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from . import engine, models, preflight, rng, scheduler
+from . import engine, models, preflight, rng, samples, scheduler
 from .alpha import ALPHA_METHODS
 from .limits import MAX_NEW_TOKENS, MAX_SEED
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
@@ -143,6 +143,7 @@ class OptimalSamplingModel:
         sample_from: str = "mixture",
         draft_tokens: int = 0,
         loop: str = "refill",
+        num_samples: int | None = None,
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -155,7 +156,12 @@ class OptimalSamplingModel:
         samples by exact speculative rounds: theta drafts k tokens, q* verifies them (same
         distribution, fewer teacher forwards). `loop="static"` runs the reference loop instead
         (fixed micro-batches, one token per step), kept for tests and benchmarks.
+        `num_samples=n` samples n completions per prompt: rows prompt-major (prompt 0's n samples
+        first), sample 0 of each prompt is what a call without num_samples draws (os_cli/samples.py).
         """
+        if num_samples is not None:  # a thin layer over this same method: repeat, seed, annotate
+            args = {k: v for k, v in locals().items() if k not in ("self", "num_samples", "__class__")}
+            return samples.generate_samples(self, num_samples, args)
         prompts, prompts_t = self._check_prompts(prompts, prompts_t)
         caps = self._check_caps(max_new_tokens, len(prompts))
         self._check_lengths(prompts, prompts_t, caps)

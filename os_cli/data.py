@@ -23,6 +23,11 @@ or null field makes the row bad. With `chat_template: true` the filled template 
 surrounding whitespace) becomes the user turn, after an optional system turn, rendered with the
 tokenizer's chat template and its generation prompt. With `chat_template: false` the prompt is the
 filled template itself, after `system` and a blank line when a system text is given.
+
+Chat datasets: with `messages_field` the section renders the row's conversation (os_cli/chat.py:
+a final assistant turn dropped, `system` added, the filled `template`, if any, appended to the last
+user turn) with the chat template and its generation prompt; `Prompt.messages` keeps theta's turns.
+A malformed conversation is a bad row (`BadRow`), reported like a missing field.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .chat import BadConversation, conversation, prompt_turns
 from .errors import UserError
 from .recipe import (
     BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, read_text, resolve_local_path, template_fields,
@@ -311,10 +317,13 @@ def render_template(template: str, row: Mapping) -> str:
     return TEMPLATE_TOKEN.sub(replace, template)
 
 
-def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> str:
+def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list | None]:
+    """(the rendered prompt, the conversation it renders when the section reads messages_field, else None)."""
+    if spec.get("messages_field"):
+        return _render_chat(spec, tokenizer, row, role, model_name)
     text = render_template(spec["template"], row)
     if not spec["chat_template"]:
-        return f"{spec['system']}\n\n{text}" if spec["system"] else text
+        return (f"{spec['system']}\n\n{text}" if spec["system"] else text), None
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"prompts.{role}.chat_template is true, but the tokenizer of {model_name} has no chat template; "
@@ -324,7 +333,39 @@ def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: s
     if spec["system"]:
         messages.append({"role": "system", "content": spec["system"]})
     messages.append({"role": "user", "content": text.strip()})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), None
+
+
+def _render_chat(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list]:
+    """A row's conversation (os_cli/chat.py) rendered with the chat template and its generation prompt."""
+    field = spec["messages_field"]
+    if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"prompts.{role}.messages_field is set, but the tokenizer of {model_name} has no chat template to "
+            f"render a conversation with; use a model whose tokenizer has one, or a {{field}} template instead"
+        )
+    value = _lookup(row, field)
+    extra = render_template(spec["template"], row).strip() if spec["template"] else None
+    try:
+        turns = prompt_turns(conversation(value), spec["system"], extra)
+    except BadConversation as exc:
+        raise BadRow(f"prompts.{role}.messages_field: row field {field!r} {exc}") from None
+    if tokenizer is None:  # `validate` without a reachable tokenizer: the turns as plain text, a preview only
+        return "\n\n".join(f"[{t['role']}] {t['content']}" for t in turns), turns
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True), turns
+
+
+class BadRow(ValueError):
+    """A row whose value cannot be used as the recipe says (e.g. a malformed conversation)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _field_key(spec: Mapping, exc: MissingField) -> str:
+    """Which recipe key named the missing field: the conversation column or the template."""
+    return "messages_field" if spec.get("messages_field") == exc.name else "template"
 
 
 @dataclass
@@ -334,6 +375,7 @@ class Prompt:
     row: dict
     prompt: str         # theta's rendered prompt
     prompt_t: str       # the teacher's rendered prompt (theta's when prompts.teacher is null)
+    messages: list | None = None  # theta's conversation prefix (prompts.theta.messages_field), else None
 
 
 @dataclass
@@ -358,14 +400,15 @@ def render_prompts(recipe: Mapping, tokenizer, rows: Sequence[tuple[str, dict]],
         index = skip + position
         role = "theta"
         try:
-            prompt = _render_one(prompts["theta"], tokenizer, row, "theta", theta_name)
+            prompt, messages = _render_one(prompts["theta"], tokenizer, row, "theta", theta_name)
             role = "teacher"
             if prompts["teacher"] is None:
                 prompt_t = prompt
             else:
-                prompt_t = _render_one(prompts["teacher"], tokenizer_t, row, "teacher", teacher_name)
-        except MissingField as exc:
-            reason = f"prompts.{role}.template: {exc.describe()}"
+                prompt_t, _ = _render_one(prompts["teacher"], tokenizer_t, row, "teacher", teacher_name)
+        except (MissingField, BadRow) as exc:
+            reason = (exc.reason if isinstance(exc, BadRow)
+                      else f"prompts.{role}.{_field_key(prompts[role], exc)}: {exc.describe()}")
             if on_bad_row == "error":
                 raise UserError(
                     f"dataset row {row_id!r}: {reason}; fix the data or the template, or set "
@@ -373,7 +416,8 @@ def render_prompts(recipe: Mapping, tokenizer, rows: Sequence[tuple[str, dict]],
                 ) from None
             out.errors.append({"id": row_id, "reason": reason, "row": json_safe(row)})
             continue
-        out.items.append(Prompt(index=index, id=row_id, row=row, prompt=prompt, prompt_t=prompt_t))
+        out.items.append(Prompt(index=index, id=row_id, row=row, prompt=prompt, prompt_t=prompt_t,
+                                messages=messages))
     return out
 
 

@@ -3,7 +3,9 @@
 Formats (columns in docs/ARCHITECTURE.md, "Exports"):
 - `trl`: a JSON Lines file of standard prompt-completion records (`prompt` is theta's rendered
   prompt, chat template already applied, so TRL's SFT trainers use it as is), with the importance
-  weights of each record as columns;
+  weights of each record as columns; for chat runs (`prompts.theta.messages_field`) TRL's
+  conversational prompt-completion records instead (`prompt` = theta's conversation prefix,
+  `completion` = one assistant turn; the trainer applies the chat template, as generate did);
 - `parquet`: one Parquet file, every record field flattened (`alpha.mean` -> `alpha_mean`,
   `row.question` -> `row_question`, `tokens.ids` -> `tokens_ids`), plus the weights;
 - `hf`: the same columns as `parquet`, written with `datasets.Dataset.save_to_disk`.
@@ -30,13 +32,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from .errors import UserError
+from .record_format import MESSAGES_KEY, describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
 WHERE = ("correct",)
 FINISH_REASONS = ("eos", "length", "stop")
 WEIGHT_COLUMNS = ("log_weight", "weight")
 TOKEN_WEIGHT_COLUMN = "token_log_weights"
-TRL_COLUMNS = ("id", "prompt", "completion", "num_tokens", "finish_reason") + WEIGHT_COLUMNS
+TRL_COLUMNS = ("id", "sample", "prompt", "completion", "num_tokens", "finish_reason") + WEIGHT_COLUMNS
 FLAT_SEP = "_"
 
 
@@ -124,14 +127,14 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
     kept: list[dict] = []
     read = 0
     dropped = {"where": 0, "min_ess": 0, "finish_reason": 0}
-    seen: dict[str, int] = {}
+    seen: dict[tuple, int] = {}
     for record in records:
         read += 1
-        rid = str(record.get("id"))
-        if rid in seen:
-            raise UserError(f"id {rid!r} appears more than once in the shards; exporting would weight it twice "
-                            f"(`os-sample inspect` shows where)", exit_code=1)
-        seen[rid] = read
+        key = (str(record.get("id")), sample_of(record))
+        if key in seen:
+            raise UserError(f"{describe_key(key)} appears more than once in the shards; exporting would weight it "
+                            f"twice (`os-sample inspect` shows where)", exit_code=1)
+        seen[key] = read
         if filters.finish_reasons and record.get("finish_reason") not in filters.finish_reasons:
             dropped["finish_reason"] += 1
             continue
@@ -191,8 +194,15 @@ def token_log_weights(record: dict) -> list[float] | None:
 
 
 def trl_row(record: dict, lw: float, w: float) -> dict:
-    """A standard prompt-completion record (TRL) with its weights; `messages` joins here for chat runs."""
-    row = {"id": str(record["id"]), "prompt": record.get("prompt"), "completion": record.get("completion"),
+    """A prompt-completion record (TRL) with its weights. Standard (text) rows, or for a chat run (the
+    record has `messages`, theta's conversation prefix) TRL's conversational prompt-completion rows:
+    `prompt` = the conversation, `completion` = [the completion as an assistant turn]. Not a `messages`
+    column beside them: TRL tells a row's type by its keys, and prompt + completion + messages is none."""
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if isinstance(record.get(MESSAGES_KEY), list):
+        prompt = [{"role": t.get("role"), "content": t.get("content")} for t in record[MESSAGES_KEY]]
+        completion = [{"role": "assistant", "content": completion}]
+    row = {"id": str(record["id"]), "sample": sample_of(record), "prompt": prompt, "completion": completion,
            "num_tokens": record.get("num_tokens"), "finish_reason": record.get("finish_reason"),
            "log_weight": lw, "weight": w}
     per_token = token_log_weights(record)
@@ -224,6 +234,7 @@ def flatten(record: dict, prefix: str = "") -> dict:
 def flat_row(record: dict, lw: float, w: float) -> dict:
     row = flatten(record)
     row["id"] = str(record["id"])
+    row["sample"] = sample_of(record)
     for name, value in (("log_weight", lw), ("weight", w)):
         if name in row:
             raise UserError(f"record {record.get('id')!r} already has a field {name!r}; it would clash with "

@@ -12,3 +12,6 @@ MAX_BATCH_SIZE = 1 << 16
 # YAML aliases (*name) may repeat anchored values at most this many extra values in all
 # (a "billion laughs" file of nested aliases is refused before it is expanded).
 MAX_ALIAS_EXPANSION = 100_000
+# Samples per prompt (sampling.num_samples, generate(num_samples=)): far below the 2**23 up to which
+# rng.sample_seed keeps every (row, sample) seed of a run distinct.
+MAX_NUM_SAMPLES = 1 << 16

@@ -40,7 +40,9 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import UserError
-from .limits import MAX_ALIAS_EXPANSION, MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_SEED, MIN_TEMPERATURE
+from .limits import (
+    MAX_ALIAS_EXPANSION, MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -54,16 +56,19 @@ DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 # Keys that do not change which records a run writes, so they may change between a run and its
 # resume: names and places, hardware placement, grouping (batch size: OOM back-off changes it anyway),
-# shard rotation, the bad-row policy, and the row limit (a larger limit extends the run).
+# shard rotation, the bad-row policy, the row limit (a larger limit extends the run) and the number
+# of samples per row (a sample's seed does not depend on it, so a larger n extends the run too; records
+# with a sample index beyond a smaller n are refused like rows beyond a smaller limit).
 HASH_EXCLUDED = (
     "_meta", "description", "defaults", "run_name", "output.dir", "output.shard_size",
-    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row",
+    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row", "sampling.num_samples",
 ) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
           for key in ("device", "device_map", "max_memory"))
 # Keys added after output folders already existed: left out of the hash while unset (the default;
 # for a section, its null keys), so folders written before them still resume.
 HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
-               "models.per_model.teacher": None, "models.per_model": None}
+               "models.per_model.teacher": None, "models.per_model": None,
+               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,8 +106,10 @@ def _prompt_section(**kw) -> Section:
     return Section(
         {
             "system": Field("str", None, nullable=True),
-            "template": Field("template", required=True),
+            # required unless messages_field is set (then it is appended to the last user turn): _cross_checks
+            "template": Field("template", None, nullable=True),
             "chat_template": Field("bool", True),
+            "messages_field": Field("str", None, nullable=True),
         },
         **kw,
     )
@@ -182,6 +189,7 @@ SCHEMA = Section(
                 "top_k": Field("top_k", -1),
                 "batch_size": Field("int", 8, min=1, max=MAX_BATCH_SIZE),
                 "seed": Field("int", 0, min=0, max=MAX_SEED),
+                "num_samples": Field("int", 1, min=1, max=MAX_NUM_SAMPLES),
                 "stop": Field("str_list", []),
             }
         ),
@@ -881,6 +889,7 @@ def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
         for name in keep:
             if name not in fields:
                 ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{_suggest(name, fields)}")
+    _check_prompt_sections(recipe, ctx)
     from .preflight import attn_problem
 
     for role in ("theta", "teacher"):
@@ -930,6 +939,23 @@ def model_settings(recipe: Mapping, role: str) -> dict:
         if own.get("max_memory") is None:
             out["max_memory"] = (None, f"models.per_model.{role}.max_memory")
     return out
+
+
+def _check_prompt_sections(recipe: dict, ctx: _Ctx) -> None:
+    """A template is required unless the section reads a conversation (messages_field), and a
+    conversation is rendered with the chat template."""
+    for role in ("theta", "teacher"):
+        spec = recipe["prompts"][role]
+        if spec is None:
+            continue
+        if spec["messages_field"] is None and spec["template"] is None:
+            ctx.fail(("prompts", role, "template"), "is required (a {field} template, or set "
+                     f"prompts.{role}.messages_field to the row field holding a conversation)")
+        if spec["messages_field"] is not None and not spec["chat_template"]:
+            ctx.fail(("prompts", role, "messages_field"), "needs chat_template: true (a conversation is rendered "
+                     f"with the tokenizer's chat template); remove prompts.{role}.chat_template: false")
+        if spec["messages_field"] is not None and not spec["messages_field"].strip():
+            ctx.fail(("prompts", role, "messages_field"), "must name a row field, got an empty string")
 
 
 def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterable = (), *,

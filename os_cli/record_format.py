@@ -5,6 +5,9 @@ Imported by the writer (which writes them), the resume scan (which validates eve
 
 - A record is one JSON object per line with at least `REQUIRED_KEYS` (`tokens` is added with
   `output.per_token: true`). `record_problem` says why a parsed line is not a complete record.
+- A record's identity is `(id, sample)` (`record_key`): `sample` is 0..num_samples-1, and a record
+  without the key (written before several samples per row existed) is sample 0. Exactly once means
+  once per key; `messages` (chat runs) is theta's conversation prefix, a list of {role, content}.
 - `ids.txt` holds the planned ids, one JSON string per line (`encode_ids` / `read_ids`), so ids with
   edge whitespace, form feeds or U+2028 round-trip exactly. Folders of format 1 wrote bare lines.
 """
@@ -28,6 +31,8 @@ REQUIRED_KEYS = ("id", "alpha_method", "prompt", "prompt_t", "completion", "num_
 STAT_KEYS = ("mean", "min", "max")              # of alpha, ess_ratio, kl_theta, kl_t
 LOGPROB_KEYS = ("theta", "t", "q")              # of logprob
 STAT_FIELDS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
+SAMPLE_KEY = "sample"                           # optional: absent = 0
+MESSAGES_KEY = "messages"                       # optional: chat runs only
 
 # Characters that some readers treat as line breaks although JSON leaves them unescaped.
 _LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
@@ -37,6 +42,27 @@ def encode_record(record: Mapping) -> bytes:
     """One JSON line; `id` first, strict JSON (no NaN)."""
     ordered = {"id": record["id"], **{k: v for k, v in record.items() if k != "id"}}
     return (json.dumps(ordered, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def sample_of(record: Mapping) -> int:
+    """The record's sample index (0 when the record has none: folders written before num_samples)."""
+    return record.get(SAMPLE_KEY, 0)
+
+
+def record_key(record: Mapping) -> tuple[str, int]:
+    """What exactly-once counts: (id, sample)."""
+    return record["id"], sample_of(record)
+
+
+def num_samples_of(recipe: Any) -> int:
+    """sampling.num_samples of a (stored) recipe; 1 for one written before the key existed."""
+    sampling = recipe.get("sampling") if isinstance(recipe, Mapping) else None
+    value = sampling.get("num_samples", 1) if isinstance(sampling, Mapping) else 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def describe_key(key: tuple[str, int]) -> str:
+    return f"id {key[0]!r}" + (f" sample {key[1]}" if key[1] else "")
 
 
 def record_problem(obj: Any) -> str | None:
@@ -53,6 +79,12 @@ def record_problem(obj: Any) -> str | None:
             return f"incomplete record: {key} lacks {'/'.join(STAT_KEYS)}"
     if not isinstance(obj["logprob"], dict) or any(k not in obj["logprob"] for k in LOGPROB_KEYS):
         return f"incomplete record: logprob lacks {'/'.join(LOGPROB_KEYS)}"
+    sample = obj.get(SAMPLE_KEY, 0)
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+        return f"the sample is not a non-negative integer ({json.dumps(sample)[:40]})"
+    messages = obj.get(MESSAGES_KEY)
+    if MESSAGES_KEY in obj and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+        return "messages is not a list of {role, content} objects"
     return None
 
 

@@ -18,6 +18,8 @@ from .limits import MAX_SEED
 _MASK32 = 0xFFFFFFFF
 # Row r of a call with one int seed s gets the seed row_seed(s, r); the CLI seeds dataset row i the same way.
 ROW_SEED_STRIDE = 1_000_003
+# Sample k of a row with seed r gets the seed sample_seed(r, k) = r + k * SAMPLE_SEED_STRIDE (mod 2**63).
+SAMPLE_SEED_STRIDE = 1 << 40
 _GOLDEN = 0x9E3779B9
 
 
@@ -40,6 +42,19 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 def row_seed(seed: int, index: int) -> int:
     """The seed of row `index` under one user seed: seed * ROW_SEED_STRIDE + index, wrapped into 0..MAX_SEED."""
     return (int(seed) * ROW_SEED_STRIDE + int(index)) % (MAX_SEED + 1)
+
+
+def sample_seed(seed_of_row: int, sample: int) -> int:
+    """The seed of sample `sample` (0-based) of a row whose own seed is `seed_of_row`.
+
+    Sample 0 keeps the row's seed, so a run with one sample per row is unchanged. Within one run
+    (row seeds r0 + i, r0 = row_seed(seed, 0), dataset index i < 2**40) the seeds of all (row,
+    sample) pairs with sample < 2**23 are distinct: r0 + i + k * 2**40 determines i (the low 40 bits
+    of the offset) and k (the rest). Sample seeds differ from a row's seed only above bit 40, so the
+    low 32 bits agree and the high words differ: `row_keys` gives the samples of one row distinct
+    32-bit keys (its inner hash of the low word is XORed with distinct high words, then a bijection).
+    """
+    return (int(seed_of_row) + int(sample) * SAMPLE_SEED_STRIDE) % (MAX_SEED + 1)
 
 
 def row_keys(seeds: torch.Tensor) -> torch.Tensor:

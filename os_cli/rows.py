@@ -56,6 +56,9 @@ class SamplingOutput:
     logits: dict[str, torch.Tensor] | None = None  # "theta", "t": raw logits before temperature, [batch, len, vocab]
     q_star_probs: torch.Tensor | None = None  # [batch, len, vocab], the distribution each token was drawn from
     slot_occupancy: float | None = None  # mean rows in flight / batch_size over the decode (refill loop)
+    # With generate(num_samples=n): row r is sample sample_indices[r] of prompt prompt_indices[r] (os_cli/samples.py)
+    prompt_indices: torch.Tensor | None = None  # [batch] int64
+    sample_indices: torch.Tensor | None = None  # [batch] int64
 
 
 def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, return_diagnostics: bool,

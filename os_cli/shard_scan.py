@@ -1,6 +1,6 @@
 """Resume scan of the shards: every line must be a complete record of the current format.
 
-`scan_shards` (read-only) returns the ids of complete records and the invalid lines with file and
+`scan_shards` (read-only) returns the (id, sample) keys of complete records and the invalid lines with file and
 1-based line. A last line of a shard that is not even JSON (or not UTF-8) is a write cut short
 (`torn`): the shard's owner drops it (`drop_lines`, an atomic rewrite) and its row is generated
 again. Any other invalid line (elsewhere, or JSON that is not a complete record, such as a record
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from .errors import UserError
 from .outfolder import SHARD_RE, atomic_write
-from .record_format import parse_record_line
+from .record_format import describe_key, parse_record_line, record_key
 
 MAX_NAMED = 5  # problem lines named in one message
 
@@ -52,8 +52,8 @@ class BadLine:
 
 @dataclass
 class Scan:
-    """What the shards hold: `done` {id: shard name} of complete records, and the invalid lines."""
-    done: dict[str, str] = field(default_factory=dict)
+    """What the shards hold: `done` {(id, sample): shard name} of complete records, and the invalid lines."""
+    done: dict[tuple[str, int], str] = field(default_factory=dict)
     bad: list[BadLine] = field(default_factory=list)
 
     @property
@@ -77,11 +77,11 @@ def scan_shards(out_dir: Path) -> Scan:
                 torn = k == len(numbered) - 1 and not _is_json(raw)
                 scan.bad.append(BadLine(shard, number, problem, torn=torn))
                 continue
-            row_id = record["id"]
-            if row_id in scan.done:
-                raise UserError(f"{shard}:{number}: id {row_id!r} was already written to {scan.done[row_id]}; "
+            key = record_key(record)
+            if key in scan.done:
+                raise UserError(f"{shard}:{number}: {describe_key(key)} was already written to {scan.done[key]}; "
                                 f"the output folder is inconsistent (use --overwrite)", exit_code=1)
-            scan.done[row_id] = shard.name
+            scan.done[key] = shard.name
     return scan
 
 
@@ -106,8 +106,8 @@ def check_shards(scan: Scan, *, repair: bool) -> None:
     )
 
 
-def scan_records(out_dir: Path, *, repair: bool = True) -> dict[str, str]:
-    """`{id: shard file name}` of every complete record in every shard (invalid lines do not count)."""
+def scan_records(out_dir: Path, *, repair: bool = True) -> dict[tuple[str, int], str]:
+    """`{(id, sample): shard file name}` of every complete record in every shard (invalid lines do not count)."""
     scan = scan_shards(out_dir)
     check_shards(scan, repair=repair)
     return scan.done

@@ -27,7 +27,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .errors import UserError
-from .record_format import IDS_FILE, MANIFEST, IdsFileError, read_ids, record_problem
+from .passk import PerRow
+from .record_format import IDS_FILE, MANIFEST, IdsFileError, num_samples_of, read_ids, record_key, record_problem
 
 SUMMARY_FORMAT = 1
 DIAGNOSTICS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
@@ -373,6 +374,7 @@ class GroupStats:
         self.with_reference = 0
         self.extracted = 0
         self.correct = 0
+        self.per_row = PerRow()  # pass@k over the samples of each row
 
     def add(self, rec: dict) -> None:
         self.records += 1
@@ -416,8 +418,9 @@ class GroupStats:
                 pred = extract_answer(rec.get("completion") or "")
                 if pred is not None:
                     self.extracted += 1
-                if answers_match(pred, ref):
-                    self.correct += 1
+                matched = answers_match(pred, ref)
+                self.correct += matched
+                self.per_row.add(*record_key(rec), matched)
 
     def to_dict(self) -> dict:
         diagnostics = {}
@@ -436,6 +439,7 @@ class GroupStats:
                 "extracted": self.extracted,
                 "correct": self.correct,
                 "accuracy": self.correct / self.with_reference,
+                "per_row": self.per_row.to_dict(),  # pass@k, with several samples per row
             }
         return {
             "records": self.records,
@@ -554,7 +558,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
 
     overall = GroupStats(answer_field)
     groups: dict[str, GroupStats] = {}
-    locations: dict[str, list[str]] = {}
+    locations: dict[tuple[str, int], list[str]] = {}  # (id, sample) -> file:line
     problems: list[dict] = []
     shards = []
     by_found, by_fields = False, set()
@@ -571,8 +575,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
                                  "error": error})
                 continue
             good += 1
-            rid = str(obj["id"])
-            locations.setdefault(rid, []).append(f"{shard.name}:{line}")
+            locations.setdefault(record_key(obj), []).append(f"{shard.name}:{line}")
             overall.add(obj)
             if by:
                 key = group_value(obj, by)
@@ -639,7 +642,9 @@ def _manifest_view(manifest: dict | None) -> dict | None:
 
 
 def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
-               locations: dict[str, list[str]], problems: list[dict]) -> dict:
+               locations: dict[tuple[str, int], list[str]], problems: list[dict]) -> dict:
+    """Exactly-once per (id, sample): missing, duplicated and unexpected keys. `ids` lists row ids (each
+    once), `samples` the [id, sample] pairs; counts are of (id, sample) pairs (of ids when n is 1)."""
     notes: list[str] = []
     if manifest_error:
         notes.append(manifest_error)
@@ -674,15 +679,18 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
             error_reasons[reason] += 1
             error_rows.append({"id": rid, "reason": reason, "line": line})
 
+    n_samples = num_samples_of((manifest or {}).get("recipe"))
     duplicates = [
-        {"id": rid, "count": len(locs), "locations": locs[:10]} for rid, locs in locations.items() if len(locs) > 1
+        {"id": rid, "sample": k, "count": len(locs), "locations": locs[:10]}
+        for (rid, k), locs in locations.items() if len(locs) > 1
     ]
-    missing: list[str] = []
-    unexpected: list[str] = []
+    missing: list[tuple[str, int]] = []
+    unexpected: list[tuple[str, int]] = []
     if planned is not None:
         planned_set = set(planned)
-        missing = [rid for rid in planned if rid not in locations and rid not in error_ids]
-        unexpected = [rid for rid in locations if rid not in planned_set]
+        missing = [(rid, k) for rid in planned if rid not in error_ids for k in range(n_samples)
+                   if (rid, k) not in locations]
+        unexpected = [key for key in locations if key[0] not in planned_set or key[1] >= n_samples]
         dup_planned = [rid for rid, c in Counter(planned).items() if c > 1]
         if dup_planned:
             notes.append(f"{ids_name} lists {len(dup_planned)} id(s) more than once, e.g. {dup_planned[0]!r}")
@@ -702,17 +710,26 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
         "status": status,
         "planned": len(planned) if planned is not None else None,
         "records": n_records,
-        "unique_ids": len(locations),
-        "missing": {"count": len(missing), "ids": missing[:MAX_LISTED]},
+        "num_samples": n_samples,
+        "unique_ids": len({rid for rid, _ in locations}),
+        "unique_records": len(locations),
+        "missing": _keys_view(missing),
         "duplicates": {"count": len(duplicates), "extra_records": sum(d["count"] - 1 for d in duplicates),
                        "ids": duplicates[:MAX_LISTED]},
-        "unexpected": {"count": len(unexpected), "ids": unexpected[:MAX_LISTED]},
+        "unexpected": _keys_view(unexpected),
         "invalid_lines": {"count": len(problems), "torn": sum(p["kind"] == "torn" for p in problems),
                           "lines": problems[:MAX_LISTED]},
         "errors": {"count": len(error_rows), "reasons": dict(error_reasons), "rows": error_rows[:MAX_LISTED]},
         "clean": not (missing or duplicates or unexpected or problems or manifest_error),
         "notes": notes,
     }
+
+
+def _keys_view(keys: list[tuple[str, int]]) -> dict:
+    """{"count": (id, sample) pairs, "ids": the row ids among them (each once), "samples": the pairs}."""
+    ids = list(dict.fromkeys(rid for rid, _ in keys))
+    return {"count": len(keys), "rows": len(ids), "ids": ids[:MAX_LISTED],
+            "samples": [[rid, k] for rid, k in keys[:MAX_LISTED]]}
 
 
 def _json_safe(obj: Any) -> Any:

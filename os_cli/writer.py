@@ -11,7 +11,7 @@ resumed run) sees either the old file or the new one, never a torn line. A batch
 rewriting the current shard with the new lines added (shards are bounded by `shard_size`, so this
 stays cheap); a batch that crosses a shard boundary fills the current shard, then starts the next.
 The record lines on disk are therefore the only truth: a resumed run scans every shard (of every
-rank) for the ids already written and skips those rows. The manifest's counts are informational.
+rank) for the (id, sample) keys already written and skips those samples of those rows. The manifest's counts are informational.
 
 Every line must parse as a complete record (`record_format.record_problem`). A torn last line of
 a shard (not JSON: a write cut short by something other than this writer) is dropped when the
@@ -42,7 +42,7 @@ from .fingerprint import check_dataset, encode_plan, plan_entries, plan_fingerpr
 from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, atomic_write, is_own_file  # noqa: F401
 from .record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
-    parse_record_line, read_ids, record_problem,
+    num_samples_of, parse_record_line, read_ids, record_key, record_problem,
 )
 from .recipe import recipe_diff, recipe_hash
 from .shard_scan import (  # noqa: F401 - re-exported
@@ -135,15 +135,25 @@ def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False,
     return "resume"
 
 
-def check_plan(out_dir: Path, done: Iterable[str], planned_ids: Sequence[str]) -> None:
-    """Refuse to continue a folder holding records for rows this run does not plan (a shrunk limit)."""
+def check_plan(out_dir: Path, done: Iterable[tuple[str, int]], planned_ids: Sequence[str],
+               num_samples: int = 1) -> None:
+    """Refuse to continue a folder holding records this run does not plan: rows outside the plan (a
+    shrunk limit) or samples >= num_samples (a shrunk sampling.num_samples). `done` holds (id, sample)."""
     planned = set(planned_ids)
-    extra = [i for i in done if i not in planned]
+    done = list(done)
+    extra = [key for key in done if key[0] not in planned]
     if extra:
         raise UserError(
-            f"{out_dir} holds {len(extra)} record(s) for rows outside this run's plan (e.g. id {extra[0]!r}); "
+            f"{out_dir} holds {len(extra)} record(s) for rows outside this run's plan (e.g. id {extra[0][0]!r}); "
             f"did dataset.limit/--limit shrink or the dataset change? Use a larger --limit, --overwrite, or "
             f"another --output"
+        )
+    beyond = sorted((key for key in done if key[1] >= num_samples), key=lambda k: k[1])
+    if beyond:
+        raise UserError(
+            f"{out_dir} holds {len(beyond)} record(s) with a sample index >= sampling.num_samples = {num_samples} "
+            f"(e.g. id {beyond[-1][0]!r} sample {beyond[-1][1]}); did sampling.num_samples shrink? Use "
+            f"sampling.num_samples >= {beyond[-1][1] + 1}, --overwrite, or another --output"
         )
 
 
@@ -190,7 +200,7 @@ class RunWriter:
         self.shard_size = int(recipe["output"]["shard_size"])
         self.is_main = rank == 0
         self.manifest: dict = {}
-        self.done: dict[str, str] = {}
+        self.done: dict[tuple[str, int], str] = {}   # (id, sample) -> shard name
         self.written = 0          # records appended by this process
         self.records_known = 0    # records on disk (all ranks) as this process knows them
         self.planned = 0
@@ -202,8 +212,9 @@ class RunWriter:
     # ------------------------------------------------------------------ setup
 
     def start(self, planned_ids: Sequence[str], errors: Sequence[Mapping], *, models: Mapping | None = None,
-              device: str | None = None, plan: Sequence[list] | None = None, repair: bool = False) -> set[str]:
-        """Prepare the folder and return the ids already written (by any rank, in any earlier attempt).
+              device: str | None = None, plan: Sequence[list] | None = None, repair: bool = False
+              ) -> set[tuple[str, int]]:
+        """Prepare the folder and return the (id, sample) keys already written (by any rank, any earlier attempt).
 
         Torn last lines of this rank's shards are dropped (with `repair`, every invalid line of
         them); `self.notes` says which. Other invalid lines raise `UserError` unless `repair`.
@@ -216,12 +227,13 @@ class RunWriter:
         drop_lines(mine)
         self.notes = [describe_drop(b) for b in mine]
         self.done = scan.done
-        check_plan(self.out_dir, self.done, planned_ids)
+        check_plan(self.out_dir, self.done, planned_ids, num_samples_of(self.recipe))
         self.planned = len(planned_ids)
         self.records_known = len(self.done)
         self._open_current_shard()
         if self.is_main:
-            pending_errors = [e for e in errors if e["id"] not in self.done]
+            done_ids = {row_id for row_id, _ in self.done}
+            pending_errors = [e for e in errors if e["id"] not in done_ids]
             self.errors = len(pending_errors)
             previous = read_manifest(self.out_dir) or {}
             recipe = {k: v for k, v in self.recipe.items() if k != "_meta"}
@@ -312,7 +324,7 @@ class RunWriter:
             atomic_write(self.out_dir / self.current_shard, b"".join(new_lines))
             self._shard_lines = new_lines
         for r in records:
-            self.done[str(r["id"])] = self.current_shard
+            self.done[record_key(r)] = self.current_shard
         self.written += len(records)
         self.records_known += len(records)
         if self.is_main:

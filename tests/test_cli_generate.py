@@ -72,7 +72,7 @@ def test_generate_end_to_end(work):
     assert m["world_size"] == 1 and m["seed"] == 3 and m["device"] == "cpu" and m["finished_at"]
     assert m["models"]["theta"] == work["dict"]["models"]["theta"]
     for r, row in zip(recs, ROWS):
-        assert set(r) == {"id", "alpha_method", "prompt", "prompt_t", "completion", "num_tokens", "finish_reason",
+        assert set(r) == {"id", "sample", "alpha_method", "prompt", "prompt_t", "completion", "num_tokens", "finish_reason",
                           "alpha", "ess_ratio", "kl_theta", "kl_t", "logprob", "row"}
         assert r["alpha_method"] == "kl_symmetry"
         assert row["question"] in r["prompt"] and "Hint" not in r["prompt"]

@@ -211,7 +211,7 @@ def test_torn_line_duplicate_and_missing_id_are_reported(tmp_path, runner_app):
 
     s = S.summarize_dir(root)
     it = s["integrity"]
-    assert it["missing"] == {"count": 1, "ids": [missing_id]}  # the skipped row "5" is not missing
+    assert it["missing"] == {"count": 1, "rows": 1, "ids": [missing_id], "samples": [[missing_id, 0]]}  # the skipped row "5" is not missing
     assert it["duplicates"]["count"] == 1 and it["duplicates"]["ids"][0]["id"] == json.loads(dup)["id"]
     assert it["duplicates"]["ids"][0]["locations"] == ["shard-00000.jsonl:1", f"shard-00001.jsonl:{n1 - 1}"]
     assert it["invalid_lines"]["count"] == 1 and it["invalid_lines"]["torn"] == 1

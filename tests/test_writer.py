@@ -75,7 +75,7 @@ def test_resume_continues_current_shard(tmp_path):
     started = read_manifest(tmp_path)["started_at"]
     assert check_output(tmp_path, r) == "resume"
     w2 = RunWriter(tmp_path, r)
-    assert w2.start(ids, []) == {"0", "1"}
+    assert w2.start(ids, []) == {("0", 0), ("1", 0)}  # (id, sample) keys
     w2.append([rec(2), rec(3)])
     assert [len(p.read_text().splitlines()) for p in list_shards(tmp_path)] == [3, 1]
     manifest = read_manifest(tmp_path)
@@ -144,7 +144,7 @@ def test_multi_rank_names_and_scan(tmp_path):
     w1.start(ids, [])
     w0.append([rec(0), rec(2)])
     w1.append([rec(1), rec(3)])
-    assert sorted(scan_records(tmp_path)) == ids
+    assert sorted(i for i, _ in scan_records(tmp_path)) == ids
     assert [p.name for p in list_shards(tmp_path)] == ["shard-r00-00000.jsonl", "shard-r01-00000.jsonl"]
     assert w0.finish("complete", rescan=True)["counts"]["records"] == 4
 
@@ -162,11 +162,11 @@ def test_each_rank_drops_only_its_own_torn_tail(tmp_path):
         path = tmp_path / name
         path.write_bytes(path.read_bytes()[:-20])  # the last record cut short
     w1 = RunWriter(tmp_path, r, rank=1, world_size=2)
-    assert w1.start(ids, []) == {"0", "1"}
+    assert w1.start(ids, []) == {("0", 0), ("1", 0)}
     assert len(w1.notes) == 1 and "shard-r01-00000.jsonl line 2" in w1.notes[0]
     assert (tmp_path / "shard-r00-00000.jsonl").read_bytes().count(b"\n") == 1  # rank 0's shard untouched
     w0 = RunWriter(tmp_path, r, rank=0, world_size=2)
-    assert w0.start(ids, []) == {"0", "1"} and "shard-r00-00000.jsonl line 2" in w0.notes[0]
+    assert w0.start(ids, []) == {("0", 0), ("1", 0)} and "shard-r00-00000.jsonl line 2" in w0.notes[0]
     w0.append([rec(2)])
     w1.append([rec(3)])
-    assert sorted(scan_records(tmp_path, repair=False)) == ids
+    assert sorted(i for i, _ in scan_records(tmp_path, repair=False)) == ids

@@ -42,7 +42,7 @@ from .common import (
 from .preview import model_contexts, nothing_planned, validate_rows
 from .signals import StopSignals as _StopSignals
 
-from ..rng import row_seed  # the engine's own int-seed spacing: row seed = seed * stride + dataset index
+from ..rng import row_seed, sample_seed  # row seed = seed * stride + dataset index; sample k: see rng.sample_seed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,9 +88,11 @@ def validate(
         models = resolved["models"]
         ds = resolved["dataset"]
         prompts = resolved["prompts"]
-        fields = template_fields(prompts["theta"]["template"])
+        fields = template_fields(prompts["theta"]["template"] or "")
         if prompts["teacher"]:
-            fields += [f for f in template_fields(prompts["teacher"]["template"]) if f not in fields]
+            fields += [f for f in template_fields(prompts["teacher"]["template"] or "") if f not in fields]
+        fields += [p["messages_field"] for p in (prompts["theta"], prompts["teacher"] or {})
+                   if p.get("messages_field") and p["messages_field"] not in fields]
         rows = f"{len(ds['inline'])} inline rows" if ds["inline"] is not None else ds["source"]
         lines = [
             ("models", f"theta={models['theta']}  teacher={models['teacher'] or '(same as theta)'}"),
@@ -247,8 +249,14 @@ def _seq_sum(values) -> float | None:
     return _short(sum(values))
 
 
-def build_records(recipe, items, out) -> tuple[list[dict], int, list[float], list[float]]:
-    """Records of one batch (ARCHITECTURE.md format) plus token count and the real tokens' alpha / ESS."""
+def unit_seed(recipe, item, sample: int) -> int:
+    """The seed of sample `sample` of a planned row: sample 0 is the row's own seed (rng.py)."""
+    return sample_seed(row_seed(recipe["sampling"]["seed"], item.index), sample)
+
+
+def build_records(recipe, units, out) -> tuple[list[dict], int, list[float], list[float]]:
+    """Records of one batch of (row, sample) units (ARCHITECTURE.md format) plus token count and the
+    real tokens' alpha / ESS."""
     from ..data import kept_row
 
     per_token = recipe["output"]["per_token"]
@@ -257,7 +265,7 @@ def build_records(recipe, items, out) -> tuple[list[dict], int, list[float], lis
     alpha_all = diag.get("alpha", out.alpha_values)
     ess_all = diag.get("ess_ratio", out.ess_ratios)
     records, tokens, alphas, esses = [], 0, [], []
-    for j, item in enumerate(items):
+    for j, (item, sample) in enumerate(units):
         n = int(out.lengths[j])
         tokens += n
         alpha = alpha_all[j, :n].double().tolist()
@@ -269,6 +277,7 @@ def build_records(recipe, items, out) -> tuple[list[dict], int, list[float], lis
         esses += [e for e in ess if math.isfinite(e)]
         record = {
             "id": item.id,
+            "sample": sample,
             "alpha_method": method,
             "prompt": item.prompt,
             "prompt_t": item.prompt_t,
@@ -282,6 +291,8 @@ def build_records(recipe, items, out) -> tuple[list[dict], int, list[float], lis
             "logprob": {"theta": _seq_sum(lp["theta"]), "t": _seq_sum(lp["t"]), "q": _seq_sum(lp["q"])},
             "row": kept_row(recipe, item.row),
         }
+        if item.messages is not None:
+            record["messages"] = item.messages
         if per_token:
             record["tokens"] = {
                 "ids": [int(t) for t in out.generated_ids[j, :n].tolist()],
@@ -396,7 +407,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite, resume, repair) -> None:
     from ..outfolder import FolderLock, prepare_staging, staging_dir, swap_in
     from ..recipe import build_model, model_location, model_settings
-    from ..writer import RunWriter, check_output, check_plan, read_manifest, scan_records
+    from ..writer import RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records
 
     log = err_console()
     mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)  # again, now that we hold the lock
@@ -408,11 +419,13 @@ def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite
     planned_ids = [row_id for row_id, _ in rows]
     position = {row_id: i for i, row_id in enumerate(planned_ids)}
     mine = [it for it in rendered.items if position[it.id] % dist.world_size == dist.rank]
+    n_samples = num_samples_of(recipe)
+    units = [(it, k) for it in mine for k in range(n_samples)]  # exactly once per (row, sample)
 
     # Read-only look at what is already written, before the (slow) model load: refuse early, and
     # skip loading models at all when this rank has nothing left to do.
     done_before = scan_records(out_dir, repair=repair) if mode == "resume" else {}
-    check_plan(out_dir, done_before, planned_ids)
+    check_plan(out_dir, done_before, planned_ids, n_samples)
     target = out_dir
     if mode == "overwrite":  # the new run goes beside the folder, swapped in when complete
         target = staging_dir(out_dir)
@@ -420,7 +433,7 @@ def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite
             prepare_staging(out_dir)
             locks.append(FolderLock(target, dist.rank).acquire())
     model, device = None, None
-    if any(it.id not in done_before for it in mine):
+    if any((it.id, k) not in done_before for it, k in units):
         if dist.is_main:
             log.print(f"loading models: theta={recipe['models']['theta']} "
                       f"teacher={recipe['models']['teacher'] or '(same as theta)'}", markup=False, highlight=False)
@@ -445,12 +458,13 @@ def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite
         log.print(note, markup=False, highlight=False)
     dist.barrier()
     if dist.is_main and mode == "resume":
-        log.print(f"resuming {out_dir}: {len(done)} of {len(planned_ids)} rows already written", markup=False,
-                  highlight=False)
-    pending = [it for it in mine if it.id not in done]
+        total = len(planned_ids) * n_samples
+        what = "rows" if n_samples == 1 else f"records ({n_samples} samples per row)"
+        log.print(f"resuming {out_dir}: {len(done)} of {total} {what} already written", markup=False, highlight=False)
+    pending = [(it, k) for it, k in units if (it.id, k) not in done]
     if pending and model is None:  # another process wrote less than the read-only look saw: impossible
         raise UserError(f"{out_dir} changed while this run started; rerun the command", exit_code=1)
-    _sample(recipe, model, writer, dist, pending, len(mine), out_dir, len(rendered.errors))
+    _sample(recipe, model, writer, dist, pending, len(units), out_dir, len(rendered.errors))
     if mode == "overwrite" and dist.is_main:  # complete: all ranks passed the final barrier in _sample
         for note in swap_in(out_dir, target):
             log.print(note, markup=False, highlight=False)
@@ -470,7 +484,7 @@ def _sample(recipe, model, writer, dist, pending, total_mine, out_dir, n_errors)
     dash.start()
     try:
         if not pending:
-            dash.note(f"nothing to do: all {total_mine} rows are already written")
+            dash.note(f"nothing to do: all {total_mine} records are already written")
         start = 0
         while start < len(pending):
             batch = pending[start:start + batch_size]
@@ -479,11 +493,11 @@ def _sample(recipe, model, writer, dist, pending, total_mine, out_dir, n_errors)
                 _inject_oom(len(batch))
                 _inject_busy()
                 out = model.generate(
-                    prompts=[it.prompt for it in batch],
-                    prompts_t=[it.prompt_t for it in batch] if teacher_prompts else None,
+                    prompts=[it.prompt for it, _ in batch],
+                    prompts_t=[it.prompt_t for it, _ in batch] if teacher_prompts else None,
                     max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
                     top_p=sampling["top_p"], top_k=sampling["top_k"], return_diagnostics=True,
-                    seed=[row_seed(sampling["seed"], it.index) for it in batch],
+                    seed=[unit_seed(recipe, it, k) for it, k in batch],
                     stop=sampling["stop"] or None,
                 )
             except Exception as exc:  # noqa: BLE001 - only OOM is handled here

@@ -240,6 +240,7 @@ def render(summary: dict, console) -> None:
             cells.append(f"{a['correct']}/{a['with_reference']} = {_pct(a['accuracy'])}" if a else "–")
         _add(table, summary, name, cells)
     console.print(table)
+    _render_pass_at_k(summary, console)
 
     table = _table("Length (generated tokens per record)", summary, _dist_columns())
     for name, g in _groups(summary):
@@ -280,6 +281,27 @@ def render(summary: dict, console) -> None:
 
     _render_histograms(summary, console)
     _render_integrity(summary, console)
+
+
+def _render_pass_at_k(summary: dict, console) -> None:
+    """pass@k per row (several samples per row with reference answers), one quantity per line so the
+    table fits 80 columns for any n; see os_cli/passk.py."""
+    per_row = [(name, (g.get("answers") or {}).get("per_row")) for name, g in _groups(summary)]
+    if not any(p for _, p in per_row):
+        return
+    n = max(p["samples_per_row"]["max"] for _, p in per_row if p)
+    table = _table(f"Per row over its samples (up to {n} per row; pass@k: unbiased estimate)", summary,
+                   [("quantity", "left"), ("value", "right"), ("rows", "right")])
+    for name, p in per_row:
+        if not p:
+            _add(table, summary, name, ["(one sample per row)", "–", "–"])
+            continue
+        _add(table, summary, name, ["mean accuracy", _pct(p["mean_accuracy"]), _fmt(p["rows"])])
+        for k, v in p["pass_at"].items():
+            _add(table, summary, name, [f"pass@{k}", _pct(v["value"]), _fmt(v["rows"])])
+        _add(table, summary, name, ["all samples correct", _fmt(p["rows_all_correct"]), _fmt(p["rows"])])
+        _add(table, summary, name, ["no sample correct", _fmt(p["rows_none_correct"]), _fmt(p["rows"])])
+    console.print(table)
 
 
 def _render_histograms(summary: dict, console) -> None:
@@ -333,13 +355,25 @@ def _render_integrity(summary: dict, console) -> None:
         return f"[green]{n}[/]" if n == 0 else f"[red]{n}[/]"
 
     table.add_row("planned ids (ids.txt)", _fmt(it["planned"]), f"status {it['status']}" if it["status"] else "")
-    table.add_row("records / unique ids", f"{it['records']:,} / {it['unique_ids']:,}", "")
-    table.add_row("missing ids", mark(it["missing"]["count"]), _list(it["missing"]["ids"], it["missing"]["count"]))
+    several = (it.get("num_samples") or 1) > 1
+    if several:  # exactly once per (id, sample): counts and lists are of pairs, written id#sample
+        table.add_row("records / unique (id, sample) / ids",
+                      f"{it['records']:,} / {it['unique_records']:,} / {it['unique_ids']:,}",
+                      f"{it['num_samples']} samples per row")
+    else:
+        table.add_row("records / unique ids", f"{it['records']:,} / {it['unique_ids']:,}", "")
+    unit = "(id, sample)" if several else "ids"
+
+    def keys(view: dict) -> list[str]:
+        return [f"{rid}#{k}" for rid, k in view["samples"]] if several else view["ids"]
+
+    table.add_row(f"missing {unit}", mark(it["missing"]["count"]), _list(keys(it["missing"]), it["missing"]["count"]))
     dups = it["duplicates"]
-    table.add_row("duplicated ids", mark(dups["count"]), _list(
-        [f"{d['id']} ×{d['count']} ({', '.join(d['locations'][:3])})" for d in dups["ids"]], dups["count"]))
-    table.add_row("ids not in ids.txt", mark(it["unexpected"]["count"]),
-                  _list(it["unexpected"]["ids"], it["unexpected"]["count"]))
+    table.add_row(f"duplicated {unit}", mark(dups["count"]), _list(
+        [f"{d['id']}{'#' + str(d['sample']) if several else ''} ×{d['count']} ({', '.join(d['locations'][:3])})"
+         for d in dups["ids"]], dups["count"]))
+    table.add_row(f"{unit} not planned" if several else "ids not in ids.txt", mark(it["unexpected"]["count"]),
+                  _list(keys(it["unexpected"]), it["unexpected"]["count"]))
     bad = it["invalid_lines"]
     table.add_row("torn / invalid lines", mark(bad["count"]), _list(
         [f"{p['file']}:{p['line']} {p['kind']}: {p['error']}" for p in bad["lines"]], bad["count"], sep="\n"))
