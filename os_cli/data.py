@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 
 from .chat import BadConversation, conversation, prompt_turns
 from .errors import UserError
+from .record_format import json_safe
 from .recipe import (
     BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, read_text, resolve_local_path, template_fields,
 )
@@ -431,23 +432,3 @@ def kept_row(recipe: Mapping, row: Mapping) -> dict:
     else:
         kept = {k: row.get(k) for k in keep}
     return json_safe(kept)
-
-
-def json_safe(value: Any) -> Any:
-    """A copy that `json.dumps` writes as valid JSON (non-finite floats -> null, odd types -> str)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if hasattr(value, "item"):  # numpy / torch scalars
-        try:
-            return json_safe(value.item())
-        except (TypeError, ValueError):
-            pass
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)

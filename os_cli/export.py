@@ -16,7 +16,7 @@ exp(log_weight) over the exported records (the records left after the filters; t
 with per-token records `token_log_weights` = log pi_theta - log q* of each token.
 
 Filters: `where="correct"` keeps records whose final answer matches the row's reference answer
-(os_cli.summary's matching, the one `inspect` reports; rows without a reference are dropped),
+(os_cli.answers' matching, the one `inspect` reports; rows without a reference are dropped),
 `min_ess` keeps records whose mean ESS ratio is at least the value, `finish_reasons` keeps records
 that ended for one of those reasons. Nothing is printed here; the CLI reports the `ExportResult`.
 """
@@ -119,7 +119,7 @@ def _mean_of(value: Any) -> float | None:
 
 def select(records: Iterable[dict], filters: Filters, answer_field: str | None) -> tuple[list[dict], int, dict]:
     """(kept records, records read, {filter: records it dropped}); each record counts at its first failed filter."""
-    from .summary import completion_matches
+    from .answers import completion_matches
 
     if filters.where == "correct" and not answer_field:
         raise UserError("--where correct needs a reference answer: the recipe has no dataset.answer_field; "

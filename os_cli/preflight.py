@@ -145,7 +145,7 @@ def screen_prompts(recipe: Mapping, rendered, tokenizer, tokenizer_t, contexts: 
         if not skip:
             raise UserError(f"dataset row {item.id!r}: {problem}; shorten the prompt or sampling.max_new_tokens, "
                             f"or set prompts.on_bad_row: skip to write such rows to errors.jsonl")
-        from .data import json_safe
+        from .record_format import json_safe
 
         rendered.errors.append({"id": item.id, "reason": problem, "row": json_safe(item.row)})
     rendered.items[:] = kept

@@ -10,6 +10,7 @@ Imported by the writer (which writes them), the resume scan (which validates eve
   once per key; `messages` (chat runs) is theta's conversation prefix, a list of {role, content}.
 - `ids.txt` holds the planned ids, one JSON string per line (`encode_ids` / `read_ids`), so ids with
   edge whitespace, form feeds or U+2028 round-trip exactly. Folders of format 1 wrote bare lines.
+- `json_safe` makes anything a record, errors.jsonl or a summary holds strict JSON (NaN -> null).
 """
 
 from __future__ import annotations
@@ -154,3 +155,23 @@ def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
             raise IdsFileError(f"{path}:{number}: not an id (each line of {IDS_FILE} is one JSON string)", number)
         ids.append(value)
     return ids
+
+
+def json_safe(value: Any) -> Any:
+    """A copy that `json.dumps` writes as valid JSON (non-finite floats -> null, odd types -> str)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):  # numpy / torch scalars
+        try:
+            return json_safe(value.item())
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

@@ -1,4 +1,7 @@
-"""Summaries of `os-sample generate` output folders: statistics, integrity checks, answer matching.
+"""Summaries of `os-sample generate` output folders: statistics, integrity checks, answer accuracy.
+
+The statistic is stats.py, answer matching answers.py; the folder layout (file names, record keys,
+ids.txt, the manifest reader) is the writer's (record_format.py, writer.read_manifest, list_shards).
 
 Pure in the sense that matters here: it reads files and returns plain dicts (JSON-ready, no NaN or
 infinity), it never prints. `os_cli.cli.inspect` renders the dict as tables, JSON or a plot.
@@ -18,304 +21,27 @@ Conventions (also stated in the CLI's help and the README):
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterator
 
-import numpy as np
-
+from .answers import answers_match, extract_answer, reference_answer
 from .errors import UserError
 from .passk import PerRow
-from .record_format import IDS_FILE, MANIFEST, IdsFileError, num_samples_of, read_ids, record_key, record_problem
+from .record_format import (
+    ERRORS_FILE, IDS_FILE, LOGPROB_KEYS, MANIFEST, IdsFileError, json_safe, num_samples_of, read_ids, record_key,
+    record_problem,
+)
+from .record_format import STAT_FIELDS as DIAGNOSTICS
+from .shard_scan import list_shards
+from .stats import (
+    RESERVOIR_PER_RECORD, RESERVOIR_PER_TOKEN, PositionMeans, Stat, ess_fraction, finite, is_number, to_float_array,
+)
+from .writer import read_manifest
 
 SUMMARY_FORMAT = 1
-DIAGNOSTICS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
-LOGPROB_KEYS = ("theta", "t", "q")
-QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-HIST_BINS = 20
 MAX_LISTED = 50  # ids / lines listed in the integrity report (counts are always complete)
-RESERVOIR_PER_TOKEN = 200_000
-RESERVOIR_PER_RECORD = 2_000_000
 MISSING_GROUP = "(missing)"
-SHARD_GLOB = "shard-*.jsonl"
-
-
-# --------------------------------------------------------------------------------------------------
-# Streaming statistics
-
-
-class Stat:
-    """Exact count / mean / std / min / max plus a uniform reservoir for quantiles and histograms."""
-
-    def __init__(self, cap: int = RESERVOIR_PER_TOKEN, seed: int = 0):
-        self.cap = cap
-        self._n = 0
-        self.nonfinite = 0
-        self._sum = 0.0
-        self._mean = 0.0
-        self._m2 = 0.0
-        self.min = math.inf
-        self.max = -math.inf
-        self._buf = np.empty(0, dtype=np.float64)
-        self._chunks: list[np.ndarray] = []
-        self._kept = 0
-        self._rng = np.random.default_rng(seed)
-        self._pending: list[float] = []
-
-    def add(self, value: Any) -> None:
-        """One value (None or a non-number counts as non-finite); buffered, flushed in chunks."""
-        self._pending.append(value)
-        if len(self._pending) >= 8192:
-            self._flush()
-
-    def add_many(self, values: Iterable[Any]) -> None:
-        if isinstance(values, np.ndarray):
-            self._flush()  # keep stream order for the reservoir
-            self._add_array(values.astype(np.float64, copy=False).ravel())
-            return
-        self._pending.extend(values)
-        if len(self._pending) >= 8192:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._add_array(_to_float_array(pending))
-
-    def _add_array(self, arr: np.ndarray) -> None:
-        if arr.size == 0:
-            return
-        finite = np.isfinite(arr)
-        self.nonfinite += int(arr.size - finite.sum())
-        arr = arr[finite]
-        n = int(arr.size)
-        if n == 0:
-            return
-        # Chan et al. parallel update of mean and M2.
-        mean_b = float(arr.mean())
-        m2_b = float(((arr - mean_b) ** 2).sum())
-        total = self._n + n
-        delta = mean_b - self._mean
-        self._mean += delta * n / total
-        self._m2 += m2_b + delta * delta * self._n * n / total
-        self._sum += float(arr.sum())
-        self.min = min(self.min, float(arr.min()))
-        self.max = max(self.max, float(arr.max()))
-        self._reservoir_add(arr, self._n)
-        self._n = total
-
-    def _reservoir_add(self, arr: np.ndarray, seen_before: int) -> None:
-        room = self.cap - self._kept
-        if room > 0:
-            take = arr[:room]
-            self._chunks.append(take.copy())
-            self._kept += take.size
-            arr = arr[room:]
-            seen_before += take.size
-        if arr.size == 0:
-            return
-        if self._chunks:
-            self._buf = np.concatenate([self._buf, *self._chunks]) if self._buf.size else np.concatenate(self._chunks)
-            self._chunks = []
-        # Algorithm R, vectorised: item i (0-based over the stream) replaces a random slot w.p. cap/(i+1).
-        idx = np.arange(seen_before, seen_before + arr.size)
-        slots = (self._rng.random(arr.size) * (idx + 1)).astype(np.int64)
-        keep = slots < self.cap
-        self._buf[slots[keep]] = arr[keep]
-
-    def values(self) -> np.ndarray:
-        self._flush()
-        if self._chunks:
-            self._buf = np.concatenate([self._buf, *self._chunks]) if self._buf.size else np.concatenate(self._chunks)
-            self._chunks = []
-        return self._buf
-
-    @property
-    def count(self) -> int:
-        self._flush()
-        return self._n
-
-    def to_dict(self) -> dict:
-        self._flush()
-        out: dict[str, Any] = {"count": self._n, "nonfinite": self.nonfinite}
-        if not self._n:
-            out.update(mean=None, std=None, min=None, max=None, quantiles=None, histogram=None, sampled=False)
-            return out
-        vals = self.values()
-        qs = np.quantile(vals, QUANTILES)
-        if self.max - self.min < HIST_BINS and np.all(vals == np.round(vals)):
-            bins: Any = np.arange(self.min - 0.5, self.max + 1.0)  # integers (lengths): one bin per value
-            counts, edges = np.histogram(vals, bins=bins)
-        else:
-            counts, edges = np.histogram(vals, bins=HIST_BINS, range=_hist_range(self.min, self.max))
-        out.update(
-            mean=self._mean,
-            std=math.sqrt(self._m2 / self._n) if self._n > 1 else 0.0,
-            min=self.min,
-            max=self.max,
-            quantiles={_qname(q): float(v) for q, v in zip(QUANTILES, qs)},
-            histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
-            sampled=self._n > self.cap,
-        )
-        return out
-
-
-def _qname(q: float) -> str:
-    return f"p{round(q * 100):02d}"
-
-
-def _hist_range(lo: float, hi: float) -> tuple[float, float]:
-    if hi > lo:
-        return lo, hi
-    pad = max(abs(lo) * 1e-3, 0.5)
-    return lo - pad, hi + pad
-
-
-def _to_float_array(values: Iterable[Any]) -> np.ndarray:
-    """Floats; None and anything that is not a number become NaN (counted as non-finite)."""
-    if isinstance(values, np.ndarray):
-        return values.astype(np.float64, copy=False).ravel()
-    values = list(values)
-    if all(v is None or type(v) in (int, float) for v in values):
-        return np.asarray(values, dtype=np.float64)  # None -> NaN
-    return np.asarray([v if _is_number(v) else math.nan for v in values], dtype=np.float64)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _finite(v: Any) -> bool:
-    return _is_number(v) and math.isfinite(v)
-
-
-class PositionMeans:
-    """Mean of a per-token value at each token position (0 = first generated token)."""
-
-    def __init__(self):
-        self.sums = np.zeros(0, dtype=np.float64)
-        self.counts = np.zeros(0, dtype=np.int64)
-
-    def add(self, values: Iterable[Any]) -> None:
-        arr = _to_float_array(values)
-        if arr.size > self.sums.size:
-            grow = arr.size - self.sums.size
-            self.sums = np.concatenate([self.sums, np.zeros(grow)])
-            self.counts = np.concatenate([self.counts, np.zeros(grow, dtype=np.int64)])
-        ok = np.isfinite(arr)
-        self.sums[: arr.size][ok] += arr[ok]
-        self.counts[: arr.size][ok] += 1
-
-    def to_dict(self) -> dict | None:
-        if not self.counts.any():
-            return None
-        means = [float(s / c) if c else None for s, c in zip(self.sums, self.counts)]
-        return {"mean": means, "count": [int(c) for c in self.counts]}
-
-
-# --------------------------------------------------------------------------------------------------
-# Answer extraction and matching
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
-_COMMA_NUMBER = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_DECIMAL = re.compile(r"^[-+]?\d*\.\d+$")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` whose braces balance (nested braces allowed), else None."""
-    if not isinstance(text, str):
-        return None
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            ch = text[i]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-    return None
-
-
-def last_number(text: str) -> str | None:
-    if not isinstance(text, str):
-        return None
-    found = _NUMBER.findall(text)
-    return found[-1] if found else None
-
-
-def extract_answer(completion: str) -> str | None:
-    """The completion's final answer: the last balanced `\\boxed{...}`, else the last number."""
-    boxed = last_boxed(completion)
-    if boxed is not None:
-        return boxed
-    return last_number(completion)
-
-
-def reference_answer(value: Any) -> str | None:
-    """A reference answer as a string: numbers as written, `... #### 42` (GSM8K) -> `42`,
-    a solution containing `\\boxed{...}` -> its content, else the text itself."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else None
-    if isinstance(value, (list, tuple)):
-        return reference_answer(value[0]) if len(value) == 1 else None
-    if not isinstance(value, str):
-        return None
-    if "####" in value:
-        return value.rsplit("####", 1)[1]
-    boxed = last_boxed(value)
-    return boxed if boxed is not None else value
-
-
-def normalize_answer(text: str) -> str:
-    """Whitespace collapsed, `$`/trailing period stripped, thousands commas and trailing zeros
-    of decimals removed: ` 1,234.50 ` -> `1234.5`, `12.0` -> `12`."""
-    s = " ".join(str(text).split())
-    s = s.strip().strip("$").strip()
-    if s.endswith(".") and not s.endswith(".."):
-        s = s[:-1].rstrip()
-    if s.startswith("\\text{") and s.endswith("}"):
-        s = s[len("\\text{"):-1].strip()
-    if _COMMA_NUMBER.match(s):
-        s = s.replace(",", "")
-    if _DECIMAL.match(s):
-        s = s.rstrip("0").rstrip(".") or "0"
-        if s in ("-", "+"):
-            s = "0"
-    if s.startswith("+") and len(s) > 1 and s[1].isdigit():
-        s = s[1:]
-    if s == "-0":
-        s = "0"
-    return s
-
-
-def answers_match(predicted: str | None, reference: str | None) -> bool:
-    if predicted is None or reference is None:
-        return False
-    a, b = normalize_answer(predicted), normalize_answer(reference)
-    if a == b:
-        return True
-    try:
-        fa, fb = float(a), float(b)
-    except ValueError:
-        return False
-    return math.isfinite(fa) and math.isfinite(fb) and math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-12)
-
-
-def completion_matches(completion: str, reference: Any) -> bool | None:
-    """True/False, or None when there is no usable reference."""
-    ref = reference_answer(reference)
-    if ref is None or not ref.strip():
-        return None
-    return answers_match(extract_answer(completion), ref)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,7 +105,7 @@ class GroupStats:
     def add(self, rec: dict) -> None:
         self.records += 1
         n = rec.get("num_tokens")
-        if _finite(n):
+        if finite(n):
             self.tokens_total += int(n)
             self.tokens.add(n)
         else:
@@ -392,7 +118,7 @@ class GroupStats:
         for key in LOGPROB_KEYS:
             self.logprob[key].add(lp.get(key))
         lt, lq = lp.get("theta"), lp.get("q")
-        if _finite(lt) and _finite(lq) and _finite(n):
+        if finite(lt) and finite(lq) and finite(n):
             w = float(lt) - float(lq)
             self.lw_sum += w
             self.lw_tokens += int(n)
@@ -409,7 +135,7 @@ class GroupStats:
                     self.by_position[key].add(vals)
             t_theta, t_q = toks.get("logprob_theta"), toks.get("logprob_q")
             if isinstance(t_theta, list) and isinstance(t_q, list) and len(t_theta) == len(t_q) and t_theta:
-                self.lw_token.add_many(_to_float_array(t_theta) - _to_float_array(t_q))
+                self.lw_token.add_many(to_float_array(t_theta) - to_float_array(t_q))
         if self.answer_field:
             row = rec.get("row") if isinstance(rec.get("row"), dict) else {}
             ref = reference_answer(row.get(self.answer_field))
@@ -457,21 +183,11 @@ class GroupStats:
                 "per_record": self.lw_record.to_dict(),
                 "per_record_per_token": self.lw_record_per_token.to_dict(),
                 "per_token": self.lw_token.to_dict() if self.lw_token.count else None,
-                "ess_fraction": _ess_fraction(self._lw_all),
+                "ess_fraction": ess_fraction(self._lw_all),
             },
             "by_position": by_position or None,
             "answers": answers,
         }
-
-
-def _ess_fraction(log_weights: list[float]) -> float | None:
-    """Kish effective sample size of the sequence importance weights, divided by their number."""
-    if not log_weights:
-        return None
-    lw = np.asarray(log_weights, dtype=np.float64)
-    lw = lw - lw.max()
-    w = np.exp(lw)
-    return float(w.sum() ** 2 / (w * w).sum() / lw.size)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -506,16 +222,13 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None, bool
 
 
 def _read_manifest(root: Path) -> tuple[dict | None, str | None]:
-    path = root / MANIFEST
-    if not path.exists():
-        return None, None
+    """(manifest, None), (None, None) without one, or (None, why) for one the writer's reader refuses."""
+    if (root / MANIFEST).exists() and not (root / MANIFEST).is_file():
+        return None, f"{root / MANIFEST}: not a file"
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"manifest.json unreadable: {exc}"
-    if not isinstance(manifest, dict):
-        return None, "manifest.json is not a JSON object"
-    return manifest, None
+        return read_manifest(root), None
+    except UserError as exc:
+        return None, str(exc)
 
 
 def default_answer_field(manifest: dict | None) -> str | None:
@@ -533,7 +246,7 @@ def check_output_dir(path: str | Path) -> Path:
         raise UserError(f"{root}: no such folder (give the output folder of `os-sample generate`, e.g. outputs/<run>)")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder (give the output folder of `os-sample generate`, not a file in it)")
-    if not (root / MANIFEST).exists() and not any(root.glob(SHARD_GLOB)):
+    if not (root / MANIFEST).exists() and not list_shards(root):
         if not any(root.iterdir()):
             raise UserError(f"{root}: the folder is empty; no manifest.json and no shard-*.jsonl files to inspect")
         raise UserError(
@@ -562,7 +275,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     problems: list[dict] = []
     shards = []
     by_found, by_fields = False, set()
-    for shard in sorted(root.glob(SHARD_GLOB)):
+    for shard in list_shards(root):
         good = bad = 0
         for line, obj, error, torn in _iter_jsonl(shard):
             if obj is not None and "id" not in obj:
@@ -591,7 +304,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
         raise UserError(f"--by {by}: no record has this field; fields the records have: "
                         f"{', '.join(sorted(by_fields))}")
     integrity = _integrity(root, manifest, manifest_error, locations, problems)
-    return _json_safe({
+    return json_safe({
         "format": SUMMARY_FORMAT,
         "dir": str(root),
         "manifest": _manifest_view(manifest),
@@ -666,7 +379,7 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
         notes.append(f"{ids_name} not found: missing ids cannot be checked")
 
     error_rows, error_ids, error_reasons = [], set(), Counter()
-    errors_path = root / "errors.jsonl"
+    errors_path = root / ERRORS_FILE
     if errors_path.exists():
         for line, obj, error, torn in _iter_jsonl(errors_path):
             if obj is None:
@@ -698,7 +411,7 @@ def _integrity(root: Path, manifest: dict | None, manifest_error: str | None,
     status = (manifest or {}).get("status")
     counts = (manifest or {}).get("counts") if isinstance((manifest or {}).get("counts"), dict) else None
     n_records = sum(len(v) for v in locations.values())
-    if counts and _is_number(counts.get("records")) and counts["records"] != n_records:
+    if counts and is_number(counts.get("records")) and counts["records"] != n_records:
         notes.append(f"manifest counts {counts['records']} record(s), the shards hold {n_records}")
     if missing and status in ("running", "interrupted", "failed"):
         notes.append(f"run status is {status!r}: missing ids are expected until it completes (resume it)")
@@ -730,16 +443,3 @@ def _keys_view(keys: list[tuple[str, int]]) -> dict:
     ids = list(dict.fromkeys(rid for rid, _ in keys))
     return {"count": len(keys), "rows": len(ids), "ids": ids[:MAX_LISTED],
             "samples": [[rid, k] for rid, k in keys[:MAX_LISTED]]}
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN / infinity by None so the summary is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj

@@ -12,7 +12,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from os_cli.summary import completion_matches, summarize_dir
+from os_cli.answers import completion_matches
+from os_cli.summary import summarize_dir
 from os_cli.writer import iter_records, list_shards
 
 runner = CliRunner()

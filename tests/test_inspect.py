@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from os_cli import answers as A
+from os_cli import stats
 from os_cli import summary as S
 from os_cli.errors import UserError
 
@@ -160,7 +162,7 @@ def test_summary_agrees_with_direct_recomputation(tmp_path):
 
 
 def test_stat_reservoir_keeps_exact_moments():
-    st = S.Stat(cap=100, seed=0)
+    st = stats.Stat(cap=100, seed=0)
     rng = np.random.default_rng(1)
     data = rng.normal(size=5000)
     for chunk in np.array_split(data, 37):
@@ -355,7 +357,7 @@ def test_plot_writes_png(tmp_path, runner_app):
     ("", None),
 ])
 def test_extract_answer(text, expected):
-    assert S.extract_answer(text) == expected
+    assert A.extract_answer(text) == expected
 
 
 @pytest.mark.parametrize("pred,ref,ok", [
@@ -372,7 +374,7 @@ def test_extract_answer(text, expected):
     (None, "1", False),
 ])
 def test_answers_match(pred, ref, ok):
-    assert S.answers_match(pred, ref) is ok
+    assert A.answers_match(pred, ref) is ok
 
 
 @pytest.mark.parametrize("completion,reference,ok", [
@@ -384,7 +386,7 @@ def test_answers_match(pred, ref, ok):
     ("\\boxed{5}", None, None),
 ])
 def test_completion_matches(completion, reference, ok):
-    assert S.completion_matches(completion, reference) is ok
+    assert A.completion_matches(completion, reference) is ok
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,6 +445,6 @@ def _generate_then_inspect(tmp_path, tiny_models):
     assert o["diagnostics"]["alpha"]["per_token"]["mean"] == pytest.approx(np.mean(alphas))
     assert o["answers"]["with_reference"] == 6
     assert o["answers"]["correct"] == sum(
-        S.answers_match(S.extract_answer(r["completion"]), r["row"]["answer"]) for r in recs)
+        A.answers_match(A.extract_answer(r["completion"]), r["row"]["answer"]) for r in recs)
     assert {k: g["records"] for k, g in s["groups"].items()} == {"a": 3, "b": 3}
     assert runner.invoke(app, ["inspect", str(out)], env={"COLUMNS": "200"}).exit_code == 0
