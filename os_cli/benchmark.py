@@ -19,24 +19,23 @@ Definitions (also in the CLI help and README):
 - out of memory (`torch.OutOfMemoryError`, or a RuntimeError saying "out of memory") is recorded on
   the point, ends a sweep, and never propagates.
 
-Testing only: the environment variable `OS_SAMPLE_INJECT_OOM=<batch size>[,<batch size>...]` makes
-every measured run at those batch sizes raise `torch.OutOfMemoryError` before it starts.
+Memory readings (PeakMemory, device totals) live in memory.py, the machine description in machine.py.
 """
 
 from __future__ import annotations
 
 import gc
-import os
-import platform
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
-INJECT_OOM_ENV = "OS_SAMPLE_INJECT_OOM"
+from .alpha import ALPHA_METHODS
+from .machine import machine_info
+from .memory import PeakMemory, device_memory, model_devices, sync  # noqa: F401 - device_memory: cli/bench
+
 AUTO_MAX_BATCH = 1024
 AUTO_MIN_GAIN = 0.05  # a point "improves" when its throughput beats the best so far by more than this
 AUTO_PATIENCE = 2  # `auto` stops after this many points in a row that do not improve by AUTO_MIN_GAIN
@@ -133,134 +132,10 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def injected_oom_sizes() -> set[int]:
-    """Batch sizes named by OS_SAMPLE_INJECT_OOM (testing only); malformed entries are ignored."""
-    sizes = set()
-    for part in os.environ.get(INJECT_OOM_ENV, "").split(","):
-        part = part.strip()
-        if part.isdigit():
-            sizes.add(int(part))
-    return sizes
-
-
-def _maybe_inject_oom(batch_size: int) -> None:
-    if batch_size in injected_oom_sizes():
-        raise torch.OutOfMemoryError(
-            f"CUDA out of memory (injected by {INJECT_OOM_ENV}={os.environ.get(INJECT_OOM_ENV)} "
-            f"at batch size {batch_size})"
-        )
-
-
 def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-# --------------------------------------------------------------------------------------------------
-# Memory
-
-
-def model_devices(model) -> list[torch.device]:
-    """The devices the model's parameters live on (both models), CUDA first."""
-    devices = set()
-    for m in {id(x): x for x in (getattr(model, "model_theta", None), getattr(model, "model_t", None)) if x}.values():
-        for p in m.parameters():
-            devices.add(p.device)
-    if not devices:
-        devices.add(torch.device(getattr(model, "device", "cpu")))
-    return sorted(devices, key=lambda d: (d.type != "cuda", d.index or 0))
-
-
-def device_memory(model) -> dict[str, int] | None:
-    """Total memory per CUDA device the model uses, or None on CPU."""
-    cuda = [d for d in model_devices(model) if d.type == "cuda"]
-    if not cuda:
-        return None
-    return {str(d): torch.cuda.get_device_properties(d.index or 0).total_memory for d in cuda}
-
-
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _reset_rss_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
-class PeakMemory:
-    """Peak memory over a block: CUDA allocator peaks per device, else the process's peak RSS."""
-
-    def __init__(self, devices: Sequence[torch.device]):
-        self.cuda = [d for d in devices if d.type == "cuda"]
-        self.metric: str | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._sampled_kb = 0
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            for d in self.cuda:
-                torch.cuda.synchronize(d)
-                torch.cuda.reset_peak_memory_stats(d)
-            self.metric = "cuda_max_memory_allocated"
-        elif _proc_status_kb("VmHWM") is not None and _reset_rss_peak():
-            self.metric = "cpu_peak_rss"
-        elif _proc_status_kb("VmRSS") is not None:
-            self.metric = "cpu_peak_rss_sampled"
-            self._sampled_kb = _proc_status_kb("VmRSS") or 0
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        else:
-            self.metric = "cpu_ru_maxrss_process"
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self._sampled_kb = max(self._sampled_kb, _proc_status_kb("VmRSS") or 0)
-
-    def __exit__(self, *exc) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._sampled_kb = max(self._sampled_kb, _proc_status_kb("VmRSS") or 0)
-
-    def read(self) -> tuple[int | None, int | None, dict[str, int]]:
-        """(peak bytes over devices, CUDA reserved peak bytes or None, per-device peaks)."""
-        if self.cuda:
-            alloc = {str(d): int(torch.cuda.max_memory_allocated(d)) for d in self.cuda}
-            reserved = max(int(torch.cuda.max_memory_reserved(d)) for d in self.cuda)
-            return max(alloc.values()), reserved, alloc
-        if self.metric == "cpu_peak_rss":
-            kb = _proc_status_kb("VmHWM") or 0
-        elif self.metric == "cpu_peak_rss_sampled":
-            kb = self._sampled_kb
-        else:
-            import resource
-
-            kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            if platform.system() == "Darwin":
-                kb //= 1024  # bytes there
-        return kb * 1024, None, {"cpu": kb * 1024}
-
-
-def _sync(devices: Sequence[torch.device]) -> None:
-    for d in devices:
-        if d.type == "cuda":
-            torch.cuda.synchronize(d)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,10 +163,9 @@ class _Point:
 
 def _warm(point: _Point, devices) -> bool:
     try:
-        _maybe_inject_oom(point.row.batch_size)
         if point.warmup is not None:
             point.warmup()
-            _sync(devices)
+            sync(devices)
         return True
     except Exception as exc:  # noqa: BLE001 - recorded on the row like a measured failure
         _failed(point.row, exc)
@@ -302,12 +176,11 @@ def _time_once(point: _Point, devices) -> None:
     """One timed run of `point` under memory tracking; a failure is recorded on its row."""
     row = point.row
     try:
-        _maybe_inject_oom(row.batch_size)
         with PeakMemory(devices) as mem:
-            _sync(devices)
+            sync(devices)
             start = time.perf_counter()
             result = point.run()
-            _sync(devices)
+            sync(devices)
             seconds = time.perf_counter() - start
         peak, reserved, by_device = mem.read()
     except Exception as exc:  # noqa: BLE001 - OOM is a result; anything else is recorded, not raised
@@ -510,12 +383,6 @@ def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_
     return rows
 
 
-def alpha_methods() -> tuple[str, ...]:
-    from .alpha import ALPHA_METHODS
-
-    return tuple(ALPHA_METHODS)
-
-
 def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
             settings: BenchSettings, *, methods: Sequence[str] | None = None,
             on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
@@ -529,7 +396,7 @@ def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batc
     points = [_hf_point(model, prompts_t if prompts_t is not None else prompts, batch_size, settings),
               _engine_point(model, prompts, prompts_t, batch_size, settings, mode="floor", sample_from="teacher",
                             label="floor (teacher draws)", alpha_method=None)]
-    for method in methods or alpha_methods():
+    for method in methods or ALPHA_METHODS:
         points.append(_engine_point(model, prompts, prompts_t, batch_size, settings, mode="method",
                                     alpha_method=method, label=method, sample_from="mixture"))
     rows = measure(points, devices, settings.repeats)
@@ -574,59 +441,6 @@ def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str,
 
 def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**30:.2f} GiB"
-
-
-# --------------------------------------------------------------------------------------------------
-# Machine description
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(model=None) -> dict:
-    import transformers
-
-    try:
-        from importlib.metadata import version
-
-        os_sample = version("os-sample")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (source checkout)
-        os_sample = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    devices = model_devices(model) if model is not None else [torch.device("cpu")]
-    cuda = [d for d in devices if d.type == "cuda"]
-    if cuda:
-        props = torch.cuda.get_device_properties(cuda[0].index or 0)
-        device = {"type": "cuda", "name": props.name, "count": len(cuda), "devices": [str(d) for d in cuda],
-                  "total_memory": props.total_memory}
-    else:
-        mem_kb = None
-        try:
-            with open("/proc/meminfo") as fh:
-                mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
-        except (OSError, StopIteration, ValueError):
-            pass
-        device = {"type": "cpu", "name": _cpu_name(), "count": 1, "devices": ["cpu"],
-                  "total_memory": mem_kb * 1024 if mem_kb else None}
-    return {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "cpu_usable": usable, "torch_threads": torch.get_num_threads()},
-        "device": device,
-        "dtype": str(getattr(model, "dtype", "")).replace("torch.", "") or None,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "cuda": torch.version.cuda, "os_sample": os_sample},
-    }
 
 
 def report(model, settings: BenchSettings, rows: Sequence[BenchRow], compare_rows: Sequence[BenchRow] | None,

@@ -10,7 +10,6 @@ console given (stderr by default), so stdout stays clean for machine-readable ou
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import deque
 from typing import Sequence
@@ -40,25 +39,10 @@ def memory_usage() -> str:
             return ", ".join(parts)
     except Exception:  # noqa: BLE001 - a memory read must never break a run
         pass
-    rss = _rss_bytes()
+    from .memory import rss_bytes  # torch is loaded by now (the models are)
+
+    rss = rss_bytes()
     return f"RSS {rss / 2**20:.0f} MiB" if rss else "RSS ?"
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak if sys.platform == "darwin" else peak * 1024
-    except Exception:  # noqa: BLE001
-        return 0
 
 
 def _duration(seconds: float | None) -> str:

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import platform
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import UserError
 from .fingerprint import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
+from .machine import versions
 from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, atomic_write, is_own_file  # noqa: F401
 from .record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
@@ -166,23 +166,6 @@ def clear_outputs(out_dir: Path) -> None:
         if is_own_file(path.name) and not path.name.startswith(".os-sample-lock-r") and path.is_file():
             path.unlink()
     _fsync_dir(out_dir)
-
-
-def versions() -> dict:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for dist, key in (("os-sample", "os_sample"), ("torch", "torch"), ("transformers", "transformers"),
-                      ("datasets", "datasets"), ("accelerate", "accelerate")):
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
-    if out["os_sample"] is None:
-        from . import __version__
-
-        out["os_sample"] = __version__
-    return out
 
 
 class RunWriter:

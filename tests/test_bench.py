@@ -50,6 +50,28 @@ def runner_app(cli_app):
     return cli_app
 
 
+@pytest.fixture
+def inject_oom(monkeypatch):
+    """Batch sizes (add to the returned set) at which every engine point raises OutOfMemoryError before
+    it runs, warm-up included: the engine's points are wrapped, the benchmark itself runs unchanged."""
+    import torch
+
+    sizes: set[int] = set()
+    real = B._engine_point
+
+    def point(model, prompts, prompts_t, batch_size, settings, **kw):
+        p = real(model, prompts, prompts_t, batch_size, settings, **kw)
+        if batch_size in sizes:
+            def boom(*_args, **_kw):
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected at batch size {batch_size})")
+
+            p.run = p.warmup = boom
+        return p
+
+    monkeypatch.setattr(B, "_engine_point", point)
+    return sizes
+
+
 def invoke(app, *args, env=None):
     return CliRunner().invoke(app, ["bench", *map(str, args)], env={"COLUMNS": "200", **(env or {})})
 
@@ -81,10 +103,11 @@ def test_sweep_rows_and_json(runner_app, recipe_file, tmp_path):
     assert doc["compare"] is None
 
 
-def test_injected_oom_is_recorded_and_ends_the_sweep(runner_app, recipe_file, tmp_path):
+def test_injected_oom_is_recorded_and_ends_the_sweep(runner_app, recipe_file, tmp_path, inject_oom):
     out = tmp_path / "oom.json"
+    inject_oom.add(2)
     result = invoke(runner_app, "--config", recipe_file, "--batch-sizes", "1,2,4", "--prompts", "2",
-                    "--json", out, env={B.INJECT_OOM_ENV: "2"})
+                    "--json", out)
     assert result.exit_code == 0, result.output
     assert "OOM" in result.stdout and "Traceback" not in result.output
     rows = json.loads(out.read_text())["rows"]
@@ -93,9 +116,9 @@ def test_injected_oom_is_recorded_and_ends_the_sweep(runner_app, recipe_file, tm
     assert json.loads(out.read_text())["recommendation"]["batch_size"] == 1
 
 
-def test_oom_on_the_first_point_during_warmup(recipe_file, tiny_models, monkeypatch):
+def test_oom_on_the_first_point_during_warmup(recipe_file, tiny_models, inject_oom):
     model = _model(tiny_models)
-    monkeypatch.setenv(B.INJECT_OOM_ENV, "1")
+    inject_oom.add(1)
     rows = B.sweep(model, ["Hello"], None, [1, 2], B.BenchSettings(max_new_tokens=3, num_prompts=1))
     assert len(rows) == 1 and rows[0].oom
     assert B.recommend(rows, 0.1, None)["batch_size"] is None
@@ -124,13 +147,14 @@ def test_compare_lists_hf_floor_and_every_method(runner_app, recipe_file, tmp_pa
 
 
 def test_auto_doubles_until_throughput_stops_improving_twice(monkeypatch):
+    injected: set[int] = set()
     speeds = {1: 100.0, 2: 180.0, 4: 185.0, 8: 400.0, 16: 390.0, 32: 415.0, 64: 900.0}
     seen = []
 
     def fake_run_engine(model, prompts, prompts_t, b, settings, **kw):
         seen.append((b, kw.get("warmup")))
         row = B.BenchRow(mode="sweep", label="m", batch_size=b, new_tokens=1, steps=1, seconds=1.0, peak_memory=b)
-        if b in B.injected_oom_sizes():
+        if b in injected:
             row.oom, row.error = True, "out of memory: injected"
         else:
             row.tokens_per_s = speeds[b]
@@ -143,13 +167,13 @@ def test_auto_doubles_until_throughput_stops_improving_twice(monkeypatch):
     assert seen[0] == (1, True) and all(w is False for _, w in seen[1:])  # one warm-up, before the first
 
     speeds.update({4: 300.0, 8: 500.0, 16: 900.0})
-    monkeypatch.setenv(B.INJECT_OOM_ENV, "16")
+    injected.add(16)
     rows = B.sweep(None, ["Hi"], None, "auto", B.BenchSettings())
     assert [(r.batch_size, r.oom) for r in rows] == [(1, False), (2, False), (4, False), (8, False), (16, True)]
     assert B.recommend(rows, 0.1, None)["batch_size"] == 8
     assert B.auto_batch_sizes(8) == [1, 2, 4, 8]
 
-    monkeypatch.delenv(B.INJECT_OOM_ENV)
+    injected.clear()
     rows = B.sweep(None, ["Hi"], None, "auto", B.BenchSettings(), memory_limit=3)  # peak_memory = b here
     assert [r.batch_size for r in rows] == [1, 2, 4]  # 4 passed the memory limit: no larger point
 
