@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from . import engine, models, preflight, rng, samples, scheduler
+from . import engine, hub, models, preflight, rng, samples, scheduler
 from .alpha import ALPHA_METHODS
 from .limits import MAX_NEW_TOKENS, MAX_SEED
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
@@ -19,8 +19,6 @@ __all__ = ["OptimalSamplingModel", "SamplingOutput", "StreamRow", "RowOutput", "
 
 log = logging.getLogger("os_cli")
 
-# from_pretrained keyword arguments that concern the tokenizer too.
-_TOKENIZER_KWARGS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
 _SAMPLE_FROM = ("mixture", "teacher", "theta")
 _LOOPS = ("refill", "static")
 
@@ -91,7 +89,7 @@ class OptimalSamplingModel:
         # One set of weights serves both parts when the paths and the ways of loading them agree.
         self.same_model = self.model_t_path == self.model_theta_path and spec_theta.same_load(spec_t) \
             and attn_t == self.attn_implementation
-        tokenizer_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
+        tokenizer_kwargs = hub.tokenizer_kwargs(kwargs)
         theta_role = "theta (also the teacher)" if self.same_model else "theta"
         self.tokenizer = models.load_tokenizer(self.model_theta_path, role=theta_role, **tokenizer_kwargs)
         self.tokenizer_t = self.tokenizer if self.same_model else models.load_tokenizer(

@@ -36,6 +36,7 @@ from typing import List, Optional, Sequence
 import typer
 
 from ..errors import UserError
+from ..hub import load_tokenizers as _load_tokenizers
 from .common import (
     DebugOption, SetOption, cli_errors, err_console, out_console,
 )
@@ -306,22 +307,6 @@ def build_records(recipe, units, out) -> tuple[list[dict], int, list[float], lis
             }
         records.append(record)
     return records, tokens, alphas, esses
-
-
-def _load_tokenizers(recipe):
-    from ..models import load_tokenizer
-    from ..recipe import model_location
-
-    kwargs = {}
-    if recipe["models"]["revision"]:
-        kwargs["revision"] = recipe["models"]["revision"]
-    if recipe["models"]["trust_remote_code"]:
-        kwargs["trust_remote_code"] = True
-    theta = model_location(recipe, "theta")
-    tokenizer = load_tokenizer(theta, **kwargs)
-    teacher = model_location(recipe, "teacher")
-    tokenizer_t = tokenizer if teacher in (None, theta) else load_tokenizer(teacher, role="teacher", **kwargs)
-    return tokenizer, tokenizer_t
 
 
 def _print_dry_run(recipe, out_dir, rows, rendered, mode_text) -> None:

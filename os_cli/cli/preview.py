@@ -19,9 +19,9 @@ def validate_rows(recipe, console) -> None:
     """Render the first rows' prompts (as --dry-run does), so a template field typo fails here. A dataset or
     tokenizer this machine cannot reach (hub) is a note, not a failure: the recipe itself is valid."""
     from ..data import load_rows, render_prompts
+    from ..hub import load_tokenizers
     from ..preflight import hub_offline_note, screen_prompts
     from ..recipe import check_models_reachable
-    from .generate import _load_tokenizers
 
     def note(text):
         console.print(f"  {'note':<15} {text}", markup=False, highlight=False)
@@ -44,7 +44,7 @@ def validate_rows(recipe, console) -> None:
     tokenizers = None
     try:
         check_models_reachable(recipe)
-        tokenizers = _load_tokenizers(recipe)
+        tokenizers = load_tokenizers(recipe)
     except UserError as exc:
         if exc.exit_code != 1:
             raise
@@ -78,14 +78,11 @@ def nothing_planned(recipe) -> str:
 
 def model_contexts(recipe, tokenizer, tokenizer_t) -> dict:
     """The context length of theta and the teacher, from their config.json and tokenizers (no weights)."""
+    from ..hub import recipe_load_kwargs
     from ..preflight import model_context
     from ..recipe import model_location
 
-    kwargs = {}
-    if recipe["models"]["revision"]:
-        kwargs["revision"] = recipe["models"]["revision"]
-    if recipe["models"]["trust_remote_code"]:
-        kwargs["trust_remote_code"] = True
+    kwargs = recipe_load_kwargs(recipe)
     theta = model_location(recipe, "theta")
     teacher = model_location(recipe, "teacher") or theta
     out = {"theta": model_context(theta, tokenizer, **kwargs)}
