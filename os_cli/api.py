@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -142,6 +142,7 @@ class OptimalSamplingModel:
         draft_tokens: int = 0,
         loop: str = "refill",
         num_samples: int | None = None,
+        alpha: Mapping[str, Any] | None = None,
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -156,6 +157,8 @@ class OptimalSamplingModel:
         (fixed micro-batches, one token per step), kept for tests and benchmarks.
         `num_samples=n` samples n completions per prompt: rows prompt-major (prompt 0's n samples
         first), sample 0 of each prompt is what a call without num_samples draws (os_cli/samples.py).
+        `alpha={"method": ..., "fixed": ..., "min": ..., "max": ...}` (any of these keys, the recipe's
+        `alpha` section) overrides the model's alpha settings for this call only.
         """
         if num_samples is not None:  # a thin layer over this same method: repeat, seed, annotate
             args = {k: v for k, v in locals().items() if k not in ("self", "num_samples", "__class__")}
@@ -173,7 +176,7 @@ class OptimalSamplingModel:
             if draft_tokens:
                 raise ValueError("draft_tokens needs loop='refill'; the static reference loop draws one token per step")
             results = self._static(prompts, prompts_t, seeds, caps, limit, temperature, top_k, top_p, stop,
-                                   sample_from, return_logits, return_q_star_probs)
+                                   sample_from, return_logits, return_q_star_probs, alpha=alpha)
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             results = [None] * len(rows)
@@ -181,7 +184,7 @@ class OptimalSamplingModel:
             two_streams = self._two_streams(prompts, prompts_t)
             for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
                                           limit, return_logits, return_q_star_probs, oom_backoff=False, stats=stats,
-                                          two_streams=two_streams):
+                                          two_streams=two_streams, alpha=alpha):
                 results[result.index] = result
         out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
                        lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
@@ -208,6 +211,7 @@ class OptimalSamplingModel:
         oom_backoff: bool = False,
         stats: SchedulerStats | None = None,
         separate_teacher_prompts: bool = False,
+        alpha: Mapping[str, Any] | None = None,
     ) -> Iterator[RowOutput]:
         """Decode `rows` (read lazily) with up to `limit` in flight; yield each row as soon as it ends.
 
@@ -218,14 +222,15 @@ class OptimalSamplingModel:
         and only the rows beyond the new limit restart (with the same output). `stats` collects
         occupancy and acceptance counters. With one model (theta = teacher) rows share one stream
         unless `separate_teacher_prompts=True` gives the teacher's prompts (`StreamRow.prompt_t`) their
-        own stream; a row with a distinct `prompt_t` is refused otherwise.
+        own stream; a row with a distinct `prompt_t` is refused otherwise. `alpha` overrides the
+        model's alpha settings for this call, as in `generate`.
         """
         rows = iter(rows)
         cap = self._check_caps(max_new_tokens, 1)[0]
         two_streams = not self.same_model or separate_teacher_prompts
         for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                                         return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
-                                        two_streams=two_streams):
+                                        two_streams=two_streams, alpha=alpha):
             text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, stops(stop))
             yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
                             finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
@@ -233,17 +238,24 @@ class OptimalSamplingModel:
 
     # ------------------------------------------------------------------ internals
 
-    def _sampler_config(self, temperature: float, top_k: int, top_p: float) -> SamplerConfig:
-        if self.alpha_method not in ALPHA_METHODS:
-            raise ValueError(f"alpha_method {self.alpha_method!r} is unknown; choose one of {', '.join(ALPHA_METHODS)}")
-        config = SamplerConfig(
-            alpha_method=self.alpha_method, fixed_alpha=self.fixed_alpha, alpha_min=self.alpha_min,
-            alpha_max=self.alpha_max, temperature=temperature, top_k=top_k, top_p=top_p,
+    def _sampler_config(self, temperature: float, top_k: int, top_p: float,
+                        alpha: Mapping[str, Any] | None = None) -> SamplerConfig:
+        """The validated config of one call: the model's attributes, `alpha` (per call) over them."""
+        settings = {"method": self.alpha_method, "fixed": self.fixed_alpha, "min": self.alpha_min,
+                    "max": self.alpha_max}
+        if alpha is not None:
+            unknown = sorted(set(alpha) - set(settings)) if isinstance(alpha, Mapping) else None
+            if unknown is None or unknown:
+                raise ValueError(f"alpha must be a dict with keys among {', '.join(settings)}, got {alpha!r}")
+            settings.update(alpha)
+        if settings["method"] not in ALPHA_METHODS:
+            raise ValueError(f"alpha_method {settings['method']!r} is unknown; choose one of {', '.join(ALPHA_METHODS)}")
+        return SamplerConfig(
+            alpha_method=settings["method"], fixed_alpha=settings["fixed"], alpha_min=settings["min"],
+            alpha_max=settings["max"], temperature=temperature, top_k=top_k, top_p=top_p,
             constraint_to_target=self.constraint_to_target, target_top_k=self.target_top_k,
             target_top_p=self.target_top_p,
         )
-        config.validate()
-        return config
 
     def _check_prompts(self, prompts, prompts_t) -> tuple[list[str], list[str]]:
         if isinstance(prompts, str):
@@ -347,7 +359,8 @@ class OptimalSamplingModel:
 
         return step_fn
 
-    def _settings(self, temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams: bool = True):
+    def _settings(self, temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams: bool = True,
+                  alpha=None):
         if sample_from not in _SAMPLE_FROM:
             raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
         if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
@@ -355,17 +368,17 @@ class OptimalSamplingModel:
         if draft_tokens and not two_streams:
             raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
                              "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
-        config = self._sampler_config(temperature, top_k, top_p)
+        config = self._sampler_config(temperature, top_k, top_p, alpha)
         return config, stops(stop)
 
     def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
-                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool
+                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool, alpha=None
                 ) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
         """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
 
         With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
-        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams)
+        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams, alpha)
         in_flight: dict[int, StreamRow] = {}
 
         def requests():
@@ -402,11 +415,11 @@ class OptimalSamplingModel:
             yield result, in_flight.pop(result.index)
 
     def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
-                keep_logits, keep_q_star) -> list[scheduler.RowResult]:
+                keep_logits, keep_q_star, alpha=None) -> list[scheduler.RowResult]:
         """The reference loop (engine.decode): fixed micro-batches, each until its last row ends."""
         if len(set(caps)) != 1:
             raise ValueError("per-row max_new_tokens needs loop='refill'")
-        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, 0)
+        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, 0, alpha=alpha)
         one_stream = not self._two_streams(prompts, prompts_t)
         keys = rng.row_keys(torch.tensor(seeds, dtype=torch.int64)).to(self.device)
         step_fn = self._step_fn(config, sample_from)

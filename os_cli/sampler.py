@@ -31,9 +31,10 @@ FALLBACK_THETA_ONLY = 2  # the teacher's were: theta alone
 FALLBACK_NO_OVERLAP = 3  # q* had no mass left (disjoint supports, or none inside the target constraint): teacher alone
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerConfig:
-    """How q* is built and filtered. `validate()` raises ValueError with a message per bad field."""
+    """How q* is built and filtered. Frozen and validated once, at construction: a bad field raises
+    ValueError with a message naming it, so the decode step never re-checks the settings."""
 
     alpha_method: str = "kl_symmetry"
     fixed_alpha: float = 0.5
@@ -45,6 +46,9 @@ class SamplerConfig:
     constraint_to_target: bool = False
     target_top_k: int = -1
     target_top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         validate_alpha_method(self.alpha_method)
@@ -150,11 +154,11 @@ def mixture_step(
     alpha_init: optional float [B], each row's previous `alpha_solved` (NaN: none yet), the warm start
     of the fast iterative solvers. Pass it along per row and the solve usually takes 2-3 tilts.
 
-    Raises ValueError for a bad config, bad shapes, or a row where both models' logits are
+    `config` was validated when it was built (SamplerConfig is frozen).
+    Raises ValueError for bad arguments or shapes, or a row where both models' logits are
     unusable (NaN, +inf or all -inf), naming the first such row and the step.
     Host syncs: one for that check; the fast solvers one more; the reference solvers one per iteration.
     """
-    config.validate()
     if sample_from not in SAMPLE_FROM:
         raise ValueError(f"sample_from must be one of {', '.join(SAMPLE_FROM)}, got {sample_from!r}")
     if solver not in SOLVERS:

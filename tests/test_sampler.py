@@ -290,9 +290,13 @@ def test_bfloat16_logits_are_accepted():
     ],
 )
 def test_config_validation_messages(field, value, message):
-    config = dataclasses.replace(SamplerConfig(), **{field: value})
     with pytest.raises(ValueError, match=message):
-        config.validate()
+        SamplerConfig(**{field: value})  # validated once, at construction
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SamplerConfig().alpha_method = "fixed"
 
 
 def test_config_min_above_max_and_defaults():
