@@ -143,6 +143,7 @@ class OptimalSamplingModel:
         loop: str = "refill",
         num_samples: int | None = None,
         alpha: Mapping[str, Any] | None = None,
+        ignore_eos: bool = False,
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -158,7 +159,8 @@ class OptimalSamplingModel:
         `num_samples=n` samples n completions per prompt: rows prompt-major (prompt 0's n samples
         first), sample 0 of each prompt is what a call without num_samples draws (os_cli/samples.py).
         `alpha={"method": ..., "fixed": ..., "min": ..., "max": ...}` (any of these keys, the recipe's
-        `alpha` section) overrides the model's alpha settings for this call only.
+        `alpha` section) overrides the model's alpha settings for this call only. `ignore_eos=True` runs
+        every row to its cap (EOS is an ordinary token; stop strings still end a row): equal work per row.
         """
         if num_samples is not None:  # a thin layer over this same method: repeat, seed, annotate
             args = {k: v for k, v in locals().items() if k not in ("self", "num_samples", "__class__")}
@@ -176,7 +178,8 @@ class OptimalSamplingModel:
             if draft_tokens:
                 raise ValueError("draft_tokens needs loop='refill'; the static reference loop draws one token per step")
             results = self._static(prompts, prompts_t, seeds, caps, limit, temperature, top_k, top_p, stop,
-                                   sample_from, return_logits, return_q_star_probs, alpha=alpha)
+                                   sample_from, return_logits, return_q_star_probs, alpha=alpha,
+                                   ignore_eos=ignore_eos)
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             results = [None] * len(rows)
@@ -184,7 +187,7 @@ class OptimalSamplingModel:
             two_streams = self._two_streams(prompts, prompts_t)
             for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
                                           limit, return_logits, return_q_star_probs, oom_backoff=False, stats=stats,
-                                          two_streams=two_streams, alpha=alpha):
+                                          two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos):
                 results[result.index] = result
         out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
                        lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
@@ -212,6 +215,7 @@ class OptimalSamplingModel:
         stats: SchedulerStats | None = None,
         separate_teacher_prompts: bool = False,
         alpha: Mapping[str, Any] | None = None,
+        ignore_eos: bool = False,
     ) -> Iterator[RowOutput]:
         """Decode `rows` (read lazily) with up to `limit` in flight; yield each row as soon as it ends.
 
@@ -222,15 +226,15 @@ class OptimalSamplingModel:
         and only the rows beyond the new limit restart (with the same output). `stats` collects
         occupancy and acceptance counters. With one model (theta = teacher) rows share one stream
         unless `separate_teacher_prompts=True` gives the teacher's prompts (`StreamRow.prompt_t`) their
-        own stream; a row with a distinct `prompt_t` is refused otherwise. `alpha` overrides the
-        model's alpha settings for this call, as in `generate`.
+        own stream; a row with a distinct `prompt_t` is refused otherwise. `alpha` and `ignore_eos`
+        apply to this call only, as in `generate`.
         """
         rows = iter(rows)
         cap = self._check_caps(max_new_tokens, 1)[0]
         two_streams = not self.same_model or separate_teacher_prompts
         for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                                         return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
-                                        two_streams=two_streams, alpha=alpha):
+                                        two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos):
             text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, stops(stop))
             yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
                             finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
@@ -372,7 +376,7 @@ class OptimalSamplingModel:
         return config, stops(stop)
 
     def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
-                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool, alpha=None
+                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool, alpha=None, ignore_eos=False
                 ) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
         """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
 
@@ -408,14 +412,14 @@ class OptimalSamplingModel:
         for result in scheduler.decode_rows(
             requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
             self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
-            eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+            eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
             stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
             draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
         ):
             yield result, in_flight.pop(result.index)
 
     def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
-                keep_logits, keep_q_star, alpha=None) -> list[scheduler.RowResult]:
+                keep_logits, keep_q_star, alpha=None, ignore_eos=False) -> list[scheduler.RowResult]:
         """The reference loop (engine.decode): fixed micro-batches, each until its last row ends."""
         if len(set(caps)) != 1:
             raise ValueError("per-row max_new_tokens needs loop='refill'")
@@ -434,7 +438,8 @@ class OptimalSamplingModel:
                 theta, teacher, self.encode(prompts[start:start + chunk]),
                 None if one_stream else self.encode(prompts_t[start:start + chunk], teacher=True),
                 lambda lt, lt_t, rows, step: step_fn(lt, lt_t, part_keys[rows], torch.full_like(rows, step)),
-                max_new_tokens=caps[0], eos_ids=self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+                max_new_tokens=caps[0], eos_ids=[] if ignore_eos else self.eos_token_ids,
+                pad_id=self.tokenizer.pad_token_id,
                 stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
             )
             results += rows_of_trace(trace, start, self.vocab_size)

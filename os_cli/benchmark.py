@@ -240,18 +240,11 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
         kwargs["max_new_tokens"] = long_tail_caps(n, settings.max_new_tokens, settings.seed)
 
     def generate(prompts_, prompts_t_, **kw):
-        previous, previous_eos = getattr(model, "alpha_method", None), getattr(model, "eos_token_ids", None)
-        try:
-            if alpha_method is not None:
-                model.alpha_method = alpha_method
-            if settings.fixed_length:
-                model.eos_token_ids = []  # every row runs to its cap: the same work for every compared run
-            return model.generate(prompts_, prompts_t_, batch_size=batch_size, sample_from=sample_from, **kw)
-        finally:
-            if alpha_method is not None:
-                model.alpha_method = previous
-            if settings.fixed_length:
-                model.eos_token_ids = previous_eos
+        # Per-call settings, the model untouched: fixed_length runs every row to its cap (the same work
+        # for every compared run).
+        return model.generate(prompts_, prompts_t_, batch_size=batch_size, sample_from=sample_from,
+                              alpha=None if alpha_method is None else {"method": alpha_method},
+                              ignore_eos=settings.fixed_length, **kw)
 
     def run() -> tuple:
         out = generate(batch, batch_t, **kwargs)
@@ -276,7 +269,7 @@ def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, b
                settings: BenchSettings, *, mode: str = "sweep", label: str | None = None,
                sample_from: str = "mixture", alpha_method: str | None = None, warmup: bool = False) -> BenchRow:
     """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`,
-    `settings.repeats` times. `alpha_method` is set on the model for each run and restored after.
+    `settings.repeats` times. `alpha_method` is passed per call (the model's own setting is untouched).
     `warmup` first runs one untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens)."""
     point = _engine_point(model, prompts, prompts_t, batch_size, settings, mode=mode, label=label,
                           sample_from=sample_from, alpha_method=alpha_method)

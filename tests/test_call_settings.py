@@ -46,3 +46,13 @@ def test_alpha_per_call_in_the_stream_and_the_static_loop(pair):
 def test_bad_alpha_per_call_is_refused(pair, alpha, message):
     with pytest.raises(ValueError, match=message):
         pair.generate(PROMPTS, max_new_tokens=2, alpha=alpha)
+
+
+def test_ignore_eos_per_call_runs_every_row_to_its_cap(pair):
+    natural = pair.generate(PROMPTS * 3, max_new_tokens=20, seed=1)
+    assert "eos" in natural.finish_reasons  # this seed ends a row early (row 2, at 13 tokens)
+    out = pair.generate(PROMPTS * 3, max_new_tokens=20, seed=1, ignore_eos=True)
+    assert out.lengths.tolist() == [20] * 6 and set(out.finish_reasons) == {"length"}
+    assert pair.eos_token_ids  # the model's own EOS ids are untouched
+    stream = list(pair.generate_stream([StreamRow(p, seed=2) for p in PROMPTS], max_new_tokens=7, ignore_eos=True))
+    assert sorted(len(r.token_ids) for r in stream) == [7, 7]
