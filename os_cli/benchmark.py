@@ -19,12 +19,12 @@ Definitions (also in the CLI help and README):
 - out of memory (`torch.OutOfMemoryError`, or a RuntimeError saying "out of memory") is recorded on
   the point, ends a sweep, and never propagates.
 
-Memory readings (PeakMemory, device totals) live in memory.py, the machine description in machine.py.
+Memory readings (PeakMemory, device totals) live in memory.py, the machine description in machine.py,
+the measurement of one point (warm-up, timed rounds, BenchRow) in measure.py.
 """
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,13 +34,13 @@ import torch
 
 from .alpha import ALPHA_METHODS
 from .machine import machine_info
-from .memory import PeakMemory, device_memory, model_devices, sync  # noqa: F401 - device_memory: cli/bench
+from .measure import BenchRow, Point, measure
+from .memory import device_memory, model_devices  # noqa: F401 - device_memory: cli/bench
 
 AUTO_MAX_BATCH = 1024
 AUTO_MIN_GAIN = 0.05  # a point "improves" when its throughput beats the best so far by more than this
 AUTO_PATIENCE = 2  # `auto` stops after this many points in a row that do not improve by AUTO_MIN_GAIN
 WARMUP_MAX_NEW_TOKENS = 16
-NOISY_SPREAD = 0.10
 BENCH_FORMAT = 2
 
 
@@ -83,61 +83,6 @@ def long_tail_caps(count: int, max_new_tokens: int, seed: int = 0) -> list[int]:
     return [min(max_new_tokens, max(1, math.ceil(scale * x ** (-1.0 / LONG_TAIL_SHAPE)))) for x in u.tolist()]
 
 
-@dataclass
-class BenchRow:
-    """One measured run. `mode`: sweep | hf_generate | floor | method."""
-
-    mode: str
-    label: str
-    batch_size: int
-    prompts: int = 0
-    alpha_method: str | None = None
-    sample_from: str | None = None
-    new_tokens: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    tokens_per_s: float | None = None
-    s_per_step: float | None = None
-    peak_memory: int | None = None  # bytes, max over devices (CUDA: max_memory_allocated; CPU: peak RSS)
-    peak_reserved: int | None = None  # bytes, CUDA only: max_memory_reserved
-    memory_by_device: dict[str, int] = field(default_factory=dict)
-    memory_metric: str | None = None
-    oom: bool = False
-    error: str | None = None
-    ratio_to_floor: float | None = None  # median over rounds of tokens/s over the same round's floor
-    ratio_min: float | None = None
-    ratio_max: float | None = None
-    repeats: int = 0  # timed runs (after the warm-up); seconds is their median
-    seconds_all: list[float] = field(default_factory=list)
-    spread: float | None = None  # (slowest - fastest) / median over the timed runs
-    noisy: bool = False  # spread > NOISY_SPREAD: do not trust small differences
-    lengths: str | None = None  # how completion lengths were set (see BenchSettings)
-    slot_occupancy: float | None = None  # mean rows in flight / batch size, where the engine reports it
-
-    @property
-    def ok(self) -> bool:
-        return not self.oom and self.error is None and bool(self.tokens_per_s)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------------
-# OOM
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------------------------------
 # One measured run
 
@@ -151,83 +96,8 @@ def _steps(lengths: torch.Tensor, batch_size: int) -> int:
     return int(sum(max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)))
 
 
-class _Point:
-    """One row to measure: `warmup()` (untimed) then `run() -> (new tokens, steps[, occupancy])` per round."""
-
-    def __init__(self, row: BenchRow, run: Callable[[], tuple], warmup: Callable[[], Any] | None = None):
-        self.row, self.run, self.warmup = row, run, warmup
-        self.tokens: list[int] = []
-        self.steps = 0
-        self.occupancy: float | None = None
-
-
-def _warm(point: _Point, devices) -> bool:
-    try:
-        if point.warmup is not None:
-            point.warmup()
-            sync(devices)
-        return True
-    except Exception as exc:  # noqa: BLE001 - recorded on the row like a measured failure
-        _failed(point.row, exc)
-        return False
-
-
-def _time_once(point: _Point, devices) -> None:
-    """One timed run of `point` under memory tracking; a failure is recorded on its row."""
-    row = point.row
-    try:
-        with PeakMemory(devices) as mem:
-            sync(devices)
-            start = time.perf_counter()
-            result = point.run()
-            sync(devices)
-            seconds = time.perf_counter() - start
-        peak, reserved, by_device = mem.read()
-    except Exception as exc:  # noqa: BLE001 - OOM is a result; anything else is recorded, not raised
-        _failed(row, exc)
-        return
-    row.seconds_all.append(seconds)
-    point.tokens.append(int(result[0]))
-    point.steps = int(result[1])
-    if len(result) > 2 and result[2] is not None:
-        point.occupancy = float(result[2])
-    row.peak_memory = max(row.peak_memory or 0, peak) if peak is not None else row.peak_memory
-    if reserved is not None:
-        row.peak_reserved = max(row.peak_reserved or 0, reserved)
-    for key, value in by_device.items():
-        row.memory_by_device[key] = max(row.memory_by_device.get(key, 0), value)
-    row.memory_metric = mem.metric
-
-
-def _finish(point: _Point) -> BenchRow:
-    """Median seconds, tokens/s and the spread of the timed runs onto the row."""
-    row = point.row
-    if row.error is not None or not row.seconds_all:
-        return row
-    times = row.seconds_all
-    median = statistics.median(times)
-    row.repeats, row.seconds = len(times), median
-    row.new_tokens, row.steps = point.tokens[-1], point.steps
-    row.tokens_per_s = row.new_tokens / median if median > 0 else None
-    row.s_per_step = median / row.steps if row.steps else None
-    row.spread = (max(times) - min(times)) / median if median > 0 else None
-    row.noisy = bool(row.spread is not None and row.spread > NOISY_SPREAD)
-    row.slot_occupancy = point.occupancy
-    return row
-
-
-def measure(points: Sequence[_Point], devices, repeats: int, *, warmup: bool = True) -> list[BenchRow]:
-    """Warm every point up, then time them in `repeats` interleaved rounds (drift hits all alike)."""
-    live = [p for p in points if (_warm(p, devices) if warmup else True)]
-    for _ in range(max(1, repeats)):
-        for p in live:
-            if p.row.error is None:
-                _time_once(p, devices)
-    return [_finish(p) for p in points]
-
-
 def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, *, mode: str,
-                  label: str | None, sample_from: str, alpha_method: str | None) -> _Point:
+                  label: str | None, sample_from: str, alpha_method: str | None) -> Point:
     n = max(settings.num_prompts, batch_size)
     batch = _cycle(prompts, n)
     batch_t = _cycle(prompts_t, n) if prompts_t is not None else None
@@ -254,7 +124,7 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
         warm_kwargs = dict(kwargs, max_new_tokens=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
         generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None, **warm_kwargs)
 
-    return _Point(row, run, warm)
+    return Point(row, run, warm)
 
 
 def _lengths_label(settings: BenchSettings) -> str:
@@ -276,15 +146,7 @@ def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, b
     return measure([point], model_devices(model), settings.repeats, warmup=warmup)[0]
 
 
-def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
-    row.oom = is_oom(exc)
-    first = str(exc).splitlines()[0][:300] if str(exc) else ""
-    row.error = f"out of memory: {first}" if row.oom else f"{type(exc).__name__}: {first}"
-    _free_memory()
-    return row
-
-
-def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings) -> _Point:
+def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings) -> Point:
     """Plain `transformers` sampling from the teacher alone (`do_sample=True`), the same prompts and
     settings: the single-model reference. Stop strings are not applied (HF counts up to EOS); with
     `fixed_length` EOS is ignored too (min_new_tokens = max_new_tokens)."""
@@ -321,7 +183,7 @@ def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchS
             tokens += int(first.sum())
         return tokens, steps
 
-    return _Point(row, one_pass, lambda: one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS)))
+    return Point(row, one_pass, lambda: one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS)))
 
 
 def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings,

@@ -9,6 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from os_cli import benchmark as B
+from os_cli import measure
+from os_cli import memory as M
 
 ALL_METHODS = ("fixed", "kl_symmetry", "reverse_kl_symmetry", "ess_balance", "entropy")
 
@@ -125,9 +127,9 @@ def test_oom_on_the_first_point_during_warmup(recipe_file, tiny_models, inject_o
 
 
 def test_real_oom_error_message_counts_as_oom():
-    assert B.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert B.is_oom(B.torch.OutOfMemoryError("x"))
-    assert not B.is_oom(RuntimeError("shape mismatch"))
+    assert measure.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert measure.is_oom(B.torch.OutOfMemoryError("x"))
+    assert not measure.is_oom(RuntimeError("shape mismatch"))
 
 
 def test_compare_lists_hf_floor_and_every_method(runner_app, recipe_file, tmp_path):
@@ -211,7 +213,7 @@ def test_cuda_memory_path_with_a_fake_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: {"cuda:0": 5, "cuda:1": 7}[str(d)])
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d=None: {"cuda:0": 8, "cuda:1": 9}[str(d)])
     devices = [torch.device("cuda", 0), torch.device("cuda", 1)]
-    with B.PeakMemory(devices) as mem:
+    with M.PeakMemory(devices) as mem:
         pass
     assert ("reset", "cuda:0") in calls and ("reset", "cuda:1") in calls
     assert mem.metric == "cuda_max_memory_allocated"
@@ -219,12 +221,12 @@ def test_cuda_memory_path_with_a_fake_device(monkeypatch):
 
 
 def test_cpu_peak_memory_is_per_point():
-    with B.PeakMemory([B.torch.device("cpu")]) as mem:
+    with M.PeakMemory([B.torch.device("cpu")]) as mem:
         block = bytearray(64 * 2**20)
         block[::4096] = b"x" * len(block[::4096])  # touch the pages
     big = mem.read()[0]
     del block
-    with B.PeakMemory([B.torch.device("cpu")]) as mem2:
+    with M.PeakMemory([B.torch.device("cpu")]) as mem2:
         pass
     small = mem2.read()[0]
     assert big > 0 and small > 0
@@ -240,7 +242,7 @@ def test_points_are_timed_repeatedly_with_median_and_spread(recipe_file, tiny_mo
     assert row.seconds == sorted(row.seconds_all)[1]  # the median
     assert row.tokens_per_s == pytest.approx(row.new_tokens / row.seconds)
     assert row.spread == pytest.approx((max(row.seconds_all) - min(row.seconds_all)) / row.seconds)
-    assert row.noisy == (row.spread > B.NOISY_SPREAD)
+    assert row.noisy == (row.spread > measure.NOISY_SPREAD)
 
 
 def test_compare_runs_every_row_at_the_same_length_and_fits_80_columns(runner_app, recipe_file, tmp_path):
