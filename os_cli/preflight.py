@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
+from .places import hub_offline
 
 # Tokenizers without a length limit report int(1e30); anything this large is "not set".
 _UNSET_LENGTH = 10**9
 _CONFIG_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 HUB_PROBE_TIMEOUT_S = 3.0
-_TRUE = ("1", "true", "yes", "on")
 
 
 def model_folder_problem(path: str | os.PathLike) -> str | None:
@@ -263,7 +263,7 @@ def placement_problem(recipe: Mapping) -> tuple[str, str] | None:
 
 
 def hub_is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+    return hub_offline()
 
 
 def go_offline() -> None:
@@ -313,7 +313,7 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def hub_names(recipe: Mapping) -> list[str]:
     """The recipe's models and dataset that are hub names (not local, not builtin)."""
-    from .recipe import BUILTIN_PREFIX, resolve_local_path
+    from .places import BUILTIN_PREFIX, resolve_local_path
 
     out = []
     values = [("models.theta", recipe["models"]["theta"]), ("models.teacher", recipe["models"]["teacher"]),

@@ -39,20 +39,20 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .alpha_names import ALPHA_METHODS
 from .errors import UserError
+from .places import (
+    BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES, HUB_NAME, builtin_datasets, builtin_models,
+    hub_offline, local_candidate as _local_candidate, looks_local as _looks_local, model_location, recipe_file as _recipe_file,
+    resolve_local_path,
+)
+from .prompt_syntax import TEMPLATE_TOKEN, template_fields
 from .limits import (
     MAX_ALIAS_EXPANSION, MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-BUNDLED_DIR = REPO_DIR / "recipes"
-CONFIGS_DIR = REPO_DIR / "configs"
 NOT_FRAGMENTS = ("accelerate",)  # configs/accelerate/ holds `accelerate launch` configs, not recipe fragments
-BUILTIN_DIR = PACKAGE_DIR / "builtin"
-BUILTIN_PREFIX = "builtin:"
 RECIPE_SUFFIXES = (".yaml", ".yml")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 # Keys that do not change which records a run writes, so they may change between a run and its
 # resume: names and places, hardware placement, grouping (batch size: OOM back-off changes it anyway),
@@ -162,7 +162,7 @@ SCHEMA = Section(
             {
                 "method": Field(
                     "choice", "kl_symmetry",
-                    choices=("fixed", "kl_symmetry", "reverse_kl_symmetry", "ess_balance", "entropy"),
+                    choices=ALPHA_METHODS,
                 ),
                 "fixed": Field("float", 0.5, min=0.0, max=1.0),
                 "min": Field("float", 0.5, min=0.0, max=1.0),
@@ -223,22 +223,6 @@ SCHEMA = Section(
         ),
     }
 )
-
-# Placeholders in prompt templates: `{field}` or `{field.sub}`; `{{` and `}}` are literal braces;
-# any other brace (`\boxed{}`, `{ x }`) is left as written.
-TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\}")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)?$")
-
-
-def template_fields(template: str) -> list[str]:
-    """The field names a template refers to, in order of first appearance."""
-    seen: list[str] = []
-    for match in TEMPLATE_TOKEN.finditer(template):
-        name = match.group(1)
-        if name and name not in seen:
-            seen.append(name)
-    return seen
-
 
 # ----------------------------------------------------------------------------------------------
 # YAML loading with line numbers
@@ -781,8 +765,7 @@ def _check_model(spec, value, path, ctx):
         ctx.fail(path, f"must be a local model folder, a hub name (org/name) or builtin:NAME, got {_show(value)}")
     value = value.strip()
     if value.startswith(BUILTIN_PREFIX):
-        available = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
-        return _check_builtin(value, "model", available, path, ctx)
+        return _check_builtin(value, "model", builtin_models(), path, ctx)
     local = _local_candidate(value, ctx.recipe_file)
     if local is not None:
         if not local.is_dir():
@@ -793,7 +776,7 @@ def _check_model(spec, value, path, ctx):
         if problem:
             ctx.fail(path, problem)
         return value
-    if _looks_local(value) or not _HUB_NAME.match(value):
+    if _looks_local(value) or not HUB_NAME.match(value):
         ctx.fail(path, f"model folder not found: {value!r} (not a folder here, and not a hub name like org/name)")
     return value
 
@@ -803,8 +786,7 @@ def _check_source(spec, value, path, ctx):
         ctx.fail(path, f"must be a hub dataset name, a local file or folder, or builtin:NAME, got {_show(value)}")
     value = value.strip()
     if value.startswith(BUILTIN_PREFIX):
-        available = sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl")) if BUILTIN_DIR.is_dir() else []
-        return _check_builtin(value, "dataset", available, path, ctx)
+        return _check_builtin(value, "dataset", builtin_datasets(), path, ctx)
     local = _local_candidate(value, ctx.recipe_file)
     if local is not None:
         if local.is_file() and local.suffix not in DATA_SUFFIXES:
@@ -812,7 +794,7 @@ def _check_source(spec, value, path, ctx):
         if local.is_dir() and not any(p.suffix in DATA_SUFFIXES for p in local.iterdir()):
             ctx.fail(path, f"folder {value!r} holds no {', '.join(DATA_SUFFIXES)} files")
         return value
-    if _looks_local(value) or Path(value).suffix in DATA_SUFFIXES or not _HUB_NAME.match(value):
+    if _looks_local(value) or Path(value).suffix in DATA_SUFFIXES or not HUB_NAME.match(value):
         ctx.fail(path, f"dataset file not found: {value!r}")
     return value
 
@@ -824,22 +806,6 @@ _CHECKERS = {
     "keep_fields": _check_keep_fields, "rows": _check_rows, "template": _check_template,
     "model": _check_model, "source": _check_source,
 }
-
-
-def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", ".\\")) or value.count("/") > 1 or "\\" in value
-
-
-def _local_candidate(value: str, recipe_file: Path | None) -> Path | None:
-    """The existing local path `value` names: relative to the working directory, else to the recipe's folder."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return path if path.exists() else None
-    if path.exists():
-        return path
-    if recipe_file is not None and (recipe_file.parent / path).exists():
-        return recipe_file.parent / path
-    return None
 
 
 def _validate(value: Any, schema: Section, path: tuple, ctx: _Ctx) -> Any:
@@ -1101,17 +1067,6 @@ def dump_recipe(recipe: Mapping) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _recipe_file(recipe: Mapping) -> Path | None:
-    path = (recipe.get("_meta") or {}).get("path")
-    return Path(path) if path else None
-
-
-def resolve_local_path(recipe: Mapping, value: str) -> Path | None:
-    """The local file/folder `value` names (working directory first, then the recipe's folder), or None."""
-    local = _local_candidate(value, _recipe_file(recipe))
-    return local.resolve() if local is not None else None
-
-
 def output_dir(recipe: Mapping, override: str | os.PathLike | None = None) -> Path:
     """`--output`, else `output.dir`, else `outputs/<run_name>` under the working directory."""
     if override is not None:
@@ -1119,19 +1074,6 @@ def output_dir(recipe: Mapping, override: str | os.PathLike | None = None) -> Pa
     if recipe["output"]["dir"]:
         return Path(recipe["output"]["dir"]).expanduser()
     return Path("outputs") / recipe["run_name"]
-
-
-def model_location(recipe: Mapping, role: str = "theta") -> str | None:
-    """Where a model is loaded from: an absolute local folder, a builtin folder, or a hub name."""
-    value = recipe["models"]["theta" if role == "theta" else "teacher"]
-    if value is None:
-        return None
-    if value.startswith(BUILTIN_PREFIX):
-        from .models import resolve_model_path
-
-        return resolve_model_path(value)
-    local = resolve_local_path(recipe, value)
-    return str(local) if local is not None else value
 
 
 def model_kwargs(recipe: Mapping) -> dict:
@@ -1198,7 +1140,7 @@ def check_placement(recipe: Mapping) -> None:
 
 def check_models_reachable(recipe: Mapping) -> None:
     """Fail fast, naming the model, when a hub model is not cached and the hub is off (HF_HUB_OFFLINE=1)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+    if not hub_offline():
         return
     for role, key in (("theta", "theta"), ("teacher", "teacher")):
         value = recipe["models"][key]
@@ -1249,7 +1191,7 @@ def _describe_load_failure(recipe: Mapping, exc: Exception) -> str:
     name = " or ".join(f"models.{k} ({recipe['models'][k]!r})" for k in keys if recipe["models"][k])
     hub_names = [k for k in keys if recipe["models"][k] and not recipe["models"][k].startswith(BUILTIN_PREFIX)
                  and resolve_local_path(recipe, recipe["models"][k]) is None]
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     markers = ("offline", "connect", "resolve", "internet", "network", "couldn't", "could not find", "not found")
     hub = ""
     if hub_names and (offline or any(m in str(exc).lower() for m in markers)):
