@@ -313,13 +313,13 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def hub_names(recipe: Mapping) -> list[str]:
     """The recipe's models and dataset that are hub names (not local, not builtin)."""
-    from .places import BUILTIN_PREFIX, resolve_local_path
+    from .places import is_hub_name
 
     out = []
     values = [("models.theta", recipe["models"]["theta"]), ("models.teacher", recipe["models"]["teacher"]),
               ("dataset.source", recipe["dataset"]["source"])]
     for key, value in values:
-        if value and not value.startswith(BUILTIN_PREFIX) and resolve_local_path(recipe, value) is None:
+        if is_hub_name(recipe, value):
             out.append(f"{key} ({value})")
     return out
 

@@ -310,7 +310,7 @@ def build_records(recipe, units, out) -> tuple[list[dict], int, list[float], lis
 
 def _load_tokenizers(recipe):
     from ..models import load_tokenizer
-    from ..recipe import model_location
+    from ..places import model_location
 
     kwargs = {}
     if recipe["models"]["revision"]:
@@ -354,7 +354,8 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
     from ..preflight import hub_offline_note, screen_prompts
     from ..quiet import quiet_progress_bars
-    from ..recipe import check_models_reachable, check_placement, load_recipe, output_dir
+    from ..build import check_models_reachable, check_placement
+    from ..recipe import load_recipe, output_dir
     from ..writer import check_output, plan_entries
 
     quiet_progress_bars()
@@ -406,7 +407,9 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 
 def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite, resume, repair) -> None:
     from ..outfolder import FolderLock, prepare_staging, staging_dir, swap_in
-    from ..recipe import build_model, model_location, model_settings
+    from ..build import build_model
+    from ..places import model_location
+    from ..recipe import model_settings
     from ..writer import RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records
 
     log = err_console()

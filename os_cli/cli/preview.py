@@ -20,7 +20,7 @@ def validate_rows(recipe, console) -> None:
     tokenizer this machine cannot reach (hub) is a note, not a failure: the recipe itself is valid."""
     from ..data import load_rows, render_prompts
     from ..preflight import hub_offline_note, screen_prompts
-    from ..recipe import check_models_reachable
+    from ..build import check_models_reachable
     from .generate import _load_tokenizers
 
     def note(text):
@@ -79,7 +79,7 @@ def nothing_planned(recipe) -> str:
 def model_contexts(recipe, tokenizer, tokenizer_t) -> dict:
     """The context length of theta and the teacher, from their config.json and tokenizers (no weights)."""
     from ..preflight import model_context
-    from ..recipe import model_location
+    from ..places import model_location
 
     kwargs = {}
     if recipe["models"]["revision"]:
