@@ -42,7 +42,7 @@ from .chat import BadConversation, conversation, prompt_turns
 from .errors import UserError
 from .places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, resolve_local_path
 from .prompt_syntax import TEMPLATE_TOKEN, template_fields
-from .recipe import read_text
+from .textfile import read_text
 
 __all__ = [
     "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",
