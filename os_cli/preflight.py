@@ -262,10 +262,6 @@ def placement_problem(recipe: Mapping) -> tuple[str, str] | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def hub_is_offline() -> bool:
-    return hub_offline()
-
-
 def go_offline() -> None:
     """Make this process use cached hub files only (environment and the libraries' imported flags)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -325,7 +321,7 @@ def hub_names(recipe: Mapping) -> list[str]:
 
 
 def hub_offline_note(recipe: Mapping) -> str | None:
-    if hub_is_offline():
+    if hub_offline():
         return None
     names = hub_names(recipe)
     if not names or hub_reachable():
