@@ -142,3 +142,22 @@ def test_recipe_package_is_data_only():
 def test_recipe_package_files_stay_small():
     sizes = {p.name: len(p.read_text().splitlines()) for p in (PACKAGE / "recipe").glob("*.py")}
     assert max(sizes.values()) <= 350, sizes
+
+
+def test_shared_names_have_one_source():
+    """The alpha method names, `builtin:` and the HF_HUB_OFFLINE rule are defined once (places.py,
+    alpha_names.py) and imported, not copied."""
+    import os_cli.alpha as alpha
+    import os_cli.data as data
+    import os_cli.models as models
+    import os_cli.places as places
+    from os_cli.alpha_names import ALPHA_METHODS
+    from os_cli.prompt_syntax import TEMPLATE_TOKEN
+    from os_cli.recipe import SCHEMA
+
+    assert SCHEMA.fields["alpha"].fields["method"].choices is ALPHA_METHODS is alpha.ALPHA_METHODS
+    assert models.resolve_model_path is places.resolve_model_path
+    assert data.TEMPLATE_TOKEN is TEMPLATE_TOKEN
+    copies = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if p.name != "places.py"
+              and ('"builtin:"' in p.read_text() or 'environ.get("HF_HUB_OFFLINE"' in p.read_text())]
+    assert copies == []
