@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-ALPHA_METHODS = ("fixed", "kl_symmetry", "reverse_kl_symmetry", "ess_balance", "entropy")
+from .alpha_names import ALPHA_METHODS  # noqa: F401 - alpha.ALPHA_METHODS is public
 
 # Cap on solver iterations. The safeguarded Newton step halves its step at least every second
 # iteration, so tol = 1e-6 needs at most ~40; bisection needs 20.

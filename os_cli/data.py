@@ -41,9 +41,9 @@ from typing import Any, Mapping, Sequence
 from .chat import BadConversation, conversation, prompt_turns
 from .errors import UserError
 from .record_format import json_safe
-from .recipe import (
-    BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, TEMPLATE_TOKEN, read_text, resolve_local_path, template_fields,
-)
+from .places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, resolve_local_path
+from .prompt_syntax import TEMPLATE_TOKEN, template_fields
+from .textfile import read_text
 
 __all__ = [
     "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",

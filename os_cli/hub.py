@@ -32,7 +32,7 @@ def recipe_load_kwargs(recipe: Mapping) -> dict:
 def load_tokenizers(recipe: Mapping):
     """(theta's tokenizer, the teacher's) of a recipe; one object when the teacher is theta."""
     from .models import load_tokenizer
-    from .recipe import model_location
+    from .places import model_location
 
     kwargs = recipe_load_kwargs(recipe)
     theta = model_location(recipe, "theta")

@@ -8,39 +8,22 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .places import hub_offline, resolve_model_path  # noqa: F401 - models.resolve_model_path is used widely
 from .quiet import quiet_loading
 from .preflight import attn_problem, model_folder_problem
 
 log = logging.getLogger("os_cli")
 
-BUILTIN_DIR = Path(__file__).parent / "builtin"
-BUILTIN_PREFIX = "builtin:"
-
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 _QUANT_KEYS = ("load_in_4bit", "load_in_8bit")
 QUANT_TYPES = ("nf4", "fp4")  # bnb_4bit_quant_type
-
-
-def resolve_model_path(name: str) -> str:
-    """Map `builtin:NAME` to the model shipped in `os_cli/builtin/NAME`; other names pass through."""
-    if not isinstance(name, (str, os.PathLike)) or not str(name):
-        raise UserError(f"model path must be a non-empty string, got {name!r}")
-    name = str(name)
-    if not name.startswith(BUILTIN_PREFIX):
-        return name
-    target = BUILTIN_DIR / name[len(BUILTIN_PREFIX):]
-    if not target.is_dir():
-        available = sorted(p.name for p in BUILTIN_DIR.iterdir() if p.is_dir()) if BUILTIN_DIR.is_dir() else []
-        raise UserError(f"unknown builtin model {name!r}; available: {', '.join(available) or 'none'}")
-    return str(target)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -258,7 +241,7 @@ def _check_folder(path: str, role: str) -> None:
 def _load_failure(what: str, path: str, exc: Exception) -> str:
     if Path(path).exists() or path.startswith(("/", ".", "~")):
         return f"could not load the {what} from the local folder {path}: {type(exc).__name__}: {exc}"
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = hub_offline()
     hint = "the hub is offline here (HF_HUB_OFFLINE=1)" if offline else "the hub may be unreachable from this machine"
     return (f"could not load the {what} {path!r}: it is not a local folder and {hint}; "
             f"download it elsewhere and pass its local path ({type(exc).__name__}: {exc})")

@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
+from .places import hub_offline
 
 # Tokenizers without a length limit report int(1e30); anything this large is "not set".
 _UNSET_LENGTH = 10**9
 _CONFIG_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 HUB_PROBE_TIMEOUT_S = 3.0
-_TRUE = ("1", "true", "yes", "on")
 
 
 def model_folder_problem(path: str | os.PathLike) -> str | None:
@@ -262,10 +262,6 @@ def placement_problem(recipe: Mapping) -> tuple[str, str] | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def hub_is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
-
-
 def go_offline() -> None:
     """Make this process use cached hub files only (environment and the libraries' imported flags)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -313,19 +309,19 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def hub_names(recipe: Mapping) -> list[str]:
     """The recipe's models and dataset that are hub names (not local, not builtin)."""
-    from .recipe import BUILTIN_PREFIX, resolve_local_path
+    from .places import is_hub_name
 
     out = []
     values = [("models.theta", recipe["models"]["theta"]), ("models.teacher", recipe["models"]["teacher"]),
               ("dataset.source", recipe["dataset"]["source"])]
     for key, value in values:
-        if value and not value.startswith(BUILTIN_PREFIX) and resolve_local_path(recipe, value) is None:
+        if is_hub_name(recipe, value):
             out.append(f"{key} ({value})")
     return out
 
 
 def hub_offline_note(recipe: Mapping) -> str | None:
-    if hub_is_offline():
+    if hub_offline():
         return None
     names = hub_names(recipe)
     if not names or hub_reachable():

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from os_cli import models, preflight
 from os_cli.api import OptimalSamplingModel
 from os_cli.errors import UserError
-from os_cli.recipe import load_recipe, model_kwargs, model_settings, recipe_diff, recipe_hash
+from os_cli.build import model_kwargs
+from os_cli.recipe import load_recipe, model_settings, recipe_diff, recipe_hash
 
 PROMPTS = ["What is 2 plus 3?", "The quick brown fox"]
 PROMPTS_T = ["What is 2 plus 3? Hint: 5", "The quick brown"]

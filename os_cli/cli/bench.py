@@ -89,7 +89,8 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     from ..data import load_rows, render_prompts
     from ..quiet import quiet_progress_bars
     from ..limits import MAX_BATCH_SIZE
-    from ..recipe import build_model, load_recipe
+    from ..build import build_model
+    from ..recipe import load_recipe
 
     quiet_progress_bars()
     if not 0 <= headroom < 1:

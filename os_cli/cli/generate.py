@@ -339,7 +339,8 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
     from ..preflight import hub_offline_note, screen_prompts
     from ..quiet import quiet_progress_bars
-    from ..recipe import check_models_reachable, check_placement, load_recipe, output_dir
+    from ..build import check_models_reachable, check_placement
+    from ..recipe import load_recipe, output_dir
     from ..writer import check_output, plan_entries
 
     quiet_progress_bars()
@@ -391,7 +392,9 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
 
 def _run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, *, overwrite, resume, repair) -> None:
     from ..outfolder import FolderLock, prepare_staging, staging_dir, swap_in
-    from ..recipe import build_model, model_location, model_settings
+    from ..build import build_model
+    from ..places import model_location
+    from ..recipe import model_settings
     from ..writer import RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records
 
     log = err_console()

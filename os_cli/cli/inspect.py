@@ -79,7 +79,7 @@ def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None
 
 def _show_builtin_names(summary: dict, output_dir: Path) -> None:
     """Where the recipe named a model `builtin:NAME`, show that name (the manifest holds the folder)."""
-    from ..models import BUILTIN_PREFIX
+    from ..places import BUILTIN_PREFIX
     from ..writer import read_manifest
 
     view = summary.get("manifest") or {}

@@ -21,7 +21,7 @@ def validate_rows(recipe, console) -> None:
     from ..data import load_rows, render_prompts
     from ..hub import load_tokenizers
     from ..preflight import hub_offline_note, screen_prompts
-    from ..recipe import check_models_reachable
+    from ..build import check_models_reachable
 
     def note(text):
         console.print(f"  {'note':<15} {text}", markup=False, highlight=False)
@@ -80,7 +80,7 @@ def model_contexts(recipe, tokenizer, tokenizer_t) -> dict:
     """The context length of theta and the teacher, from their config.json and tokenizers (no weights)."""
     from ..hub import recipe_load_kwargs
     from ..preflight import model_context
-    from ..recipe import model_location
+    from ..places import model_location
 
     kwargs = recipe_load_kwargs(recipe)
     theta = model_location(recipe, "theta")

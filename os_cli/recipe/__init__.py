@@ -1,0 +1,51 @@
+"""Recipes: the YAML schema, `defaults:` fragments, `--set` overrides and strict validation.
+
+Data only: nothing here imports torch or the API. The package's files, a few hundred lines each:
+`schema.py` (Field, Section, SCHEMA, model_settings), `yaml_io.py` (YAML reading and its safety
+checks), `fragments.py` (finding recipes and `defaults:`, merging), `overrides.py` (`--set`),
+`checks.py` (one checker per field kind), `validate.py` (defaults, cross-key checks), `load.py`
+(`load_recipe`, `output_dir`), `identity.py` (hash, diff, dump).
+
+A recipe is declarative data (see "Recipe schema" in docs/ARCHITECTURE.md). Resolution order:
+
+1. the fragments listed under `defaults:` (files in `configs/`, e.g. `models/qwen2.5-1.5b-3b`), merged
+   in order (a fragment may list its own `defaults:`);
+2. the recipe's own keys;
+3. `--set key.path=value` overrides, values parsed as YAML (`--set sampling.batch_size=4`).
+
+Mappings merge key by key; any other value (lists included) replaces what was there. The result is
+validated against the schema (unknown keys with a "did you mean" suggestion, types, allowed values,
+ranges, files that must exist) and every default is filled in. Errors are `UserError`s that name the
+file and line (or the `--set` option) the bad value came from.
+
+Public functions:
+
+- `load_recipe(path_or_name, overrides=()) -> dict`: resolved, validated, defaults filled. A name
+  without a suffix or folder (`chat`) is a bundled recipe from the repository's `recipes/`. The dict
+  carries a `_meta` entry (recipe file, name, fragments, overrides) that is not part of the recipe.
+- `recipe_hash(recipe) -> str`: `sha256:<hex>` of the keys that change the records (see HASH_EXCLUDED).
+- `recipe_diff(old, new) -> list[(key_path, old, new)]`: the hashed keys that differ.
+- `output_dir(recipe, override=None) -> Path`, `dump_recipe(recipe) -> str` (YAML),
+  `list_bundled() -> list[(name, description, path)]`.
+
+Building the models a recipe names lives in `os_cli/build.py`; places (`builtin:`, local paths, hub
+names) in `os_cli/places.py`.
+"""
+
+from __future__ import annotations
+
+from ..places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
+from ..prompt_syntax import TEMPLATE_TOKEN, template_fields
+from ..textfile import read_text
+from .fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, list_bundled, list_fragments
+from .identity import HASH_EXCLUDED, HASH_IF_SET, dump_recipe, recipe_diff, recipe_hash
+from .load import load_recipe, output_dir
+from .schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
+
+__all__ = [
+    "load_recipe", "output_dir", "find_recipe", "list_bundled", "list_fragments",
+    "recipe_hash", "recipe_diff", "dump_recipe", "HASH_EXCLUDED", "HASH_IF_SET",
+    "SCHEMA", "Field", "Section", "PLACEMENT_KEYS", "model_settings",
+    "NOT_FRAGMENTS", "RECIPE_SUFFIXES", "BUNDLED_DIR", "CONFIGS_DIR", "BUILTIN_DIR", "BUILTIN_PREFIX", "DATA_SUFFIXES",
+    "TEMPLATE_TOKEN", "template_fields", "read_text",
+]

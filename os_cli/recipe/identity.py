@@ -1,0 +1,103 @@
+"""A recipe's identity: the hash of the keys that change which records a run writes, the diff of two
+recipes over those keys (resume refuses a different recipe), and the YAML dump stored with a run."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Mapping
+
+import yaml
+
+
+# Keys that do not change which records a run writes, so they may change between a run and its
+# resume: names and places, hardware placement, grouping (batch size: OOM back-off changes it anyway),
+# shard rotation, the bad-row policy, the row limit (a larger limit extends the run) and the number
+# of samples per row (a sample's seed does not depend on it, so a larger n extends the run too; records
+# with a sample index beyond a smaller n are refused like rows beyond a smaller limit).
+HASH_EXCLUDED = (
+    "_meta", "description", "defaults", "run_name", "output.dir", "output.shard_size",
+    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row", "sampling.num_samples",
+) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
+          for key in ("device", "device_map", "max_memory"))
+
+
+# Keys added after output folders already existed: left out of the hash while unset (the default;
+# for a section, its null keys), so folders written before them still resume.
+HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
+               "models.per_model.teacher": None, "models.per_model": None,
+               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None}
+
+
+def _strip(recipe: Mapping) -> dict:
+    out = copy.deepcopy({k: v for k, v in recipe.items()})
+    for key in HASH_EXCLUDED:
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+    for key, default in HASH_IF_SET.items():  # in order: a section left empty goes too
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            continue
+        if isinstance(node[last], dict):  # a section: its unset (null) keys go, then the section if empty
+            node[last] = {k: v for k, v in node[last].items() if v is not None}
+            if not node[last]:
+                node.pop(last)
+        elif node[last] == default:
+            node.pop(last)
+    return out
+
+
+def recipe_hash(recipe: Mapping) -> str:
+    """`sha256:<hex>` over the keys that change which records a run writes (see HASH_EXCLUDED)."""
+    text = json.dumps(_strip(recipe), sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict:
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def recipe_diff(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
+    """The hashed key paths whose values differ between two resolved recipes."""
+    a, b = _flatten(_strip(old)), _flatten(_strip(new))
+    missing = object()
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            out.append((key, None if va is missing else va, None if vb is missing else vb))
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (templates) as `|` blocks, so a dumped recipe reads like the one written."""
+
+
+def _str_representer(dumper, value: str):
+    if "\n" in value and not value.endswith((" ", "\t")) and "\n " not in value.rstrip("\n"):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_recipe(recipe: Mapping) -> str:
+    """The resolved recipe as YAML, in schema order, without `_meta`."""
+    clean = {k: v for k, v in recipe.items() if k != "_meta"}
+    return yaml.dump(clean, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)

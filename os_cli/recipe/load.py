@@ -1,0 +1,87 @@
+"""`load_recipe`: fragments, the recipe's own keys, `--set` overrides, validation, `_meta`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from ..errors import UserError
+from ..places import BUILTIN_PREFIX, BUNDLED_DIR, local_candidate as _local_candidate
+from .checks import _Ctx
+from .fragments import _load_with_fragments, _resolve_tree, find_recipe
+from .overrides import _apply_override, _parse_override
+from .schema import SCHEMA
+from .validate import _cross_checks, _validate
+from .yaml_io import _Source
+
+
+def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterable = (), *,
+                data: Mapping | None = None) -> dict:
+    """Resolve and validate a recipe; every default is filled in. Raises `UserError`.
+
+    `path_or_name`: a recipe file or the name of a bundled recipe. `overrides`: `key.path=value`
+    strings (as given to `--set`) or `(key_path, value)` pairs. `data` validates an in-memory recipe
+    instead of a file (fragments are then looked up in the repository's `configs/`).
+    """
+    prov: dict = {}
+    fragments: list[Path] = []
+    if data is not None:
+        recipe_file = None
+        source = _Source("<recipe>")
+        merged, fragments = _resolve_tree(copy.deepcopy(dict(data)), source, None, prov, (), is_fragment=False)
+        label = source.label
+    else:
+        if path_or_name is None:
+            raise UserError("no recipe given: pass --config RECIPE.yaml or the name of a bundled recipe")
+        recipe_file = find_recipe(path_or_name)
+        merged, fragments, source = _load_with_fragments(recipe_file, prov)
+        label = source.label
+    applied = []
+    for item in overrides or ():
+        key, value, opt_label = _parse_override(item)
+        merged = _apply_override(merged, key, value, opt_label, prov)
+        applied.append(f"{key}={json.dumps(value, default=str)}" if not isinstance(item, str) else item)
+    ctx = _Ctx(prov, recipe_file, label)
+    recipe = _validate(merged, SCHEMA, (), ctx)
+    _cross_checks(recipe, ctx)
+    bundled = recipe_file is not None and recipe_file.parent == BUNDLED_DIR.resolve()
+    if bundled and not recipe["description"]:
+        raise UserError(f"{label}: bundled recipes need a one-line `description:` (shown by `os-sample recipes`)")
+    name = recipe_file.stem if recipe_file is not None else "recipe"
+    recipe["_meta"] = {
+        "path": str(recipe_file) if recipe_file is not None else None,
+        "name": name,
+        "bundled": bundled,
+        "fragments": [str(f) for f in fragments],
+        "overrides": applied,
+        "warnings": _warnings(recipe, ctx),
+    }
+    if recipe["run_name"] is None:
+        recipe["run_name"] = name
+    return recipe
+
+
+def _warnings(recipe: dict, ctx: _Ctx) -> list[str]:
+    """Settings that are valid but have no effect (the CLI prints these as warnings)."""
+    out = []
+    revision = recipe["models"]["revision"]
+    if revision is not None:
+        for key in ("theta", "teacher"):
+            value = recipe["models"][key]
+            if value and (value.startswith(BUILTIN_PREFIX) or _local_candidate(value, ctx.recipe_file) is not None):
+                kind = "a builtin model" if value.startswith(BUILTIN_PREFIX) else "a local folder"
+                out.append(f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, "
+                           f"not a hub name")
+    return out
+
+
+def output_dir(recipe: Mapping, override: str | os.PathLike | None = None) -> Path:
+    """`--output`, else `output.dir`, else `outputs/<run_name>` under the working directory."""
+    if override is not None:
+        return Path(override).expanduser()
+    if recipe["output"]["dir"]:
+        return Path(recipe["output"]["dir"]).expanduser()
+    return Path("outputs") / recipe["run_name"]
