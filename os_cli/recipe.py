@@ -68,7 +68,8 @@ HASH_EXCLUDED = (
 # for a section, its null keys), so folders written before them still resume.
 HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
                "models.per_model.teacher": None, "models.per_model": None,
-               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None}
+               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None,
+               "sampling.draft_tokens": 0}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ SCHEMA = Section(
                 "seed": Field("int", 0, min=0, max=MAX_SEED),
                 "num_samples": Field("int", 1, min=1, max=MAX_NUM_SAMPLES),
                 "stop": Field("str_list", []),
+                "draft_tokens": Field("int", 0, min=0, max=MAX_NEW_TOKENS),
             }
         ),
         "dataset": Section(
