@@ -221,8 +221,8 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
         batch, buffer[:] = list(buffer), []
         with signals.deferred():  # a record is never half written; a pending stop is raised after
             writer.append([record for record, *_ in batch])
-        for _, tokens, alpha, ess in batch:
-            events.written(tokens, alpha, ess, writer.current_shard)
+            for _, tokens, alpha, ess in batch:
+                events.written(tokens, alpha, ess, writer.current_shard)
         last_write = time.monotonic()
         testing_hooks.after_write()
 
