@@ -165,6 +165,9 @@ def test_draft_tokens_reach_the_engine_and_are_refused_without_a_teacher(recipe,
     assert result.exit_code == 2, result.output
     assert "sampling.draft_tokens" in result.stderr and "Traceback" not in result.output
     assert "loading models" not in result.stderr and not out.exists()
+    result = cli("validate", recipe, "--set", "sampling.draft_tokens=2", "--set", "models.teacher=null",
+                 "--set", "prompts.teacher=null")
+    assert result.exit_code == 2 and "sampling.draft_tokens" in result.stderr
     # one model with a teacher prompt of its own is a different teacher: drafting works
     assert len(run(recipe, tmp_path / "hint", "sampling.draft_tokens=2", "models.teacher=null")) == N_ROWS
 

@@ -58,8 +58,10 @@ def validate(
     """Check a recipe (schema, fragments, overrides, local files) without loading data or models."""
     with cli_errors(debug):
         from ..recipe import load_recipe, output_dir, recipe_hash, template_fields
+        from ..run import check_draft_tokens
 
         resolved = load_recipe(recipe, set_ or [])
+        check_draft_tokens(resolved)
         meta = resolved["_meta"]
         console = out_console()
         console.print(f"[green]ok[/green]: {meta['path']} is a valid recipe", highlight=False)
