@@ -1,6 +1,7 @@
 """Progress of `os-sample generate`: a rich live view on a terminal, plain log lines otherwise.
 
-Both show the same figures: records done / total, ETA, tokens per second, the current batch size,
+Both show the same figures: records done / total, ETA, tokens per second, rows in flight in the
+engine's continuous batch and its in-flight limit (the batch size, lowered by OOM back-off),
 mean alpha and ESS ratio over the most recent tokens, memory (allocated / reserved per CUDA device,
 else the process's resident set size) and the shard being written. `note()` adds an event line
 (an OOM back-off, say); `summary_table()` is the table printed at the end. Everything goes to the
@@ -59,7 +60,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 class Dashboard:
-    """Call `start()`, then `batch_started()` / `batch_done()` per batch and `note()` for events, then `stop()`."""
+    """Call `start()`, `batch_started(limit, shard)`, then `batch_done()` per write of records (rows finish
+    one by one under continuous batching), `rows_in_flight()` as rows come and go and `note()` for
+    events, then `stop()`."""
 
     def __init__(self, total: int, done: int = 0, *, title: str = "os-sample generate", console: Console | None = None,
                  live: bool | None = None, log_interval: float = LOG_INTERVAL_S):
@@ -70,7 +73,8 @@ class Dashboard:
         self.done = done
         self.title = title
         self.log_interval = log_interval
-        self.batch_size = 0
+        self.batch_size = 0  # the in-flight limit
+        self.in_flight = 0
         self.shard = "-"
         self.tokens = 0
         self.batches = 0
@@ -97,8 +101,11 @@ class Dashboard:
         return self
 
     def batch_started(self, batch_size: int, shard: str) -> None:
-        self.batch_size, self.shard = batch_size, shard
+        self.batch_size, self.in_flight, self.shard = batch_size, batch_size, shard
         self._refresh()
+
+    def rows_in_flight(self, rows: int, limit: int) -> None:
+        self.in_flight, self.batch_size = rows, limit
 
     def batch_done(self, records: int, tokens: int, alpha: Sequence[float] = (), ess: Sequence[float] = (),
                    shard: str | None = None) -> None:
@@ -174,6 +181,7 @@ class Dashboard:
             "eta": _duration(self.eta_s) if self.done < self.total else "done",
             "tokens/s": f"{self.tokens_per_s:.1f}",
             "batch": str(self.batch_size),
+            "in flight": str(self.in_flight),
             "alpha": _fmt(self.recent_alpha),
             "ess": _fmt(self.recent_ess),
             "memory": memory_usage(),
@@ -182,7 +190,7 @@ class Dashboard:
 
     def _progress_line(self) -> str:
         f = self.figures()
-        return (f"records {f['records']} | eta {f['eta']} | {f['tokens/s']} tok/s | batch {f['batch']} | "
+        return (f"records {f['records']} | eta {f['eta']} | {f['tokens/s']} tok/s | batch {f['batch']} ({f['in flight']} in flight) | "
                 f"alpha {f['alpha']} | ess {f['ess']} | {f['memory']} | {f['shard']}")
 
     def _log(self, message: str) -> None:
@@ -200,7 +208,7 @@ class Dashboard:
         grid.add_row("records", f"{'█' * filled}{'░' * (width - filled)} {f['records']} ({fraction:.0%})")
         grid.add_row("eta", f"{f['eta']}  (elapsed {_duration(self.elapsed)})")
         grid.add_row("tokens/s", f["tokens/s"])
-        grid.add_row("batch size", f["batch"])
+        grid.add_row("rows in flight", f"{f['in flight']} (limit {f['batch']})")
         grid.add_row("alpha (recent)", f["alpha"])
         grid.add_row("ESS ratio (recent)", f["ess"])
         grid.add_row("memory", f["memory"])

@@ -16,6 +16,7 @@ Imported by the writer (which writes them), the resume scan (which validates eve
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -175,3 +176,60 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a record from a finished row (the writer checks it with record_problem)
+# ----------------------------------------------------------------------------------------------
+
+
+def short_float(value: float | None) -> float | None:
+    """float32 precision in JSON: 7 significant digits; non-finite -> null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.7g}")
+
+
+def stat_summary(values: Sequence[float]) -> dict:
+    """mean / min / max over the finite values (all null when there are none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": short_float(sum(finite) / len(finite)), "min": short_float(min(finite)),
+            "max": short_float(max(finite))}
+
+
+def _seq_sum(values: Sequence[float]) -> float | None:
+    if not values or not all(math.isfinite(v) for v in values):
+        return None if values else 0.0
+    return short_float(sum(values))
+
+
+def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, prompt_t: str, messages,
+                 completion: str, token_ids: Sequence[int], finish_reason: str, traces: Mapping, row: Mapping,
+                 per_token: bool) -> dict:
+    """The record of one (row, sample): `traces` are the engine's per-token values of the row's real
+    tokens (`RowOutput.traces`: alpha, ess_ratio, kl_theta, kl_t, logprob_theta/t/q), tensors or lists."""
+    values = {k: [float(v) for v in (traces[k].double().tolist() if hasattr(traces[k], "double") else traces[k])]
+              for k in ("alpha", "ess_ratio", "kl_theta", "kl_t", "logprob_theta", "logprob_t", "logprob_q")}
+    record = {
+        "id": row_id,
+        SAMPLE_KEY: sample,
+        "alpha_method": alpha_method,
+        "prompt": prompt,
+        "prompt_t": prompt_t,
+        "completion": completion,
+        "num_tokens": len(token_ids),
+        "finish_reason": finish_reason,
+        **{name: stat_summary(values[name]) for name in STAT_FIELDS},
+        "logprob": {side: _seq_sum(values[f"logprob_{side}"]) for side in LOGPROB_KEYS},
+        "row": row,
+    }
+    if messages is not None:
+        record[MESSAGES_KEY] = messages
+    if per_token:
+        record["tokens"] = {"ids": [int(t) for t in token_ids],
+                            **{name: [short_float(v) for v in values[name]] for name in STAT_FIELDS},
+                            **{f"logprob_{side}": [short_float(v) for v in values[f"logprob_{side}"]]
+                               for side in LOGPROB_KEYS}}
+    return record

@@ -27,7 +27,8 @@ HASH_EXCLUDED = (
 # for a section, its null keys), so folders written before them still resume.
 HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
                "models.per_model.teacher": None, "models.per_model": None,
-               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None}
+               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None,
+               "sampling.draft_tokens": 0}
 
 
 def _strip(recipe: Mapping) -> dict:

@@ -1,4 +1,4 @@
-"""Stop signals for `generate`: SIGINT/SIGTERM end a run cleanly between batches, and within a few
+"""Stop signals for `generate`: SIGINT/SIGTERM end a run cleanly between writes, and within a few
 seconds even when a model call holds the main thread."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ STOP_GRACE_S = 3.0  # after a stop signal, how long a model call may hold the ma
 
 
 class StopSignals:
-    """SIGINT/SIGTERM raise KeyboardInterrupt, except while a batch is being written: then it finishes first.
+    """SIGINT/SIGTERM raise KeyboardInterrupt, except while records are being written: then that write finishes first.
 
     Python runs signal handlers only between bytecodes, so a long model call (a prefill, a CUDA sync)
     would hold the signal until it returns. A watchdog thread, woken by the signal itself through
     `signal.set_wakeup_fd`, ends the process (exit 130) when the main thread has not stopped within
-    STOP_GRACE_S and is not writing a batch: like a kill -9 at that point, the folder stays resumable
-    (files are replaced whole, the batch in flight is redone on resume).
+    STOP_GRACE_S and is not writing records: like a kill -9 at that point, the folder stays resumable
+    (files are replaced whole, the rows in flight are redone on resume).
     """
 
     def __init__(self):
@@ -67,11 +67,11 @@ class StopSignals:
                     continue
                 deadline = time.monotonic() + STOP_GRACE_S
                 while not self._done.wait(0.1):
-                    if self.deferring:  # a batch is being written: let it finish
+                    if self.deferring:  # records are being written: let it finish
                         deadline = time.monotonic() + STOP_GRACE_S
                     elif time.monotonic() >= deadline:
                         os.write(2, (f"\nstopped by a signal while the models were busy; exiting now "
-                                     f"(the batch in flight is redone when the same command is rerun)\n").encode())
+                                     f"(the rows in flight are redone when the same command is rerun)\n").encode())
                         os._exit(130)
                 return
         finally:
