@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 PACKAGE = ROOT / "os_cli"
 # Words of the tree's descriptions that are not names in the module they describe.
-NOT_NAMES = {"os_cli", "API", "CLI", "UTF", "YAML", "SIGINT", "SIGTERM", "JSONL", "HF_HUB_OFFLINE", "OOM"}
+NOT_NAMES = {"os_cli", "API", "CLI", "UTF", "YAML", "SIGINT", "SIGTERM", "JSONL", "HF_HUB_OFFLINE", "OOM", "RSS"}
 
 
 def _recipe_key_paths() -> set[str]:
