@@ -94,7 +94,9 @@ def _halley(a, f, df, d2f, lo, hi, lo_seen, hi_seen):
 
 
 def _start(alpha_init: Tensor | None, batch: int, lo: Tensor, hi: Tensor) -> Tensor:
-    a = 0.5 * (lo + hi)
+    # Cold start at 0.5 clamped into the bounds, not at the bounds' midpoint: where the two models
+    # agree exactly every alpha is a root, and the convention (alpha.py, README) is 0.5 before clamping.
+    a = torch.minimum(torch.maximum(torch.full_like(lo, 0.5), lo), hi)
     if alpha_init is not None:
         init = alpha_init.to(a.device, torch.float32)
         a = torch.where(torch.isfinite(init), torch.minimum(torch.maximum(init, lo), hi), a)

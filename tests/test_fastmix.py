@@ -170,3 +170,16 @@ def test_tilts_handed_back_by_the_per_row_continuation_give_the_right_step(metho
     expected = mixing.diagnostics(expected_logq, lt, lT)
     for name in ("ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t"):
         torch.testing.assert_close(getattr(out, name), expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("method", ["kl_symmetry", "ess_balance", "reverse_kl_symmetry", "entropy"])
+@pytest.mark.parametrize("bounds", [(0.5, 1.0), (0.0, 1.0), (0.6, 1.0), (0.2, 0.4)])
+def test_identical_models_give_the_conventional_half_clamped(method, bounds):
+    """Where pi_theta = pi_t every alpha solves the equations; both solvers must report 0.5, clamped."""
+    logits = correlated_logits(4, 512, seed=7)[0]
+    config = SamplerConfig(alpha_method=method, alpha_min=bounds[0], alpha_max=bounds[1])
+    keys = row_keys(torch.arange(4))
+    expected = torch.full((4,), min(max(0.5, bounds[0]), bounds[1]))
+    for solver in ("fast", "reference"):
+        out = mixture_step(logits, logits.clone(), config, row_keys=keys, step=0, solver=solver)
+        torch.testing.assert_close(out.alpha, expected, atol=1e-6, rtol=0, msg=solver)
