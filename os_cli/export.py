@@ -292,6 +292,8 @@ def check_target(to: Path, fmt: str, overwrite: bool) -> None:
             raise UserError(f"--to {to} is a folder that is not a saved dataset; refusing to replace it")
         if fmt != "hf" and to.is_dir():
             raise UserError(f"--to {to} is a folder; --format {fmt} writes one file")
+        if fmt == "hf" and not to.is_dir():
+            raise UserError(f"--to {to} is a file; --format hf writes a folder (datasets' save_to_disk)")
     if not to.parent.exists():
         raise UserError(f"--to {to}: the folder {to.parent} does not exist")
 
@@ -313,18 +315,22 @@ def write_dataset(dataset, fmt: str, to: Path) -> None:
     tmp = to.parent / f".{to.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    if fmt == "trl":
-        # Our own lines, not Dataset.to_json: pandas would round floats to 10 digits.
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in dataset:
-                handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-    elif fmt == "parquet":
-        dataset.to_parquet(str(tmp))
-    else:
-        dataset.save_to_disk(str(tmp))
-    if to.is_dir():
-        shutil.rmtree(to)
-    os.replace(tmp, to)
+    try:
+        if fmt == "trl":
+            # Our own lines, not Dataset.to_json: pandas would round floats to 10 digits.
+            with open(tmp, "w", encoding="utf-8") as handle:
+                for row in dataset:
+                    handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        elif fmt == "parquet":
+            dataset.to_parquet(str(tmp))
+        else:
+            dataset.save_to_disk(str(tmp))
+        if to.is_dir():
+            shutil.rmtree(to)
+        os.replace(tmp, to)
+    finally:  # a failed write leaves no hidden copy of the data behind
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
 def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filters: Filters = Filters(),

@@ -183,6 +183,11 @@ def test_overwrite_replaces_and_refuses_foreign_folders(cli_app, run_dir, shards
     result = export(cli_app, run_dir, "-f", "hf", "--to", folder, "--overwrite")
     assert result.exit_code == 2 and "not a saved dataset" in result.output
     assert (folder / "notes.txt").read_text() == "keep"
+    a_file = tmp_path / "f.csv"
+    a_file.write_text("x\n")
+    result = export(cli_app, run_dir, "-f", "hf", "--to", a_file, "--overwrite")
+    assert result.exit_code == 2 and "is a file; --format hf writes a folder" in result.output
+    assert a_file.read_text() == "x\n" and not list(tmp_path.glob(".f.csv.tmp-*"))
     target = tmp_path / "ds"
     assert export(cli_app, run_dir, "-f", "hf", "--to", target).exit_code == 0
     result = export(cli_app, run_dir, "-f", "hf", "--to", target, "--overwrite", "--finish-reason", "eos")
