@@ -240,9 +240,12 @@ def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
         if id_field is None:
             row_id = str(index)
         else:
-            if id_field not in row or row[id_field] is None:
+            if id_field not in row:
                 fields = ", ".join(row)
                 raise UserError(f"dataset row {index} has no {id_field!r} (dataset.id_field); its fields: {fields}")
+            if row[id_field] is None:  # null in JSON, an empty cell in CSV
+                raise UserError(f"dataset row {index}: its id ({id_field!r}, dataset.id_field) is empty or null; "
+                                f"every row needs an id")
             value = row[id_field]
             if isinstance(value, (dict, list)):
                 raise UserError(f"dataset row {index}: id {_short_repr(value)} (dataset.id_field {id_field!r}) "

@@ -208,3 +208,12 @@ def test_sigterm_stops_a_run_stuck_in_a_model_call_and_it_resumes(tmp_path, tiny
     result = cli(cli_app, *cmd[3:])  # resume in this process: the folder the killed run left is resumable
     assert result.exit_code == 0, result.output
     assert sorted(r["id"] for r in records(out)) == [r["qid"] for r in ROWS]
+
+
+def test_an_empty_id_cell_is_named_as_empty_not_missing(tmp_path, tiny_models, cli_app):
+    csv = tmp_path / "rows.csv"
+    csv.write_text("qid,question,hint\n1,What is 2 plus 3?,5\n,What is 1 plus 1?,2\n")
+    recipe = write_recipe(tmp_path, tiny_models, dataset__source=str(csv))
+    result = cli(cli_app, "generate", "--config", recipe, "--output", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert "dataset row 1: its id ('qid', dataset.id_field) is empty or null" in result.stderr
