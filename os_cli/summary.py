@@ -234,6 +234,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     root = check_output_dir(path)
     manifest, manifest_error = _read_manifest(root)
     check_manifest_types(root, manifest)
+    explicit_answer_field = bool(answer_field)
     if answer_field is None:
         answer_field = default_answer_field(manifest)
     answer_field = answer_field or None
@@ -244,6 +245,7 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     problems: list[dict] = []
     shards = []
     by_found, by_fields = False, set()
+    row_fields: set = set()
     for shard in list_shards(root):
         good = bad = 0
         for line, obj, error, torn in iter_jsonl(shard):
@@ -259,6 +261,8 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
             good += 1
             locations.setdefault(record_key(obj), []).append(f"{shard.name}:{line}")
             overall.add(obj)
+            if isinstance(obj.get("row"), dict) and len(row_fields) < 200:
+                row_fields.update(obj["row"])
             if by:
                 key = group_value(obj, by)
                 by_found = by_found or key != MISSING_GROUP
@@ -272,6 +276,9 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     if by and groups and not by_found:
         raise UserError(f"--by {by}: no record has this field; fields the records have: "
                         f"{', '.join(sorted(by_fields))}")
+    if explicit_answer_field and locations and answer_field not in row_fields:
+        raise UserError(f"--answer-field {answer_field}: no record's row has this field; row fields: "
+                        f"{', '.join(sorted(map(str, row_fields))) or '(none kept)'}")
     integrity = integrity_report(root, manifest, manifest_error, locations, problems)
     return json_safe({
         "format": SUMMARY_FORMAT,

@@ -310,6 +310,9 @@ def test_answer_field_option(tmp_path, runner_app):
     assert a["field"] == "question" and a["correct"] == 0  # "What is i times 3?" -> last number 3
     result = invoke(runner_app, tmp_path / "run", "--json", "--answer-field", "")
     assert json.loads(result.stdout)["overall"]["answers"] is None
+    result = invoke(runner_app, tmp_path / "run", "--answer-field", "anwser")  # a typo is not "no answers"
+    assert result.exit_code == 2 and "--answer-field anwser: no record's row has this field" in result.output
+    assert "answer" in result.output and "question" in result.output
 
 
 def test_text_output_has_the_tables(tmp_path, runner_app):
