@@ -30,7 +30,11 @@ from .record_format import build_record
 from .rng import row_seed, sample_seed
 from .signals import StopSignals
 
-WRITE_INTERVAL_S = 0.25  # finished rows are appended at most this often (each append rewrites the shard)
+# Finished rows are appended at most every WRITE_INTERVAL_S, and never more often than keeps writing
+# under 1/WRITE_COST_FACTOR of the run: each append rewrites and fsyncs the current shard, which grows
+# to output.shard_size records, so on a fast GPU a fixed short interval could stall decoding on I/O.
+WRITE_INTERVAL_S = 0.25
+WRITE_COST_FACTOR = 20
 
 
 class RunEvents:
@@ -216,16 +220,18 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
                             seed=unit_seed(recipe, item, k), id=index)
 
     buffer: list[tuple[dict, int, list[float], list[float]]] = []
-    last_write = 0.0
+    last_write, interval = 0.0, WRITE_INTERVAL_S
 
     def flush() -> None:
-        nonlocal last_write
+        nonlocal last_write, interval
         batch, buffer[:] = list(buffer), []
+        start = time.monotonic()
         with signals.deferred():  # a record is never half written; a pending stop is raised after
             writer.append([record for record, *_ in batch])
             for _, tokens, alpha, ess in batch:
                 events.written(tokens, alpha, ess, writer.current_shard)
         last_write = time.monotonic()
+        interval = max(WRITE_INTERVAL_S, WRITE_COST_FACTOR * (last_write - start))
         testing_hooks.after_write()
 
     backoffs = 0
@@ -254,7 +260,7 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
             )
             buffer.append((record, len(out.token_ids), alpha, ess))
             events.in_flight(min(pulled - finished, limit.value), limit.value)
-            if time.monotonic() - last_write >= WRITE_INTERVAL_S or finished == len(pending):
+            if time.monotonic() - last_write >= interval or finished == len(pending):
                 flush()
     except KeyboardInterrupt:
         if buffer:  # finished rows are complete records: keep them
