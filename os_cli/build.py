@@ -14,6 +14,7 @@ import copy
 from typing import Mapping
 
 from .errors import UserError
+from .hub import recipe_load_kwargs
 from .places import hub_offline, is_hub_name, model_location
 from .recipe import model_settings
 
@@ -44,10 +45,7 @@ def model_kwargs(recipe: Mapping) -> dict:
             kwargs[name] = own
     if m["attn_implementation"] != "auto":
         kwargs["attn_implementation"] = m["attn_implementation"]
-    if m["revision"] is not None:
-        kwargs["revision"] = m["revision"]
-    if m["trust_remote_code"]:
-        kwargs["trust_remote_code"] = True
+    kwargs.update(recipe_load_kwargs(recipe))  # revision, trust_remote_code: the tokenizer's rule too
     return kwargs
 
 
