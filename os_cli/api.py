@@ -8,9 +8,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import engine, hub, models, preflight, rng, samples, scheduler
+from . import arguments, engine, hub, models, preflight, rng, samples, scheduler
 from .alpha import ALPHA_METHODS
-from .limits import MAX_NEW_TOKENS, MAX_SEED
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
 from .scheduler import InFlightLimit, SchedulerStats
@@ -165,14 +164,14 @@ class OptimalSamplingModel:
         if num_samples is not None:  # a thin layer over this same method: repeat, seed, annotate
             args = {k: v for k, v in locals().items() if k not in ("self", "num_samples", "__class__")}
             return samples.generate_samples(self, num_samples, args)
-        prompts, prompts_t = self._check_prompts(prompts, prompts_t)
-        caps = self._check_caps(max_new_tokens, len(prompts))
+        prompts, prompts_t = arguments.check_prompts(prompts, prompts_t)
+        caps = arguments.check_caps(max_new_tokens, len(prompts))
         self._check_lengths(prompts, prompts_t, caps)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(_LOOPS)}, got {loop!r}")
-        seeds = self._row_seeds(seed, len(prompts)).tolist()
+        seeds = arguments.row_seeds(seed, len(prompts)).tolist()
         limit = batch_size or len(prompts)
         if loop == "static":
             if draft_tokens:
@@ -230,7 +229,7 @@ class OptimalSamplingModel:
         apply to this call only, as in `generate`.
         """
         rows = iter(rows)
-        cap = self._check_caps(max_new_tokens, 1)[0]
+        cap = arguments.check_caps(max_new_tokens, 1)[0]
         two_streams = not self.same_model or separate_teacher_prompts
         for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                                         return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
@@ -261,23 +260,6 @@ class OptimalSamplingModel:
             target_top_p=self.target_top_p,
         )
 
-    def _check_prompts(self, prompts, prompts_t) -> tuple[list[str], list[str]]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if isinstance(prompts_t, str):
-            prompts_t = [prompts_t]
-        prompts = list(prompts or [])
-        if not prompts:
-            raise ValueError("prompts is empty: pass a list of at least one prompt string")
-        prompts_t = prompts if prompts_t is None else list(prompts_t)
-        if len(prompts_t) != len(prompts):
-            raise ValueError(f"prompts_t has {len(prompts_t)} prompts but prompts has {len(prompts)}; they pair up row by row")
-        for name, batch in (("prompts", prompts), ("prompts_t", prompts_t)):
-            for i, text in enumerate(batch):
-                if not isinstance(text, str) or not text:
-                    raise ValueError(f"{name}[{i}] must be a non-empty string, got {text!r}")
-        return prompts, prompts_t
-
     def _check_lengths(self, prompts, prompts_t, caps: Sequence[int]) -> None:
         """Every prompt must tokenize to at least one token and fit its model's context with its new tokens."""
         sides = [("prompts", prompts, self.tokenizer)]
@@ -298,23 +280,6 @@ class OptimalSamplingModel:
         """One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
         One model with its own teacher prompts (a hint) still needs a second stream and KV cache."""
         return not self.same_model or list(prompts_t) != list(prompts)
-
-    def _row_seeds(self, seed, count: int) -> torch.Tensor:
-        if seed is None:  # follow torch's global RNG, so torch.manual_seed still reproduces a run
-            base = int(torch.randint(0, 2**62, (1,)))
-            return base + torch.arange(count, dtype=torch.int64)
-        if getattr(seed, "ndim", None) == 0 and hasattr(seed, "item"):  # a 0-d numpy array or tensor
-            seed = seed.item()
-        if _is_int(seed):
-            base = _checked_seed(seed, "seed")
-            return torch.tensor([rng.row_seed(base, i) for i in range(count)], dtype=torch.int64)
-        if isinstance(seed, (str, bytes, float)) or not hasattr(seed, "__iter__"):
-            raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (or a list of {count}, one per prompt), "
-                             f"got {type(seed).__name__} {seed!r}")
-        seeds = list(seed)
-        if len(seeds) != count:
-            raise ValueError(f"seed must be an int or a list of {count} ints (one per prompt), got {len(seeds)}")
-        return torch.tensor([_checked_seed(s, f"seed[{i}]") for i, s in enumerate(seeds)], dtype=torch.int64)
 
     def _eos_ids(self) -> list[int]:
         ids: set[int] = set()
@@ -339,13 +304,6 @@ class OptimalSamplingModel:
         if not ids:
             raise ValueError(f"{side}[{index}] tokenizes to no tokens: {text!r}")
         return ids
-
-    def _check_caps(self, max_new_tokens, count: int) -> list[int]:
-        caps = [max_new_tokens] * count if _is_int(max_new_tokens) else list(max_new_tokens)
-        if len(caps) != count or not all(_is_int(c) and 1 <= c <= MAX_NEW_TOKENS for c in caps):
-            raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS} or a list of {count} such "
-                             f"integers, got {max_new_tokens!r}")
-        return [int(c) for c in caps]
 
     def _step_fn(self, config: SamplerConfig, sample_from: str):
         """q* for [n, V] logits of rows at per-row steps, exactly as every loop draws it."""
@@ -396,8 +354,8 @@ class OptimalSamplingModel:
                 if not two_streams and prompt_t != row.prompt:
                     raise ValueError(f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
                                      f"theta's prompts; pass separate_teacher_prompts=True")
-                seed = _checked_seed(row.seed, f"row {index}: seed")
-                cap = max_new_tokens if row.max_new_tokens is None else self._check_caps(row.max_new_tokens, 1)[0]
+                seed = arguments.checked_seed(row.seed, f"row {index}: seed")
+                cap = max_new_tokens if row.max_new_tokens is None else arguments.check_caps(row.max_new_tokens, 1)[0]
                 ids = self._token_ids(row.prompt, "prompts", index)
                 self._check_length("prompts", index, len(ids), cap)
                 ids_t = None
@@ -467,19 +425,3 @@ def _placement(model, device: torch.device) -> str:
     """`cuda:0`, or for a model a device_map spreads: `cuda:0 (device_map over 0, 1, cpu)`."""
     spread = sorted(set(map(str, (getattr(model, "hf_device_map", None) or {}).values())))
     return f"{device} (device_map over {', '.join(spread)})" if len(spread) > 1 else str(device)
-
-
-def _is_int(value) -> bool:
-    """Python and numpy integers (not bool)."""
-    import numbers
-
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _checked_seed(value, name: str) -> int:
-    if not _is_int(value):
-        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"{name} must be an integer in 0..{MAX_SEED}, got {value}")
-    return value

@@ -16,6 +16,7 @@ import numbers
 
 import torch
 
+from .arguments import row_seeds
 from .limits import MAX_NUM_SAMPLES
 from .rng import sample_seed
 
@@ -38,7 +39,7 @@ def generate_samples(model, num_samples, args: dict):
     prompts, prompts_t = _as_list(args["prompts"]), _as_list(args.get("prompts_t"))
     if not prompts or (prompts_t is not None and len(prompts_t) != len(prompts)):
         return model.generate(**args)  # its own error for these prompts
-    seeds = model._row_seeds(args.get("seed"), len(prompts))  # validated; None follows torch's global RNG
+    seeds = row_seeds(args.get("seed"), len(prompts))  # validated; None follows torch's global RNG
     repeated = dict(args)
     repeated["prompts"] = [p for p in prompts for _ in range(n)]
     if prompts_t is not None:
