@@ -278,6 +278,9 @@ def test_folders_without_the_key_keep_their_hash(work):
     a = load_recipe(write("a", {"topk_logprobs": 2, "topk_of": ["q", "t"]}))
     b = load_recipe(write("b", {"topk_logprobs": 2, "topk_of": ["t", "q"]}))
     assert a["output"]["topk_of"] == ["t", "q"] and recipe_hash(a) == recipe_hash(b)
+    assert a["_meta"]["warnings"] == []
+    idle = load_recipe(write("idle", {"topk_of": ["theta"]}))  # names without K: a warning, not silence
+    assert idle["_meta"]["warnings"] == ["output.topk_of ['theta'] has no effect while output.topk_logprobs is 0 (off)"]
 
 
 @pytest.mark.parametrize("output, needle", [
