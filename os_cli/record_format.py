@@ -4,7 +4,8 @@ Imported by the writer (which writes them), the resume scan (which validates eve
 `summary` (inspect). No heavy imports: this module is pure data plus JSON.
 
 - A record is one JSON object per line with at least `REQUIRED_KEYS` (`tokens` is added with
-  `output.per_token: true` or `output.topk_logprobs: K`, which adds its TOPK_* lists). `record_problem` says why a parsed line is not a complete record.
+  `output.per_token: true` or `output.topk_logprobs: K`, which adds its TOPK_* lists to it).
+  `record_problem` says why a parsed line is not a complete record.
 - A record's identity is `(id, sample)` (`record_key`): `sample` is 0..num_samples-1, and a record
   without the key (written before several samples per row existed) is sample 0. Exactly once means
   once per key; `messages` (chat runs) is theta's conversation prefix, a list of {role, content}.
@@ -242,6 +243,6 @@ def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, pr
     if topk_ids is not None:
         as_list = lambda x: x.tolist() if hasattr(x, "tolist") else list(x)  # noqa: E731
         record["tokens"][TOPK_IDS] = [[int(i) for i in ids] for ids in as_list(topk_ids)]
-        for name, values in (topk_logprobs or {}).items():
-            record["tokens"][TOPK_LOGPROB + name] = [[short_float(v) for v in vs] for vs in as_list(values)]
+        for name, per_token_values in (topk_logprobs or {}).items():
+            record["tokens"][TOPK_LOGPROB + name] = [[short_float(v) for v in vs] for vs in as_list(per_token_values)]
     return record

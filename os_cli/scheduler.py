@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 
 from . import speculative
-from .topk import TopK, topk_columns
 from .engine import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from .models import input_device
 from .sampler import StepOutput
+from .topk import TopK, topk_columns
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n]) -> StepOutput: the q* step.
 RowStepFn = Callable[[Tensor, Tensor, Tensor, Tensor], StepOutput]

@@ -40,13 +40,12 @@ def topk_spec(k, of: Sequence[str] | str | None = DEFAULT_OF, vocab_size: int | 
     """The checked setting, or None when `k` is 0 / None (off). Raises ValueError naming what is allowed."""
     if k is None or (isinstance(k, numbers.Integral) and not isinstance(k, bool) and k == 0):
         return None
-    upper = f"1..{vocab_size}" if vocab_size is not None else "a positive integer"
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0 or (vocab_size is not None and k > vocab_size):
-        raise ValueError(f"topk_logprobs must be 0 (off) or {upper} (the vocabulary has "
-                         f"{vocab_size if vocab_size is not None else 'V'} tokens), got {k!r}")
-    of = [of] if isinstance(of, str) else list(of if of is not None else DEFAULT_OF)
-    bad = [s for s in of if s not in SIDES]
-    if not of or bad or len(set(of)) != len(of):
+    upper = f"1..{vocab_size} (the vocabulary)" if vocab_size is not None else "a positive integer"
+    too_large = vocab_size is not None and isinstance(k, numbers.Integral) and k > vocab_size
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0 or too_large:
+        raise ValueError(f"topk_logprobs must be 0 (off) or {upper}, got {k!r}")
+    of = [of] if isinstance(of, str) else DEFAULT_OF if of is None else of
+    if not isinstance(of, (list, tuple)) or not of or any(s not in SIDES for s in of) or len(set(of)) != len(of):
         raise ValueError(f"topk_of must be a non-empty list of distinct names among {', '.join(SIDES)} "
                          f"(t = the teacher), got {of!r}")
     return TopK(int(k), tuple(s for s in SIDES if s in of))

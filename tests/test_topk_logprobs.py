@@ -144,7 +144,7 @@ def test_one_model_runs(single, tiny_models):
 
 
 @pytest.mark.parametrize("k, of", [(-1, ["t"]), (True, ["t"]), (2.5, ["t"]), ("3", ["t"]), (10_000, ["t"]),
-                                   (3, []), (3, ["teacher"]), (3, ["t", "t"])])
+                                   (3, []), (3, ["teacher"]), (3, ["t", "t"]), (3, 5), (3, [["t"]])])
 def test_bad_api_arguments_are_refused(pair, k, of):
     with pytest.raises(ValueError, match="topk_"):
         pair.generate(PROMPTS[:1], max_new_tokens=2, topk_logprobs=k, topk_of=of)
