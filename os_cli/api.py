@@ -13,6 +13,7 @@ from .alpha import ALPHA_METHODS
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
 from .scheduler import InFlightLimit, SchedulerStats
+from .topk import DEFAULT_OF as TOPK_OF_DEFAULT, topk_spec
 
 __all__ = ["OptimalSamplingModel", "SamplingOutput", "StreamRow", "RowOutput", "InFlightLimit", "SchedulerStats"]
 
@@ -143,6 +144,8 @@ class OptimalSamplingModel:
         num_samples: int | None = None,
         alpha: Mapping[str, Any] | None = None,
         ignore_eos: bool = False,
+        topk_logprobs: int = 0,
+        topk_of: Sequence[str] = TOPK_OF_DEFAULT,
     ) -> SamplingOutput:
         """Sample one completion per prompt. `prompts_t` gives the teacher its own prompts.
 
@@ -160,6 +163,9 @@ class OptimalSamplingModel:
         `alpha={"method": ..., "fixed": ..., "min": ..., "max": ...}` (any of these keys, the recipe's
         `alpha` section) overrides the model's alpha settings for this call only. `ignore_eos=True` runs
         every row to its cap (EOS is an ordinary token; stop strings still end a row): equal work per row.
+        `topk_logprobs=K` also returns, per token, the teacher's K most likely ids and their log-probs
+        under the distributions in `topk_of` ("t", "theta", "q"; os_cli/topk.py): `out.topk_ids`,
+        `out.topk_logprobs`.
         """
         if num_samples is not None:  # a thin layer over this same method: repeat, seed, annotate
             args = {k: v for k, v in locals().items() if k not in ("self", "num_samples", "__class__")}
@@ -173,7 +179,10 @@ class OptimalSamplingModel:
             raise ValueError(f"loop must be one of {', '.join(_LOOPS)}, got {loop!r}")
         seeds = arguments.row_seeds(seed, len(prompts)).tolist()
         limit = batch_size or len(prompts)
+        topk = topk_spec(topk_logprobs, topk_of, self.vocab_size)
         if loop == "static":
+            if topk is not None:
+                raise ValueError("topk_logprobs needs loop='refill'; the static reference loop does not record it")
             if draft_tokens:
                 raise ValueError("draft_tokens needs loop='refill'; the static reference loop draws one token per step")
             results = self._static(prompts, prompts_t, seeds, caps, limit, temperature, top_k, top_p, stop,
@@ -186,7 +195,7 @@ class OptimalSamplingModel:
             two_streams = self._two_streams(prompts, prompts_t)
             for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
                                           limit, return_logits, return_q_star_probs, oom_backoff=False, stats=stats,
-                                          two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos):
+                                          two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos, topk=topk):
                 results[result.index] = result
         out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
                        lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
@@ -215,6 +224,8 @@ class OptimalSamplingModel:
         separate_teacher_prompts: bool = False,
         alpha: Mapping[str, Any] | None = None,
         ignore_eos: bool = False,
+        topk_logprobs: int = 0,
+        topk_of: Sequence[str] = TOPK_OF_DEFAULT,
     ) -> Iterator[RowOutput]:
         """Decode `rows` (read lazily) with up to `limit` in flight; yield each row as soon as it ends.
 
@@ -225,19 +236,21 @@ class OptimalSamplingModel:
         and only the rows beyond the new limit restart (with the same output). `stats` collects
         occupancy and acceptance counters. With one model (theta = teacher) rows share one stream
         unless `separate_teacher_prompts=True` gives the teacher's prompts (`StreamRow.prompt_t`) their
-        own stream; a row with a distinct `prompt_t` is refused otherwise. `alpha` and `ignore_eos`
-        apply to this call only, as in `generate`.
+        own stream; a row with a distinct `prompt_t` is refused otherwise. `alpha`, `ignore_eos` and
+        `topk_logprobs` / `topk_of` apply to this call only, as in `generate`.
         """
         rows = iter(rows)
+        topk = topk_spec(topk_logprobs, topk_of, self.vocab_size)
         cap = arguments.check_caps(max_new_tokens, 1)[0]
         two_streams = not self.same_model or separate_teacher_prompts
         for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                                         return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
-                                        two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos):
+                                        two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos, topk=topk):
             text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, stops(stop))
             yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
                             finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
-                            q_star_probs=result.q_star)
+                            q_star_probs=result.q_star, topk_ids=result.topk_ids,
+                            topk_logprobs=result.topk_logprobs)
 
     # ------------------------------------------------------------------ internals
 
@@ -334,8 +347,8 @@ class OptimalSamplingModel:
         return config, stops(stop)
 
     def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
-                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool, alpha=None, ignore_eos=False
-                ) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
+                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool, alpha=None, ignore_eos=False,
+                topk=None) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
         """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
 
         With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
@@ -373,6 +386,7 @@ class OptimalSamplingModel:
             eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
             stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
             draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
+            topk=topk,
         ):
             yield result, in_flight.pop(result.index)
 

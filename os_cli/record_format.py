@@ -4,7 +4,8 @@ Imported by the writer (which writes them), the resume scan (which validates eve
 `summary` (inspect). No heavy imports: this module is pure data plus JSON.
 
 - A record is one JSON object per line with at least `REQUIRED_KEYS` (`tokens` is added with
-  `output.per_token: true`). `record_problem` says why a parsed line is not a complete record.
+  `output.per_token: true` or `output.topk_logprobs: K`, which adds its TOPK_* lists to it).
+  `record_problem` says why a parsed line is not a complete record.
 - A record's identity is `(id, sample)` (`record_key`): `sample` is 0..num_samples-1, and a record
   without the key (written before several samples per row existed) is sample 0. Exactly once means
   once per key; `messages` (chat runs) is theta's conversation prefix, a list of {role, content}.
@@ -32,6 +33,11 @@ REQUIRED_KEYS = ("id", "alpha_method", "prompt", "prompt_t", "completion", "num_
                  "alpha", "ess_ratio", "kl_theta", "kl_t", "logprob", "row")
 STAT_KEYS = ("mean", "min", "max")              # of alpha, ess_ratio, kl_theta, kl_t
 LOGPROB_KEYS = ("theta", "t", "q")              # of logprob
+# output.topk_logprobs: K adds to `tokens` the teacher's top-K ids per token and, per distribution
+# named in output.topk_of (LOGPROB_KEYS), their log-probabilities (os_cli/topk.py)
+TOPK_IDS = "topk_ids"
+TOPK_LOGPROB = "topk_logprob_"                  # + theta | t | q
+TOPK_OF_DEFAULT = ("t",)
 STAT_FIELDS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
 SAMPLE_KEY = "sample"                           # optional: absent = 0
 MESSAGES_KEY = "messages"                       # optional: chat runs only
@@ -207,9 +213,11 @@ def _seq_sum(values: Sequence[float]) -> float | None:
 
 def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, prompt_t: str, messages,
                  completion: str, token_ids: Sequence[int], finish_reason: str, traces: Mapping, row: Mapping,
-                 per_token: bool) -> dict:
+                 per_token: bool, topk_ids=None, topk_logprobs: Mapping | None = None) -> dict:
     """The record of one (row, sample): `traces` are the engine's per-token values of the row's real
-    tokens (`RowOutput.traces`: alpha, ess_ratio, kl_theta, kl_t, logprob_theta/t/q), tensors or lists."""
+    tokens (`RowOutput.traces`: alpha, ess_ratio, kl_theta, kl_t, logprob_theta/t/q), tensors or lists.
+    `topk_ids` [n, K] and `topk_logprobs` {name: [n, K]} (`RowOutput.topk_*`, output.topk_logprobs) go
+    into `tokens` as TOPK_IDS and TOPK_LOGPROB + name; they imply `tokens` (aligned with its ids)."""
     values = {k: [float(v) for v in (traces[k].double().tolist() if hasattr(traces[k], "double") else traces[k])]
               for k in ("alpha", "ess_ratio", "kl_theta", "kl_t", "logprob_theta", "logprob_t", "logprob_q")}
     record = {
@@ -227,9 +235,14 @@ def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, pr
     }
     if messages is not None:
         record[MESSAGES_KEY] = messages
-    if per_token:
+    if per_token or topk_ids is not None:
         record["tokens"] = {"ids": [int(t) for t in token_ids],
                             **{name: [short_float(v) for v in values[name]] for name in STAT_FIELDS},
                             **{f"logprob_{side}": [short_float(v) for v in values[f"logprob_{side}"]]
                                for side in LOGPROB_KEYS}}
+    if topk_ids is not None:
+        as_list = lambda x: x.tolist() if hasattr(x, "tolist") else list(x)  # noqa: E731
+        record["tokens"][TOPK_IDS] = [[int(i) for i in ids] for ids in as_list(topk_ids)]
+        for name, per_token_values in (topk_logprobs or {}).items():
+            record["tokens"][TOPK_LOGPROB + name] = [[short_float(v) for v in vs] for vs in as_list(per_token_values)]
     return record

@@ -35,6 +35,8 @@ class RowOutput:
     traces: dict[str, torch.Tensor]  # engine.TRACE_FIELDS: alpha, ess_*, kl_*, logprob_theta/t/q, fallback
     logits: dict[str, torch.Tensor] | None = None
     q_star_probs: torch.Tensor | None = None
+    topk_ids: torch.Tensor | None = None  # [n, K] the teacher's top-K ids per token (topk_logprobs=K)
+    topk_logprobs: dict[str, torch.Tensor] | None = None  # "t" / "theta" / "q" (topk_of): [n, K] at topk_ids
 
 
 @dataclass
@@ -59,6 +61,10 @@ class SamplingOutput:
     # With generate(num_samples=n): row r is sample sample_indices[r] of prompt prompt_indices[r] (os_cli/samples.py)
     prompt_indices: torch.Tensor | None = None  # [batch] int64
     sample_indices: torch.Tensor | None = None  # [batch] int64
+    # With generate(topk_logprobs=K) (os_cli/topk.py): the teacher's top-K ids per token, -1 after a row ended,
+    # and their log-probs under each distribution in topk_of ("t", "theta", "q"), NaN after the end
+    topk_ids: torch.Tensor | None = None  # [batch, len, K] int64
+    topk_logprobs: dict[str, torch.Tensor] | None = None  # name -> [batch, len, K]
 
 
 def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, return_diagnostics: bool,
@@ -93,11 +99,20 @@ def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, re
     if results[0].logits is not None:
         logits = {side: stack(lambda r: r.logits[side]) for side in ("theta", "t")}
     q_star = stack(lambda r: r.q_star) if results[0].q_star is not None else None
+    topk_ids = topk = None
+    if results[0].topk_ids is not None:
+        k = results[0].topk_ids.shape[1]
+        topk_ids = torch.full((len(results), width, k), -1, dtype=torch.long)
+        topk = {name: torch.full((len(results), width, k), float("nan")) for name in results[0].topk_logprobs}
+        for i, r in enumerate(results):
+            topk_ids[i, : len(r.tokens)] = r.topk_ids
+            for name in topk:
+                topk[name][i, : len(r.tokens)] = r.topk_logprobs[name]
     return SamplingOutput(
         generated_texts=texts, generated_ids=ids, alpha_values=traces["alpha"], ess_ratios=traces["ess_ratio"],
         diagnostics=diagnostics, lengths=lengths, finish_reasons=reasons, mask=mask,
         logprobs={"theta": traces["logprob_theta"], "t": traces["logprob_t"], "q": traces["logprob_q"]},
-        logits=logits, q_star_probs=q_star,
+        logits=logits, q_star_probs=q_star, topk_ids=topk_ids, topk_logprobs=topk,
     )
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import testing_hooks
 from .errors import UserError
-from .record_format import build_record
+from .record_format import TOPK_OF_DEFAULT, build_record
 from .rng import row_seed, sample_seed
 from .signals import StopSignals
 
@@ -101,6 +101,14 @@ def check_draft_tokens(recipe) -> None:
         raise UserError(f"sampling.draft_tokens: {k} needs a teacher that differs from theta (models.teacher, or "
                         f"prompts.teacher for a hint); with one model on the same prompts q* is pi_theta and there "
                         f"is nothing to draft. Set sampling.draft_tokens: 0")
+
+
+def check_topk_logprobs(recipe, vocab_size: int) -> None:
+    """output.topk_logprobs is at most the vocabulary (theta's tokenizer), checked before models load."""
+    k = recipe["output"].get("topk_logprobs", 0)
+    if k > vocab_size:
+        raise UserError(f"output.topk_logprobs: {k} is more than the vocabulary ({vocab_size} tokens in "
+                        f"{recipe['models']['theta']}'s tokenizer); allowed: 0 (off) or 1..{vocab_size}")
 
 
 def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, locks, events: RunEvents, *,
@@ -240,7 +248,8 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
         rows(), max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
         top_p=sampling["top_p"], top_k=sampling["top_k"], stop=sampling["stop"] or None,
         draft_tokens=sampling.get("draft_tokens", 0), limit=limit, oom_backoff=True, stats=SchedulerStats(),
-        separate_teacher_prompts=teacher_prompts,
+        separate_teacher_prompts=teacher_prompts, topk_logprobs=recipe["output"].get("topk_logprobs", 0),
+        topk_of=recipe["output"].get("topk_of", TOPK_OF_DEFAULT),
     )
     try:
         for out in outputs:
@@ -257,6 +266,7 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
                 prompt_t=item.prompt_t, messages=item.messages, completion=out.text,
                 token_ids=out.token_ids.tolist(), finish_reason=out.finish_reason, traces=out.traces,
                 row=kept_row(recipe, item.row), per_token=recipe["output"]["per_token"],
+                topk_ids=out.topk_ids, topk_logprobs=out.topk_logprobs,
             )
             buffer.append((record, len(out.token_ids), alpha, ess))
             events.in_flight(min(pulled - finished, limit.value), limit.value)

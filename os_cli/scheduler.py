@@ -32,6 +32,7 @@ from . import speculative
 from .engine import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from .models import input_device
 from .sampler import StepOutput
+from .topk import TopK, topk_columns
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n]) -> StepOutput: the q* step.
 RowStepFn = Callable[[Tensor, Tensor, Tensor, Tensor], StepOutput]
@@ -60,6 +61,8 @@ class RowResult:
     traces: dict[str, Tensor]
     logits: dict[str, Tensor] | None = None  # "theta" / "t": [n, V] raw logits each token was drawn from
     q_star: Tensor | None = None  # [n, V] the distribution each token was drawn from
+    topk_ids: Tensor | None = None  # [n, K] the teacher's top-K ids per token (decode_rows(topk=...), topk.py)
+    topk_logprobs: dict[str, Tensor] | None = None  # [n, K] per name in topk.of, at topk_ids
 
 
 class InFlightLimit:
@@ -167,6 +170,7 @@ def decode_rows(
     oom_backoff: bool = False,
     stats: SchedulerStats | None = None,
     admit_min: int | None = None,
+    topk: TopK | None = None,
 ) -> Iterator[RowResult]:
     """Decode `requests` (any iterable, read lazily) with continuous refill; yield each row as it ends.
 
@@ -176,6 +180,7 @@ def decode_rows(
     Results come in finishing order; `RowResult.index` says which request each one is.
     `admit_min`: waiting rows are prefilled once that many slots are free (default a quarter of
     the limit, at least 1), since a prefill's cost hardly depends on how many rows it takes.
+    `topk`: also record the teacher's top-K per token (os_cli/topk.py; one top-k per step, on the device).
     """
     if draft_tokens and model_t is None:
         raise ValueError("draft_tokens needs a teacher stream (two models, or two prompts)")
@@ -184,6 +189,7 @@ def decode_rows(
                  max_new_tokens, eos_ids, pad_id, stop_fn, keep_logits, keep_q_star, draft_tokens, temperature,
                  oom_backoff, stats if stats is not None else SchedulerStats())
     loop.admit_min = admit_min if admit_min is not None else max(1, loop.limit.value // 4)
+    loop.init_topk(topk)
     yield from loop.run(iter(requests))
 
 
@@ -203,6 +209,14 @@ class _Loop:
         self.free = list(range(capacity - 1, -1, -1))
         self.main: _Group | None = None
         self.queue: deque[RowRequest] = deque()  # evicted rows first, then the caller's iterator
+
+    def init_topk(self, topk: TopK | None) -> None:
+        """Per-slot buffers [capacity, width, K] for the top-K ids and values, like the traces."""
+        self.topk = topk
+        if topk is not None:
+            shape = self.tokens.shape + (topk.k,)
+            self.topk_ids = torch.full(shape, -1, dtype=torch.int32, device=self.device)
+            self.topk_values = torch.full((len(topk.of),) + shape, float("nan"), device=self.device)
 
     # ------------------------------------------------------------------ driver
 
@@ -312,6 +326,7 @@ class _Loop:
         )
         out = self.step_fn(logits_theta, logits_t, group.keys, group.steps)
         self._keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq.exp()[:, None])
+        self._keep_topk(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
         return group
 
@@ -327,6 +342,7 @@ class _Loop:
         self.stats.row_steps += len(g)
         out = self.step_fn(logits_theta, logits_t, g.keys, g.steps)
         self._keep_distributions(g, logits_theta[:, None], logits_t[:, None], out.logq.exp()[:, None])
+        self._keep_topk(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
 
     def _round(self) -> Iterator[RowResult]:
@@ -338,6 +354,7 @@ class _Loop:
                                   self.step_fn, self.stats)
         if self.keep_logits or self.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq.exp(), counts=r.counts)
+        self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])
         results = list(self._emit(g, r.emitted, r.counts, r.traces))
         for stream in g.streams():  # holes left by rejected drafts: repack once they are worth a copy
             stream.compact(min_waste=max(8, stream.attention_mask.shape[1] // 8))
@@ -356,6 +373,15 @@ class _Loop:
                     row.logits_t.append(logits_t[i, j].float().cpu())
                 if self.keep_q_star:
                     row.q_star.append(q_star[i, j].float().cpu())
+
+    def _keep_topk(self, g: _Group, logits_theta, logits_t, logq, fallback) -> None:
+        """Write the top-K of m positions per row [B, m, ...] at the rows' slots and steps (before `_emit`)."""
+        if self.topk is None:
+            return
+        ids, values = topk_columns(self.topk, self.temperature, logits_theta, logits_t, logq, fallback)
+        columns = g.steps[:, None] + torch.arange(ids.shape[1], device=self.device)
+        self.topk_ids[g.slots[:, None], columns] = ids.to(torch.int32)
+        self.topk_values[:, g.slots[:, None], columns] = values
 
     def _emit(self, g: _Group, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
         """Record up to counts[r] tokens per row, end rows (EOS, cap, stop), drop them, set `pending`."""
@@ -404,6 +430,8 @@ class _Loop:
         slots = g.slots[idx]
         lengths = g.steps[idx].tolist()
         tokens, traces = self.tokens[slots].cpu(), self.traces[:, slots].cpu()
+        if self.topk is not None:
+            topk_ids, topk_values = self.topk_ids[slots].cpu(), self.topk_values[:, slots].cpu()
         results = []
         for j, r in enumerate(done):
             row, n = g.rows[r], lengths[j]
@@ -413,6 +441,9 @@ class _Loop:
                 result.logits = {"theta": torch.stack(row.logits_theta[:n]), "t": torch.stack(row.logits_t[:n])}
             if self.keep_q_star:
                 result.q_star = torch.stack(row.q_star[:n])
+            if self.topk is not None:
+                result.topk_ids = topk_ids[j, :n].long()
+                result.topk_logprobs = {name: topk_values[d, j, :n].clone() for d, name in enumerate(self.topk.of)}
             results.append(result)
             self.free.append(row.slot)
         return results

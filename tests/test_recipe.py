@@ -53,7 +53,7 @@ def test_defaults_filled_and_run_name_from_file(tmp_path):
     assert r["models"]["teacher"] is None and r["models"]["quantization"] == "none"
     assert r["prompts"]["teacher"] is None and r["prompts"]["theta"]["chat_template"] is True
     assert r["dataset"]["keep_fields"] == "all" and r["dataset"]["answer_field"] == "answer"
-    assert r["output"] == {"dir": None, "shard_size": 1000, "per_token": False}
+    assert r["output"] == {"dir": None, "shard_size": 1000, "per_token": False, "topk_logprobs": 0, "topk_of": ["t"]}
     assert output_dir(r) == Path("outputs/my-run")
     assert output_dir(r, "x/y") == Path("x/y")
     assert r["_meta"]["path"].endswith("my-run.yaml")

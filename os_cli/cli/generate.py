@@ -81,7 +81,7 @@ def validate(
             ("dataset", f"{rows} (split {ds['split']}, skip {ds['skip']}, limit {ds['limit']})"),
             ("fields", ", ".join(fields) or "(none)"),
             ("teacher prompt", "own template" if prompts["teacher"] else "same as theta"),
-            ("output", str(output_dir(resolved))),
+            ("output", str(output_dir(resolved)) + _records_note(resolved["output"])),
             ("fragments", ", ".join(_fragment_label(f) for f in meta["fragments"]) or "(none)"),
             ("hash", recipe_hash(resolved)),
         ]
@@ -90,6 +90,14 @@ def validate(
         for warning in meta["warnings"]:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
         validate_rows(resolved, console)
+
+
+def _records_note(output: dict) -> str:
+    """What records carry beyond the summary: per-token lists, the teacher's top-k (output.topk_logprobs)."""
+    k = output.get("topk_logprobs", 0)
+    if k:
+        return f"  (per token, with topk_logprobs: {k} of {', '.join(output['topk_of'])})"
+    return "  (per token)" if output["per_token"] else ""
 
 
 def _fragment_label(path: str) -> str:
@@ -168,7 +176,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     from ..quiet import quiet_progress_bars
     from ..build import check_models_reachable, check_placement
     from ..recipe import load_recipe, output_dir
-    from ..run import Distributed, check_draft_tokens, run_locked
+    from ..run import Distributed, check_draft_tokens, check_topk_logprobs, run_locked
     from ..writer import check_output, plan_entries
 
     quiet_progress_bars()
@@ -188,6 +196,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     check_placement(recipe)
     check_models_reachable(recipe)
     tokenizer, tokenizer_t = _load_tokenizers(recipe)
+    check_topk_logprobs(recipe, len(tokenizer))
     rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
     screen_prompts(recipe, rendered, tokenizer, tokenizer_t, model_contexts(recipe, tokenizer, tokenizer_t))
     planned_ids = [row_id for row_id, _ in rows]

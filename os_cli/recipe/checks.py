@@ -112,6 +112,16 @@ def _check_choice(spec, value, path, ctx):
     return value
 
 
+def _check_choice_list(spec, value, path, ctx):
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not value or any(v not in spec.choices or isinstance(v, bool) for v in value):
+        ctx.fail(path, f"must be a non-empty list of names among {', '.join(map(str, spec.choices))}, "
+                       f"got {_show(value)}")
+    if len(set(value)) != len(value):
+        ctx.fail(path, f"lists a name twice: {_show(value)}")
+    return [c for c in spec.choices if c in value]  # one order: the same set hashes the same
+
+
 def _check_device(spec, value, path, ctx):
     from ..preflight import device_problem
 
@@ -227,7 +237,7 @@ def _check_source(spec, value, path, ctx):
 
 _CHECKERS = {
     "int": _check_int, "float": _check_float, "bool": _check_bool, "str": _check_str, "name": _check_name,
-    "choice": _check_choice, "device": _check_device, "device_map": _check_device_map,
+    "choice": _check_choice, "choice_list": _check_choice_list, "device": _check_device, "device_map": _check_device_map,
     "max_memory": _check_max_memory, "top_k": _check_top_k, "str_list": _check_str_list,
     "keep_fields": _check_keep_fields, "rows": _check_rows, "template": _check_template,
     "model": _check_model, "source": _check_source,

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..record_format import TOPK_OF_DEFAULT
+
 
 # Keys that do not change which records a run writes, so they may change between a run and its
 # resume: names and places, hardware placement, grouping (batch size: OOM back-off changes it anyway),
@@ -28,7 +30,7 @@ HASH_EXCLUDED = (
 HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
                "models.per_model.teacher": None, "models.per_model": None,
                "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None,
-               "sampling.draft_tokens": 0}
+               "sampling.draft_tokens": 0, "output.topk_logprobs": 0, "output.topk_of": list(TOPK_OF_DEFAULT)}
 
 
 def _strip(recipe: Mapping) -> dict:

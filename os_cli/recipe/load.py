@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 
 from ..errors import UserError
 from ..places import BUILTIN_PREFIX, BUNDLED_DIR, local_candidate as _local_candidate
+from ..record_format import TOPK_OF_DEFAULT
 from .checks import _Ctx
 from .fragments import _load_with_fragments, _resolve_tree, find_recipe
 from .overrides import _apply_override, _parse_override
@@ -75,6 +76,9 @@ def _warnings(recipe: dict, ctx: _Ctx) -> list[str]:
                 kind = "a builtin model" if value.startswith(BUILTIN_PREFIX) else "a local folder"
                 out.append(f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, "
                            f"not a hub name")
+    output = recipe["output"]
+    if not output["topk_logprobs"] and output["topk_of"] != list(TOPK_OF_DEFAULT):
+        out.append(f"output.topk_of {output['topk_of']} has no effect while output.topk_logprobs is 0 (off)")
     return out
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from ..alpha_names import ALPHA_METHODS
+from ..record_format import LOGPROB_KEYS, TOPK_OF_DEFAULT
 from ..limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
 
 
@@ -157,6 +158,9 @@ SCHEMA = Section(
                 "dir": Field("str", None, nullable=True),
                 "shard_size": Field("int", 1000, min=1),
                 "per_token": Field("bool", False),
+                # the teacher's top-K per token (os_cli/topk.py); K <= the vocabulary, checked with the tokenizer
+                "topk_logprobs": Field("int", 0, min=0),
+                "topk_of": Field("choice_list", list(TOPK_OF_DEFAULT), choices=LOGPROB_KEYS),
             }
         ),
     }
