@@ -1,6 +1,7 @@
 """The run loop of `os-sample generate`, as a library (no printing: events go to a `RunEvents`).
 
-`run_locked(...)` takes a checked plan and a locked output folder: it decides what is left to do
+`run_in_folder(recipe, out_dir, dist, planned, events, ...)` takes a checked plan (os_cli/planning.py),
+checks and locks the output folder and hands over to `run_locked`, which decides what is left to do
 (exactly once per (row, sample), from the records on disk), loads the models only if something is,
 starts the writer and streams the pending rows through the engine's one batching loop
 (`OptimalSamplingModel.generate_stream`, continuous refill): each row's record is appended as soon
@@ -84,23 +85,43 @@ class Distributed:
             self.state.wait_for_everyone()
 
 
-def unit_seed(recipe, item, sample: int) -> int:
-    """The seed of sample `sample` of a planned row: sample 0 is the row's own seed (rng.py)."""
-    return sample_seed(row_seed(recipe["sampling"]["seed"], item.index), sample)
+def unit_seed(seed: int, item, sample: int) -> int:
+    """The seed of sample `sample` of a planned row (`seed`: sampling.seed): sample 0 is the row's own (rng.py)."""
+    return sample_seed(row_seed(seed, item.index), sample)
 
 
-def check_draft_tokens(recipe) -> None:
-    """sampling.draft_tokens needs a teacher distribution that differs from theta's (before models load)."""
-    from .places import model_location
-
-    k = recipe["sampling"].get("draft_tokens", 0)
+def check_draft_tokens(sampling, prompts, places) -> None:
+    """sampling.draft_tokens needs a teacher distribution that differs from theta's (before models load);
+    `sampling`, `prompts`: the recipe's sections, `places`: `places.places_of(recipe)`."""
+    k = sampling.get("draft_tokens", 0)
     if not k:
         return
-    teacher = model_location(recipe, "teacher")
-    if teacher in (None, model_location(recipe, "theta")) and recipe["prompts"]["teacher"] is None:
+    if places.teacher in (None, places.theta) and prompts["teacher"] is None:
         raise UserError(f"sampling.draft_tokens: {k} needs a teacher that differs from theta (models.teacher, or "
                         f"prompts.teacher for a hint); with one model on the same prompts q* is pi_theta and there "
                         f"is nothing to draft. Set sampling.draft_tokens: 0")
+
+
+def run_in_folder(recipe, out_dir: Path, dist: Distributed, planned, events: RunEvents, *, overwrite: bool,
+                  resume: bool, repair: bool) -> None:
+    """The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or dataset,
+    a path that cannot be written; then lock it (exit 1 if another run holds it) and run (`run_locked`)."""
+    from .outfolder import FolderLock, check_writable, finish_swap, make_folder
+    from .writer import check_output
+
+    if dist.is_main:
+        for text in finish_swap(out_dir):
+            events.note(text)
+    check_output(out_dir, recipe, overwrite=overwrite, plan=planned.entries)
+    check_writable(out_dir)
+    make_folder(out_dir)
+    locks = [FolderLock(out_dir, dist.rank).acquire()]
+    try:
+        run_locked(recipe, out_dir, dist, planned.rows, planned.rendered, planned.entries, locks, events,
+                   overwrite=overwrite, resume=resume, repair=repair)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, locks, events: RunEvents, *,
@@ -108,7 +129,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap."""
     from .outfolder import FolderLock, prepare_staging, staging_dir, swap_in
     from .build import build_model
-    from .places import model_location
+    from .places import places_of
     from .recipe import model_settings
     from .writer import RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records
 
@@ -140,7 +161,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
         note(f"loading models: theta={recipe['models']['theta']} "
              f"teacher={recipe['models']['teacher'] or '(same as theta)'}")
         extra = {}
-        if dist.device is not None and model_settings(recipe, "theta")["device"][0] == "auto":
+        if dist.device is not None and model_settings(recipe["models"], "theta")["device"][0] == "auto":
             extra["device"] = str(dist.device)  # theta's; a teacher without its own device follows
         model = build_model(recipe, **extra)
         testing_hooks.install_model_hooks(model)
@@ -153,7 +174,8 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     if mode == "overwrite" and not dist.is_main:
         locks.append(FolderLock(target, dist.rank).acquire())
     writer = RunWriter(target, recipe, rank=dist.rank, world_size=dist.world_size)
-    models = {"theta": model_location(recipe, "theta"), "teacher": model_location(recipe, "teacher")}
+    places = places_of(recipe)
+    models = {"theta": places.theta, "teacher": places.teacher}
     done = writer.start(planned_ids, rendered.errors, models=models, device=device, plan=plan, repair=repair)
     for text in writer.notes:
         events.note(text)
@@ -217,7 +239,7 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
         for index, (item, k) in enumerate(pending):
             pulled += 1
             yield StreamRow(item.prompt, item.prompt_t if teacher_prompts else None,
-                            seed=unit_seed(recipe, item, k), id=index)
+                            seed=unit_seed(sampling["seed"], item, k), id=index)
 
     buffer: list[tuple[dict, int, list[float], list[float]]] = []
     last_write, interval = 0.0, WRITE_INTERVAL_S
@@ -256,7 +278,7 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
                 row_id=item.id, sample=k, alpha_method=recipe["alpha"]["method"], prompt=item.prompt,
                 prompt_t=item.prompt_t, messages=item.messages, completion=out.text,
                 token_ids=out.token_ids.tolist(), finish_reason=out.finish_reason, traces=out.traces,
-                row=kept_row(recipe, item.row), per_token=recipe["output"]["per_token"],
+                row=kept_row(recipe["dataset"]["keep_fields"], item.row), per_token=recipe["output"]["per_token"],
             )
             buffer.append((record, len(out.token_ids), alpha, ess))
             events.in_flight(min(pulled - finished, limit.value), limit.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import UserError
-from ..places import BUILTIN_PREFIX, BUNDLED_DIR, local_candidate as _local_candidate
+from ..places import BUILTIN_PREFIX, BUNDLED_DIR, local_candidate as _local_candidate, resolve_places
 from .checks import _Ctx
 from .fragments import _load_with_fragments, _resolve_tree, find_recipe
 from .overrides import _apply_override, _parse_override
@@ -24,7 +24,8 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
 
     `path_or_name`: a recipe file or the name of a bundled recipe. `overrides`: `key.path=value`
     strings (as given to `--set`) or `(key_path, value)` pairs. `data` validates an in-memory recipe
-    instead of a file (fragments are then looked up in the repository's `configs/`).
+    instead of a file (fragments are then looked up in the repository's `configs/`). Places (models,
+    dataset path) are resolved here, once: `_meta.places`, read with `places.places_of(recipe)`.
     """
     prov: dict = {}
     fragments: list[Path] = []
@@ -58,6 +59,9 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
         "fragments": [str(f) for f in fragments],
         "overrides": applied,
         "warnings": _warnings(recipe, ctx),
+        # models and dataset resolved once, for every consumer (os_cli/places.py); not part of the
+        # recipe's identity (`_meta` is not hashed) nor of the manifest's `recipe_source`
+        "places": resolve_places(recipe["models"], recipe["dataset"], recipe_file),
     }
     if recipe["run_name"] is None:
         recipe["run_name"] = name
