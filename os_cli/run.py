@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from . import testing_hooks
 from .errors import UserError
@@ -36,6 +38,23 @@ from .signals import StopSignals
 # to output.shard_size records, so on a fast GPU a fixed short interval could stall decoding on I/O.
 WRITE_INTERVAL_S = 0.25
 WRITE_COST_FACTOR = 20
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What the sampling loop reads of a recipe: these sections and keys, not the recipe."""
+
+    sampling: Mapping      # the `sampling` section
+    alpha_method: str      # alpha.method, written in every record
+    per_token: bool        # output.per_token
+    keep_fields: Any       # dataset.keep_fields: all | none | [field, ...]
+    teacher_prompts: bool  # prompts.teacher is set: the teacher reads its own prompts
+
+    @classmethod
+    def of(cls, recipe: Mapping) -> "StreamSettings":
+        return cls(sampling=recipe["sampling"], alpha_method=recipe["alpha"]["method"],
+                   per_token=recipe["output"]["per_token"], keep_fields=recipe["dataset"]["keep_fields"],
+                   teacher_prompts=recipe["prompts"]["teacher"] is not None)
 
 
 class RunEvents:
@@ -187,19 +206,20 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     pending = [(it, k) for it, k in units if (it.id, k) not in done]
     if pending and model is None:  # another process wrote less than the read-only look saw: impossible
         raise UserError(f"{out_dir} changed while this run started; rerun the command", exit_code=1)
-    status = sample(recipe, model, writer, dist, pending, len(units), events)
+    status = sample(StreamSettings.of(recipe), model, writer, dist, pending, len(units), events)
     if status == "complete" and mode == "overwrite" and dist.is_main:  # all ranks passed the final barrier
         for text in swap_in(out_dir, target):
             events.note(text)
 
 
-def sample(recipe, model, writer, dist: Distributed, pending, total_mine: int, events: RunEvents) -> str:
+def sample(settings: StreamSettings, model, writer, dist: Distributed, pending, total_mine: int,
+           events: RunEvents) -> str:
     """Stream `pending` (row, sample) units through the engine, appending records as rows end."""
     signals = StopSignals()
     signals.install()
     status, message = "failed", None
     try:
-        _stream(recipe, model, writer, pending, total_mine, events, signals)
+        _stream(settings, model, writer, pending, total_mine, events, signals)
         status = "complete"
     except KeyboardInterrupt:
         status, message = "interrupted", "stopped by a signal; rerun the same command to resume"
@@ -219,14 +239,15 @@ def sample(recipe, model, writer, dist: Distributed, pending, total_mine: int, e
     return status
 
 
-def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, signals: StopSignals) -> None:
+def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents,
+            signals: StopSignals) -> None:
     from .measure import is_oom
     from .data import kept_row
     from .rows import StreamRow
     from .scheduler import InFlightLimit, SchedulerStats
 
-    sampling = recipe["sampling"]
-    teacher_prompts = recipe["prompts"]["teacher"] is not None
+    sampling = settings.sampling
+    teacher_prompts = settings.teacher_prompts
     limit = InFlightLimit(sampling["batch_size"])
     events.started(total_mine, total_mine - len(pending), limit.value, writer.current_shard)
     if not pending:
@@ -275,10 +296,10 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
             alpha = [a for a in out.traces["alpha"].tolist() if a == a]
             ess = [e for e in out.traces["ess_ratio"].tolist() if e == e]
             record = build_record(
-                row_id=item.id, sample=k, alpha_method=recipe["alpha"]["method"], prompt=item.prompt,
+                row_id=item.id, sample=k, alpha_method=settings.alpha_method, prompt=item.prompt,
                 prompt_t=item.prompt_t, messages=item.messages, completion=out.text,
                 token_ids=out.token_ids.tolist(), finish_reason=out.finish_reason, traces=out.traces,
-                row=kept_row(recipe["dataset"]["keep_fields"], item.row), per_token=recipe["output"]["per_token"],
+                row=kept_row(settings.keep_fields, item.row), per_token=settings.per_token,
             )
             buffer.append((record, len(out.token_ids), alpha, ess))
             events.in_flight(min(pulled - finished, limit.value), limit.value)

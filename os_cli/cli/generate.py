@@ -57,7 +57,7 @@ def validate(
     with cli_errors(debug):
         from ..places import places_of
         from ..prompt_syntax import prompt_fields
-        from ..recipe import load_recipe, output_dir, recipe_hash
+        from ..recipe import fragment_label, load_recipe, output_dir, recipe_hash
         from ..run import check_draft_tokens
 
         resolved = load_recipe(recipe, set_ or [])
@@ -77,7 +77,7 @@ def validate(
             ("fields", ", ".join(fields) or "(none)"),
             ("teacher prompt", "own template" if prompts["teacher"] else "same as theta"),
             ("output", str(output_dir(resolved))),
-            ("fragments", ", ".join(_fragment_label(f) for f in meta["fragments"]) or "(none)"),
+            ("fragments", ", ".join(fragment_label(f) for f in meta["fragments"]) or "(none)"),
             ("hash", recipe_hash(resolved)),
         ]
         for key, value in lines:
@@ -85,16 +85,6 @@ def validate(
         for warning in meta["warnings"]:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
         validate_rows(resolved, console)
-
-
-def _fragment_label(path: str) -> str:
-    from ..recipe import CONFIGS_DIR
-
-    p = Path(path)
-    try:
-        return str(p.relative_to(CONFIGS_DIR.resolve()).with_suffix(""))
-    except ValueError:
-        return str(p)
 
 
 def recipes(debug: bool = DebugOption) -> None:

@@ -37,13 +37,13 @@ from __future__ import annotations
 from ..places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
 from ..prompt_syntax import TEMPLATE_TOKEN, template_fields
 from ..textfile import read_text
-from .fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, list_bundled, list_fragments
+from .fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, fragment_label, list_bundled, list_fragments
 from .identity import HASH_EXCLUDED, HASH_IF_SET, dump_recipe, recipe_diff, recipe_hash
 from .load import load_recipe, output_dir
 from .schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
 
 __all__ = [
-    "load_recipe", "output_dir", "find_recipe", "list_bundled", "list_fragments",
+    "load_recipe", "output_dir", "find_recipe", "list_bundled", "list_fragments", "fragment_label",
     "recipe_hash", "recipe_diff", "dump_recipe", "HASH_EXCLUDED", "HASH_IF_SET",
     "SCHEMA", "Field", "Section", "PLACEMENT_KEYS", "model_settings",
     "NOT_FRAGMENTS", "RECIPE_SUFFIXES", "BUNDLED_DIR", "CONFIGS_DIR", "BUILTIN_DIR", "BUILTIN_PREFIX", "DATA_SUFFIXES",
