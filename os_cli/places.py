@@ -12,8 +12,8 @@ and the CLI import them. No torch, no I/O beyond looking at the file system.
   first, then the recipe's folder); `local_path(value, base_dir)` the same, absolute, against a folder.
 - `Places`: where a loaded recipe's models load from, its folder (`base_dir`, for a relative
   dataset.source) and which names are hub names; resolved once by `load_recipe` (`resolve_places`,
-  kept in `_meta.places`). `places_of(recipe)` returns it (a recipe dict built by hand, without
-  `_meta.places`, is resolved on the call).
+  kept in `_meta.places`). `places_of(recipe)` returns it; a recipe dict built by hand (without
+  `_meta.places`), or one whose models or dataset.source were edited after loading, is resolved on the call.
 - `hub_offline()`: HF_HUB_OFFLINE read as huggingface_hub reads it (1, true, yes, on; any case).
 """
 
@@ -117,6 +117,7 @@ class Places:
     teacher: str | None       # the teacher's, the same way; None when models.teacher is null (theta's model)
     base_dir: Path | None     # the recipe's folder (relative paths: the working directory first, then here)
     hub: frozenset = frozenset()  # the keys ("theta", "teacher", "dataset") whose value is a hub name
+    written: tuple = ()       # (models.theta, models.teacher, dataset.source) as resolved, to notice an edit
 
     def model(self, role: str) -> str | None:
         """`theta` or `teacher`: where that model loads from (the teacher's None: theta's model)."""
@@ -130,12 +131,15 @@ def resolve_places(models: Mapping, dataset: Mapping, recipe_file: str | os.Path
     hub = frozenset(key for key, value in values.items() if value and not value.startswith(BUILTIN_PREFIX)
                     and local_path(value, base_dir) is None)
     return Places(theta=_model_location(models["theta"], base_dir),
-                  teacher=_model_location(models["teacher"], base_dir), base_dir=base_dir, hub=hub)
+                  teacher=_model_location(models["teacher"], base_dir), base_dir=base_dir, hub=hub,
+                  written=tuple(values.values()))
 
 
 def places_of(recipe: Mapping) -> Places:
-    """The places `load_recipe` resolved (`_meta.places`); a recipe without them is resolved now."""
+    """The places `load_recipe` resolved (`_meta.places`); a recipe without them, or whose models or dataset
+    source were edited after loading, is resolved now (so an edited recipe never loads the old model)."""
     found = (recipe.get("_meta") or {}).get("places")
-    if isinstance(found, Places):
+    written = (recipe["models"]["theta"], recipe["models"]["teacher"], recipe["dataset"].get("source"))
+    if isinstance(found, Places) and found.written == written:
         return found
     return resolve_places(recipe["models"], recipe["dataset"], (recipe.get("_meta") or {}).get("path"))

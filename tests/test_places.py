@@ -58,6 +58,17 @@ def test_places_are_not_part_of_the_identity_nor_the_manifest(tmp_path):
     assert manifest["recipe"] == json.loads(json.dumps({k: v for k, v in r.items() if k != "_meta"}))
 
 
+def test_a_recipe_edited_after_loading_resolves_as_edited(tmp_path):
+    path = _recipe_file(tmp_path / "r", models={"theta": "builtin:demo-theta"}, dataset={"inline": [{"q": "a"}]},
+                        prompts={"theta": {"template": "{q}"}})
+    r = load_recipe(path)
+    assert places_of(r).teacher is None
+    r["models"]["teacher"] = "builtin:demo-teacher"       # a Python user's edit must not load the old model
+    assert places_of(r).teacher == str(BUILTIN_DIR / "demo-teacher")
+    r["models"]["theta"] = "org/other"
+    assert places_of(r).theta == "org/other" and places_of(r).hub == frozenset({"theta"})
+
+
 def test_hand_built_recipe_resolves_on_the_call(tmp_path):
     recipe = {"models": {"theta": "builtin:demo-theta", "teacher": None}, "dataset": {"source": "org/data"}}
     places = places_of(recipe)
