@@ -4,8 +4,10 @@ Beside the API (the recipe package itself is data only and imports neither torch
 
 - `build_model(recipe, **extra) -> OptimalSamplingModel`: checks placement and hub reachability, then
   loads the two models; load failures are `UserError`s (exit 1) naming the model.
-- `model_kwargs(recipe) -> dict`: the constructor arguments the recipe sets.
-- `check_placement(recipe)`, `check_models_reachable(recipe)`: the checks made before anything loads.
+- `model_kwargs(recipe) -> dict`: the constructor arguments the recipe sets (`models`, `alpha`,
+  `constraints`, and the places `load_recipe` resolved).
+- `check_placement(models)`, `check_models_reachable(models, places)`: the checks made before anything
+  loads, on the `models` section (and `places.places_of(recipe)`).
 """
 
 from __future__ import annotations
@@ -15,22 +17,23 @@ from typing import Mapping
 
 from .errors import UserError
 from .hub import recipe_load_kwargs
-from .places import hub_offline, is_hub_name, model_location
+from .places import Places, hub_offline, places_of
 from .recipe import model_settings
 
 
 def model_kwargs(recipe: Mapping) -> dict:
     """The keyword arguments of `OptimalSamplingModel(...)` that the recipe sets."""
     m, a, c = recipe["models"], recipe["alpha"], recipe["constraints"]
+    places = places_of(recipe)
     kwargs: dict = dict(
-        model_theta_path=model_location(recipe, "theta"),
-        model_t_path=model_location(recipe, "teacher"),
+        model_theta_path=places.theta,
+        model_t_path=places.teacher,
         alpha_method=a["method"], fixed_alpha=a["fixed"], alpha_min=a["min"], alpha_max=a["max"],
         constraint_to_target=c["to_target"], target_top_k=c["top_k"], target_top_p=c["top_p"],
         force_target_for_first_token=c["force_first_token"],
         force_target_for_special_tokens=c["force_special_tokens"],
     )
-    per_role = {role: _load_kwargs(recipe, role) for role in ("theta", "teacher")}
+    per_role = {role: _load_kwargs(m, role) for role in ("theta", "teacher")}
     # What both models share stays a plain keyword argument (both); the rest goes to one model.
     shared = {k: v for k, v in per_role["theta"].items() if k in per_role["teacher"] and per_role["teacher"][k] == v}
     kwargs.update({k: v for k, v in shared.items() if k not in ("device", "dtype")})
@@ -45,13 +48,13 @@ def model_kwargs(recipe: Mapping) -> dict:
             kwargs[name] = own
     if m["attn_implementation"] != "auto":
         kwargs["attn_implementation"] = m["attn_implementation"]
-    kwargs.update(recipe_load_kwargs(recipe))  # revision, trust_remote_code: the tokenizer's rule too
+    kwargs.update(recipe_load_kwargs(m))  # revision, trust_remote_code: the tokenizer's rule too
     return kwargs
 
 
-def _load_kwargs(recipe: Mapping, role: str) -> dict:
+def _load_kwargs(models: Mapping, role: str) -> dict:
     """One model's device, dtype and placement / quantization arguments of `from_pretrained`."""
-    settings = {key: value for key, (value, _) in model_settings(recipe, role).items()}
+    settings = {key: value for key, (value, _) in model_settings(models, role).items()}
     out: dict = {"device": settings["device"], "dtype": settings["dtype"]}
     if settings["device_map"] is not None:
         out["device_map"] = copy.deepcopy(settings["device_map"])
@@ -67,29 +70,29 @@ def _load_kwargs(recipe: Mapping, role: str) -> dict:
     return out
 
 
-def check_placement(recipe: Mapping) -> None:
+def check_placement(models: Mapping) -> None:
     """Before any model loads: each model's devices, device_map, max_memory and quantization can run
     on this machine (CUDA present, device indices in range, bitsandbytes usable); else exit 2."""
     from .preflight import placement_problem
 
-    found = placement_problem(recipe)
+    found = placement_problem(models)
     if found:
         path, problem = found
         raise UserError(f"{path}: {problem}")
 
 
-def check_models_reachable(recipe: Mapping) -> None:
+def check_models_reachable(models: Mapping, places: Places) -> None:
     """Fail fast, naming the model, when a hub model is not cached and the hub is off (HF_HUB_OFFLINE=1)."""
     if not hub_offline():
         return
-    for role, key in (("theta", "theta"), ("teacher", "teacher")):
-        value = recipe["models"][key]
-        if not is_hub_name(recipe, value):
+    for key in ("theta", "teacher"):
+        value = models[key]
+        if key not in places.hub:
             continue
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(value, "config.json", revision=recipe["models"]["revision"])
+            cached = try_to_load_from_cache(value, "config.json", revision=models["revision"])
         except Exception:  # noqa: BLE001 - an odd name is reported by from_pretrained itself
             continue
         if not isinstance(cached, str):
@@ -108,8 +111,8 @@ def build_model(recipe: Mapping, **extra):
     """
     from .api import OptimalSamplingModel
 
-    check_placement(recipe)
-    check_models_reachable(recipe)
+    check_placement(recipe["models"])
+    check_models_reachable(recipe["models"], places_of(recipe))
     kwargs = model_kwargs(recipe)
     kwargs.update(extra)
     try:
@@ -122,14 +125,15 @@ def build_model(recipe: Mapping, **extra):
 
 def _describe_load_failure(recipe: Mapping, exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}"
+    models, places = recipe["models"], places_of(recipe)
     which = []
     for key in ("teacher", "theta"):
-        value = recipe["models"][key]
-        if value and (value in str(exc) or str(model_location(recipe, key)) in str(exc)):
+        value = models[key]
+        if value and (value in str(exc) or str(places.model(key)) in str(exc)):
             which.append(key)
     keys = which[:1] or ["theta", "teacher"]
-    name = " or ".join(f"models.{k} ({recipe['models'][k]!r})" for k in keys if recipe["models"][k])
-    hub_names = [k for k in keys if is_hub_name(recipe, recipe["models"][k])]
+    name = " or ".join(f"models.{k} ({models[k]!r})" for k in keys if models[k])
+    hub_names = [k for k in keys if k in places.hub]
     offline = hub_offline()
     markers = ("offline", "connect", "resolve", "internet", "network", "couldn't", "could not find", "not found")
     hub = ""

@@ -2,20 +2,22 @@
 
 Public functions:
 
-- `load_rows(recipe) -> list[(id, row)]`: the planned rows, in dataset order, after `dataset.skip`
-  and `dataset.limit`. `dataset.source` may be a hub name (`split`, `config`), a local
-  `.jsonl/.json/.parquet/.csv` file, a folder of such files (all files with the most common suffix,
+- `load_rows(dataset, base_dir=None) -> list[(id, row)]`: the planned rows of a recipe's `dataset`
+  section, in dataset order, after `skip` and `limit`; a relative `source` is looked up in the working
+  directory, then in `base_dir` (the recipe's folder, `places_of(recipe).base_dir`). `source` may be a
+  hub name (`split`, `config`), a local `.jsonl/.json/.parquet/.csv` file, a folder of such files (all files with the most common suffix,
   sorted by name), `builtin:NAME` (`os_cli/builtin/NAME.jsonl`); or `dataset.inline` lists the rows.
   Everything except inline rows goes through `datasets.load_dataset`. Ids are `str(row[id_field])`,
   or the row's index in the dataset (before `skip`) when `id_field` is null; ids must be unique.
-- `render_prompts(recipe, tokenizer, rows, tokenizer_t=None, on_bad_row=None) -> Rendered`: fills
-  the templates of `prompts.theta` and `prompts.teacher` (null: the teacher gets theta's prompt)
-  for each row. `Rendered.items` is a list of `Prompt(index, id, row, prompt, prompt_t)` (index =
+- `render_prompts(prompts, tokenizer, rows, tokenizer_t=None, on_bad_row=None, *, models, skip)
+  -> Rendered`: fills the templates of a recipe's `prompts` section, `theta` and `teacher` (null: the
+  teacher gets theta's prompt) for each row; `models` is the `models` section (its names appear in
+  errors), `skip` is `dataset.skip` (the dataset index of the first row). `Rendered.items` is a list of `Prompt(index, id, row, prompt, prompt_t)` (index =
   the row's index in the dataset, `skip` + position, which seeds the row's draws), `Rendered.errors` a list of
   `{"id", "reason", "row"}` for rows that could not be rendered. With `on_bad_row: error` (the
   recipe's default) the first bad row raises `UserError` naming the row id and the field instead.
   `tokenizer_t` renders the teacher's prompt (default: `tokenizer`).
-- `render_template(template, row) -> str`, `template_fields(template)`, `kept_row(recipe, row)`.
+- `render_template(template, row) -> str`, `template_fields(template)`, `kept_row(keep_fields, row)`.
 
 Templates: `{field}` (or `{field.sub}` for nested mappings) is replaced by the row's value;
 `{{` and `}}` write literal braces; any other brace, like `\\boxed{}`, is left as written. A missing
@@ -41,7 +43,7 @@ from typing import Any, Mapping, Sequence
 from .chat import BadConversation, conversation, prompt_turns
 from .errors import UserError
 from .record_format import json_safe
-from .places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, resolve_local_path
+from .places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, local_path
 from .prompt_syntax import TEMPLATE_TOKEN, template_fields
 from .textfile import read_text
 
@@ -179,16 +181,15 @@ def _load_hub(name: str, config: str | None, split: str):
         ) from exc
 
 
-def _open_dataset(recipe: Mapping):
+def _open_dataset(ds_cfg: Mapping, base_dir: Path | None):
     """(rows: a list of dicts or a `datasets.Dataset`, raw CSV ids or None, label)."""
-    ds_cfg = recipe["dataset"]
     source = ds_cfg["source"]
     if source.startswith(BUILTIN_PREFIX):
         path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
         if not path.is_file():
             raise UserError(f"dataset.source: unknown builtin dataset {source!r} (no {path})")
         return _load_local("json", [str(path)], source), None, source
-    local = resolve_local_path(recipe, source)
+    local = local_path(source, base_dir)
     if local is not None:
         builder, files = _local_files(local)
         data = _load_local(builder, files, str(source))
@@ -213,9 +214,10 @@ def id_text(value: Any) -> str:
     return str(value)
 
 
-def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
-    """The planned rows `(id, row)` after skip and limit, in dataset order. Raises `UserError`."""
-    ds_cfg = recipe["dataset"]
+def load_rows(dataset: Mapping, base_dir: Path | None = None) -> list[tuple[str, dict]]:
+    """The planned rows `(id, row)` of a `dataset` section after skip and limit, in dataset order.
+    Raises `UserError`."""
+    ds_cfg = dataset
     skip, limit = ds_cfg["skip"], ds_cfg["limit"]
     raw_ids = None
     if ds_cfg["inline"] is not None:
@@ -223,7 +225,7 @@ def load_rows(recipe: Mapping) -> list[tuple[str, dict]]:
         stop = total if limit is None else min(total, skip + limit)
         rows = [dict(r) for r in ds_cfg["inline"][skip:stop]]
     else:
-        data, raw_ids, label = _open_dataset(recipe)
+        data, raw_ids, label = _open_dataset(ds_cfg, base_dir)
         total = len(data)
         if total == 0:
             raise UserError(f"dataset {label} has no rows")
@@ -388,18 +390,16 @@ class Rendered:
     errors: list = field(default_factory=list)   # [{"id", "reason", "row"}]
 
 
-def render_prompts(recipe: Mapping, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
-                   on_bad_row: str | None = None) -> Rendered:
+def render_prompts(prompts: Mapping, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
+                   on_bad_row: str | None = None, *, models: Mapping, skip: int) -> Rendered:
     """Render both prompts of every row. Bad rows raise (`error`) or are collected (`skip`)."""
-    prompts = recipe["prompts"]
     on_bad_row = on_bad_row or prompts["on_bad_row"]
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     tokenizer_t = tokenizer_t if tokenizer_t is not None else tokenizer
-    theta_name = recipe["models"]["theta"]
-    teacher_name = recipe["models"]["teacher"] or theta_name
+    theta_name = models["theta"]
+    teacher_name = models["teacher"] or theta_name
     out = Rendered()
-    skip = recipe["dataset"]["skip"]
     for position, (row_id, row) in enumerate(rows):
         index = skip + position
         role = "theta"
@@ -425,9 +425,9 @@ def render_prompts(recipe: Mapping, tokenizer, rows: Sequence[tuple[str, dict]],
     return out
 
 
-def kept_row(recipe: Mapping, row: Mapping) -> dict:
-    """The dataset fields a record keeps (`dataset.keep_fields`), JSON-safe."""
-    keep = recipe["dataset"]["keep_fields"]
+def kept_row(keep_fields, row: Mapping) -> dict:
+    """The dataset fields a record keeps (`dataset.keep_fields`: all, none or a list), JSON-safe."""
+    keep = keep_fields
     if keep == "all":
         kept = dict(row)
     elif keep == "none":

@@ -2,8 +2,9 @@
 
 `TOKENIZER_KWARGS` are the `from_pretrained` keyword arguments that concern the tokenizer (and
 config.json) as well as the weights; `tokenizer_kwargs` picks them out of a model's keyword
-arguments (the API), `recipe_load_kwargs` reads them from a recipe's `models` section (the CLI), and
-`load_tokenizers` loads theta's and the teacher's tokenizers of a recipe without any weights.
+arguments (the API), `recipe_load_kwargs(models)` reads them from a recipe's `models` section (the
+CLI), and `load_tokenizers(models, places)` loads theta's and the teacher's tokenizers of a recipe
+without any weights (`places`: `places.places_of(recipe)`, where the models load from).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ def tokenizer_kwargs(kwargs: Mapping[str, Any]) -> dict:
     return {k: kwargs[k] for k in TOKENIZER_KWARGS if k in kwargs}
 
 
-def recipe_load_kwargs(recipe: Mapping) -> dict:
+def recipe_load_kwargs(models: Mapping) -> dict:
     """`revision` and `trust_remote_code` of a recipe's `models` section, where set."""
-    models = recipe["models"]
     kwargs: dict = {}
     if models["revision"]:
         kwargs["revision"] = models["revision"]
@@ -29,14 +29,13 @@ def recipe_load_kwargs(recipe: Mapping) -> dict:
     return kwargs
 
 
-def load_tokenizers(recipe: Mapping):
+def load_tokenizers(models: Mapping, places):
     """(theta's tokenizer, the teacher's) of a recipe; one object when the teacher is theta."""
     from .models import load_tokenizer
-    from .places import model_location
 
-    kwargs = recipe_load_kwargs(recipe)
-    theta = model_location(recipe, "theta")
+    kwargs = recipe_load_kwargs(models)
+    theta = places.theta
     tokenizer = load_tokenizer(theta, **kwargs)
-    teacher = model_location(recipe, "teacher")
+    teacher = places.teacher
     tokenizer_t = tokenizer if teacher in (None, theta) else load_tokenizer(teacher, role="teacher", **kwargs)
     return tokenizer, tokenizer_t

@@ -9,8 +9,11 @@ and the CLI import them. No torch, no I/O beyond looking at the file system.
   `recipes/` and `configs/` are the source of truth; a wheel carries copies as `os_cli/recipes/` and
   `os_cli/configs/` (pyproject.toml maps them), which win where they exist.
 - `local_candidate(value, recipe_file)`: the existing local path a value names (working directory
-  first, then the recipe's folder); `resolve_local_path(recipe, value)` the same for a loaded recipe.
-- `model_location(recipe, role)`: where a model loads from (absolute local folder, builtin folder or hub name).
+  first, then the recipe's folder); `local_path(value, base_dir)` the same, absolute, against a folder.
+- `Places`: where a loaded recipe's models load from, its folder (`base_dir`, for a relative
+  dataset.source) and which names are hub names; resolved once by `load_recipe` (`resolve_places`,
+  kept in `_meta.places`). `places_of(recipe)` returns it; a recipe dict built by hand (without
+  `_meta.places`), or one whose models or dataset.source were edited after loading, is resolved on the call.
 - `hub_offline()`: HF_HUB_OFFLINE read as huggingface_hub reads it (1, true, yes, on; any case).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -76,39 +80,66 @@ def looks_local(value: str) -> bool:
 
 def local_candidate(value: str, recipe_file: Path | None) -> Path | None:
     """The existing local path `value` names: relative to the working directory, else to the recipe's folder."""
+    return _existing(value, recipe_file.parent if recipe_file is not None else None)
+
+
+def local_path(value: str, base_dir: Path | None) -> Path | None:
+    """The existing local file/folder `value` names, absolute: the working directory first, then `base_dir`."""
+    found = _existing(value, base_dir)
+    return found.resolve() if found is not None else None
+
+
+def _existing(value: str, base_dir: Path | None) -> Path | None:
     path = Path(value).expanduser()
     if path.is_absolute():
         return path if path.exists() else None
     if path.exists():
         return path
-    if recipe_file is not None and (recipe_file.parent / path).exists():
-        return recipe_file.parent / path
+    if base_dir is not None and (base_dir / path).exists():
+        return base_dir / path
     return None
 
 
-def recipe_file(recipe: Mapping) -> Path | None:
-    """The file a loaded recipe came from (`_meta.path`), or None for an in-memory recipe."""
-    path = (recipe.get("_meta") or {}).get("path")
-    return Path(path) if path else None
-
-
-def resolve_local_path(recipe: Mapping, value: str) -> Path | None:
-    """The local file/folder `value` names (working directory first, then the recipe's folder), or None."""
-    local = local_candidate(value, recipe_file(recipe))
-    return local.resolve() if local is not None else None
-
-
-def is_hub_name(recipe: Mapping, value: str | None) -> bool:
-    """A value that names something on the hub: set, not `builtin:`, not an existing local path."""
-    return bool(value) and not value.startswith(BUILTIN_PREFIX) and resolve_local_path(recipe, value) is None
-
-
-def model_location(recipe: Mapping, role: str = "theta") -> str | None:
-    """Where a model is loaded from: an absolute local folder, a builtin folder, or a hub name."""
-    value = recipe["models"]["theta" if role == "theta" else "teacher"]
+def _model_location(value: str | None, base_dir: Path | None) -> str | None:
     if value is None:
         return None
     if value.startswith(BUILTIN_PREFIX):
         return resolve_model_path(value)
-    local = resolve_local_path(recipe, value)
+    local = local_path(value, base_dir)
     return str(local) if local is not None else value
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where a recipe's names point, resolved once (`load_recipe`); the written names stay in the recipe."""
+
+    theta: str | None         # theta's model: an absolute local folder, a builtin folder, or a hub name
+    teacher: str | None       # the teacher's, the same way; None when models.teacher is null (theta's model)
+    base_dir: Path | None     # the recipe's folder (relative paths: the working directory first, then here)
+    hub: frozenset = frozenset()  # the keys ("theta", "teacher", "dataset") whose value is a hub name
+    written: tuple = ()       # (models.theta, models.teacher, dataset.source) as resolved, to notice an edit
+
+    def model(self, role: str) -> str | None:
+        """`theta` or `teacher`: where that model loads from (the teacher's None: theta's model)."""
+        return self.theta if role == "theta" else self.teacher
+
+
+def resolve_places(models: Mapping, dataset: Mapping, recipe_file: str | os.PathLike | None) -> Places:
+    """The `Places` of a recipe's `models` and `dataset` sections, the recipe read from `recipe_file`."""
+    base_dir = Path(recipe_file).parent if recipe_file else None
+    values = {"theta": models["theta"], "teacher": models["teacher"], "dataset": dataset.get("source")}
+    hub = frozenset(key for key, value in values.items() if value and not value.startswith(BUILTIN_PREFIX)
+                    and local_path(value, base_dir) is None)
+    return Places(theta=_model_location(models["theta"], base_dir),
+                  teacher=_model_location(models["teacher"], base_dir), base_dir=base_dir, hub=hub,
+                  written=tuple(values.values()))
+
+
+def places_of(recipe: Mapping) -> Places:
+    """The places `load_recipe` resolved (`_meta.places`); a recipe without them, or whose models or dataset
+    source were edited after loading, is resolved now (so an edited recipe never loads the old model)."""
+    found = (recipe.get("_meta") or {}).get("places")
+    written = (recipe["models"]["theta"], recipe["models"]["teacher"], recipe["dataset"].get("source"))
+    if isinstance(found, Places) and found.written == written:
+        return found
+    return resolve_places(recipe["models"], recipe["dataset"], (recipe.get("_meta") or {}).get("path"))

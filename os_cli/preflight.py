@@ -12,16 +12,19 @@ Nothing here loads weights or prints. Public functions:
   them (texts that already start with BOS, like chat templates, get no second one).
 - `length_problem(n, max_new_tokens, context) -> str | None`: why a prompt of `n` tokens cannot be
   sampled (empty, or `n + max_new_tokens` beyond the context).
-- `screen_prompts(recipe, rendered, tokenizer, tokenizer_t, contexts)`: applies the two checks above to
-  every rendered row of a recipe, for theta's and the teacher's prompts: a bad row raises `UserError`
+- `model_contexts(models, places, tokenizer, tokenizer_t) -> {"theta": n, "teacher": n}`: both models'
+  context lengths from their config.json and tokenizers (no weights loaded).
+- `screen_prompts(prompts, rendered, tokenizer, tokenizer_t, contexts, *, models, max_new_tokens)`:
+  applies the two checks above to every rendered row of a recipe (its `prompts` and `models` sections,
+  `sampling.max_new_tokens`), for theta's and the teacher's prompts: a bad row raises `UserError`
   naming the row id and the lengths, or goes to `rendered.errors` with `prompts.on_bad_row: skip`.
 - `device_problem(value)`, `device_map_problem(value)`, `max_memory_problem(value)`: why a device,
   a `device_map` or a `max_memory` cannot be used (syntax with `hardware=False`; with `hardware=True`
   also CUDA present and device indices below `torch.cuda.device_count()`).
-- `placement_problem(recipe) -> (key path, message) | None`: the first of those problems, or a
+- `placement_problem(models) -> (key path, message) | None`: the first of those problems, or a
   quantization bitsandbytes cannot run here, over both models' effective settings (the CLI's check
   before any model loads).
-- `hub_offline_note(recipe) -> str | None`: when the recipe names something on the hub and
+- `hub_offline_note(models, dataset, places) -> str | None`: when the recipe names something on the hub and
   HF_HUB_OFFLINE is unset, probe the hub once (one HEAD request, a few seconds at most); when it cannot be
   reached, switch this process to offline mode (cached files only) and return a note saying so.
 """
@@ -113,10 +116,22 @@ def model_context(location: str, tokenizer, **kwargs) -> int | None:
     return context_length(config, tokenizer)
 
 
-def screen_prompts(recipe: Mapping, rendered, tokenizer, tokenizer_t, contexts: Mapping[str, int | None]) -> None:
+def model_contexts(models: Mapping, places, tokenizer, tokenizer_t) -> dict:
+    """The context length of theta and the teacher, from their config.json and tokenizers (no weights)."""
+    from .hub import recipe_load_kwargs
+
+    kwargs = recipe_load_kwargs(models)
+    theta = places.theta
+    teacher = places.teacher or theta
+    out = {"theta": model_context(theta, tokenizer, **kwargs)}
+    out["teacher"] = out["theta"] if teacher == theta else model_context(teacher, tokenizer_t, **kwargs)
+    return out
+
+
+def screen_prompts(prompts: Mapping, rendered, tokenizer, tokenizer_t, contexts: Mapping[str, int | None], *,
+                   models: Mapping, max_new_tokens: int) -> None:
     """Check every rendered row's two prompts (empty, too long for the context) in place; see module doc."""
-    max_new = recipe["sampling"]["max_new_tokens"]
-    models = recipe["models"]
+    max_new = max_new_tokens
     names = {"theta": models["theta"], "teacher": models["teacher"] or models["theta"]}
     for role, context in contexts.items():
         if context is not None and max_new >= context:
@@ -124,13 +139,13 @@ def screen_prompts(recipe: Mapping, rendered, tokenizer, tokenizer_t, contexts: 
                             f"of {context} tokens: no prompt fits; lower sampling.max_new_tokens")
     if not rendered.items:
         return
-    own_teacher = recipe["prompts"]["teacher"] is not None
+    own_teacher = prompts["teacher"] is not None
     lengths = {"theta": _lengths(tokenizer, [it.prompt for it in rendered.items])}
     if own_teacher or tokenizer_t is not tokenizer:
         lengths["teacher"] = _lengths(tokenizer_t, [it.prompt_t for it in rendered.items])
     else:
         lengths["teacher"] = lengths["theta"]
-    skip = recipe["prompts"]["on_bad_row"] == "skip"
+    skip = prompts["on_bad_row"] == "skip"
     kept = []
     for i, item in enumerate(rendered.items):
         problem = None
@@ -230,13 +245,13 @@ def max_memory_problem(value: Any, hardware: bool = True) -> str | None:
     return None
 
 
-def placement_problem(recipe: Mapping) -> tuple[str, str] | None:
+def placement_problem(models: Mapping) -> tuple[str, str] | None:
     """The first placement or quantization setting of either model that cannot run here (see module doc)."""
     from .models import bitsandbytes_problem
     from .recipe import model_settings
 
     for role in ("theta", "teacher"):
-        settings = model_settings(recipe, role)
+        settings = model_settings(models, role)
         for key, check in (("device_map", device_map_problem), ("max_memory", max_memory_problem)):
             value, path = settings[key]
             if value is not None:
@@ -252,7 +267,7 @@ def placement_problem(recipe: Mapping) -> tuple[str, str] | None:
         if quantization != "none":
             problem = bitsandbytes_problem()
             if problem:
-                name = recipe["models"][role] or recipe["models"]["theta"]
+                name = models[role] or models["theta"]
                 return path, f"{quantization} loading of the {role} model ({name}) cannot run here: {problem}"
     return None
 
@@ -307,23 +322,17 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
-def hub_names(recipe: Mapping) -> list[str]:
-    """The recipe's models and dataset that are hub names (not local, not builtin)."""
-    from .places import is_hub_name
-
-    out = []
-    values = [("models.theta", recipe["models"]["theta"]), ("models.teacher", recipe["models"]["teacher"]),
-              ("dataset.source", recipe["dataset"]["source"])]
-    for key, value in values:
-        if is_hub_name(recipe, value):
-            out.append(f"{key} ({value})")
-    return out
+def hub_names(models: Mapping, dataset: Mapping, places) -> list[str]:
+    """The recipe's models and dataset that are hub names (not local, not builtin; `places.hub`)."""
+    values = [("theta", "models.theta", models["theta"]), ("teacher", "models.teacher", models["teacher"]),
+              ("dataset", "dataset.source", dataset["source"])]
+    return [f"{key} ({value})" for role, key, value in values if role in places.hub]
 
 
-def hub_offline_note(recipe: Mapping) -> str | None:
+def hub_offline_note(models: Mapping, dataset: Mapping, places) -> str | None:
     if hub_offline():
         return None
-    names = hub_names(recipe)
+    names = hub_names(models, dataset, places)
     if not names or hub_reachable():
         return None
     go_offline()

@@ -19,3 +19,14 @@ def template_fields(template: str) -> list[str]:
         if name and name not in seen:
             seen.append(name)
     return seen
+
+
+def prompt_fields(prompts) -> list[str]:
+    """The row fields a recipe's `prompts` section reads: theta's template fields, then the teacher's, then
+    the conversation fields (`messages_field`), each once, in that order."""
+    fields = template_fields(prompts["theta"]["template"] or "")
+    if prompts["teacher"]:
+        fields += [f for f in template_fields(prompts["teacher"]["template"] or "") if f not in fields]
+    fields += [p["messages_field"] for p in (prompts["theta"], prompts["teacher"] or {})
+               if p.get("messages_field") and p["messages_field"] not in fields]
+    return fields

@@ -1,6 +1,7 @@
 """The run loop of `os-sample generate`, as a library (no printing: events go to a `RunEvents`).
 
-`run_locked(...)` takes a checked plan and a locked output folder: it decides what is left to do
+`run_in_folder(recipe, out_dir, dist, planned, events, ...)` takes a checked plan (os_cli/planning.py),
+checks and locks the output folder and hands over to `run_locked`, which decides what is left to do
 (exactly once per (row, sample), from the records on disk), loads the models only if something is,
 starts the writer and streams the pending rows through the engine's one batching loop
 (`OptimalSamplingModel.generate_stream`, continuous refill): each row's record is appended as soon
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from . import testing_hooks
 from .errors import UserError
@@ -35,6 +38,27 @@ from .signals import StopSignals
 # to output.shard_size records, so on a fast GPU a fixed short interval could stall decoding on I/O.
 WRITE_INTERVAL_S = 0.25
 WRITE_COST_FACTOR = 20
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What the sampling loop reads of a recipe: these sections and keys, not the recipe."""
+
+    sampling: Mapping      # the `sampling` section
+    alpha_method: str      # alpha.method, written in every record
+    per_token: bool        # output.per_token
+    keep_fields: Any       # dataset.keep_fields: all | none | [field, ...]
+    teacher_prompts: bool  # prompts.teacher is set: the teacher reads its own prompts
+    topk_logprobs: int = 0  # output.topk_logprobs (0: off)
+    topk_of: tuple = TOPK_OF_DEFAULT  # output.topk_of
+
+    @classmethod
+    def of(cls, recipe: Mapping) -> "StreamSettings":
+        return cls(sampling=recipe["sampling"], alpha_method=recipe["alpha"]["method"],
+                   per_token=recipe["output"]["per_token"], keep_fields=recipe["dataset"]["keep_fields"],
+                   teacher_prompts=recipe["prompts"]["teacher"] is not None,
+                   topk_logprobs=recipe["output"].get("topk_logprobs", 0),
+                   topk_of=tuple(recipe["output"].get("topk_of", TOPK_OF_DEFAULT)))
 
 
 class RunEvents:
@@ -84,31 +108,51 @@ class Distributed:
             self.state.wait_for_everyone()
 
 
-def unit_seed(recipe, item, sample: int) -> int:
-    """The seed of sample `sample` of a planned row: sample 0 is the row's own seed (rng.py)."""
-    return sample_seed(row_seed(recipe["sampling"]["seed"], item.index), sample)
+def unit_seed(seed: int, item, sample: int) -> int:
+    """The seed of sample `sample` of a planned row (`seed`: sampling.seed): sample 0 is the row's own (rng.py)."""
+    return sample_seed(row_seed(seed, item.index), sample)
 
 
-def check_draft_tokens(recipe) -> None:
-    """sampling.draft_tokens needs a teacher distribution that differs from theta's (before models load)."""
-    from .places import model_location
-
-    k = recipe["sampling"].get("draft_tokens", 0)
+def check_draft_tokens(sampling, prompts, places) -> None:
+    """sampling.draft_tokens needs a teacher distribution that differs from theta's (before models load);
+    `sampling`, `prompts`: the recipe's sections, `places`: `places.places_of(recipe)`."""
+    k = sampling.get("draft_tokens", 0)
     if not k:
         return
-    teacher = model_location(recipe, "teacher")
-    if teacher in (None, model_location(recipe, "theta")) and recipe["prompts"]["teacher"] is None:
+    if places.teacher in (None, places.theta) and prompts["teacher"] is None:
         raise UserError(f"sampling.draft_tokens: {k} needs a teacher that differs from theta (models.teacher, or "
                         f"prompts.teacher for a hint); with one model on the same prompts q* is pi_theta and there "
                         f"is nothing to draft. Set sampling.draft_tokens: 0")
 
 
-def check_topk_logprobs(recipe, vocab_size: int) -> None:
+def check_topk_logprobs(output, theta_name: str, vocab_size: int) -> None:
     """output.topk_logprobs is at most the vocabulary (theta's tokenizer), checked before models load."""
-    k = recipe["output"].get("topk_logprobs", 0)
+    k = output.get("topk_logprobs", 0)
     if k > vocab_size:
         raise UserError(f"output.topk_logprobs: {k} is more than the vocabulary ({vocab_size} tokens in "
-                        f"{recipe['models']['theta']}'s tokenizer); allowed: 0 (off) or 1..{vocab_size}")
+                        f"{theta_name}'s tokenizer); allowed: 0 (off) or 1..{vocab_size}")
+
+
+def run_in_folder(recipe, out_dir: Path, dist: Distributed, planned, events: RunEvents, *, overwrite: bool,
+                  resume: bool, repair: bool) -> None:
+    """The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or dataset,
+    a path that cannot be written; then lock it (exit 1 if another run holds it) and run (`run_locked`)."""
+    from .outfolder import FolderLock, check_writable, finish_swap, make_folder
+    from .writer import check_output
+
+    if dist.is_main:
+        for text in finish_swap(out_dir):
+            events.note(text)
+    check_output(out_dir, recipe, overwrite=overwrite, plan=planned.entries)
+    check_writable(out_dir)
+    make_folder(out_dir)
+    locks = [FolderLock(out_dir, dist.rank).acquire()]
+    try:
+        run_locked(recipe, out_dir, dist, planned.rows, planned.rendered, planned.entries, locks, events,
+                   overwrite=overwrite, resume=resume, repair=repair)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, locks, events: RunEvents, *,
@@ -116,7 +160,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap."""
     from .outfolder import FolderLock, prepare_staging, staging_dir, swap_in
     from .build import build_model
-    from .places import model_location
+    from .places import places_of
     from .recipe import model_settings
     from .writer import RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records
 
@@ -148,7 +192,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
         note(f"loading models: theta={recipe['models']['theta']} "
              f"teacher={recipe['models']['teacher'] or '(same as theta)'}")
         extra = {}
-        if dist.device is not None and model_settings(recipe, "theta")["device"][0] == "auto":
+        if dist.device is not None and model_settings(recipe["models"], "theta")["device"][0] == "auto":
             extra["device"] = str(dist.device)  # theta's; a teacher without its own device follows
         model = build_model(recipe, **extra)
         testing_hooks.install_model_hooks(model)
@@ -161,7 +205,8 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     if mode == "overwrite" and not dist.is_main:
         locks.append(FolderLock(target, dist.rank).acquire())
     writer = RunWriter(target, recipe, rank=dist.rank, world_size=dist.world_size)
-    models = {"theta": model_location(recipe, "theta"), "teacher": model_location(recipe, "teacher")}
+    places = places_of(recipe)
+    models = {"theta": places.theta, "teacher": places.teacher}
     done = writer.start(planned_ids, rendered.errors, models=models, device=device, plan=plan, repair=repair)
     for text in writer.notes:
         events.note(text)
@@ -173,19 +218,20 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     pending = [(it, k) for it, k in units if (it.id, k) not in done]
     if pending and model is None:  # another process wrote less than the read-only look saw: impossible
         raise UserError(f"{out_dir} changed while this run started; rerun the command", exit_code=1)
-    status = sample(recipe, model, writer, dist, pending, len(units), events)
+    status = sample(StreamSettings.of(recipe), model, writer, dist, pending, len(units), events)
     if status == "complete" and mode == "overwrite" and dist.is_main:  # all ranks passed the final barrier
         for text in swap_in(out_dir, target):
             events.note(text)
 
 
-def sample(recipe, model, writer, dist: Distributed, pending, total_mine: int, events: RunEvents) -> str:
+def sample(settings: StreamSettings, model, writer, dist: Distributed, pending, total_mine: int,
+           events: RunEvents) -> str:
     """Stream `pending` (row, sample) units through the engine, appending records as rows end."""
     signals = StopSignals()
     signals.install()
     status, message = "failed", None
     try:
-        _stream(recipe, model, writer, pending, total_mine, events, signals)
+        _stream(settings, model, writer, pending, total_mine, events, signals)
         status = "complete"
     except KeyboardInterrupt:
         status, message = "interrupted", "stopped by a signal; rerun the same command to resume"
@@ -205,14 +251,15 @@ def sample(recipe, model, writer, dist: Distributed, pending, total_mine: int, e
     return status
 
 
-def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, signals: StopSignals) -> None:
+def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents,
+            signals: StopSignals) -> None:
     from .measure import is_oom
     from .data import kept_row
     from .rows import StreamRow
     from .scheduler import InFlightLimit, SchedulerStats
 
-    sampling = recipe["sampling"]
-    teacher_prompts = recipe["prompts"]["teacher"] is not None
+    sampling = settings.sampling
+    teacher_prompts = settings.teacher_prompts
     limit = InFlightLimit(sampling["batch_size"])
     events.started(total_mine, total_mine - len(pending), limit.value, writer.current_shard)
     if not pending:
@@ -225,7 +272,7 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
         for index, (item, k) in enumerate(pending):
             pulled += 1
             yield StreamRow(item.prompt, item.prompt_t if teacher_prompts else None,
-                            seed=unit_seed(recipe, item, k), id=index)
+                            seed=unit_seed(sampling["seed"], item, k), id=index)
 
     buffer: list[tuple[dict, int, list[float], list[float]]] = []
     last_write, interval = 0.0, WRITE_INTERVAL_S
@@ -248,8 +295,8 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
         rows(), max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
         top_p=sampling["top_p"], top_k=sampling["top_k"], stop=sampling["stop"] or None,
         draft_tokens=sampling.get("draft_tokens", 0), limit=limit, oom_backoff=True, stats=SchedulerStats(),
-        separate_teacher_prompts=teacher_prompts, topk_logprobs=recipe["output"].get("topk_logprobs", 0),
-        topk_of=recipe["output"].get("topk_of", TOPK_OF_DEFAULT),
+        separate_teacher_prompts=teacher_prompts, topk_logprobs=settings.topk_logprobs,
+        topk_of=settings.topk_of,
     )
     try:
         for out in outputs:
@@ -262,10 +309,10 @@ def _stream(recipe, model, writer, pending, total_mine: int, events: RunEvents, 
             alpha = [a for a in out.traces["alpha"].tolist() if a == a]
             ess = [e for e in out.traces["ess_ratio"].tolist() if e == e]
             record = build_record(
-                row_id=item.id, sample=k, alpha_method=recipe["alpha"]["method"], prompt=item.prompt,
+                row_id=item.id, sample=k, alpha_method=settings.alpha_method, prompt=item.prompt,
                 prompt_t=item.prompt_t, messages=item.messages, completion=out.text,
                 token_ids=out.token_ids.tolist(), finish_reason=out.finish_reason, traces=out.traces,
-                row=kept_row(recipe, item.row), per_token=recipe["output"]["per_token"],
+                row=kept_row(settings.keep_fields, item.row), per_token=settings.per_token,
                 topk_ids=out.topk_ids, topk_logprobs=out.topk_logprobs,
             )
             buffer.append((record, len(out.token_ids), alpha, ess))

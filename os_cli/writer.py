@@ -168,6 +168,12 @@ def clear_outputs(out_dir: Path) -> None:
     _fsync_dir(out_dir)
 
 
+def _source_of(recipe: Mapping) -> dict | None:
+    """The manifest's `recipe_source`: the recipe's `_meta` as written, without the places it resolved."""
+    meta = recipe.get("_meta")
+    return None if meta is None else {k: v for k, v in meta.items() if k != "places"}
+
+
 class RunWriter:
     """Writes one rank's shards; rank 0 also owns the manifest, ids.txt and errors.jsonl.
 
@@ -224,7 +230,7 @@ class RunWriter:
                 "format": FORMAT,
                 "recipe": recipe,
                 "recipe_hash": recipe_hash(self.recipe),
-                "recipe_source": self.recipe.get("_meta"),
+                "recipe_source": _source_of(self.recipe),
                 "dataset_fingerprint": plan_fingerprint(plan) if plan is not None else None,
                 "versions": versions(),
                 "models": dict(models or {}),

@@ -90,6 +90,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     from ..quiet import quiet_progress_bars
     from ..limits import MAX_BATCH_SIZE
     from ..build import build_model
+    from ..places import places_of
     from ..recipe import load_recipe
 
     quiet_progress_bars()
@@ -105,9 +106,9 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     console = out_console()
 
     recipe = load_recipe(config, overrides)
-    from ..preflight import hub_offline_note
+    from ..planning import run_warnings
 
-    for text in recipe["_meta"]["warnings"] + [n for n in [hub_offline_note(recipe)] if n]:
+    for text in run_warnings(recipe):
         console.print(f"warning: {text}", markup=False, highlight=False)
     sampling = recipe["sampling"]
     settings = B.BenchSettings(
@@ -118,15 +119,14 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     wanted = max([num_prompts] + (sizes if isinstance(sizes, list) else []))
     dataset = dict(recipe["dataset"])
     dataset["limit"] = wanted if dataset["limit"] is None else min(dataset["limit"], wanted)
-    recipe = {**recipe, "dataset": dataset}
-    rows = load_rows(recipe)
+    rows = load_rows(dataset, places_of(recipe).base_dir)
     if not rows:
         raise UserError("the recipe's dataset has no rows to take prompts from (check dataset.source, skip and limit)")
 
     with console.status("loading models"):
         model = build_model(recipe)
-    rendered = render_prompts(recipe, model.tokenizer, rows, tokenizer_t=getattr(model, "tokenizer_t", None),
-                              on_bad_row="skip")
+    rendered = render_prompts(recipe["prompts"], model.tokenizer, rows, tokenizer_t=getattr(model, "tokenizer_t", None),
+                              on_bad_row="skip", models=recipe["models"], skip=dataset["skip"])
     if not rendered.items:
         reason = rendered.errors[0]["reason"] if rendered.errors else "no rows"
         raise UserError(f"no prompt could be rendered from the recipe's dataset ({reason})")

@@ -16,12 +16,9 @@ from typing import List, Optional, Sequence
 import typer
 
 from ..errors import UserError
-from ..hub import load_tokenizers as _load_tokenizers
-from .common import (
-    DebugOption, SetOption, cli_errors, err_console, out_console,
-)
-from .preview import model_contexts, nothing_planned, validate_rows
 from ..run import RunEvents
+from .common import DebugOption, SetOption, cli_errors, err_console, out_console
+from .preview import validate_rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,22 +55,20 @@ def validate(
 ) -> None:
     """Check a recipe (schema, fragments, overrides, local files) without loading data or models."""
     with cli_errors(debug):
-        from ..recipe import load_recipe, output_dir, recipe_hash, template_fields
+        from ..places import places_of
+        from ..prompt_syntax import prompt_fields
+        from ..recipe import fragment_label, load_recipe, output_dir, recipe_hash
         from ..run import check_draft_tokens
 
         resolved = load_recipe(recipe, set_ or [])
-        check_draft_tokens(resolved)
+        check_draft_tokens(resolved["sampling"], resolved["prompts"], places_of(resolved))
         meta = resolved["_meta"]
         console = out_console()
         console.print(f"[green]ok[/green]: {meta['path']} is a valid recipe", highlight=False)
         models = resolved["models"]
         ds = resolved["dataset"]
         prompts = resolved["prompts"]
-        fields = template_fields(prompts["theta"]["template"] or "")
-        if prompts["teacher"]:
-            fields += [f for f in template_fields(prompts["teacher"]["template"] or "") if f not in fields]
-        fields += [p["messages_field"] for p in (prompts["theta"], prompts["teacher"] or {})
-                   if p.get("messages_field") and p["messages_field"] not in fields]
+        fields = prompt_fields(prompts)
         rows = f"{len(ds['inline'])} inline rows" if ds["inline"] is not None else ds["source"]
         lines = [
             ("models", f"theta={models['theta']}  teacher={models['teacher'] or '(same as theta)'}"),
@@ -82,7 +77,7 @@ def validate(
             ("fields", ", ".join(fields) or "(none)"),
             ("teacher prompt", "own template" if prompts["teacher"] else "same as theta"),
             ("output", str(output_dir(resolved)) + _records_note(resolved["output"])),
-            ("fragments", ", ".join(_fragment_label(f) for f in meta["fragments"]) or "(none)"),
+            ("fragments", ", ".join(fragment_label(f) for f in meta["fragments"]) or "(none)"),
             ("hash", recipe_hash(resolved)),
         ]
         for key, value in lines:
@@ -98,16 +93,6 @@ def _records_note(output: dict) -> str:
     if k:
         return f"  (per token, with topk_logprobs: {k} of {', '.join(output['topk_of'])})"
     return "  (per token)" if output["per_token"] else ""
-
-
-def _fragment_label(path: str) -> str:
-    from ..recipe import CONFIGS_DIR
-
-    p = Path(path)
-    try:
-        return str(p.relative_to(CONFIGS_DIR.resolve()).with_suffix(""))
-    except ValueError:
-        return str(p)
 
 
 def recipes(debug: bool = DebugOption) -> None:
@@ -144,11 +129,12 @@ def register(app) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _print_dry_run(recipe, out_dir, rows, rendered, mode_text) -> None:
+def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     from rich.rule import Rule
 
     from ..recipe import dump_recipe, recipe_hash
 
+    rows, rendered = planned.rows, planned.rendered
     console = out_console()
     console.print(Rule("resolved recipe"))
     console.print(dump_recipe(recipe), markup=False, highlight=False, end="")
@@ -170,65 +156,27 @@ def _print_dry_run(recipe, out_dir, rows, rendered, mode_text) -> None:
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
                  resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
-    from ..data import load_rows, render_prompts
-    from ..outfolder import FolderLock, check_writable, finish_swap, make_folder
-    from ..preflight import hub_offline_note, screen_prompts
+    from ..places import places_of
+    from ..planning import dry_run_mode, plan_rows, run_warnings
     from ..quiet import quiet_progress_bars
-    from ..build import check_models_reachable, check_placement
     from ..recipe import load_recipe, output_dir
-    from ..run import Distributed, check_draft_tokens, check_topk_logprobs, run_locked
-    from ..writer import check_output, plan_entries
+    from ..run import Distributed, check_draft_tokens, run_in_folder
 
     quiet_progress_bars()
     recipe = load_recipe(config, overrides)
     out_dir = output_dir(recipe, output)
-    check_draft_tokens(recipe)
+    check_draft_tokens(recipe["sampling"], recipe["prompts"], places_of(recipe))
     dist = Distributed(recipe["models"]["device"])
-    log = err_console()
-    offline = hub_offline_note(recipe)
+    warnings = run_warnings(recipe)
     if dist.is_main:
-        for text in recipe["_meta"]["warnings"] + ([offline] if offline else []):
-            log.print(f"warning: {text}", markup=False, highlight=False)
-
-    rows = load_rows(recipe)
-    if not rows:
-        raise UserError(nothing_planned(recipe))
-    check_placement(recipe)
-    check_models_reachable(recipe)
-    tokenizer, tokenizer_t = _load_tokenizers(recipe)
-    check_topk_logprobs(recipe, len(tokenizer))
-    rendered = render_prompts(recipe, tokenizer, rows, tokenizer_t=tokenizer_t)
-    screen_prompts(recipe, rendered, tokenizer, tokenizer_t, model_contexts(recipe, tokenizer, tokenizer_t))
-    planned_ids = [row_id for row_id, _ in rows]
-    plan = plan_entries(planned_ids, rendered.items, rendered.errors)
-
+        for text in warnings:
+            err_console().print(f"warning: {text}", markup=False, highlight=False)
+    planned = plan_rows(recipe)
     if dry_run:
-        try:
-            mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
-            mode_text = {"new": "a new run", "resume": "would resume", "overwrite": "would be overwritten"}[mode]
-        except UserError as exc:
-            mode_text = f"would be refused: {exc}"
-        _print_dry_run(recipe, out_dir, rows, rendered, mode_text)
+        _print_dry_run(recipe, out_dir, planned, dry_run_mode(out_dir, recipe, planned.entries, overwrite))
         return
-
-    # The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or
-    # dataset, a path that cannot be written; then lock it (exit 1 if another run holds it).
-    if dist.is_main:
-        for note in finish_swap(out_dir):
-            err_console().print(note, markup=False, highlight=False)
-    check_output(out_dir, recipe, overwrite=overwrite, plan=plan)
-    check_writable(out_dir)
-    make_folder(out_dir)
-    locks = [FolderLock(out_dir, dist.rank).acquire()]
-    events = _DashboardEvents(dist, out_dir, len(rendered.errors))
-    try:
-        run_locked(recipe, out_dir, dist, rows, rendered, plan, locks, events, overwrite=overwrite, resume=resume,
-                   repair=repair)
-    finally:
-        for lock in locks:
-            lock.release()
-
-
+    events = _DashboardEvents(dist, out_dir, len(planned.rendered.errors))
+    run_in_folder(recipe, out_dir, dist, planned, events, overwrite=overwrite, resume=resume, repair=repair)
 
 
 class _DashboardEvents(RunEvents):

@@ -22,11 +22,14 @@ Public functions:
 
 - `load_recipe(path_or_name, overrides=()) -> dict`: resolved, validated, defaults filled. A name
   without a suffix or folder (`chat`) is a bundled recipe from the repository's `recipes/`. The dict
-  carries a `_meta` entry (recipe file, name, fragments, overrides) that is not part of the recipe.
+  carries a `_meta` entry (recipe file, name, fragments, overrides, warnings, and `places`: where the
+  models load from and the recipe's folder, resolved once; os_cli/places.py) that is not part of the
+  recipe: not hashed, and the manifest's `recipe_source` leaves `places` out.
 - `recipe_hash(recipe) -> str`: `sha256:<hex>` of the keys that change the records (see HASH_EXCLUDED).
 - `recipe_diff(old, new) -> list[(key_path, old, new)]`: the hashed keys that differ.
 - `output_dir(recipe, override=None) -> Path`, `dump_recipe(recipe) -> str` (YAML),
-  `list_bundled() -> list[(name, description, path)]`.
+  `list_bundled() -> list[(name, description, path)]`, `fragment_label(path)` (a fragment as
+  `defaults:` names it).
 
 Building the models a recipe names lives in `os_cli/build.py`; places (`builtin:`, local paths, hub
 names) in `os_cli/places.py`.
@@ -37,13 +40,13 @@ from __future__ import annotations
 from ..places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
 from ..prompt_syntax import TEMPLATE_TOKEN, template_fields
 from ..textfile import read_text
-from .fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, list_bundled, list_fragments
+from .fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, fragment_label, list_bundled, list_fragments
 from .identity import HASH_EXCLUDED, HASH_IF_SET, dump_recipe, recipe_diff, recipe_hash
 from .load import load_recipe, output_dir
 from .schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
 
 __all__ = [
-    "load_recipe", "output_dir", "find_recipe", "list_bundled", "list_fragments",
+    "load_recipe", "output_dir", "find_recipe", "list_bundled", "list_fragments", "fragment_label",
     "recipe_hash", "recipe_diff", "dump_recipe", "HASH_EXCLUDED", "HASH_IF_SET",
     "SCHEMA", "Field", "Section", "PLACEMENT_KEYS", "model_settings",
     "NOT_FRAGMENTS", "RECIPE_SUFFIXES", "BUNDLED_DIR", "CONFIGS_DIR", "BUILTIN_DIR", "BUILTIN_PREFIX", "DATA_SUFFIXES",

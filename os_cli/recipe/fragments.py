@@ -76,6 +76,15 @@ def _fragment_dirs(recipe_file: Path | None, root_file: Path | None = None) -> l
     return unique
 
 
+def fragment_label(path: str) -> str:
+    """A fragment file as `defaults:` names it (`sampling/default`); a file outside configs/ as its path."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(CONFIGS_DIR.resolve()).with_suffix(""))
+    except ValueError:
+        return str(p)
+
+
 def list_fragments() -> list[str]:
     if not CONFIGS_DIR.is_dir():
         return []

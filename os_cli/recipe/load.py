@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from ..errors import UserError
-from ..places import BUILTIN_PREFIX, BUNDLED_DIR, local_candidate as _local_candidate
+from ..places import BUILTIN_PREFIX, BUNDLED_DIR, Places, resolve_places
 from ..record_format import TOPK_OF_DEFAULT
 from .checks import _Ctx
 from .fragments import _load_with_fragments, _resolve_tree, find_recipe
@@ -25,7 +25,8 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
 
     `path_or_name`: a recipe file or the name of a bundled recipe. `overrides`: `key.path=value`
     strings (as given to `--set`) or `(key_path, value)` pairs. `data` validates an in-memory recipe
-    instead of a file (fragments are then looked up in the repository's `configs/`).
+    instead of a file (fragments are then looked up in the repository's `configs/`). Places (models,
+    dataset path) are resolved here, once: `_meta.places`, read with `places.places_of(recipe)`.
     """
     prov: dict = {}
     fragments: list[Path] = []
@@ -52,27 +53,31 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
     if bundled and not recipe["description"]:
         raise UserError(f"{label}: bundled recipes need a one-line `description:` (shown by `os-sample recipes`)")
     name = recipe_file.stem if recipe_file is not None else "recipe"
+    # models and dataset resolved once, for every consumer (os_cli/places.py); not part of the recipe's
+    # identity (`_meta` is not hashed) nor of the manifest's `recipe_source`
+    places = resolve_places(recipe["models"], recipe["dataset"], recipe_file)
     recipe["_meta"] = {
         "path": str(recipe_file) if recipe_file is not None else None,
         "name": name,
         "bundled": bundled,
         "fragments": [str(f) for f in fragments],
         "overrides": applied,
-        "warnings": _warnings(recipe, ctx),
+        "warnings": _warnings(recipe, places),
+        "places": places,
     }
     if recipe["run_name"] is None:
         recipe["run_name"] = name
     return recipe
 
 
-def _warnings(recipe: dict, ctx: _Ctx) -> list[str]:
+def _warnings(recipe: dict, places: Places) -> list[str]:
     """Settings that are valid but have no effect (the CLI prints these as warnings)."""
     out = []
     revision = recipe["models"]["revision"]
     if revision is not None:
         for key in ("theta", "teacher"):
             value = recipe["models"][key]
-            if value and (value.startswith(BUILTIN_PREFIX) or _local_candidate(value, ctx.recipe_file) is not None):
+            if value and key not in places.hub:  # builtin or an existing local folder
                 kind = "a builtin model" if value.startswith(BUILTIN_PREFIX) else "a local folder"
                 out.append(f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, "
                            f"not a hub name")

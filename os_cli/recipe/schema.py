@@ -190,16 +190,17 @@ def _suggest(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
-def model_settings(recipe: Mapping, role: str) -> dict:
-    """One model's effective placement keys (`PLACEMENT_KEYS`) as {key: (value, key path that set it)}:
-    `models.per_model.<role>.<key>` where set (not null), else `models.<key>`."""
-    own = ((recipe["models"].get("per_model") or {}).get(role)) or {}
+def model_settings(models: Mapping, role: str) -> dict:
+    """One model's effective placement keys (`PLACEMENT_KEYS`) of a recipe's `models` section, as
+    {key: (value, key path that set it)}: `models.per_model.<role>.<key>` where set (not null), else
+    `models.<key>`."""
+    own = ((models.get("per_model") or {}).get(role)) or {}
     out = {}
     for key in PLACEMENT_KEYS:
         if own.get(key) is not None:
             out[key] = (own[key], f"models.per_model.{role}.{key}")
         else:
-            out[key] = (recipe["models"].get(key, _spec_at(f"models.{key}").default), f"models.{key}")
+            out[key] = (models.get(key, _spec_at(f"models.{key}").default), f"models.{key}")
     # A device_map under per_model wins over the shared device, a device under per_model over the shared map.
     if own.get("device") is not None and own.get("device_map") is None:
         out["device_map"] = (None, f"models.per_model.{role}.device_map")

@@ -66,7 +66,7 @@ def _placement_checks(recipe: dict, role: str, ctx: _Ctx) -> None:
     """One model's effective placement: contradictions that no machine could run."""
     from ..preflight import attn_problem
 
-    settings = model_settings(recipe, role)
+    settings = model_settings(recipe["models"], role)
     device, device_path = settings["device"]
     device_map, map_path = settings["device_map"]
     max_memory, memory_path = settings["max_memory"]
