@@ -245,7 +245,7 @@ def test_records_carry_the_top_k_and_resume(work, pair):
 
     rec = first["1"]
     api = pair.generate([rec["prompt"]], [rec["prompt_t"]], max_new_tokens=6, temperature=0.9,
-                        seed=[unit_seed(loaded, Item, 0)], topk_logprobs=3, topk_of=["t", "theta"])
+                        seed=[unit_seed(loaded["sampling"]["seed"], Item, 0)], topk_logprobs=3, topk_of=["t", "theta"])
     n = rec["num_tokens"]
     assert api.generated_ids[0, :n].tolist() == rec["tokens"]["ids"], (rec["prompt"], rec["prompt_t"])
     assert api.topk_ids[0, :n].tolist() == first["1"]["tokens"]["topk_ids"]
