@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import arguments, engine, hub, models, preflight, rng, samples, scheduler
+from . import arguments, engine, hub, models, preflight, rng, samples, scheduler, static_stream
 from .alpha import ALPHA_METHODS
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
@@ -56,6 +56,7 @@ class OptimalSamplingModel:
         dtype_t: str | torch.dtype | None = None,
         theta_kwargs: dict | None = None,
         teacher_kwargs: dict | None = None,
+        compile: bool | str = False,
         **kwargs,
     ):
         if not model_theta_path:
@@ -77,6 +78,11 @@ class OptimalSamplingModel:
             if extra is not None and not isinstance(extra, dict):
                 raise ValueError(f"{name} must be a dict of from_pretrained keyword arguments, got {extra!r}")
         requested_attn = kwargs.pop("attn_implementation", None)
+        static_stream.check_compile(compile, attn_implementation=requested_attn)
+        self.compile = compile  # fixed-slot decoding, compiled step (os_cli/static_stream.py); an attribute too
+        self._slot_pool: dict = {}
+        if compile and requested_attn is None:
+            requested_attn = "sdpa"  # the fixed-slot step builds sdpa/eager masks (not flash-attn's)
         spec_theta = models.load_spec("theta", device, dtype, {**kwargs, **(theta_kwargs or {})})
         spec_t = models.load_spec("teacher", device if device_t is None else device_t,
                                   dtype if dtype_t is None else dtype_t, {**kwargs, **(teacher_kwargs or {})})
@@ -330,6 +336,7 @@ class OptimalSamplingModel:
         if draft_tokens and not two_streams:
             raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
                              "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
+        static_stream.check_compile(self.compile, draft_tokens=draft_tokens)
         config = self._sampler_config(temperature, top_k, top_p, alpha)
         return config, stops(stop)
 
@@ -341,6 +348,7 @@ class OptimalSamplingModel:
         With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
         config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams, alpha)
+        fixed = self._fixed_slots(two_streams, limit, max_new_tokens, oom_backoff) if self.compile else None
         in_flight: dict[int, StreamRow] = {}
 
         def requests():
@@ -367,14 +375,29 @@ class OptimalSamplingModel:
                 in_flight[index] = row
                 yield request
 
-        for result in scheduler.decode_rows(
-            requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
-            self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
-            eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
-            stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
-            draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
-        ):
-            yield result, in_flight.pop(result.index)
+        try:
+            for result in scheduler.decode_rows(
+                requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
+                self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
+                eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+                stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
+                draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
+                fixed_slots=fixed,
+            ):
+                yield result, in_flight.pop(result.index)
+        finally:
+            if fixed is not None:
+                fixed.in_use = False
+
+    def _fixed_slots(self, two_streams: bool, limit, max_new_tokens: int, oom_backoff: bool):
+        """`compile`: the fixed-slot streams for `limit` rows (kept for the next call with the same shape)."""
+        if oom_backoff:
+            raise ValueError("compile fixes the decode step's memory at `limit` slots, so an out-of-memory back-off "
+                             "cannot lower it: pass oom_backoff=False and a limit that fits")
+        slots = limit.value if isinstance(limit, InFlightLimit) else limit
+        return static_stream.fixed_slots(self._slot_pool, self.model_theta, self.model_t if two_streams else None,
+                                         self.vocab_size, slots, max_new_tokens, self.tokenizer.pad_token_id,
+                                         compiled=self.compile is True)
 
     def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
                 keep_logits, keep_q_star, alpha=None, ignore_eos=False) -> list[scheduler.RowResult]:
