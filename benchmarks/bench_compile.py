@@ -64,7 +64,7 @@ def main() -> None:
           f"{args.max_new_tokens} tokens (EOS ignored), torch {torch.__version__}")
     warm = {}
     for mode in (False, True):
-        warm[mode], _ = timed(model, mode, prompts[: args.batch_size], args)
+        warm[mode], _ = timed(model, mode, prompts, args)  # all prompts: the cache is sized for the longest
     print(f"warm-up: eager {warm[False]:.1f} s, compiled {warm[True]:.1f} s (compiling included)")
     rates: dict = {False: [], True: []}
     ratios, same = [], []

@@ -34,7 +34,8 @@ class OptimalSamplingModel:
     default: `device` / `dtype`) and `theta_kwargs` / `teacher_kwargs` (from_pretrained arguments for one
     model, over the shared ones), e.g. `teacher_kwargs={"device_map": "auto", "load_in_4bit": True}`.
     Mixing runs on theta's device (`self.device`); the teacher's logits move there each step.
-    The alpha settings are plain attributes and may be changed between calls.
+    The alpha settings are plain attributes and may be changed between calls, and so is `compile`
+    (True: fixed cache slots and a compiled decode step, "static": the slots only; os_cli/static_stream.py).
     """
 
     def __init__(
@@ -79,8 +80,7 @@ class OptimalSamplingModel:
                 raise ValueError(f"{name} must be a dict of from_pretrained keyword arguments, got {extra!r}")
         requested_attn = kwargs.pop("attn_implementation", None)
         static_stream.check_compile(compile, attn_implementation=requested_attn)
-        self.compile = compile  # fixed-slot decoding, compiled step (os_cli/static_stream.py); an attribute too
-        self._slot_pool: dict = {}
+        self.compile, self._slot_pool = compile, {}  # fixed-slot decoding (os_cli/static_stream.py)
         if compile and requested_attn is None:
             requested_attn = "sdpa"  # the fixed-slot step builds sdpa/eager masks (not flash-attn's)
         spec_theta = models.load_spec("theta", device, dtype, {**kwargs, **(theta_kwargs or {})})
@@ -336,7 +336,6 @@ class OptimalSamplingModel:
         if draft_tokens and not two_streams:
             raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
                              "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
-        static_stream.check_compile(self.compile, draft_tokens=draft_tokens)
         config = self._sampler_config(temperature, top_k, top_p, alpha)
         return config, stops(stop)
 
@@ -348,7 +347,13 @@ class OptimalSamplingModel:
         With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
         config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams, alpha)
-        fixed = self._fixed_slots(two_streams, limit, max_new_tokens, oom_backoff) if self.compile else None
+        fixed = None
+        if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
+            static_stream.check_compile(self.compile, draft_tokens=draft_tokens, oom_backoff=oom_backoff)
+            fixed = static_stream.fixed_slots(
+                self._slot_pool, self.model_theta, self.model_t if two_streams else None, self.vocab_size,
+                limit.value if isinstance(limit, InFlightLimit) else limit, max_new_tokens,
+                self.tokenizer.pad_token_id, compiled=self.compile is True)
         in_flight: dict[int, StreamRow] = {}
 
         def requests():
@@ -388,16 +393,6 @@ class OptimalSamplingModel:
         finally:
             if fixed is not None:
                 fixed.in_use = False
-
-    def _fixed_slots(self, two_streams: bool, limit, max_new_tokens: int, oom_backoff: bool):
-        """`compile`: the fixed-slot streams for `limit` rows (kept for the next call with the same shape)."""
-        if oom_backoff:
-            raise ValueError("compile fixes the decode step's memory at `limit` slots, so an out-of-memory back-off "
-                             "cannot lower it: pass oom_backoff=False and a limit that fits")
-        slots = limit.value if isinstance(limit, InFlightLimit) else limit
-        return static_stream.fixed_slots(self._slot_pool, self.model_theta, self.model_t if two_streams else None,
-                                         self.vocab_size, slots, max_new_tokens, self.tokenizer.pad_token_id,
-                                         compiled=self.compile is True)
 
     def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
                 keep_logits, keep_q_star, alpha=None, ignore_eos=False) -> list[scheduler.RowResult]:

@@ -34,7 +34,8 @@ from .recipe.schema import COMPILE_CHOICES  # False (dynamic caches), True (comp
 ATTENTION = ("sdpa", "eager")  # implementations whose masks this module builds
 
 
-def check_compile(value, *, draft_tokens: int = 0, loop: str = "refill", attn_implementation: str | None = None) -> None:
+def check_compile(value, *, draft_tokens: int = 0, oom_backoff: bool = False, attn_implementation: str | None = None
+                  ) -> None:
     """A ValueError naming what `compile` does not combine with (before anything runs)."""
     if not isinstance(value, (bool, str)) or value not in COMPILE_CHOICES:
         raise ValueError(f"compile must be False, True or 'static', got {value!r}")
@@ -43,8 +44,9 @@ def check_compile(value, *, draft_tokens: int = 0, loop: str = "refill", attn_im
     if draft_tokens:
         raise ValueError("compile needs draft_tokens=0: speculative rounds feed several tokens per row and roll "
                          "caches back, which the fixed-slot decode step does not do")
-    if loop != "refill":
-        raise ValueError("compile applies to loop='refill' (the static reference loop stays eager)")
+    if oom_backoff:
+        raise ValueError("compile fixes the decode step's memory at `limit` slots, so an out-of-memory back-off "
+                         "cannot lower it: pass oom_backoff=False and a limit that fits")
     if attn_implementation is not None and attn_implementation not in ATTENTION:
         raise ValueError(f"compile needs attn_implementation sdpa or eager, got {attn_implementation!r}")
 
@@ -103,6 +105,9 @@ class SlotStream:
         self.compiled = compiled
         self._step = self._decode
         if compiled:
+            # Each stream's buffers are a new graph of the one `_decode`: theta and teacher, per batch size.
+            # Past dynamo's default of 8 per function it would fall back to eager without a word.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             mode = "reduce-overhead" if self.input_device.type == "cuda" else None
             self._step = torch.compile(self._decode, mode=mode, dynamic=False)
 
