@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from os_cli import OptimalSamplingModel
-from os_cli.api import StreamRow
+from os_cli.api import InFlightLimit, StreamRow
 from os_cli.build import model_kwargs
 from os_cli.engine import ModelStream, left_pad
 from os_cli.errors import UserError
@@ -227,3 +227,16 @@ def test_generate_with_fixed_slots_writes_the_records_of_a_default_run(tmp_path,
     bad = runner.invoke(cli_app, ["validate", str(path), "--set", "models.compile=true",
                                   "--set", "sampling.draft_tokens=2"])
     assert bad.exit_code == 2 and "models.compile" in bad.output and "Traceback" not in bad.output
+
+
+def test_lowering_the_limit_mid_stream_frees_slots_and_changes_no_row(pairs):
+    default, fixed = pairs
+    limit = InFlightLimit(4)
+    seeds = [3 * i + 1 for i in range(len(PROMPTS))]
+    rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(PROMPTS, PROMPTS_T, seeds, CAPS)]
+    got = {}
+    for out in fixed.generate_stream(rows, max_new_tokens=max(CAPS), limit=limit):
+        got[out.index] = out.token_ids.tolist()
+        limit.lower(2)  # rows beyond 2 go back to the queue, their slots free, and restart later
+    reference = default.generate(PROMPTS, PROMPTS_T, max_new_tokens=CAPS, seed=seeds, batch_size=8)
+    assert got == {i: reference.generated_ids[i, :n].tolist() for i, n in enumerate(reference.lengths.tolist())}
