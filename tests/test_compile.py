@@ -227,6 +227,12 @@ def test_generate_with_fixed_slots_writes_the_records_of_a_default_run(tmp_path,
     bad = runner.invoke(cli_app, ["validate", str(path), "--set", "models.compile=true",
                                   "--set", "sampling.draft_tokens=2"])
     assert bad.exit_code == 2 and "models.compile" in bad.output and "Traceback" not in bad.output
+    # 3 rows prefill, then the fixed step runs all 4 slots and (injected) runs out of memory: no back-off
+    oom = runner.invoke(cli_app, ["generate", "--config", str(path), "--output", str(tmp_path / "oom"), "--limit", "3",
+                                  "--set", "models.compile=static", "--set", "sampling.batch_size=4"],
+                        env={"OS_SAMPLE_INJECT_OOM": "4"})
+    assert oom.exit_code == 1 and "Traceback" not in oom.output
+    assert "out of memory with batch size 4; lower sampling.batch_size (models.compile" in oom.stderr
 
 
 def test_lowering_the_limit_mid_stream_frees_slots_and_changes_no_row(pairs):
