@@ -4,11 +4,11 @@
         [--max-new-tokens 64] [--repeats 3]
 
 On this project's shared 2-core CPU run it with OMP_NUM_THREADS=1 (two threads on tiny models
-measure contention, not the step: spreads of 10x and more). scripts/gpu_check.sh runs it on random-weight Qwen2.5-1.5B / 3B-shaped models in bf16 on CUDA (CUDA
-graphs). Both runs use sdpa attention, the same prompts (varied lengths) and equal work: EOS is ignored
-and every row generates exactly --max-new-tokens tokens, with continuous refill at --batch-size rows.
-The first call of each mode is a warm-up (the compiled one includes compiling). Then the modes alternate
-for --repeats rounds; reported: generated tokens/s per mode, median (min-max), the per-round ratio
+measure contention, not the step: spreads of 10x and more). scripts/gpu_check.sh runs it on
+random-weight Qwen2.5-1.5B / 3B-shaped models in bf16 on CUDA (CUDA graphs). Both runs use sdpa
+attention, the same prompts (varied lengths) and equal work: EOS is ignored and every row generates
+exactly --max-new-tokens tokens, with continuous refill at --batch-size rows. The first call of each
+mode is a warm-up (the compiled one includes compiling). Then the modes alternate for --repeats rounds; reported: generated tokens/s per mode, median (min-max), the per-round ratio
 compiled / eager, and the share of rows whose tokens are identical in both modes (float rounding
 differs between compiled and eager kernels, so in bf16 a row may take another token somewhere).
 """

@@ -113,7 +113,9 @@ def test_fixed_slots_on_one_model_streams_and_eos(pairs):
     default, fixed = pairs
     one = OptimalSamplingModel(default.model_theta_path, device="cpu", dtype=torch.float32, compile="static")
     ref = OptimalSamplingModel(default.model_theta_path, device="cpu", dtype=torch.float32)
-    rows = lambda: (StreamRow(p, seed=7 + i, max_new_tokens=c) for i, (p, c) in enumerate(zip(PROMPTS, CAPS)))  # noqa: E731
+    def rows():
+        return (StreamRow(p, seed=7 + i, max_new_tokens=c) for i, (p, c) in enumerate(zip(PROMPTS, CAPS)))
+
     a = {o.index: o.token_ids.tolist() for o in ref.generate_stream(rows(), max_new_tokens=30, limit=3)}
     b = {o.index: o.token_ids.tolist() for o in one.generate_stream(rows(), max_new_tokens=30, limit=3)}
     assert a == b and len(a) == len(PROMPTS)
