@@ -8,7 +8,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from . import arguments, engine, hub, models, preflight, rng, samples, scheduler
+from . import arguments, engine, hub, models, preflight, rng, samples, scheduler, static_stream
 from .alpha import ALPHA_METHODS
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
@@ -35,7 +35,8 @@ class OptimalSamplingModel:
     default: `device` / `dtype`) and `theta_kwargs` / `teacher_kwargs` (from_pretrained arguments for one
     model, over the shared ones), e.g. `teacher_kwargs={"device_map": "auto", "load_in_4bit": True}`.
     Mixing runs on theta's device (`self.device`); the teacher's logits move there each step.
-    The alpha settings are plain attributes and may be changed between calls.
+    The alpha settings are plain attributes and may be changed between calls, and so is `compile`
+    (True: fixed cache slots and a compiled decode step, "static": the slots only; os_cli/static_stream.py).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class OptimalSamplingModel:
         dtype_t: str | torch.dtype | None = None,
         theta_kwargs: dict | None = None,
         teacher_kwargs: dict | None = None,
+        compile: bool | str = False,
         **kwargs,
     ):
         if not model_theta_path:
@@ -78,6 +80,10 @@ class OptimalSamplingModel:
             if extra is not None and not isinstance(extra, dict):
                 raise ValueError(f"{name} must be a dict of from_pretrained keyword arguments, got {extra!r}")
         requested_attn = kwargs.pop("attn_implementation", None)
+        static_stream.check_compile(compile, attn_implementation=requested_attn)
+        self.compile, self._slot_pool = compile, {}  # fixed-slot decoding (os_cli/static_stream.py)
+        if compile and requested_attn is None:
+            requested_attn = "sdpa"  # the fixed-slot step builds sdpa/eager masks (not flash-attn's)
         spec_theta = models.load_spec("theta", device, dtype, {**kwargs, **(theta_kwargs or {})})
         spec_t = models.load_spec("teacher", device if device_t is None else device_t,
                                   dtype if dtype_t is None else dtype_t, {**kwargs, **(teacher_kwargs or {})})
@@ -354,6 +360,13 @@ class OptimalSamplingModel:
         With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
         config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams, alpha)
+        fixed = None
+        if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
+            static_stream.check_compile(self.compile, draft_tokens=draft_tokens, oom_backoff=oom_backoff)
+            fixed = static_stream.fixed_slots(
+                self._slot_pool, self.model_theta, self.model_t if two_streams else None, self.vocab_size,
+                limit.value if isinstance(limit, InFlightLimit) else limit, max_new_tokens,
+                self.tokenizer.pad_token_id, compiled=self.compile is True)
         in_flight: dict[int, StreamRow] = {}
 
         def requests():
@@ -380,15 +393,19 @@ class OptimalSamplingModel:
                 in_flight[index] = row
                 yield request
 
-        for result in scheduler.decode_rows(
-            requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
-            self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
-            eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
-            stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
-            draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
-            topk=topk,
-        ):
-            yield result, in_flight.pop(result.index)
+        try:
+            for result in scheduler.decode_rows(
+                requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
+                self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
+                eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
+                stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
+                draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
+                fixed_slots=fixed, topk=topk,
+            ):
+                yield result, in_flight.pop(result.index)
+        finally:
+            if fixed is not None:
+                fixed.in_use = False
 
     def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
                 keep_logits, keep_q_star, alpha=None, ignore_eos=False) -> list[scheduler.RowResult]:

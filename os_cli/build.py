@@ -48,6 +48,8 @@ def model_kwargs(recipe: Mapping) -> dict:
             kwargs[name] = own
     if m["attn_implementation"] != "auto":
         kwargs["attn_implementation"] = m["attn_implementation"]
+    if m.get("compile"):
+        kwargs["compile"] = m["compile"]
     kwargs.update(recipe_load_kwargs(m))  # revision, trust_remote_code: the tokenizer's rule too
     return kwargs
 

@@ -290,11 +290,13 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
         testing_hooks.after_write()
 
     backoffs = 0
+    fixed_slots = bool(getattr(model, "compile", False))
     testing_hooks.before_sampling()
     outputs = model.generate_stream(
         rows(), max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
         top_p=sampling["top_p"], top_k=sampling["top_k"], stop=sampling["stop"] or None,
-        draft_tokens=sampling.get("draft_tokens", 0), limit=limit, oom_backoff=True, stats=SchedulerStats(),
+        draft_tokens=sampling.get("draft_tokens", 0), limit=limit, stats=SchedulerStats(),
+        oom_backoff=not fixed_slots,  # models.compile: batch_size slots fix the step's memory, nothing to back off
         separate_teacher_prompts=teacher_prompts, topk_logprobs=settings.topk_logprobs,
         topk_of=settings.topk_of,
     )
@@ -331,8 +333,9 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
             raise
         if buffer:
             flush()
+        fixed = "lower sampling.batch_size (models.compile keeps that many slots: no back-off), " if fixed_slots else ""
         raise UserError(
-            f"out of memory with batch size {limit.value}; lower sampling.max_new_tokens, use a smaller dtype "
+            f"out of memory with batch size {limit.value}; {fixed}lower sampling.max_new_tokens, use a smaller dtype "
             f"or models.quantization: 4bit, or a larger device", exit_code=1,
         ) from None
     finally:

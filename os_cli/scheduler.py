@@ -171,6 +171,7 @@ def decode_rows(
     stats: SchedulerStats | None = None,
     admit_min: int | None = None,
     topk: TopK | None = None,
+    fixed_slots=None,
 ) -> Iterator[RowResult]:
     """Decode `requests` (any iterable, read lazily) with continuous refill; yield each row as it ends.
 
@@ -181,15 +182,20 @@ def decode_rows(
     `admit_min`: waiting rows are prefilled once that many slots are free (default a quarter of
     the limit, at least 1), since a prefill's cost hardly depends on how many rows it takes.
     `topk`: also record the teacher's top-K per token (os_cli/topk.py; one top-k per step, on the device).
+    `fixed_slots` (os_cli/static_stream.FixedSlots, `compile=True`): rows decode in its fixed cache
+    slots, one per in-flight row, instead of in growing caches; new rows still prefill eagerly and join.
     """
     if draft_tokens and model_t is None:
         raise ValueError("draft_tokens needs a teacher stream (two models, or two prompts)")
+    if draft_tokens and fixed_slots is not None:
+        raise ValueError("fixed slots (compile) decode one token per step: draft_tokens must be 0")
     loop = _Loop(model_theta, model_t, vocab_size, step_fn,
                  limit if isinstance(limit, InFlightLimit) else InFlightLimit(limit),
                  max_new_tokens, eos_ids, pad_id, stop_fn, keep_logits, keep_q_star, draft_tokens, temperature,
                  oom_backoff, stats if stats is not None else SchedulerStats())
     loop.admit_min = admit_min if admit_min is not None else max(1, loop.limit.value // 4)
     loop.init_topk(topk)
+    loop.fixed = fixed_slots
     yield from loop.run(iter(requests))
 
 
@@ -302,6 +308,8 @@ class _Loop:
             return
         if len(group):
             if self.main is None:
+                if self.fixed is not None:  # compile: the rows move into the fixed slots (static_stream.py)
+                    group.theta, group.teacher = self.fixed.adopt(group.theta, group.teacher)
                 self.main = group
             else:
                 self.main.join(group)

@@ -92,6 +92,13 @@ def _check_bool(spec, value, path, ctx):
     return value
 
 
+def _check_compile(spec, value, path, ctx):
+    if value not in spec.choices or not isinstance(value, (bool, str)):
+        ctx.fail(path, f"must be true, false or static (fixed slots, no torch.compile), got {_type_name(value)} "
+                       f"{_show(value)}")
+    return value
+
+
 def _check_str(spec, value, path, ctx):
     if not isinstance(value, str):
         ctx.fail(path, f"must be a string, got {_type_name(value)} {_show(value)}")
@@ -240,5 +247,5 @@ _CHECKERS = {
     "choice": _check_choice, "choice_list": _check_choice_list, "device": _check_device, "device_map": _check_device_map,
     "max_memory": _check_max_memory, "top_k": _check_top_k, "str_list": _check_str_list,
     "keep_fields": _check_keep_fields, "rows": _check_rows, "template": _check_template,
-    "model": _check_model, "source": _check_source,
+    "model": _check_model, "source": _check_source, "compile": _check_compile,
 }

@@ -17,10 +17,11 @@ from ..record_format import TOPK_OF_DEFAULT
 # resume: names and places, hardware placement, grouping (batch size: OOM back-off changes it anyway),
 # shard rotation, the bad-row policy, the row limit (a larger limit extends the run) and the number
 # of samples per row (a sample's seed does not depend on it, so a larger n extends the run too; records
-# with a sample index beyond a smaller n are refused like rows beyond a smaller limit).
+# with a sample index beyond a smaller n are refused like rows beyond a smaller limit), and
+# models.compile (the same tokens, like batch_size: only float rounding of the logits differs).
 HASH_EXCLUDED = (
     "_meta", "description", "defaults", "run_name", "output.dir", "output.shard_size",
-    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row", "sampling.num_samples",
+    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row", "sampling.num_samples", "models.compile",
 ) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
           for key in ("device", "device_map", "max_memory"))
 

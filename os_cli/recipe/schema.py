@@ -52,6 +52,9 @@ def _prompt_section(**kw) -> Section:
 
 
 _DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+# models.compile / OptimalSamplingModel(compile=...): off, fixed slots with a compiled decode step, or
+# fixed slots with the eager step (to tell a compiler problem from a slot problem).
+COMPILE_CHOICES = (False, True, "static")
 
 
 # The keys that place and load one model: under `models:` they are both models' defaults; under
@@ -93,6 +96,8 @@ SCHEMA = Section(
                 ),
                 "revision": Field("str", None, nullable=True),
                 "trust_remote_code": Field("bool", False),
+                # fixed-slot KV cache + compiled decode step (static_stream.py); static: the slots, no compiling
+                "compile": Field("compile", False, choices=COMPILE_CHOICES),
             },
             required=True,
         ),

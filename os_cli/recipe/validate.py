@@ -58,6 +58,7 @@ def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
             if name not in fields:
                 ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{_suggest(name, fields)}")
     _check_prompt_sections(recipe, ctx)
+    _check_compile(recipe, ctx)
     for role in ("theta", "teacher"):
         _placement_checks(recipe, role, ctx)
 
@@ -87,6 +88,18 @@ def _placement_checks(recipe: dict, role: str, ctx: _Ctx) -> None:
     if quantization != "none" and device_map is None and device == "cpu":
         ctx.fail(key(quant_path), f"4bit/8bit (bitsandbytes) needs a CUDA device, but {device_path} is cpu "
                                   f"for the {role} model")
+
+
+def _check_compile(recipe: dict, ctx: _Ctx) -> None:
+    """models.compile decodes one token per step in fixed slots with sdpa/eager masks (os_cli/static_stream.py)."""
+    if not recipe["models"]["compile"]:
+        return
+    if recipe["sampling"]["draft_tokens"]:
+        ctx.fail(("models", "compile"), f"needs sampling.draft_tokens: 0 (got {recipe['sampling']['draft_tokens']}): "
+                                        f"speculative rounds do not run on the compiled fixed-slot step")
+    if recipe["models"]["attn_implementation"] == "flash_attention_2":
+        ctx.fail(("models", "compile"), "needs models.attn_implementation sdpa, eager or auto (auto picks sdpa "
+                                        "with compile), not flash_attention_2")
 
 
 def _check_prompt_sections(recipe: dict, ctx: _Ctx) -> None:
