@@ -43,6 +43,9 @@ TOL = 1e-6
 # Weights below exp(-80) of a row's largest are raised to it: the row's total moves by at most
 # V·exp(-80) ~ 3e-30 of itself, far below float32 resolution.
 EXP_FLOOR = -80.0
+# Var(r) at or below this under the evaluated tilt: pi_theta and pi_t agree to float32 rounding
+# (r ~ 1e-7 at most), so every alpha satisfies the equations and the row takes the 0.5 convention.
+SAME_VARIANCE = 1e-12
 
 
 @dataclass
@@ -51,6 +54,11 @@ class Tilt:
     moments: Tensor  # [B, k] E_s[r^j], j = 1..k
     z: Tensor | None = None  # [B, V] lt + s·r, kept when asked (the unnormalised log q)
     mean_abs: Tensor | None = None  # [B] E_s|r|, when asked
+
+    @property
+    def variance(self) -> Tensor:
+        """[B] Var_s(r) (needs two moments)."""
+        return (self.moments[:, 1] - self.moments[:, 0] ** 2).clamp_min(0.0)
 
 
 def tilt(lt: Tensor, r: Tensor, s: Tensor, moments: int, keep_z: bool = False, abs_r: Tensor | None = None) -> Tilt:
@@ -210,17 +218,23 @@ def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State
     if method == "kl_symmetry":
         f, df, d2f, scaled, tilts = _kl_evaluate(lt, r, s.a, abs_r)
         root_left = f > 0
+        spread = df  # Var_a(r)
     else:
         f, df, d2f, scaled, tilts = _ess_evaluate(lt, r, s.a)
         root_left = f < 0
+        spread = tilts["left"].variance + tilts["right"].variance
+    # r identically 0 (pi_theta = pi_t: one model, same prompts): every alpha is a root, and a warm
+    # start would keep the previous token's. The convention (alpha.py) is 0.5, clamped into the bracket.
+    same = ~s.accepted & (spread <= SAME_VARIANCE)
+    a_now = torch.where(same, torch.minimum(torch.maximum(torch.full_like(s.a, 0.5), s.lo), s.hi), s.a)
     # Newton's distance to the root, |f / f'|, stands in for the reference's bracket width: at the
     # float32 noise floor the scaled residual may not get below tol while the root is pinned.
-    done = s.accepted | (scaled.abs() <= TOL) | ((f / df).abs() <= 0.5 * TOL)
+    done = same | s.accepted | (scaled.abs() <= TOL) | ((f / df).abs() <= 0.5 * TOL)
     move_hi, move_lo = root_left & ~done, ~root_left & ~done
     hi, hi_seen = torch.where(move_hi, s.a, s.hi), s.hi_seen | move_hi
     lo, lo_seen = torch.where(move_lo, s.a, s.lo), s.lo_seen | move_lo
     closed = hi - lo <= TOL
-    a = torch.where(done, s.a, torch.where(closed, lo, _halley(s.a, f, df, d2f, lo, hi, lo_seen, hi_seen)))
+    a = torch.where(done, a_now, torch.where(closed, lo, _halley(s.a, f, df, d2f, lo, hi, lo_seen, hi_seen)))
     return _State(a, lo, hi, done | closed, lo_seen, hi_seen), tilts
 
 
@@ -233,8 +247,8 @@ def _kl_evaluate(lt, r, a, abs_r):
 def _ess_evaluate(lt, r, a):
     left, right = tilt(lt, r, -a, 2), tilt(lt, r, 2.0 - a, 2)
     g = right.log_norm - left.log_norm
-    m_left, v_left = left.moments[:, 0], (left.moments[:, 1] - left.moments[:, 0] ** 2).clamp_min(0.0)
-    m_right, v_right = right.moments[:, 0], (right.moments[:, 1] - right.moments[:, 0] ** 2).clamp_min(0.0)
+    m_left, v_left = left.moments[:, 0], left.variance
+    m_right, v_right = right.moments[:, 0], right.variance
     dg = m_left - m_right
     d2g = v_right - v_left
     return g, dg, d2g, g / (1.0 + left.log_norm.abs() + right.log_norm.abs()), {"left": left, "right": right}
