@@ -46,6 +46,7 @@ EXP_FLOOR = -80.0
 # Var(r) at or below this under the evaluated tilt: pi_theta and pi_t agree to float32 rounding
 # (r ~ 1e-7 at most), so every alpha satisfies the equations and the row takes the 0.5 convention.
 SAME_VARIANCE = 1e-12
+SAME_MEAN = 1e-6  # and |E(r)| (E|r| for kl_symmetry) at or below this: r is 0, not just concentrated
 
 
 @dataclass
@@ -218,14 +219,17 @@ def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State
     if method == "kl_symmetry":
         f, df, d2f, scaled, tilts = _kl_evaluate(lt, r, s.a, abs_r)
         root_left = f > 0
-        spread = df  # Var_a(r)
+        # Var_a(r) and E_a|r| both ~0 (a tilt onto one token has no variance but r need not be 0)
+        same = (df <= SAME_VARIANCE) & (tilts["q"].mean_abs <= SAME_MEAN)
     else:
         f, df, d2f, scaled, tilts = _ess_evaluate(lt, r, s.a)
         root_left = f < 0
-        spread = tilts["left"].variance + tilts["right"].variance
+        left, right = tilts["left"], tilts["right"]
+        same = ((left.variance + right.variance <= SAME_VARIANCE)
+                & (left.moments[:, 0].abs() + right.moments[:, 0].abs() <= SAME_MEAN))
     # r identically 0 (pi_theta = pi_t: one model, same prompts): every alpha is a root, and a warm
     # start would keep the previous token's. The convention (alpha.py) is 0.5, clamped into the bracket.
-    same = ~s.accepted & (spread <= SAME_VARIANCE)
+    same = same & ~s.accepted
     a_now = torch.where(same, torch.minimum(torch.maximum(torch.full_like(s.a, 0.5), s.lo), s.hi), s.a)
     # Newton's distance to the root, |f / f'|, stands in for the reference's bracket width: at the
     # float32 noise floor the scaled residual may not get below tol while the root is pinned.

@@ -39,3 +39,35 @@ def test_a_warm_start_on_identical_rows_gives_the_half_not_the_previous_alpha(me
     torch.testing.assert_close(warm.alpha, reference.alpha, atol=1e-4, rtol=0)
     torch.testing.assert_close(warm.alpha, cold.alpha, atol=2e-6, rtol=0)
     assert torch.equal(warm.tokens, cold.tokens)
+
+
+@pytest.mark.parametrize("method", ["kl_symmetry", "ess_balance"])
+@pytest.mark.parametrize("alpha_min", [0.0, 0.5])
+def test_nearly_disjoint_rows_are_solved_not_taken_for_identical(method, alpha_min):
+    """Where the two models put their mass on different tokens, each tilt is nearly a point mass
+    (variance ~0) although r is far from 0: the r = 0 rule must not fire there (it gave 0.5 instead
+    of ess_balance's root), and the exponentials must not underflow. The step equals the reference."""
+    from os_cli import mixing
+
+    vocab = 300
+    g = torch.Generator().manual_seed(5)
+    theta = torch.randn(4, vocab, generator=g)
+    teacher = torch.randn(4, vocab, generator=g)
+    theta[:2] -= 220.0  # rows 0, 1: theta's mass on token 3 alone, the teacher's on token 7 alone
+    teacher[:2] -= 220.0
+    theta[:2, 3], teacher[:2, 7] = 0.0, 0.0
+    theta[1, 7] = -4.0  # row 1: theta gives the teacher's token a little mass (a root near 0)
+    config = SamplerConfig(alpha_method=method, alpha_min=alpha_min)
+    keys = row_keys(torch.arange(4))
+    init = torch.tensor([0.9, 0.7, float("nan"), 0.95])
+    for alpha_init in (None, init):
+        fast = mixture_step(theta, teacher, config, row_keys=keys, step=1, alpha_init=alpha_init)
+        ref = mixture_step(theta, teacher, config, row_keys=keys, step=1, solver="reference")
+        assert torch.isfinite(fast.alpha).all() and torch.isfinite(fast.logq).all()
+        torch.testing.assert_close(fast.alpha, ref.alpha, atol=1e-4, rtol=0)
+        lt, lT = torch.log_softmax(theta, -1), torch.log_softmax(teacher, -1)
+        expected = mixing.geometric_mix(lt, lT, fast.alpha)
+        torch.testing.assert_close(fast.logq, expected, atol=5e-5, rtol=1e-5)
+        diagnostics = mixing.diagnostics(expected, lt, lT)
+        for name in ("kl_theta", "kl_t", "ess_theta", "ess_t"):
+            torch.testing.assert_close(getattr(fast, name), diagnostics[name], atol=1e-5, rtol=1e-4, msg=name)
