@@ -138,7 +138,9 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     early = device.type == "cpu"
     tilts: dict[str, Tilt] = {}
     evaluated = state.a
-    for _ in range(COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):
+    # On a CPU the continuation below, which evaluates only the rows still open, is cheaper than
+    # full-batch iterations: one full evaluation, then rows continue alone.
+    for _ in range(1 if early else COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):
         evaluated = state.a
         state, tilts = _iterate(method, lt, r, abs_r, state)
         if early and bool(state.accepted.all()):
@@ -147,24 +149,34 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     if all_accepted:  # the one host sync of the solve, in the common case
         return state.a, 0, (tilts if at_evaluated else None)
     failed = ~state.accepted
-    # Rows still moving continue alone (gathered), one sync per iteration, as the reference does.
+    # Rows still moving continue alone (gathered), one sync per iteration, as the reference does;
+    # each iteration evaluates only the rows still open (rows accepted meanwhile keep the tilts of
+    # the evaluation that accepted them).
     rows = failed.nonzero().squeeze(-1)
     sub = _State(*(x[rows] for x in (state.a, state.lo, state.hi, state.accepted, state.lo_seen, state.hi_seen)))
-    sub_lt, sub_r = lt[rows], r[rows]
-    sub_abs = abs_r[rows] if abs_r is not None else None
     valid = bool(((state.a == evaluated) | failed).all())  # main-loop rows sit where their tilts were taken
-    sub_tilts: dict[str, Tilt] = {}
+    sub_tilts: dict[str, Tilt] | None = None
+    open_rows = torch.arange(rows.numel(), device=device)
     for _ in range(EXTRA_ITERATIONS):
-        sub, sub_tilts = _iterate(method, sub_lt, sub_r, sub_abs, sub)
-        if bool(sub.accepted.all()):
+        picked = rows[open_rows]
+        part = _State(*(x[open_rows] for x in (sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen)))
+        moved, part_tilts = _iterate(method, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None,
+                                     part)
+        valid = valid and bool(((moved.a == part.a) | ~moved.accepted).all())  # accepted where evaluated
+        sub = _State(*(x.index_put((open_rows,), y) for x, y in
+                       zip((sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen),
+                           (moved.a, moved.lo, moved.hi, moved.accepted, moved.lo_seen, moved.hi_seen))))
+        sub_tilts = part_tilts if sub_tilts is None else _splice(sub_tilts, part_tilts, open_rows)
+        open_rows = open_rows[~moved.accepted]
+        if not open_rows.numel():
             break
     sub_a = sub.a
-    if not bool(sub.accepted.all()):  # the safeguarded reference always converges
-        stuck = (~sub.accepted).nonzero().squeeze(-1)
-        sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, sub_lt[stuck], logp_t[rows][stuck],
+    if open_rows.numel():  # the safeguarded reference always converges
+        stuck = open_rows
+        sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, lt[rows[stuck]], logp_t[rows[stuck]],
                                                          alpha_min=alpha_min, alpha_max=alpha_max))
         return state.a.index_put((rows,), sub_a), int(stuck.numel()), None
-    # The continuation's last tilts were taken at sub.a (accepted rows stay put): splice them in.
+    # Each continued row's tilts were taken at its accepted alpha: splice them in.
     return state.a.index_put((rows,), sub_a), 0, (_splice(tilts, sub_tilts, rows) if valid else None)
 
 
