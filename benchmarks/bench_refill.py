@@ -23,7 +23,9 @@ Timed, interleaved in each repeat (after one warm-up), the floor first, then --v
   static  the reference loop (fixed micro-batches of --batch, each until its longest row ends)
   refill-theta  refill with the floor's plain sampling: scheduling alone, without the q* solver
 Reported: generated tokens/s, ratio to the floor of the same repeat (median and min-max over
-repeats) and slot occupancy (mean rows in flight / batch) from the engine's counters.
+repeats) in wall time and in this process's CPU time (with --threads 1 the CPU time counts the
+work done and is much less sensitive to other jobs on a shared machine), and slot occupancy
+(mean rows in flight / batch) from the engine's counters.
 """
 
 from __future__ import annotations
@@ -102,8 +104,14 @@ def requests(model: OptimalSamplingModel, prompts: list[str], caps: list[int], s
 def run_refill(model, prompts, caps, batch, sample_from="mixture", draft_tokens=0, stats=None,
                admit_min=None, admission="longest_first") -> tuple[int, float]:
     """Tokens generated and seconds, through the engine's one batching loop, EOS disabled."""
+    return timed_refill(model, prompts, caps, batch, sample_from, draft_tokens, stats, admit_min, admission)[:2]
+
+
+def timed_refill(model, prompts, caps, batch, sample_from="mixture", draft_tokens=0, stats=None,
+                 admit_min=None, admission="longest_first") -> tuple[int, float, float]:
+    """`run_refill` plus this process's CPU seconds."""
     config = model._sampler_config(1.0, -1, 1.0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for result in scheduler.decode_rows(
         requests(model, prompts, caps), model.model_theta, model.model_t, model.vocab_size,
@@ -112,7 +120,7 @@ def run_refill(model, prompts, caps, batch, sample_from="mixture", draft_tokens=
         admit_min=admit_min, admission=admission,
     ):
         tokens += len(result.tokens)
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
 VARIANTS = {  # name -> run_refill keyword arguments ("static" runs the reference loop)
@@ -125,12 +133,12 @@ VARIANTS = {  # name -> run_refill keyword arguments ("static" runs the referenc
 }
 
 
-def run_static(model, prompts, caps, batch) -> tuple[int, float]:
+def run_static(model, prompts, caps, batch) -> tuple[int, float, float]:
     """The reference loop: micro-batches of `batch`, a row leaves at its cap, the batch waits for its longest."""
     config = model._sampler_config(1.0, -1, 1.0)
     step_fn = model._step_fn(config, "mixture")
     keys = rng.row_keys(torch.arange(len(prompts)))
-    start, tokens = time.perf_counter(), 0
+    start, cpu, tokens = time.perf_counter(), time.process_time(), 0
     for lo in range(0, len(prompts), batch):
         part_caps, part_keys = caps[lo:lo + batch], keys[lo:lo + batch]
         trace = engine.decode(
@@ -141,7 +149,7 @@ def run_static(model, prompts, caps, batch) -> tuple[int, float]:
             stop_fn=lambda row, ids, c=part_caps: len(ids) >= c[row],
         )
         tokens += int(trace.lengths.sum())
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -177,27 +185,31 @@ def main() -> None:
         run_refill(model, floor_prompts, [8] * args.batch, args.batch, "theta")  # warm-up
         run_refill(model, prompts[:args.batch], caps[:args.batch], args.batch)
         rates = {name: [] for name in ["floor"] + variants}
+        cpu_rates = {name: [] for name in ["floor"] + variants}  # tokens per CPU second of this process
         occupancy = {name: [] for name in variants}
         for repeat in range(args.repeats):
-            n, s = run_refill(model, floor_prompts, full, args.batch, "theta")
+            n, s, c = timed_refill(model, floor_prompts, full, args.batch, "theta")
             rates["floor"].append(n / s)
+            cpu_rates["floor"].append(n / c)
             for name in variants:
                 stats = scheduler.SchedulerStats()
                 if name == "static":
-                    n, s = run_static(model, prompts, caps, args.batch)
+                    n, s, c = run_static(model, prompts, caps, args.batch)
                 else:
-                    n, s = run_refill(model, prompts, caps, args.batch, stats=stats, **VARIANTS[name])
+                    n, s, c = timed_refill(model, prompts, caps, args.batch, stats=stats, **VARIANTS[name])
                     occupancy[name].append(stats.occupancy(args.batch))
                 rates[name].append(n / s)
+                cpu_rates[name].append(n / c)
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
         print()
-        print("| loop | tokens/s | / floor (same repeat) | occupancy |")
-        print("|---|---|---|---|")
-        print(f"| floor (full batch) | {spread(rates['floor'], 0)} | 1 | 1 |")
+        print("| loop | tokens/s (wall) | / floor (wall) | / floor (CPU time) | occupancy |")
+        print("|---|---|---|---|---|")
+        print(f"| floor (full batch) | {spread(rates['floor'], 0)} | 1 | 1 | 1 |")
         for name in variants:
             ratios = [a / b for a, b in zip(rates[name], rates["floor"])]
+            cpu_ratios = [a / b for a, b in zip(cpu_rates[name], cpu_rates["floor"])]
             occ = spread(occupancy[name]) if occupancy[name] else "-"
-            print(f"| {name} | {spread(rates[name], 0)} | {spread(ratios)} | {occ} |")
+            print(f"| {name} | {spread(rates[name], 0)} | {spread(ratios)} | {spread(cpu_ratios)} | {occ} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ evaluated twice, and no [B, 2, V] tensor is built.
 
 Solvers: Halley's method (cubic convergence: m, v and mu3 come from the same tilt) kept inside a
 bisection bracket on [alpha_min, alpha_max], warm-started from `alpha_init` (each row's previous
-alpha; NaN = cold start at the middle), a fixed number of iterations with no host sync. Then one
+alpha, which the refill loop carries per row; NaN = cold start at 0.5 clamped), a fixed number of
+iterations with no host sync on accelerators (on a CPU, where a sync is free, one full-batch
+evaluation, then only the rows still open are evaluated). Where r is identically 0 (pi_theta =
+pi_t) every alpha is a root: such a row takes 0.5 clamped, whatever its start. Then one
 check (one host sync): a row is accepted when its residual at the last evaluated alpha is <= tol
 (the reference's scaled residual: |m(a)| / (1 + E|r|), |g| / (1 + |K(-a)| + |K(2-a)|)), or Newton's
 estimate of its distance to the root |f / f'| is <= tol / 2 (in place of the reference's bracket
