@@ -7,6 +7,7 @@ reaches the solver as its warm start (NaN for a row's first token)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -124,6 +125,7 @@ def test_out_of_memory_back_off_under_either_admission_changes_no_row(pair, admi
     reference = _by_index(_decode(pair, iter(requests), limit=8, admission="input_order"))
     real_forward = pair.model_t.forward
 
+    @functools.wraps(real_forward)
     def forward(*args, **kwargs):  # the real model, failing like a GPU that fits only 2 rows
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids.shape[0] > 2:
