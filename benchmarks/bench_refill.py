@@ -13,14 +13,19 @@ Workload ("long-tail"): --rows prompts, each with a token cap drawn (fixed seed)
 log-normal with median 60 and sigma 0.9, clamped to [8, --max-new-tokens]: mean about 90 tokens,
 a few rows at the cap. EOS is disabled, so every row ends exactly at its cap under every loop.
 
-Timed, interleaved in each repeat (after one warm-up):
+Timed, interleaved in each repeat (after one warm-up), the floor first, then --variants:
   floor   both models' cached forwards plus plain sampling from theta, --batch rows always in
           flight, --max-new-tokens each: the full-batch rate every loop is compared to
-  refill  the q* engine (kl_symmetry) with continuous refill at --batch on the workload
+  refill  the q* engine (kl_symmetry) with continuous refill at --batch on the workload, the
+          default admission (longest token cap first from a window of 4 x batch rows read ahead)
+  refill-input   the same in input order (admission="input_order"; what issue 9 measured)
+  refill-admit1  longest-first, prefilling as soon as one slot is free (admit_min=1, not batch/4)
   static  the reference loop (fixed micro-batches of --batch, each until its longest row ends)
   refill-theta  refill with the floor's plain sampling: scheduling alone, without the q* solver
 Reported: generated tokens/s, ratio to the floor of the same repeat (median and min-max over
-repeats) and slot occupancy (mean rows in flight / batch) from the engine's counters.
+repeats) in wall time and in this process's CPU time (with --threads 1 the CPU time counts the
+work done and is much less sensitive to other jobs on a shared machine), and slot occupancy
+(mean rows in flight / batch) from the engine's counters.
 """
 
 from __future__ import annotations
@@ -97,27 +102,43 @@ def requests(model: OptimalSamplingModel, prompts: list[str], caps: list[int], s
 
 
 def run_refill(model, prompts, caps, batch, sample_from="mixture", draft_tokens=0, stats=None,
-               admit_min=None) -> tuple[int, float]:
+               admit_min=None, admission="longest_first") -> tuple[int, float]:
     """Tokens generated and seconds, through the engine's one batching loop, EOS disabled."""
+    return timed_refill(model, prompts, caps, batch, sample_from, draft_tokens, stats, admit_min, admission)[:2]
+
+
+def timed_refill(model, prompts, caps, batch, sample_from="mixture", draft_tokens=0, stats=None,
+                 admit_min=None, admission="longest_first") -> tuple[int, float, float]:
+    """`run_refill` plus this process's CPU seconds."""
     config = model._sampler_config(1.0, -1, 1.0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     for result in scheduler.decode_rows(
         requests(model, prompts, caps), model.model_theta, model.model_t, model.vocab_size,
         model._step_fn(config, sample_from), limit=batch, max_new_tokens=max(caps), eos_ids=[],
         pad_id=model.tokenizer.pad_token_id, draft_tokens=draft_tokens, temperature=1.0, stats=stats,
-        admit_min=admit_min,
+        admit_min=admit_min, admission=admission,
     ):
         tokens += len(result.tokens)
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
-def run_static(model, prompts, caps, batch) -> tuple[int, float]:
+VARIANTS = {  # name -> run_refill keyword arguments ("static" runs the reference loop)
+    "refill": {},
+    "refill-input": {"admission": "input_order"},
+    "refill-admit1": {"admit_min": 1},
+    "refill-input-admit1": {"admission": "input_order", "admit_min": 1},
+    "refill-theta": {"sample_from": "theta"},
+    "static": None,
+}
+
+
+def run_static(model, prompts, caps, batch) -> tuple[int, float, float]:
     """The reference loop: micro-batches of `batch`, a row leaves at its cap, the batch waits for its longest."""
     config = model._sampler_config(1.0, -1, 1.0)
     step_fn = model._step_fn(config, "mixture")
     keys = rng.row_keys(torch.arange(len(prompts)))
-    start, tokens = time.perf_counter(), 0
+    start, cpu, tokens = time.perf_counter(), time.process_time(), 0
     for lo in range(0, len(prompts), batch):
         part_caps, part_keys = caps[lo:lo + batch], keys[lo:lo + batch]
         trace = engine.decode(
@@ -128,11 +149,11 @@ def run_static(model, prompts, caps, batch) -> tuple[int, float]:
             stop_fn=lambda row, ids, c=part_caps: len(ids) >= c[row],
         )
         tokens += int(trace.lengths.sum())
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+def spread(values: list[float], digits: int = 3) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def main() -> None:
@@ -143,7 +164,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=360)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--variants", default="refill,refill-input,refill-admit1",
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (the floor always runs)")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     caps = long_tail_caps(args.rows, args.max_new_tokens)
@@ -158,26 +184,32 @@ def main() -> None:
         full = [args.max_new_tokens] * args.batch
         run_refill(model, floor_prompts, [8] * args.batch, args.batch, "theta")  # warm-up
         run_refill(model, prompts[:args.batch], caps[:args.batch], args.batch)
-        rates = {"floor": [], "refill": [], "static": [], "refill-theta": []}
-        occupancy = []
+        rates = {name: [] for name in ["floor"] + variants}
+        cpu_rates = {name: [] for name in ["floor"] + variants}  # tokens per CPU second of this process
+        occupancy = {name: [] for name in variants}
         for repeat in range(args.repeats):
-            n, s = run_refill(model, floor_prompts, full, args.batch, "theta")
+            n, s, c = timed_refill(model, floor_prompts, full, args.batch, "theta")
             rates["floor"].append(n / s)
-            stats = scheduler.SchedulerStats()
-            n, s = run_refill(model, prompts, caps, args.batch, stats=stats)
-            rates["refill"].append(n / s)
-            occupancy.append(stats.occupancy(args.batch))
-            n, s = run_static(model, prompts, caps, args.batch)
-            rates["static"].append(n / s)
-            n, s = run_refill(model, prompts, caps, args.batch, "theta")
-            rates["refill-theta"].append(n / s)
-            print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items())
-                  + f", occupancy {occupancy[-1]:.3f}", flush=True)
-        for name in ("refill", "static", "refill-theta"):
+            cpu_rates["floor"].append(n / c)
+            for name in variants:
+                stats = scheduler.SchedulerStats()
+                if name == "static":
+                    n, s, c = run_static(model, prompts, caps, args.batch)
+                else:
+                    n, s, c = timed_refill(model, prompts, caps, args.batch, stats=stats, **VARIANTS[name])
+                    occupancy[name].append(stats.occupancy(args.batch))
+                rates[name].append(n / s)
+                cpu_rates[name].append(n / c)
+            print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
+        print()
+        print("| loop | tokens/s (wall) | / floor (wall) | / floor (CPU time) | occupancy |")
+        print("|---|---|---|---|---|")
+        print(f"| floor (full batch) | {spread(rates['floor'], 0)} | 1 | 1 | 1 |")
+        for name in variants:
             ratios = [a / b for a, b in zip(rates[name], rates["floor"])]
-            print(f"{name:12s} tokens/s {spread(rates[name])}   / floor {spread(ratios)}")
-        print(f"floor   tokens/s {spread(rates['floor'])}")
-        print(f"refill occupancy {spread(occupancy)}")
+            cpu_ratios = [a / b for a, b in zip(cpu_rates[name], cpu_rates["floor"])]
+            occ = spread(occupancy[name]) if occupancy[name] else "-"
+            print(f"| {name} | {spread(rates[name], 0)} | {spread(ratios)} | {spread(cpu_ratios)} | {occ} |")
 
 
 if __name__ == "__main__":

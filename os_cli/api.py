@@ -332,10 +332,11 @@ class OptimalSamplingModel:
             special[self.special_token_ids] = True
         force_first = self.force_target_for_first_token
 
-        def step_fn(logits_theta, logits_t, keys, steps):
+        def step_fn(logits_theta, logits_t, keys, steps, alpha_init=None):
             return mixture_step(
                 logits_theta, logits_t, config, row_keys=keys, step=steps, force_teacher_tokens=special,
                 force_teacher_rows=(steps == 0) if force_first else None, sample_from=sample_from,
+                alpha_init=alpha_init,
             )
 
         return step_fn

@@ -15,7 +15,10 @@ evaluated twice, and no [B, 2, V] tensor is built.
 
 Solvers: Halley's method (cubic convergence: m, v and mu3 come from the same tilt) kept inside a
 bisection bracket on [alpha_min, alpha_max], warm-started from `alpha_init` (each row's previous
-alpha; NaN = cold start at the middle), a fixed number of iterations with no host sync. Then one
+alpha, which the refill loop carries per row; NaN = cold start at 0.5 clamped), a fixed number of
+iterations with no host sync on accelerators (on a CPU, where a sync is free, one full-batch
+evaluation, then only the rows still open are evaluated). Where r is identically 0 (pi_theta =
+pi_t) every alpha is a root: such a row takes 0.5 clamped, whatever its start. Then one
 check (one host sync): a row is accepted when its residual at the last evaluated alpha is <= tol
 (the reference's scaled residual: |m(a)| / (1 + E|r|), |g| / (1 + |K(-a)| + |K(2-a)|)), or Newton's
 estimate of its distance to the root |f / f'| is <= tol / 2 (in place of the reference's bracket
@@ -43,6 +46,10 @@ TOL = 1e-6
 # Weights below exp(-80) of a row's largest are raised to it: the row's total moves by at most
 # V·exp(-80) ~ 3e-30 of itself, far below float32 resolution.
 EXP_FLOOR = -80.0
+# Var(r) at or below this under the evaluated tilt: pi_theta and pi_t agree to float32 rounding
+# (r ~ 1e-7 at most), so every alpha satisfies the equations and the row takes the 0.5 convention.
+SAME_VARIANCE = 1e-12
+SAME_MEAN = 1e-6  # and |E(r)| (E|r| for kl_symmetry) at or below this: r is 0, not just concentrated
 
 
 @dataclass
@@ -51,6 +58,11 @@ class Tilt:
     moments: Tensor  # [B, k] E_s[r^j], j = 1..k
     z: Tensor | None = None  # [B, V] lt + s·r, kept when asked (the unnormalised log q)
     mean_abs: Tensor | None = None  # [B] E_s|r|, when asked
+
+    @property
+    def variance(self) -> Tensor:
+        """[B] Var_s(r) (needs two moments)."""
+        return (self.moments[:, 1] - self.moments[:, 0] ** 2).clamp_min(0.0)
 
 
 def tilt(lt: Tensor, r: Tensor, s: Tensor, moments: int, keep_z: bool = False, abs_r: Tensor | None = None) -> Tilt:
@@ -129,7 +141,9 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     early = device.type == "cpu"
     tilts: dict[str, Tilt] = {}
     evaluated = state.a
-    for _ in range(COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):
+    # On a CPU the continuation below, which evaluates only the rows still open, is cheaper than
+    # full-batch iterations: one full evaluation, then rows continue alone.
+    for _ in range(1 if early else COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):
         evaluated = state.a
         state, tilts = _iterate(method, lt, r, abs_r, state)
         if early and bool(state.accepted.all()):
@@ -138,24 +152,34 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     if all_accepted:  # the one host sync of the solve, in the common case
         return state.a, 0, (tilts if at_evaluated else None)
     failed = ~state.accepted
-    # Rows still moving continue alone (gathered), one sync per iteration, as the reference does.
+    # Rows still moving continue alone (gathered), one sync per iteration, as the reference does;
+    # each iteration evaluates only the rows still open (rows accepted meanwhile keep the tilts of
+    # the evaluation that accepted them).
     rows = failed.nonzero().squeeze(-1)
     sub = _State(*(x[rows] for x in (state.a, state.lo, state.hi, state.accepted, state.lo_seen, state.hi_seen)))
-    sub_lt, sub_r = lt[rows], r[rows]
-    sub_abs = abs_r[rows] if abs_r is not None else None
     valid = bool(((state.a == evaluated) | failed).all())  # main-loop rows sit where their tilts were taken
-    sub_tilts: dict[str, Tilt] = {}
+    sub_tilts: dict[str, Tilt] | None = None
+    open_rows = torch.arange(rows.numel(), device=device)
     for _ in range(EXTRA_ITERATIONS):
-        sub, sub_tilts = _iterate(method, sub_lt, sub_r, sub_abs, sub)
-        if bool(sub.accepted.all()):
+        picked = rows[open_rows]
+        part = _State(*(x[open_rows] for x in (sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen)))
+        moved, part_tilts = _iterate(method, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None,
+                                     part)
+        valid = valid and bool(((moved.a == part.a) | ~moved.accepted).all())  # accepted where evaluated
+        sub = _State(*(x.index_put((open_rows,), y) for x, y in
+                       zip((sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen),
+                           (moved.a, moved.lo, moved.hi, moved.accepted, moved.lo_seen, moved.hi_seen))))
+        sub_tilts = part_tilts if sub_tilts is None else _splice(sub_tilts, part_tilts, open_rows)
+        open_rows = open_rows[~moved.accepted]
+        if not open_rows.numel():
             break
     sub_a = sub.a
-    if not bool(sub.accepted.all()):  # the safeguarded reference always converges
-        stuck = (~sub.accepted).nonzero().squeeze(-1)
-        sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, sub_lt[stuck], logp_t[rows][stuck],
+    if open_rows.numel():  # the safeguarded reference always converges
+        stuck = open_rows
+        sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, lt[rows[stuck]], logp_t[rows[stuck]],
                                                          alpha_min=alpha_min, alpha_max=alpha_max))
         return state.a.index_put((rows,), sub_a), int(stuck.numel()), None
-    # The continuation's last tilts were taken at sub.a (accepted rows stay put): splice them in.
+    # Each continued row's tilts were taken at its accepted alpha: splice them in.
     return state.a.index_put((rows,), sub_a), 0, (_splice(tilts, sub_tilts, rows) if valid else None)
 
 
@@ -210,17 +234,26 @@ def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State
     if method == "kl_symmetry":
         f, df, d2f, scaled, tilts = _kl_evaluate(lt, r, s.a, abs_r)
         root_left = f > 0
+        # Var_a(r) and E_a|r| both ~0 (a tilt onto one token has no variance but r need not be 0)
+        same = (df <= SAME_VARIANCE) & (tilts["q"].mean_abs <= SAME_MEAN)
     else:
         f, df, d2f, scaled, tilts = _ess_evaluate(lt, r, s.a)
         root_left = f < 0
+        left, right = tilts["left"], tilts["right"]
+        same = ((left.variance + right.variance <= SAME_VARIANCE)
+                & (left.moments[:, 0].abs() + right.moments[:, 0].abs() <= SAME_MEAN))
+    # r identically 0 (pi_theta = pi_t: one model, same prompts): every alpha is a root, and a warm
+    # start would keep the previous token's. The convention (alpha.py) is 0.5, clamped into the bracket.
+    same = same & ~s.accepted
+    a_now = torch.where(same, torch.minimum(torch.maximum(torch.full_like(s.a, 0.5), s.lo), s.hi), s.a)
     # Newton's distance to the root, |f / f'|, stands in for the reference's bracket width: at the
     # float32 noise floor the scaled residual may not get below tol while the root is pinned.
-    done = s.accepted | (scaled.abs() <= TOL) | ((f / df).abs() <= 0.5 * TOL)
+    done = same | s.accepted | (scaled.abs() <= TOL) | ((f / df).abs() <= 0.5 * TOL)
     move_hi, move_lo = root_left & ~done, ~root_left & ~done
     hi, hi_seen = torch.where(move_hi, s.a, s.hi), s.hi_seen | move_hi
     lo, lo_seen = torch.where(move_lo, s.a, s.lo), s.lo_seen | move_lo
     closed = hi - lo <= TOL
-    a = torch.where(done, s.a, torch.where(closed, lo, _halley(s.a, f, df, d2f, lo, hi, lo_seen, hi_seen)))
+    a = torch.where(done, a_now, torch.where(closed, lo, _halley(s.a, f, df, d2f, lo, hi, lo_seen, hi_seen)))
     return _State(a, lo, hi, done | closed, lo_seen, hi_seen), tilts
 
 
@@ -233,8 +266,8 @@ def _kl_evaluate(lt, r, a, abs_r):
 def _ess_evaluate(lt, r, a):
     left, right = tilt(lt, r, -a, 2), tilt(lt, r, 2.0 - a, 2)
     g = right.log_norm - left.log_norm
-    m_left, v_left = left.moments[:, 0], (left.moments[:, 1] - left.moments[:, 0] ** 2).clamp_min(0.0)
-    m_right, v_right = right.moments[:, 0], (right.moments[:, 1] - right.moments[:, 0] ** 2).clamp_min(0.0)
+    m_left, v_left = left.moments[:, 0], left.variance
+    m_right, v_right = right.moments[:, 0], right.variance
     dg = m_left - m_right
     d2g = v_right - v_left
     return g, dg, d2g, g / (1.0 + left.log_norm.abs() + right.log_norm.abs()), {"left": left, "right": right}

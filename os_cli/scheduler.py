@@ -4,7 +4,7 @@
 rows end (EOS, their token cap, a stop string) they are yielded at once and waiting requests
 are prefilled and join the running batch (`ModelStream.join`). Pad columns no row needs any more
 are trimmed after rows leave or join. The caller may lower `limit` while iterating (between two
-yielded results): rows beyond it go back to the front of the queue and restart from scratch,
+yielded results): rows beyond it go back to the waiting rows and restart from scratch,
 which changes nothing in their output, since a row's draws depend only on its key and step
 (rng.py). With `oom_backoff=True` an out-of-memory error in a forward does that by itself: the
 streams are restored, the limit is halved (recorded in `limit.backoffs`) and the step retried.
@@ -15,27 +15,35 @@ and draws its first token from q* directly (stream 0, step 0, as the plain loop 
 that a plain iteration feeds the pending tokens and draws one token per row, and a speculative
 one (`draft_tokens=k`, os_cli/speculative.py) emits 1..k+1 tokens per row.
 
+Admission (`admission=`, os_cli/admission.py): by default the loop reads a bounded window of
+requests ahead and admits the largest token cap first, so a long-tailed workload does not end with
+a few long rows decoding alone; "input_order" admits rows as they come. Each row carries its last
+solved alpha (`_Group.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
+
 One host sync per iteration (the end check) when nothing ends; a few more when rows end or
 join, and per speculative round (bonus check, accepted counts).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from . import admission as admission_policy
 from . import speculative
+from .admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from .engine import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from .models import input_device
 from .sampler import StepOutput
 from .topk import TopK, topk_columns
 
-# step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n]) -> StepOutput: the q* step.
-RowStepFn = Callable[[Tensor, Tensor, Tensor, Tensor], StepOutput]
+# step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n], alpha_init=None) -> StepOutput: the
+# q* step. `alpha_init` [n] float (NaN: none) is each row's previous `alpha_solved`, the solver's warm start:
+# plain steps pass it, prefills and speculative rounds leave it out.
+RowStepFn = Callable[..., StepOutput]
 StopFn = Callable[[object, list[int]], bool]  # (request index, token ids so far) -> stop now?
 
 
@@ -105,6 +113,7 @@ class SchedulerStats:
 class _Row:
     request: RowRequest
     slot: int
+    position: int  # in the caller's iterator (ties in admission; evicted rows keep it)
     history: list[int] = field(default_factory=list)  # emitted ids, kept only for stop strings
     logits_theta: list[Tensor] = field(default_factory=list)
     logits_t: list[Tensor] = field(default_factory=list)
@@ -112,14 +121,18 @@ class _Row:
 
 
 class _Group:
-    """Rows decoding together: their streams and per-row state tensors, in batch order."""
+    """Rows decoding together: their streams and per-row state tensors, in batch order.
+    `alphas`: each row's last solved alpha (NaN: none yet), the solver's warm start."""
 
-    def __init__(self, rows, theta, teacher, keys, steps, caps, slots):
+    def __init__(self, rows, theta, teacher, keys, steps, caps, slots, alphas):
         self.rows: list[_Row] = rows
         self.theta: ModelStream = theta
         self.teacher: ModelStream | None = teacher
-        self.keys, self.steps, self.caps, self.slots = keys, steps, caps, slots
+        self.keys, self.steps, self.caps, self.slots, self.alphas = keys, steps, caps, slots, alphas
         self.pending: Tensor | None = None
+
+    def state(self) -> tuple[Tensor, ...]:
+        return self.keys, self.steps, self.caps, self.slots, self.alphas
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -136,7 +149,7 @@ class _Group:
             stream.keep_rows(idx)
             stream.compact()  # rows left: trim the pad columns only they needed
         self.rows = [self.rows[i] for i in index]
-        self.keys, self.steps, self.caps, self.slots = (t[idx] for t in (self.keys, self.steps, self.caps, self.slots))
+        self.keys, self.steps, self.caps, self.slots, self.alphas = (t[idx] for t in self.state())
         if self.pending is not None:
             self.pending = self.pending[idx]
 
@@ -145,9 +158,8 @@ class _Group:
             mine.join(theirs)
             mine.compact()
         self.rows += other.rows
-        self.keys, self.steps, self.caps, self.slots, self.pending = (
-            torch.cat([a, b]) for a, b in ((self.keys, other.keys), (self.steps, other.steps), (self.caps, other.caps),
-                                          (self.slots, other.slots), (self.pending, other.pending))
+        self.keys, self.steps, self.caps, self.slots, self.alphas, self.pending = (
+            torch.cat([a, b]) for a, b in zip(self.state() + (self.pending,), other.state() + (other.pending,))
         )
 
 
@@ -172,6 +184,8 @@ def decode_rows(
     admit_min: int | None = None,
     topk: TopK | None = None,
     fixed_slots=None,
+    admission: str = "longest_first",
+    lookahead: int | None = None,
 ) -> Iterator[RowResult]:
     """Decode `requests` (any iterable, read lazily) with continuous refill; yield each row as it ends.
 
@@ -184,11 +198,16 @@ def decode_rows(
     `topk`: also record the teacher's top-K per token (os_cli/topk.py; one top-k per step, on the device).
     `fixed_slots` (os_cli/static_stream.FixedSlots, `compile=True`): rows decode in its fixed cache
     slots, one per in-flight row, instead of in growing caches; new rows still prefill eagerly and join.
+    `admission` (admission.ADMISSIONS): which waiting row goes next. "longest_first" reads up to
+    `lookahead` requests ahead of the rows in flight (default LOOKAHEAD_PER_SLOT x the initial
+    limit; never the whole iterator) and admits the largest token cap first; "input_order" reads
+    one at a time. A row's output depends on neither (its draws are keyed by its key and step).
     """
     if draft_tokens and model_t is None:
         raise ValueError("draft_tokens needs a teacher stream (two models, or two prompts)")
     if draft_tokens and fixed_slots is not None:
         raise ValueError("fixed slots (compile) decode one token per step: draft_tokens must be 0")
+    admission_policy.check(admission, lookahead)
     loop = _Loop(model_theta, model_t, vocab_size, step_fn,
                  limit if isinstance(limit, InFlightLimit) else InFlightLimit(limit),
                  max_new_tokens, eos_ids, pad_id, stop_fn, keep_logits, keep_q_star, draft_tokens, temperature,
@@ -196,7 +215,10 @@ def decode_rows(
     loop.admit_min = admit_min if admit_min is not None else max(1, loop.limit.value // 4)
     loop.init_topk(topk)
     loop.fixed = fixed_slots
-    yield from loop.run(iter(requests))
+    waiting = admission_policy.Waiting(
+        iter(requests), admission, lookahead if lookahead is not None else LOOKAHEAD_PER_SLOT * loop.limit.value,
+        cap=lambda r: r.max_new_tokens or max_new_tokens, accept=loop._check)
+    yield from loop.run(waiting)
 
 
 class _Loop:
@@ -214,7 +236,7 @@ class _Loop:
         self.traces = torch.full((len(TRACE_FIELDS), capacity, width), float("nan"), device=self.device)
         self.free = list(range(capacity - 1, -1, -1))
         self.main: _Group | None = None
-        self.queue: deque[RowRequest] = deque()  # evicted rows first, then the caller's iterator
+        self.waiting: admission_policy.Waiting | None = None  # rows read, not in flight (admission.py)
 
     def init_topk(self, topk: TopK | None) -> None:
         """Per-slot buffers [capacity, width, K] for the top-K ids and values, like the traces."""
@@ -226,8 +248,8 @@ class _Loop:
 
     # ------------------------------------------------------------------ driver
 
-    def run(self, source: Iterator[RowRequest]) -> Iterator[RowResult]:
-        exhausted = False
+    def run(self, waiting: admission_policy.Waiting) -> Iterator[RowResult]:
+        self.waiting = waiting
         while True:
             self._enforce_limit()
             in_flight = len(self.main) if self.main else 0
@@ -236,20 +258,14 @@ class _Loop:
                 room = 0  # wait for a few free slots: one prefill for several rows costs about one for one
             batch = []
             while len(batch) < room:
-                if self.queue:
-                    batch.append(self.queue.popleft())
-                    continue
-                if exhausted:
+                row = waiting.take()
+                if row is None:
                     break
-                request = next(source, None)
-                if request is None:
-                    exhausted = True
-                else:
-                    batch.append(self._check(request))
+                batch.append(row)
             if batch:
                 yield from self._admit(batch)
             if not self.main:
-                if exhausted and not self.queue:
+                if waiting.done:
                     return
                 continue
             yield from self._guarded(self._round if self.k else self._step)
@@ -265,11 +281,11 @@ class _Loop:
         return request
 
     def _enforce_limit(self) -> None:
-        """Rows beyond the limit (the most recently admitted) go back to the front of the queue."""
+        """Rows beyond the limit (the most recently admitted) wait again, at their input position."""
         if not self.main or len(self.main) <= self.limit.value:
             return
         evicted = self.main.rows[self.limit.value:]
-        self.queue.extendleft(reversed([row.request for row in evicted]))
+        self.waiting.send_back([(row.position, row.request) for row in evicted])  # same input position
         self.free.extend(row.slot for row in evicted)
         self.main.keep(list(range(self.limit.value)))
 
@@ -296,14 +312,14 @@ class _Loop:
 
     # ------------------------------------------------------------------ admission
 
-    def _admit(self, batch: list[RowRequest]) -> Iterator[RowResult]:
+    def _admit(self, batch: list[tuple[int, RowRequest]]) -> Iterator[RowResult]:
         try:
             group = self._prefill(batch)
         except torch.OutOfMemoryError as exc:
             in_flight = len(self.main) if self.main else 0
             if not self.oom_backoff or in_flight + len(batch) <= 1:
                 raise
-            self.queue.extendleft(reversed(batch))
+            self.waiting.send_back(batch)
             self._back_off(in_flight + len(batch), exc)
             return
         if len(group):
@@ -315,8 +331,8 @@ class _Loop:
                 self.main.join(group)
         yield from self.finished
 
-    def _prefill(self, batch: list[RowRequest]) -> _Group:
-        device = self.device
+    def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> _Group:
+        device, batch = self.device, [r for _, r in waiting]
         theta = ModelStream(self.model_theta, self.vocab_size)
         logits_theta = theta.prefill(*left_pad([r.ids_theta for r in batch], self.pad_id, device))
         teacher, logits_t = None, logits_theta
@@ -326,14 +342,16 @@ class _Loop:
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = _Group(
-            [_Row(r, s) for r, s in zip(batch, slots)], theta, teacher,
+            [_Row(r, s, p) for (p, r), s in zip(waiting, slots)], theta, teacher,
             torch.tensor([r.key for r in batch], dtype=torch.int64, device=device),
             torch.zeros(len(batch), dtype=torch.long, device=device),
             torch.tensor([r.max_new_tokens or self.max_new_tokens for r in batch], dtype=torch.long, device=device),
             torch.tensor(slots, dtype=torch.long, device=device),
+            torch.full((len(batch),), float("nan"), device=device),
         )
-        out = self.step_fn(logits_theta, logits_t, group.keys, group.steps)
-        self._keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq.exp()[:, None])
+        out = self.step_fn(logits_theta, logits_t, group.keys, group.steps)  # first tokens: cold starts
+        self._carry_alpha(group, out)
+        self._keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
         self._keep_topk(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
         return group
@@ -348,8 +366,9 @@ class _Loop:
         self.stats.teacher_forwards += g.teacher is not None
         self.stats.steps += 1
         self.stats.row_steps += len(g)
-        out = self.step_fn(logits_theta, logits_t, g.keys, g.steps)
-        self._keep_distributions(g, logits_theta[:, None], logits_t[:, None], out.logq.exp()[:, None])
+        out = self.step_fn(logits_theta, logits_t, g.keys, g.steps, alpha_init=g.alphas)
+        self._carry_alpha(g, out)
+        self._keep_distributions(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
         self._keep_topk(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
 
@@ -361,7 +380,7 @@ class _Loop:
         r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.k, self.temperature,
                                   self.step_fn, self.stats)
         if self.keep_logits or self.keep_q_star:
-            self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq.exp(), counts=r.counts)
+            self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
         self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])
         results = list(self._emit(g, r.emitted, r.counts, r.traces))
         for stream in g.streams():  # holes left by rejected drafts: repack once they are worth a copy
@@ -370,9 +389,15 @@ class _Loop:
 
     # ------------------------------------------------------------------ recording and ends
 
-    def _keep_distributions(self, g: _Group, logits_theta, logits_t, q_star, counts=None) -> None:
+    @staticmethod
+    def _carry_alpha(g: _Group, out: StepOutput) -> None:
+        if out.alpha_solved is not None:
+            g.alphas = out.alpha_solved.to(g.alphas.device, g.alphas.dtype)
+
+    def _keep_distributions(self, g: _Group, logits_theta, logits_t, logq, counts=None) -> None:
         if not (self.keep_logits or self.keep_q_star):
-            return
+            return  # nothing kept: not even q* = exp(log q*) is computed
+        q_star = logq.exp() if self.keep_q_star else None
         counts = [1] * len(g) if counts is None else counts.tolist()
         for i, row in enumerate(g.rows):
             for j in range(counts[i]):
