@@ -12,6 +12,7 @@ from . import arguments, engine, hub, models, preflight, rng, samples, scheduler
 from .alpha import ALPHA_METHODS
 from .rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from .sampler import SamplerConfig, mixture_step
+from .stop_strings import cut_at_stop, stop_checker
 from .scheduler import InFlightLimit, SchedulerStats
 from .topk import DEFAULT_OF as TOPK_OF_DEFAULT, topk_spec
 
@@ -113,8 +114,8 @@ class OptimalSamplingModel:
         self.device = models.input_device(self.model_theta)
         self.device_t = models.input_device(self.model_t)
         self.dtype, self.dtype_t = spec_theta.dtype, spec_t.dtype
-        log.info("theta on %s, teacher on %s, dtype %s / %s, attention %s", _placement(self.model_theta, self.device),
-                 _placement(self.model_t, self.device_t), str(self.dtype).replace("torch.", ""),
+        log.info("theta on %s, teacher on %s, dtype %s / %s, attention %s", models.describe_placement(self.model_theta, self.device),
+                 models.describe_placement(self.model_t, self.device_t), str(self.dtype).replace("torch.", ""),
                  str(self.dtype_t).replace("torch.", ""), self.attn_implementation)
         for path, model in ((self.model_theta_path, self.model_theta), (self.model_t_path, self.model_t)):
             rows = model.get_output_embeddings().weight.shape[0]
@@ -436,24 +437,8 @@ class OptimalSamplingModel:
         return results
 
     def _stop_fn(self, stop: list[str]):
-        window = max(len(s) for s in stop) + 2  # a token is at least one character
-        decode = self.tokenizer.decode
-
-        def stop_fn(row, ids: list[int]) -> bool:
-            tail = decode(ids[-window:], skip_special_tokens=True)
-            return any(s in tail for s in stop)
-
-        return stop_fn
+        return stop_checker(self.tokenizer.decode, stop)
 
     def _text(self, ids: list[int], reason: str, stop: list[str]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        if reason == "stop":
-            cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
-            text = text[:cut]
-        return text
-
-
-def _placement(model, device: torch.device) -> str:
-    """`cuda:0`, or for a model a device_map spreads: `cuda:0 (device_map over 0, 1, cpu)`."""
-    spread = sorted(set(map(str, (getattr(model, "hf_device_map", None) or {}).values())))
-    return f"{device} (device_map over {', '.join(spread)})" if len(spread) > 1 else str(device)
+        return cut_at_stop(text, stop) if reason == "stop" else text

@@ -1,7 +1,8 @@
 """Loading the two models and their tokenizer: names, devices, dtypes, attention and quantization.
 
 Everything goes through `from_pretrained`. Choices the user did not make explicitly (device,
-dtype, attention implementation) are logged on the `os_cli` logger, never printed.
+dtype, attention implementation) are logged on the `os_cli` logger, never printed
+(`describe_placement` words where a model landed).
 """
 
 from __future__ import annotations
@@ -245,3 +246,9 @@ def _load_failure(what: str, path: str, exc: Exception) -> str:
     hint = "the hub is offline here (HF_HUB_OFFLINE=1)" if offline else "the hub may be unreachable from this machine"
     return (f"could not load the {what} {path!r}: it is not a local folder and {hint}; "
             f"download it elsewhere and pass its local path ({type(exc).__name__}: {exc})")
+
+
+def describe_placement(model, device: torch.device) -> str:
+    """`cuda:0`, or for a model a device_map spreads: `cuda:0 (device_map over 0, 1, cpu)`."""
+    spread = sorted(set(map(str, (getattr(model, "hf_device_map", None) or {}).values())))
+    return f"{device} (device_map over {', '.join(spread)})" if len(spread) > 1 else str(device)

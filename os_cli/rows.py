@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .engine import TRACE_FIELDS, DecodeTrace
-from .scheduler import RowResult
+from .row_flow import RowResult
 
 
 @dataclass

@@ -38,6 +38,8 @@ from .admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exporte
 from .engine import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from .models import input_device
 from .sampler import StepOutput
+from .row_flow import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
+from .slot_buffers import SlotBuffers
 from .topk import TopK, topk_columns
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n], alpha_init=None) -> StepOutput: the
@@ -45,68 +47,6 @@ from .topk import TopK, topk_columns
 # plain steps pass it, prefills and speculative rounds leave it out.
 RowStepFn = Callable[..., StepOutput]
 StopFn = Callable[[object, list[int]], bool]  # (request index, token ids so far) -> stop now?
-
-
-@dataclass
-class RowRequest:
-    """One row to decode: prompt token ids per model (ids_t None when one stream serves both),
-    its key from `rng.row_keys`, and an optional token cap below the run's `max_new_tokens`."""
-
-    index: object
-    ids_theta: Sequence[int]
-    ids_t: Sequence[int] | None
-    key: int
-    max_new_tokens: int | None = None
-
-
-@dataclass
-class RowResult:
-    """A finished row, on the CPU. `traces[name]` is [n] float32 for each name in TRACE_FIELDS."""
-
-    index: object
-    tokens: Tensor  # [n] long, EOS included
-    finish_reason: str  # "eos" | "length" | "stop"
-    traces: dict[str, Tensor]
-    logits: dict[str, Tensor] | None = None  # "theta" / "t": [n, V] raw logits each token was drawn from
-    q_star: Tensor | None = None  # [n, V] the distribution each token was drawn from
-    topk_ids: Tensor | None = None  # [n, K] the teacher's top-K ids per token (decode_rows(topk=...), topk.py)
-    topk_logprobs: dict[str, Tensor] | None = None  # [n, K] per name in topk.of, at topk_ids
-
-
-class InFlightLimit:
-    """How many rows may decode at once. `lower(n)` takes effect before the next step."""
-
-    def __init__(self, value: int):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"the in-flight limit must be a positive integer, got {value!r}")
-        self.value = value
-        self.backoffs: list[tuple[int, int, str]] = []  # (rows in flight, new limit, error) per OOM back-off
-
-    def lower(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"the in-flight limit must be a positive integer, got {value!r}")
-        self.value = min(self.value, value)
-
-
-@dataclass
-class SchedulerStats:
-    """Counters for benchmarks: occupancy = row_steps / (steps * limit)."""
-
-    steps: int = 0  # decode iterations (plain steps or speculative rounds)
-    row_steps: int = 0  # sum over iterations of rows in flight
-    prefills: int = 0
-    theta_forwards: int = 0  # decode forwards (prefills not counted)
-    teacher_forwards: int = 0
-    drafted: int = 0  # draft positions verified
-    accepted: int = 0  # drafts accepted
-    tokens: int = 0  # tokens emitted (after truncation at EOS / cap / stop)
-
-    def occupancy(self, limit: int) -> float:
-        return self.row_steps / (self.steps * limit) if self.steps else 0.0
-
-    @property
-    def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else float("nan")
 
 
 @dataclass
@@ -230,21 +170,15 @@ class _Loop:
         self.oom_backoff, self.stats = oom_backoff, stats
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=self.device)
-        capacity, width = limit.value, max_new_tokens + draft_tokens + 1
-        # Per-slot output buffers: a row records into its slot at its own step, one write per step.
-        self.tokens = torch.full((capacity, width), pad_id, dtype=torch.long, device=self.device)
-        self.traces = torch.full((len(TRACE_FIELDS), capacity, width), float("nan"), device=self.device)
-        self.free = list(range(capacity - 1, -1, -1))
+        self.capacity, self.width = limit.value, max_new_tokens + draft_tokens + 1
+        self.free = list(range(self.capacity - 1, -1, -1))
         self.main: _Group | None = None
         self.waiting: admission_policy.Waiting | None = None  # rows read, not in flight (admission.py)
 
     def init_topk(self, topk: TopK | None) -> None:
-        """Per-slot buffers [capacity, width, K] for the top-K ids and values, like the traces."""
+        """The per-slot output buffers (slot_buffers.py), with the top-K's when `topk` is set."""
         self.topk = topk
-        if topk is not None:
-            shape = self.tokens.shape + (topk.k,)
-            self.topk_ids = torch.full(shape, -1, dtype=torch.int32, device=self.device)
-            self.topk_values = torch.full((len(topk.of),) + shape, float("nan"), device=self.device)
+        self.buffers = SlotBuffers(self.capacity, self.width, self.pad_id, self.device, topk)
 
     # ------------------------------------------------------------------ driver
 
@@ -412,17 +346,14 @@ class _Loop:
         if self.topk is None:
             return
         ids, values = topk_columns(self.topk, self.temperature, logits_theta, logits_t, logq, fallback)
-        columns = g.steps[:, None] + torch.arange(ids.shape[1], device=self.device)
-        self.topk_ids[g.slots[:, None], columns] = ids.to(torch.int32)
-        self.topk_values[:, g.slots[:, None], columns] = values
+        self.buffers.write_topk(g.slots, g.steps[:, None] + torch.arange(ids.shape[1], device=self.device), ids, values)
 
     def _emit(self, g: _Group, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
         """Record up to counts[r] tokens per row, end rows (EOS, cap, stop), drop them, set `pending`."""
         m = emitted.shape[1]
         pos = torch.arange(m, device=self.device)
         columns = g.steps[:, None] + pos
-        self.tokens[g.slots[:, None], columns] = emitted
-        self.traces[:, g.slots[:, None], columns] = traces
+        self.buffers.write(g.slots, columns, emitted, traces)
         is_eos = torch.isin(emitted, self.eos) & (pos < counts[:, None])
         first_eos = torch.where(is_eos.any(1), is_eos.to(torch.long).argmax(1), m)
         room = g.caps - g.steps
@@ -462,9 +393,8 @@ class _Loop:
         idx = torch.tensor(done, dtype=torch.long, device=self.device)
         slots = g.slots[idx]
         lengths = g.steps[idx].tolist()
-        tokens, traces = self.tokens[slots].cpu(), self.traces[:, slots].cpu()
-        if self.topk is not None:
-            topk_ids, topk_values = self.topk_ids[slots].cpu(), self.topk_values[:, slots].cpu()
+        read = self.buffers.read(slots)
+        tokens, traces = read["tokens"], read["traces"]
         results = []
         for j, r in enumerate(done):
             row, n = g.rows[r], lengths[j]
@@ -475,8 +405,8 @@ class _Loop:
             if self.keep_q_star:
                 result.q_star = torch.stack(row.q_star[:n])
             if self.topk is not None:
-                result.topk_ids = topk_ids[j, :n].long()
-                result.topk_logprobs = {name: topk_values[d, j, :n].clone() for d, name in enumerate(self.topk.of)}
+                result.topk_ids = read["topk_ids"][j, :n].long()
+                result.topk_logprobs = {name: read["topk_values"][d, j, :n].clone() for d, name in enumerate(self.topk.of)}
             results.append(result)
             self.free.append(row.slot)
         return results
