@@ -14,9 +14,9 @@ theta one position, the teacher one and k + 1 positions, and the q* step. Report
   a          per-position acceptance (accepted / verified drafts)
   E          (1 - a^(k+1)) / (1 - a), tokens per round
   ideal      issue 9's: E * (t_theta + t_T(1)) / (k t_theta + t_T(k+1))
-  ideal+     also counting what a round really runs: k + a^k theta forwards (the bonus needs theta
-             at position k) and 1 + a^k q* steps (one over the k drafted positions, one for the
-             bonus), against t_theta + t_T(1) + one q* step per plain token
+  ideal+     also counting what a round really runs: k + 1 theta forwards (the bonus position needs
+             theta after d_k) and one q* step over the k + 1 positions (timed as t_q(k+1)), against
+             t_theta + t_T(1) + one q* step per plain token
   measured   tokens/s at k over tokens/s at k = 0, median (min-max) over repeats
 """
 
@@ -78,6 +78,10 @@ def forward_costs(model: OptimalSamplingModel, prompt: str, context: int, ks: li
     logits = torch.randn(1, model.vocab_size)
     keys = rng.row_keys(torch.tensor([0]))
     costs["q_step"] = median_ms(lambda: step_fn(logits, logits, keys, torch.tensor([3])))
+    for k in ks:  # a round's one q* step over its k + 1 positions
+        many = torch.randn(k + 1, model.vocab_size)
+        costs[f"q_step_{k + 1}"] = median_ms(lambda many=many, k=k: step_fn(many, many, keys.repeat(k + 1),
+                                                                             torch.arange(k + 1)))
     return costs
 
 
@@ -120,8 +124,7 @@ def main() -> None:
             a = statistics.median(acceptance[k])
             e = speculative.expected_tokens_per_round(a, k)
             ideal = e * (t_th + t_t1) / (k * t_th + costs[f"teacher_{k + 1}"])
-            bonus = a ** k  # share of rounds (batch 1) that run theta at position k and a second q* step
-            ideal_plus = e * (t_th + t_t1 + t_q) / ((k + bonus) * t_th + costs[f"teacher_{k + 1}"] + (1 + bonus) * t_q)
+            ideal_plus = e * (t_th + t_t1 + t_q) / ((k + 1) * t_th + costs[f"teacher_{k + 1}"] + costs[f"q_step_{k + 1}"])
             measured = [r / r0 for r, r0 in zip(rates[k], rates[0])]
             ratio = statistics.median(measured) / ideal
             print(f"{k:>2} {a:6.3f} {e:6.2f} {ideal:7.2f} {ideal_plus:7.2f}  {spread(measured):22s} {ratio:.2f}"

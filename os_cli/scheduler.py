@@ -21,7 +21,7 @@ a few long rows decoding alone; "input_order" admits rows as they come. Each row
 solved alpha (`_Group.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
 
 One host sync per iteration (the end check) when nothing ends; a few more when rows end or
-join, and per speculative round (bonus check, accepted counts).
+join, and per speculative round (accepted counts).
 """
 
 from __future__ import annotations

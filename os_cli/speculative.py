@@ -8,8 +8,11 @@ One round for a row at step s with pending token c (emitted, not yet fed):
   built exactly as the plain loop builds it (the same `mixture_step`, user top-k/top-p and
   constraints included). d_i is accepted with probability min(1, q*_i(d_i) / p_i(d_i)); the first
   rejected position draws from normalise(max(0, q*_i - p_i)) and ends the round; when all k are
-  accepted, theta feeds d_k and a bonus token comes from q*_k. Every emitted token is then
-  distributed exactly as q* at its position, whatever p is (Leviathan et al. 2023, Chen et al. 2023).
+  accepted, a bonus token comes from q*_k. Every emitted token is then distributed exactly as q*
+  at its position, whatever p is (Leviathan et al. 2023, Chen et al. 2023).
+q*_k needs theta's logits after d_k, so theta always feeds d_k too (k + 1 theta forwards) and all
+k + 1 positions go through one q* step: a theta forward is wasted in rounds that reject a draft,
+but no round runs a second q* step, and whether a bonus is due needs no host sync.
 
 Randomness is keyed per row and position (rng.py): the draft, the acceptance test and the
 residual draw at the row's token index t use streams DRAFT, ACCEPT and RESIDUAL. A position is
@@ -109,45 +112,37 @@ def run_round(theta: ModelStream, teacher: ModelStream, pending: Tensor, keys: T
         token = draft(logp, keys, positions[:, i])
         theta_logits.append(logits), draft_logp.append(logp), drafts.append(token)
     drafts_t = torch.stack(drafts, 1)  # [B, k]
+    theta_logits.append(theta.step(token))  # after d_k: the bonus position's q* needs it
     teacher_logits = teacher.extend(torch.cat([pending[:, None], drafts_t], 1))  # [B, k+1, V]
-    stats.theta_forwards += k
+    stats.theta_forwards += k + 1
     stats.teacher_forwards += 1
 
-    theta_logits_t, logp_draft = torch.stack(theta_logits, 1), torch.stack(draft_logp, 1)  # [B, k, V]
-    flat = lambda x: x.reshape(batch * k, *x.shape[2:])  # noqa: E731
-    out = step_fn(flat(theta_logits_t), flat(teacher_logits[:, :k]), keys.repeat_interleave(k), flat(positions[:, :k]))
-    logq = out.logq.view(batch, k, -1)
-    accepted = accepted_prefix(logq, logp_draft, drafts_t, keys, steps)
+    theta_logits_t, logp_draft = torch.stack(theta_logits, 1), torch.stack(draft_logp, 1)  # [B, k+1, V], [B, k, V]
+    flat = lambda x: x.reshape(batch * (k + 1), *x.shape[2:])  # noqa: E731
+    # Every position's q* in one step; its own draw at position k (stream 0) is the bonus token.
+    out = step_fn(flat(theta_logits_t), flat(teacher_logits), keys.repeat_interleave(k + 1), flat(positions))
+    logq = out.logq.view(batch, k + 1, -1)
+    accepted = accepted_prefix(logq[:, :k], logp_draft, drafts_t, keys, steps)
     at = accepted.clamp(max=k - 1)
     correction = residual_draw(logq[ar, at], logp_draft[ar, at], keys, positions[ar, at])
-    emitted = torch.cat([drafts_t, drafts_t[:, -1:]], 1)
-    traces = trace_columns(out).reshape(len(TRACE_FIELDS), batch, k)
-    traces = torch.cat([traces, torch.full_like(traces[:, :, :1], float("nan"))], 2)
-    theta_added, logits_k, logq_k = k, theta_logits_t[:, -1], logq[:, -1]
     bonus_rows = accepted == k
-    if bool(bonus_rows.any()):  # some row took all k drafts: theta feeds d_k, q*_k gives the bonus
-        logits_k = theta.step(drafts_t[:, -1])
-        stats.theta_forwards += 1
-        theta_added = k + 1
-        bonus = step_fn(logits_k, teacher_logits[:, k], keys, positions[:, k])
-        traces[:, :, k] = trace_columns(bonus)
-        correction = torch.where(bonus_rows, bonus.tokens, correction)
-        logq_k = bonus.logq
+    correction = torch.where(bonus_rows, out.tokens.view(batch, k + 1)[:, k], correction)
+    emitted = torch.cat([drafts_t, drafts_t[:, -1:]], 1)
+    traces = trace_columns(out).reshape(len(TRACE_FIELDS), batch, k + 1)
     emitted[ar, accepted] = correction
     # Log-probs of the emitted tokens under their position's distributions, with the plain loop's
     # fallbacks (a model with unusable logits is replaced by the other one).
-    fallback = out.fallback.view(batch, k).long()
+    fallback = out.fallback.view(batch, k + 1)[:, :k].long()
     logp_t = torch.log_softmax(teacher_logits[:, :k].float() / temperature, -1)
     logp_theta = torch.where((fallback == 1)[..., None], logp_t, logp_draft)
     logp_t = torch.where((fallback == 2)[..., None], logp_draft, logp_t)
     ids = emitted[:, :k, None]
-    for name, logp in (("logprob_theta", logp_theta), ("logprob_t", logp_t), ("logprob_q", logq)):
+    for name, logp in (("logprob_theta", logp_theta), ("logprob_t", logp_t), ("logprob_q", logq[:, :k])):
         traces[TRACE_FIELDS.index(name), :, :k] = logp.gather(-1, ids).squeeze(-1)
 
     stats.drafted += int(torch.where(bonus_rows, k, accepted + 1).sum())
     stats.accepted += int(accepted.sum())
     counts = accepted + 1  # c plus the accepted drafts stay in the caches; as many tokens are emitted
-    theta.drop_tail(counts.clamp(max=theta_added), theta_added)
+    theta.drop_tail(counts, k + 1)
     teacher.drop_tail(counts, k + 1)
-    return Round(emitted, counts, traces, torch.cat([theta_logits_t, logits_k[:, None]], 1), teacher_logits,
-                 torch.cat([logq, logq_k[:, None]], 1))
+    return Round(emitted, counts, traces, theta_logits_t, teacher_logits, logq)
