@@ -292,4 +292,3 @@ def _memory_note(rows, device: dict) -> str:
                                  "models included",
     }
     return f"[dim]{notes.get(metric, 'peak memory: not measured')}[/]"
-
