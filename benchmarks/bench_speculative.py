@@ -9,8 +9,10 @@ scaled by --perturb, so the teacher costs several thetas and q* stays near pi_th
 accepted, as with a policy and a related teacher). alpha: kl_symmetry in [0.5, 1], temperature 1.
 
 Per repeat, interleaved: the plain loop (k = 0) and each k on the same rows at batch 1, EOS
-disabled (every row runs --max-new-tokens). Forward costs are timed on their own (median of 30):
-theta one position, the teacher one and k + 1 positions, and the q* step. Reported per k:
+disabled (every row runs --max-new-tokens). Forward costs are timed on their own (median of 30,
+os_cli.draft_bench.forward_costs, which `os-sample bench --draft-tokens` uses too): theta one
+position, the teacher one and k + 1 positions, and the q* step. Reported per k (the formulas are
+os_cli.draft_bench's ideal_speedup and ideal_plus_speedup):
   a          per-position acceptance (accepted / verified drafts)
   E          (1 - a^(k+1)) / (1 - a), tokens per round
   ideal      issue 9's: E * (t_theta + t_T(1)) / (k t_theta + t_T(k+1))
@@ -26,7 +28,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,54 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_refill import CORPUS, build_pair, run_refill, spread  # noqa: E402
 
-from os_cli import OptimalSamplingModel, engine, rng, scheduler, speculative  # noqa: E402
-
-
-def median_ms(fn, repeats: int = 30) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def forward_costs(model: OptimalSamplingModel, prompt: str, context: int, ks: list[int]) -> dict:
-    """Median ms of theta.step, teacher.step, teacher.extend(k+1) and one q* step, at batch 1."""
-    ids = model._token_ids(prompt, "prompts", 0)
-    ids = (ids * (context // len(ids) + 1))[:context]
-    mask_ids = engine.left_pad([ids], model.tokenizer.pad_token_id, model.device)
-    costs = {}
-    for name, m in (("theta", model.model_theta), ("teacher", model.model_t)):
-        stream = engine.ModelStream(m, model.vocab_size)
-        stream.prefill(*mask_ids)
-        token = torch.tensor([5])
-
-        def one():
-            stream.step(token)
-            stream.rollback(1)
-
-        costs[name] = median_ms(one)
-        if name == "teacher":
-            for k in ks:
-                block = torch.full((1, k + 1), 5)
-
-                def many(block=block, k=k):
-                    stream.extend(block)
-                    stream.rollback(k + 1)
-
-                costs[f"teacher_{k + 1}"] = median_ms(many)
-    config = model._sampler_config(1.0, -1, 1.0)
-    step_fn = model._step_fn(config, "mixture")
-    logits = torch.randn(1, model.vocab_size)
-    keys = rng.row_keys(torch.tensor([0]))
-    costs["q_step"] = median_ms(lambda: step_fn(logits, logits, keys, torch.tensor([3])))
-    for k in ks:  # a round's one q* step over its k + 1 positions
-        many = torch.randn(k + 1, model.vocab_size)
-        costs[f"q_step_{k + 1}"] = median_ms(lambda many=many, k=k: step_fn(many, many, keys.repeat(k + 1),
-                                                                             torch.arange(k + 1)))
-    return costs
+from os_cli import OptimalSamplingModel, scheduler, speculative  # noqa: E402
+from os_cli.draft_bench import forward_costs, ideal_plus_speedup, ideal_speedup  # noqa: E402
 
 
 def main() -> None:
@@ -119,12 +74,10 @@ def main() -> None:
         costs = forward_costs(model, prompts[0], 40 + args.max_new_tokens // 2, args.ks)
         print("costs (ms, batch 1): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
         print(f"{'k':>2} {'a':>6} {'E':>6} {'ideal':>7} {'ideal+':>7}  measured (min-max)       measured/ideal, /ideal+")
-        t_th, t_t1, t_q = costs["theta"], costs["teacher"], costs["q_step"]
         for k in args.ks:
             a = statistics.median(acceptance[k])
             e = speculative.expected_tokens_per_round(a, k)
-            ideal = e * (t_th + t_t1) / (k * t_th + costs[f"teacher_{k + 1}"])
-            ideal_plus = e * (t_th + t_t1 + t_q) / ((k + 1) * t_th + costs[f"teacher_{k + 1}"] + costs[f"q_step_{k + 1}"])
+            ideal, ideal_plus = ideal_speedup(a, k, costs), ideal_plus_speedup(a, k, costs)
             measured = [r / r0 for r, r0 in zip(rates[k], rates[0])]
             ratio = statistics.median(measured) / ideal
             print(f"{k:>2} {a:6.3f} {e:6.2f} {ideal:7.2f} {ideal_plus:7.2f}  {spread(measured):22s} {ratio:.2f}"

@@ -299,8 +299,9 @@ def _gib(n: int | None) -> str:
 
 
 def report(model, settings: BenchSettings, rows: Sequence[BenchRow], compare_rows: Sequence[BenchRow] | None,
-           recommendation: dict, extra_settings: dict[str, Any] | None = None) -> dict:
-    """The JSON document `os-sample bench --json FILE` writes."""
+           recommendation: dict, extra_settings: dict[str, Any] | None = None,
+           speculative: dict | None = None) -> dict:
+    """The JSON document `os-sample bench --json FILE` writes (`speculative`: draft_bench.report's section)."""
     info = machine_info(model)
     return {
         "format": BENCH_FORMAT,
@@ -311,4 +312,5 @@ def report(model, settings: BenchSettings, rows: Sequence[BenchRow], compare_row
         "rows": [r.to_dict() for r in rows],
         "compare": [r.to_dict() for r in compare_rows] if compare_rows is not None else None,
         "recommendation": recommendation,
+        "speculative": speculative,
     }

@@ -29,7 +29,16 @@ HELP = (
     "alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine "
     "with each alpha method, interleaved round by round, every row generating exactly max-new-tokens "
     "tokens (EOS and stop strings ignored; with --lengths long-tail, the same per-row caps), with each "
-    "one's tokens/s as a ratio to the same round's floor (median and min-max over rounds)."
+    "one's tokens/s as a ratio to the same round's floor (median and min-max over rounds).\n\n"
+    "--draft-tokens 1,2,3 then runs, at the same batch size as --compare (the recommended one; pass "
+    "--batch-sizes 1 to measure batch 1, where speculative decoding pays off most), the plain loop (k=0) and "
+    "each k on the same rows, interleaved, every row to its cap (EOS and stop strings ignored): the "
+    "acceptance a (accepted / verified drafts), E = (1 - a^(k+1)) / (1 - a) tokens per round, the ideal "
+    "speed-up E (t_theta + t_T(1)) / (k t_theta + t_T(k+1)) from forward costs timed once at that batch size, "
+    "ideal+ (also counting k+1 theta forwards and one q* step over k+1 positions per round), and the "
+    "measured speed-up (median and min-max over rounds of tokens/s over the same round's k=0). It "
+    "recommends the best k that is faster in every round by more than its spread (else 0), printed as "
+    "`--set sampling.draft_tokens=k`. Needs a teacher that differs from theta and models.compile off."
 )
 
 
@@ -52,6 +61,9 @@ def bench_command(
     lengths: str = typer.Option("natural", "--lengths", help="natural: rows end at EOS, a stop string or "
                                 "--max-new-tokens. long-tail: each row gets its own cap drawn from a Pareto(1.5) "
                                 "distribution (scale max/8, capped at max; deterministic from the recipe's seed)."),
+    draft_tokens: Optional[str] = typer.Option(None, "--draft-tokens", help="Comma-separated draft lengths k "
+                                               "(e.g. 1,2,3): also measure speculative sampling against the plain "
+                                               "loop at the recommended batch size, and recommend k."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
                                    "free (CUDA)."),
@@ -59,7 +71,7 @@ def bench_command(
 ) -> None:
     with cli_errors(debug):
         _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom,
-               repeats, lengths)
+               repeats, lengths, draft_tokens)
 
 
 def parse_batch_sizes(text: str) -> list[int] | str:
@@ -84,7 +96,7 @@ def parse_batch_sizes(text: str) -> list[int] | str:
 
 def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts: int, max_new_tokens: int | None,
            do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
-           lengths: str = "natural") -> None:
+           lengths: str = "natural", draft_tokens_text: str | None = None) -> None:
     from .. import benchmark as B
     from ..data import load_rows, render_prompts
     from ..quiet import quiet_progress_bars
@@ -92,6 +104,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     from ..build import build_model
     from ..places import places_of
     from ..recipe import load_recipe
+    from .drafts import check_speculative, parse_draft_tokens, speculative_section
 
     quiet_progress_bars()
     if not 0 <= headroom < 1:
@@ -116,6 +129,9 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
         top_p=sampling["top_p"], top_k=sampling["top_k"], seed=sampling["seed"], stop=list(sampling["stop"] or []),
         num_prompts=num_prompts, repeats=repeats, lengths=lengths,
     )
+    ks = parse_draft_tokens(draft_tokens_text, settings.max_new_tokens) if draft_tokens_text is not None else []
+    if ks:
+        check_speculative(recipe, ks)
     wanted = max([num_prompts] + (sizes if isinstance(sizes, list) else []))
     dataset = dict(recipe["dataset"])
     dataset["limit"] = wanted if dataset["limit"] is None else min(dataset["limit"], wanted)
@@ -132,6 +148,9 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
         raise UserError(f"no prompt could be rendered from the recipe's dataset ({reason})")
     prompts = [p.prompt for p in rendered.items]
     prompts_t = [p.prompt_t for p in rendered.items]
+    if ks and model.same_model and prompts_t == prompts:
+        raise UserError("--draft-tokens needs a teacher that differs from theta: this recipe runs one model and its "
+                        "teacher prompts render exactly as theta's, so q* is pi_theta and there is nothing to draft")
 
     info = B.machine_info(model)
     device = info["device"]
@@ -177,12 +196,16 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
                 if not r.ok:
                     console.print(f"[red]{r.label}:[/] {r.error}")
 
+    speculative, spec_rows = None, []
+    if ks:
+        speculative, spec_rows = speculative_section(console, model, prompts, prompts_t, settings, ks, rec, sweep_rows)
+
     if json_file is not None:
-        doc = B.report(model, settings, sweep_rows, compare_rows, rec, extra_settings={
+        doc = B.report(model, settings, sweep_rows, compare_rows, rec, speculative=speculative, extra_settings={
             "config": config, "recipe": recipe["_meta"]["name"], "overrides": list(overrides),
             "batch_sizes": sizes, "headroom": headroom, "alpha_method": model.alpha_method,
             "models": {"theta": recipe["models"]["theta"], "teacher": recipe["models"]["teacher"]},
-            "distinct_prompts": len(prompts), "repeats": repeats, "lengths": lengths,
+            "distinct_prompts": len(prompts), "repeats": repeats, "lengths": lengths, "draft_tokens": ks,
         })
         try:
             json_file.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +214,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
             raise UserError(f"--json {json_file}: cannot write the file ({exc})", exit_code=1) from None
         console.print(f"wrote {json_file}")
 
-    failed = [r for r in sweep_rows + (compare_rows or []) if r.error and not r.oom]
+    failed = [r for r in sweep_rows + (compare_rows or []) + spec_rows if r.error and not r.oom]
     if failed:
         raise UserError(f"{len(failed)} run(s) failed (not out of memory): {failed[0].label} at batch size "
                         f"{failed[0].batch_size}: {failed[0].error}", exit_code=1)
