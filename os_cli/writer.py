@@ -39,11 +39,13 @@ from typing import Any, Iterable, Mapping, Sequence
 from .errors import UserError
 from .fingerprint import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
 from .machine import versions
+from .model_fingerprint import check_models, model_fingerprints
 from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, atomic_write, is_own_file  # noqa: F401
 from .record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
     num_samples_of, parse_record_line, read_ids, record_key, record_problem,
 )
+from .places import places_of
 from .recipe import recipe_diff, recipe_hash
 from .shard_scan import (  # noqa: F401 - re-exported
     BadLine, Scan, check_shards, describe_drop, drop_lines, list_shards, scan_records, scan_shards, shard_owner,
@@ -132,6 +134,8 @@ def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False,
         )
     if plan is not None:
         check_dataset(out_dir, manifest, plan)
+    places = places_of(recipe)
+    check_models(out_dir, manifest, {"theta": places.theta, "teacher": places.teacher})
     return "resume"
 
 
@@ -234,6 +238,7 @@ class RunWriter:
                 "dataset_fingerprint": plan_fingerprint(plan) if plan is not None else None,
                 "versions": versions(),
                 "models": dict(models or {}),
+                "model_fingerprints": model_fingerprints(models or {}),
                 "seed": self.recipe["sampling"]["seed"],
                 "device": device,
                 "world_size": self.world_size,
