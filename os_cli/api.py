@@ -185,7 +185,7 @@ class OptimalSamplingModel:
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(_LOOPS)}, got {loop!r}")
         seeds = arguments.row_seeds(seed, len(prompts)).tolist()
-        limit = batch_size or len(prompts)
+        limit = min(batch_size or len(prompts), len(prompts))  # no more slots than rows
         topk = topk_spec(topk_logprobs, topk_of, self.vocab_size)
         if loop == "static":
             if topk is not None:

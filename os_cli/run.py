@@ -260,7 +260,8 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
 
     sampling = settings.sampling
     teacher_prompts = settings.teacher_prompts
-    limit = InFlightLimit(sampling["batch_size"])
+    # No more slots than rows to do: cache and output buffers (models.compile's fixed slots too) are sized by it.
+    limit = InFlightLimit(max(1, min(sampling["batch_size"], len(pending))))
     events.started(total_mine, total_mine - len(pending), limit.value, writer.current_shard)
     if not pending:
         events.note(f"nothing to do: all {total_mine} records are already written")

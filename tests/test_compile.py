@@ -230,7 +230,7 @@ def test_generate_with_fixed_slots_writes_the_records_of_a_default_run(tmp_path,
                                   "--set", "sampling.draft_tokens=2"])
     assert bad.exit_code == 2 and "models.compile" in bad.output and "Traceback" not in bad.output
     # 3 rows prefill, then the fixed step runs all 4 slots and (injected) runs out of memory: no back-off
-    oom = runner.invoke(cli_app, ["generate", "--config", str(path), "--output", str(tmp_path / "oom"), "--limit", "3",
+    oom = runner.invoke(cli_app, ["generate", "--config", str(path), "--output", str(tmp_path / "oom"), "--limit", "5",
                                   "--set", "models.compile=static", "--set", "sampling.batch_size=4"],
                         env={"OS_SAMPLE_INJECT_OOM": "4"})
     assert oom.exit_code == 1 and "Traceback" not in oom.output
