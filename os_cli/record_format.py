@@ -107,12 +107,12 @@ def token_spec(recipe: Any) -> TokenSpec | None:
 def _tokens_problem(obj: dict, spec: TokenSpec | None) -> str | None:
     """What is wrong with the record's `tokens` (present, or called for by `spec`); None when nothing is.
     Without a spec (no recipe to read it from) the lists present are checked for alignment only."""
-    n = obj["num_tokens"]
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        return f"num_tokens is not a non-negative integer ({json.dumps(n)[:40]})"
     required = spec.keys if spec is not None else ()
     if "tokens" not in obj and not required:
         return None
+    n = obj["num_tokens"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return f"num_tokens is not a non-negative integer ({json.dumps(n)[:40]})"
     tokens = obj.get("tokens")
     if not isinstance(tokens, dict):
         return "incomplete record: missing tokens" if "tokens" not in obj else "tokens is not a JSON object"

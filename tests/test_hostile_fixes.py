@@ -71,6 +71,9 @@ def test_tokens_required_only_when_the_settings_call_for_them():
     nulled = _record()
     nulled["tokens"] = None
     assert record_problem(nulled) == "tokens is not a JSON object"
+    counted = _record()
+    counted["num_tokens"] = "3"
+    assert record_problem(counted) == 'num_tokens is not a non-negative integer ("3")'
 
 
 # --------------------------------------------------------------------------------------------------
