@@ -248,7 +248,7 @@ class OptimalSamplingModel:
         """
         rows = iter(rows)
         topk = topk_spec(topk_logprobs, topk_of, self.vocab_size)
-        cap = arguments.check_caps(max_new_tokens, 1)[0]
+        cap = arguments.checked_cap(max_new_tokens)
         two_streams = not self.same_model or separate_teacher_prompts
         for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
                                         return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
@@ -383,7 +383,8 @@ class OptimalSamplingModel:
                     raise ValueError(f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
                                      f"theta's prompts; pass separate_teacher_prompts=True")
                 seed = arguments.checked_seed(row.seed, f"row {index}: seed")
-                cap = max_new_tokens if row.max_new_tokens is None else arguments.check_caps(row.max_new_tokens, 1)[0]
+                cap = max_new_tokens if row.max_new_tokens is None else arguments.checked_cap(
+                    row.max_new_tokens, f"row {index}: max_new_tokens")
                 ids = self._token_ids(row.prompt, "prompts", index)
                 self._check_length("prompts", index, len(ids), cap)
                 ids_t = None
@@ -391,7 +392,7 @@ class OptimalSamplingModel:
                     ids_t = self._token_ids(prompt_t, "prompts_t", index, teacher=True)
                     self._check_length("prompts_t", index, len(ids_t), cap)
                 request = scheduler.RowRequest(index, ids, ids_t, int(rng.row_keys(torch.tensor([seed]))[0]),
-                                               row.max_new_tokens)
+                                               None if row.max_new_tokens is None else cap)
                 in_flight[index] = row
                 yield request
 

@@ -46,12 +46,22 @@ def check_prompts(prompts, prompts_t) -> tuple[list[str], list[str]]:
     return prompts, prompts_t
 
 
+def checked_cap(value, name: str = "max_new_tokens") -> int:
+    """One token cap: an integer in 1..MAX_NEW_TOKENS (not bool, not float)."""
+    if not is_int(value) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise ValueError(f"{name} must be an integer in 1..{MAX_NEW_TOKENS}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
 def check_caps(max_new_tokens, count: int) -> list[int]:
     """One token cap per row, from an int or a list of `count` ints."""
-    caps = [max_new_tokens] * count if is_int(max_new_tokens) else list(max_new_tokens)
+    listed = isinstance(max_new_tokens, (list, tuple)) or (
+        not is_int(max_new_tokens) and hasattr(max_new_tokens, "__iter__") and getattr(max_new_tokens, "ndim", 1) > 0
+        and not isinstance(max_new_tokens, (str, bytes, dict)))
+    caps = list(max_new_tokens) if listed else [max_new_tokens] * count
     if len(caps) != count or not all(is_int(c) and 1 <= c <= MAX_NEW_TOKENS for c in caps):
         raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS} or a list of {count} such "
-                         f"integers, got {max_new_tokens!r}")
+                         f"integers, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
     return [int(c) for c in caps]
 
 

@@ -69,14 +69,22 @@ class ExportResult:
 
 
 def read_records(out_dir: Path) -> Iterator[dict]:
-    """Every record of the folder, in shard order, through `os_cli.writer.iter_records`."""
-    from .writer import iter_records
+    """Every record of the folder, in shard order; each line checked as the resume scan checks it
+    (`record_format.parse_record_line` with the run's `tokens`), a line that is not a record refused."""
+    from .record_format import parse_record_line, token_spec
+    from .writer import list_shards, read_manifest
 
-    try:
-        yield from iter_records(out_dir)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{out_dir}: a shard holds a line that is not a valid record ({exc}); "
-                        f"`os-sample inspect {out_dir}` lists the file and line", exit_code=1) from None
+    spec = token_spec((read_manifest(out_dir) or {}).get("recipe"))
+    for shard in list_shards(out_dir):
+        for number, raw in enumerate(shard.read_bytes().split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            record, problem = parse_record_line(raw, spec)
+            if record is None:
+                raise UserError(f"{shard}:{number}: not a valid record ({problem}); `os-sample inspect {out_dir}` "
+                                f"lists every such line, and the generate command with --repair drops them and "
+                                f"generates their rows again", exit_code=1)
+            yield record
 
 
 def run_status(out_dir: Path) -> str | None:

@@ -5,7 +5,10 @@ Imported by the writer (which writes them), the resume scan (which validates eve
 
 - A record is one JSON object per line with at least `REQUIRED_KEYS` (`tokens` is added with
   `output.per_token: true` or `output.topk_logprobs: K`, which adds its TOPK_* lists to it).
-  `record_problem` says why a parsed line is not a complete record.
+  `record_problem` says why a parsed line is not a complete record; given the run's `TokenSpec`
+  (`token_spec(recipe)`), also why its `tokens` are not the ones the run's settings call for: every
+  key present, each a list of num_tokens entries (each top-K entry a list of K). It is the one check of
+  a record: the writer (before writing), the resume scan, inspect and export all call it.
 - A record's identity is `(id, sample)` (`record_key`): `sample` is 0..num_samples-1, and a record
   without the key (written before several samples per row existed) is sample 0. Exactly once means
   once per key; `messages` (chat runs) is theta's conversation prefix, a list of {role, content}.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
@@ -39,6 +43,7 @@ TOPK_IDS = "topk_ids"
 TOPK_LOGPROB = "topk_logprob_"                  # + theta | t | q
 TOPK_OF_DEFAULT = ("t",)
 STAT_FIELDS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
+TOKEN_KEYS = ("ids", *STAT_FIELDS, *(f"logprob_{side}" for side in LOGPROB_KEYS))  # `tokens`: per-token lists
 SAMPLE_KEY = "sample"                           # optional: absent = 0
 MESSAGES_KEY = "messages"                       # optional: chat runs only
 
@@ -73,8 +78,68 @@ def describe_key(key: tuple[str, int]) -> str:
     return f"id {key[0]!r}" + (f" sample {key[1]}" if key[1] else "")
 
 
-def record_problem(obj: Any) -> str | None:
-    """None for a complete record of the current format, else what is wrong with it."""
+def topk_keys(of: Sequence[str] = LOGPROB_KEYS) -> tuple[str, ...]:
+    """The `tokens` keys output.topk_logprobs adds for the distributions `of` (in LOGPROB_KEYS order)."""
+    return (TOPK_IDS, *(TOPK_LOGPROB + side for side in LOGPROB_KEYS if side in of))
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """What a run's output settings put in every record's `tokens`: `keys`, each a list of num_tokens
+    entries (none: the run writes no `tokens`), and `k`, the length of each top-K entry (0: no top-K)."""
+
+    keys: tuple[str, ...] = ()
+    k: int = 0
+
+
+def token_spec(recipe: Any) -> TokenSpec | None:
+    """The TokenSpec of a (stored) recipe's `output` settings; None when it has no `output` section."""
+    output = recipe.get("output") if isinstance(recipe, Mapping) else None
+    if not isinstance(output, Mapping):
+        return None
+    k = output.get("topk_logprobs") or 0
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        return TokenSpec(TOKEN_KEYS if output.get("per_token") is True else ())
+    of = output.get("topk_of") or TOPK_OF_DEFAULT
+    return TokenSpec(TOKEN_KEYS + topk_keys(of if isinstance(of, (list, tuple)) else TOPK_OF_DEFAULT), k)
+
+
+def _tokens_problem(obj: dict, spec: TokenSpec | None) -> str | None:
+    """What is wrong with the record's `tokens` (present, or called for by `spec`); None when nothing is.
+    Without a spec (no recipe to read it from) the lists present are checked for alignment only."""
+    required = spec.keys if spec is not None else ()
+    if "tokens" not in obj and not required:
+        return None
+    n = obj["num_tokens"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        return f"num_tokens is not a non-negative integer ({json.dumps(n)[:40]})"
+    tokens = obj.get("tokens")
+    if not isinstance(tokens, dict):
+        return "incomplete record: missing tokens" if "tokens" not in obj else "tokens is not a JSON object"
+    missing = [key for key in required if key not in tokens]
+    if missing:
+        return f"incomplete record: tokens lacks {', '.join(missing)}"
+    k = spec.k if spec is not None and spec.k else None
+    topk = topk_keys()
+    for key in (*TOKEN_KEYS, *topk):
+        values = tokens.get(key)
+        if key not in tokens:
+            continue
+        if not isinstance(values, list) or len(values) != n:
+            got = f"{len(values)} entries" if isinstance(values, list) else json.dumps(values)[:40]
+            return f"tokens.{key} is not a list of num_tokens = {n} entries ({got})"
+        if key in topk:
+            for i, entry in enumerate(values):
+                k = len(entry) if k is None and isinstance(entry, list) else k
+                if not isinstance(entry, list) or len(entry) != k:
+                    got = f"{len(entry)} entries" if isinstance(entry, list) else json.dumps(entry)[:40]
+                    return f"tokens.{key}[{i}] is not a list of K = {k} entries ({got})"
+    return None
+
+
+def record_problem(obj: Any, spec: TokenSpec | None = None) -> str | None:
+    """None for a complete record of the current format, else what is wrong with it. `spec`
+    (`token_spec` of the run's recipe): the `tokens` the run's settings call for."""
     if not isinstance(obj, dict):
         return f"not a JSON object ({type(obj).__name__})"
     missing = [k for k in REQUIRED_KEYS if k not in obj]
@@ -93,11 +158,11 @@ def record_problem(obj: Any) -> str | None:
     messages = obj.get(MESSAGES_KEY)
     if MESSAGES_KEY in obj and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
         return "messages is not a list of {role, content} objects"
-    return None
+    return _tokens_problem(obj, spec)
 
 
-def parse_record_line(raw: bytes) -> tuple[dict | None, str | None]:
-    """(record, None) for a complete record line, else (None, reason)."""
+def parse_record_line(raw: bytes, spec: TokenSpec | None = None) -> tuple[dict | None, str | None]:
+    """(record, None) for a complete record line (`record_problem` with `spec`), else (None, reason)."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -106,7 +171,7 @@ def parse_record_line(raw: bytes) -> tuple[dict | None, str | None]:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-    problem = record_problem(obj)
+    problem = record_problem(obj, spec)
     return (None, problem) if problem else (obj, None)
 
 
@@ -219,7 +284,7 @@ def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, pr
     `topk_ids` [n, K] and `topk_logprobs` {name: [n, K]} (`RowOutput.topk_*`, output.topk_logprobs) go
     into `tokens` as TOPK_IDS and TOPK_LOGPROB + name; they imply `tokens` (aligned with its ids)."""
     values = {k: [float(v) for v in (traces[k].double().tolist() if hasattr(traces[k], "double") else traces[k])]
-              for k in ("alpha", "ess_ratio", "kl_theta", "kl_t", "logprob_theta", "logprob_t", "logprob_q")}
+              for k in TOKEN_KEYS if k != "ids"}
     record = {
         "id": row_id,
         SAMPLE_KEY: sample,
@@ -236,10 +301,8 @@ def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, pr
     if messages is not None:
         record[MESSAGES_KEY] = messages
     if per_token or topk_ids is not None:
-        record["tokens"] = {"ids": [int(t) for t in token_ids],
-                            **{name: [short_float(v) for v in values[name]] for name in STAT_FIELDS},
-                            **{f"logprob_{side}": [short_float(v) for v in values[f"logprob_{side}"]]
-                               for side in LOGPROB_KEYS}}
+        record["tokens"] = {key: [int(t) for t in token_ids] if key == "ids" else
+                            [short_float(v) for v in values[key]] for key in TOKEN_KEYS}
     if topk_ids is not None:
         as_list = lambda x: x.tolist() if hasattr(x, "tolist") else list(x)  # noqa: E731
         record["tokens"][TOPK_IDS] = [[int(i) for i in ids] for ids in as_list(topk_ids)]

@@ -162,7 +162,8 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     from .build import build_model
     from .places import places_of
     from .recipe import model_settings
-    from .writer import RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records
+    from .writer import (RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records,
+                         token_spec)
 
     note = events.note if dist.is_main else (lambda message: None)
     mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)  # again, now that we hold the lock
@@ -179,7 +180,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
 
     # Read-only look at what is already written, before the (slow) model load: refuse early, and
     # skip loading models at all when this rank has nothing left to do.
-    done_before = scan_records(out_dir, repair=repair) if mode == "resume" else {}
+    done_before = scan_records(out_dir, repair=repair, spec=token_spec(recipe)) if mode == "resume" else {}
     check_plan(out_dir, done_before, planned_ids, n_samples)
     target = out_dir
     if mode == "overwrite":  # the new run goes beside the folder, swapped in when complete

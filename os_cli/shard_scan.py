@@ -1,7 +1,8 @@
 """Resume scan of the shards: every line must be a complete record of the current format.
 
 `scan_shards` (read-only) returns the (id, sample) keys of complete records and the invalid lines with file and
-1-based line. A last line of a shard that is not even JSON (or not UTF-8) is a write cut short
+1-based line; a record is complete by `record_format.record_problem`, given the run's `TokenSpec` (the
+`tokens` its output settings call for). A last line of a shard that is not even JSON (or not UTF-8) is a write cut short
 (`torn`): the shard's owner drops it (`drop_lines`, an atomic rewrite) and its row is generated
 again. Any other invalid line (elsewhere, or JSON that is not a complete record, such as a record
 cut down to `{"id": ...}`: no crash makes those) is refused by `check_shards` (exit 2) unless
@@ -18,7 +19,7 @@ from typing import Sequence
 
 from .errors import UserError
 from .outfolder import SHARD_RE, atomic_write
-from .record_format import describe_key, parse_record_line, record_key
+from .record_format import TokenSpec, describe_key, parse_record_line, record_key
 
 MAX_NAMED = 5  # problem lines named in one message
 
@@ -65,14 +66,15 @@ class Scan:
         return [b for b in self.bad if not b.torn]
 
 
-def scan_shards(out_dir: Path) -> Scan:
-    """Read-only: every shard line validated. Duplicate complete records raise `UserError` (exit 1)."""
+def scan_shards(out_dir: Path, spec: TokenSpec | None = None) -> Scan:
+    """Read-only: every shard line validated (`spec`: the run's tokens, `record_format.token_spec`).
+    Duplicate complete records raise `UserError` (exit 1)."""
     scan = Scan()
     for shard in list_shards(out_dir):
         lines = shard.read_bytes().split(b"\n")
         numbered = [(n, raw) for n, raw in enumerate(lines, start=1) if raw.strip()]
         for k, (number, raw) in enumerate(numbered):
-            record, problem = parse_record_line(raw)
+            record, problem = parse_record_line(raw, spec)
             if record is None:
                 torn = k == len(numbered) - 1 and not _is_json(raw)
                 scan.bad.append(BadLine(shard, number, problem, torn=torn))
@@ -106,9 +108,10 @@ def check_shards(scan: Scan, *, repair: bool) -> None:
     )
 
 
-def scan_records(out_dir: Path, *, repair: bool = True) -> dict[tuple[str, int], str]:
+def scan_records(out_dir: Path, *, repair: bool = True, spec: TokenSpec | None = None
+                 ) -> dict[tuple[str, int], str]:
     """`{(id, sample): shard file name}` of every complete record in every shard (invalid lines do not count)."""
-    scan = scan_shards(out_dir)
+    scan = scan_shards(out_dir, spec)
     check_shards(scan, repair=repair)
     return scan.done
 

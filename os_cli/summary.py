@@ -28,7 +28,7 @@ from .answers import answers_match, extract_answer, reference_answer
 from .errors import UserError
 from .integrity import check_manifest_types, integrity_report, iter_jsonl
 from .passk import PerRow
-from .record_format import LOGPROB_KEYS, MANIFEST, json_safe, record_key, record_problem
+from .record_format import LOGPROB_KEYS, MANIFEST, json_safe, record_key, record_problem, token_spec
 from .record_format import STAT_FIELDS as DIAGNOSTICS
 from .shard_scan import list_shards
 from .stats import (
@@ -246,13 +246,14 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
     shards = []
     by_found, by_fields = False, set()
     row_fields: set = set()
+    spec = token_spec((manifest or {}).get("recipe"))  # the tokens the run's settings call for
     for shard in list_shards(root):
         good = bad = 0
         for line, obj, error, torn in iter_jsonl(shard):
             if obj is not None and "id" not in obj:
                 obj, error = None, "record has no `id`"
-            elif obj is not None and record_problem(obj):
-                obj, error = None, record_problem(obj)
+            elif obj is not None and record_problem(obj, spec):
+                obj, error = None, record_problem(obj, spec)
             if obj is None:
                 bad += 1
                 problems.append({"file": shard.name, "line": line, "kind": "torn" if torn else "invalid",

@@ -13,7 +13,8 @@ stays cheap); a batch that crosses a shard boundary fills the current shard, the
 The record lines on disk are therefore the only truth: a resumed run scans every shard (of every
 rank) for the (id, sample) keys already written and skips those samples of those rows. The manifest's counts are informational.
 
-Every line must parse as a complete record (`record_format.record_problem`). A torn last line of
+Every line must parse as a complete record (`record_format.record_problem`, with the `tokens` the
+recipe's output settings call for: `token_spec`). A torn last line of
 a shard (not JSON: a write cut short by something other than this writer) is dropped when the
 shard's owner starts, its row is generated again; any other invalid line (elsewhere, or JSON that is
 not a complete record) is refused (exit 2, file and line) unless `repair=True`, which drops those too
@@ -43,7 +44,7 @@ from .model_fingerprint import check_models, model_fingerprints
 from .outfolder import SHARD_RE, TMP_RE, _fsync_dir, atomic_write, is_own_file  # noqa: F401
 from .record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
-    num_samples_of, parse_record_line, read_ids, record_key, record_problem,
+    num_samples_of, parse_record_line, read_ids, record_key, record_problem, token_spec,
 )
 from .places import places_of
 from .recipe import recipe_diff, recipe_hash
@@ -192,6 +193,7 @@ class RunWriter:
         self.world_size = world_size
         self.shard_size = int(recipe["output"]["shard_size"])
         self.is_main = rank == 0
+        self.tokens = token_spec(recipe)   # what every record's `tokens` must hold
         self.manifest: dict = {}
         self.done: dict[tuple[str, int], str] = {}   # (id, sample) -> shard name
         self.written = 0          # records appended by this process
@@ -214,7 +216,7 @@ class RunWriter:
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._remove_own_temporaries()
-        scan = scan_shards(self.out_dir)
+        scan = scan_shards(self.out_dir, self.tokens)
         check_shards(scan, repair=repair)
         mine = [b for b in scan.bad if (b.torn or repair) and shard_owner(b.path, self.world_size) == self.rank]
         drop_lines(mine)
@@ -304,7 +306,7 @@ class RunWriter:
     def append(self, records: Sequence[Mapping]) -> None:
         """Add a batch of records: the current shard is rewritten atomically with the lines added."""
         for r in records:
-            problem = record_problem(dict(r))
+            problem = record_problem(dict(r), self.tokens)
             if problem:
                 raise ValueError(f"record {r.get('id')!r} is not of the current format: {problem}")
         lines = [encode_record(r) for r in records]
@@ -331,7 +333,7 @@ class RunWriter:
         if not self.is_main:
             return {}
         if rescan:
-            self.records_known = len(scan_records(self.out_dir))
+            self.records_known = len(scan_records(self.out_dir, spec=self.tokens))
         self.manifest["counts"]["records"] = self.records_known
         self.manifest["status"] = status
         self.manifest["updated_at"] = now_iso()

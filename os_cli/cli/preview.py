@@ -21,6 +21,7 @@ def validate_rows(recipe, console) -> None:
     from ..places import places_of
     from ..planning import nothing_planned
     from ..preflight import hub_offline_note, model_contexts, screen_prompts
+    from ..run import check_topk_logprobs
 
     def note(text):
         console.print(f"  {'note':<15} {text}", markup=False, highlight=False)
@@ -48,6 +49,8 @@ def validate_rows(recipe, console) -> None:
         if exc.exit_code != 1:
             raise
         note(f"chat templates not applied and prompt lengths not checked (no tokenizer here): {exc}")
+    if tokenizers is not None:
+        check_topk_logprobs(recipe["output"], models["theta"], len(tokenizers[0]))  # as --dry-run / generate do
     if tokenizers is None:
         plain = {role: (None if spec is None else {**spec, "chat_template": False})
                  for role, spec in prompts.items() if role in ("theta", "teacher")}

@@ -77,14 +77,14 @@ def _flatten(value: Any, prefix: str = "") -> dict:
 
 
 def recipe_diff(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
-    """The hashed key paths whose values differ between two resolved recipes."""
+    """The hashed key paths whose values differ between two resolved recipes, with their effective values:
+    a HASH_IF_SET key left out of the hash (at its default, or absent from an older recipe) shows its default."""
     a, b = _flatten(_strip(old)), _flatten(_strip(new))
-    missing = object()
     out = []
     for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, missing), b.get(key, missing)
+        va, vb = a.get(key, HASH_IF_SET.get(key)), b.get(key, HASH_IF_SET.get(key))
         if va != vb:
-            out.append((key, None if va is missing else va, None if vb is missing else vb))
+            out.append((key, va, vb))
     return out
 
 
