@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from rich_tables import table_lines
 from typer.testing import CliRunner
 
 from os_cli import benchmark as B
@@ -256,7 +257,7 @@ def test_compare_runs_every_row_at_the_same_length_and_fits_80_columns(runner_ap
         assert r["ratio_min"] <= r["ratio_to_floor"] <= r["ratio_max"]
     assert "EOS and stop strings ignored" in rows[1]["lengths"]
     assert "EOS and stop strings ignored" in result.stdout
-    tables = _table_lines(result.stdout)
+    tables = table_lines(result.stdout, ("Batch-size sweep", "Comparison at"))
     assert len(tables) >= 8
     for line in tables:
         assert len(line) <= 80, line
@@ -295,16 +296,3 @@ def test_per_row_caps_in_generate_and_long_tail_bench(runner_app, recipe_file, t
     assert doc["rows"][0]["new_tokens"] <= sum(B.long_tail_caps(4, 6, 0))
     bad = invoke(runner_app, "--config", recipe_file, "--lengths", "short")
     assert bad.exit_code == 2 and "--lengths" in bad.stderr
-
-
-def _table_lines(text: str) -> list[str]:
-    """The lines of the rich tables: a title line and the indented (or blank) lines after it."""
-    lines, inside = [], False
-    for line in text.splitlines():
-        if line.startswith(("Batch-size sweep", "Comparison at")):
-            inside = True
-        elif inside and line.strip() and not line.startswith(" "):
-            inside = False
-        if inside and line.strip():
-            lines.append(line)
-    return lines

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import yaml
+from rich_tables import table_lines
 from typer.testing import CliRunner
 
 from os_cli import draft_bench as D
@@ -100,7 +101,7 @@ def test_draft_tokens_table_json_and_recommendation(cli_app, recipes, tmp_path):
     assert pick["set"] == f"--set sampling.draft_tokens={pick['draft_tokens']}"
     assert f"Recommended draft_tokens: {pick['draft_tokens']}" in result.stdout
     assert "--set sampling.draft_tokens=" in result.stdout
-    lines = _table_lines(result.stdout)
+    lines = table_lines(result.stdout, ("Batch-size sweep", "Speculative at"))
     assert len(lines) >= 6
     for line in lines:
         assert len(line) <= 80, line
@@ -239,16 +240,3 @@ def test_compile_is_refused(cli_app, recipes, compile_value):
     assert result.exit_code == 2, result.output
     assert "models.compile" in result.stderr and "--draft-tokens" in result.stderr
     assert "Traceback" not in result.output and "Batch-size sweep" not in result.stdout
-
-
-def _table_lines(text: str) -> list[str]:
-    """The lines of the rich tables: a title line and the indented (or blank) lines after it."""
-    lines, inside = [], False
-    for line in text.splitlines():
-        if line.startswith(("Batch-size sweep", "Speculative at")):
-            inside = True
-        elif inside and line.strip() and not line.startswith(" "):
-            inside = False
-        if inside and line.strip():
-            lines.append(line)
-    return lines
