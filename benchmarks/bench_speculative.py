@@ -10,9 +10,9 @@ accepted, as with a policy and a related teacher). alpha: kl_symmetry in [0.5, 1
 
 Per repeat, interleaved: the plain loop (k = 0) and each k on the same rows at batch 1, EOS
 disabled (every row runs --max-new-tokens). Forward costs are timed on their own (median of 30,
-os_cli.draft_bench.forward_costs, which `os-sample bench --draft-tokens` uses too): theta one
+os_cli.bench.draft_costs.forward_costs, which `os-sample bench --draft-tokens` uses too): theta one
 position, the teacher one and k + 1 positions, and the q* step. Reported per k (the formulas are
-os_cli.draft_bench's ideal_speedup and ideal_plus_speedup):
+os_cli.bench.draft_costs's ideal_speedup and ideal_plus_speedup):
   a          per-position acceptance (accepted / verified drafts)
   E          (1 - a^(k+1)) / (1 - a), tokens per round
   ideal      issue 9's: E * (t_theta + t_T(1)) / (k t_theta + t_T(k+1))
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_refill import CORPUS, build_pair, run_refill, spread  # noqa: E402
 
 from os_cli import OptimalSamplingModel, scheduler, speculative  # noqa: E402
-from os_cli.draft_bench import forward_costs, ideal_plus_speedup, ideal_speedup  # noqa: E402
+from os_cli.bench.draft_costs import forward_costs, ideal_plus_speedup, ideal_speedup  # noqa: E402
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from os_cli import engine, rng  # noqa: E402
-from os_cli.sampler import SamplerConfig, mixture_step  # noqa: E402
+from os_cli.mix.sampler import SamplerConfig, mixture_step  # noqa: E402
 
 VOCAB = 151936
 

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from os_cli import rng  # noqa: E402
-from os_cli.sampler import SamplerConfig, mixture_step  # noqa: E402
-from os_cli.topk import topk_columns, topk_spec  # noqa: E402
+from os_cli.mix.sampler import SamplerConfig, mixture_step  # noqa: E402
+from os_cli.mix.topk import topk_columns, topk_spec  # noqa: E402
 
 
 def main() -> None:

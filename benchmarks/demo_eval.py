@@ -30,8 +30,8 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from os_cli import OptimalSamplingModel  # noqa: E402
-from os_cli.models import resolve_model_path  # noqa: E402
-from os_cli.answers import last_boxed  # noqa: E402
+from os_cli.models.loading import resolve_model_path  # noqa: E402
+from os_cli.report.answers import last_boxed  # noqa: E402
 
 PROBLEMS_FILE = Path(__file__).resolve().parents[1] / "os_cli" / "builtin" / "demo-problems.jsonl"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from os_cli import OptimalSamplingModel
-from os_cli.models import resolve_model_path
-from os_cli.answers import completion_matches
+from os_cli.models.loading import resolve_model_path
+from os_cli.report.answers import completion_matches
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS_FILE = REPO_ROOT / "os_cli" / "builtin" / "demo-problems.jsonl"

@@ -17,7 +17,7 @@ On the built-in demo pair (os_cli/builtin/README.md):
    to mean 1 (sample_training.importance_weights).
 4. Every fine-tuned theta is sampled alone at temperature 1 on the held-out problems
    (--eval-samples completions each, same seeds for every model) and scored with
-   os_cli.answers' matching (what `os-sample inspect` uses).
+   os_cli.report.answers' matching (what `os-sample inspect` uses).
 
 stdout: one JSON object {"rows": [{"sampler", "weighting", "accuracy_before", "accuracy_after",
 "logp_theta_per_token", "train_correct"}, ...]}; progress and a markdown table go to stderr;

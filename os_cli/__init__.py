@@ -8,11 +8,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "OptimalSamplingModel": "os_cli.api",
-    "SamplingOutput": "os_cli.api",
-    "SamplerConfig": "os_cli.sampler",
-    "solve_alpha": "os_cli.alpha",
-    "ALPHA_METHODS": "os_cli.alpha",
+    "OptimalSamplingModel": "os_cli.api.model",
+    "SamplingOutput": "os_cli.api.model",
+    "SamplerConfig": "os_cli.mix.sampler",
+    "solve_alpha": "os_cli.mix.alpha",
+    "ALPHA_METHODS": "os_cli.mix.alpha",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -23,7 +23,7 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[key] = None
     if out["os_sample"] is None:
-        from . import __version__
+        from os_cli import __version__
 
         out["os_sample"] = __version__
     return out
@@ -44,7 +44,7 @@ def machine_info(model=None) -> dict:
     """{"machine", "device", "dtype", "versions"} of this process and `model`'s devices (CPU without one)."""
     import torch
 
-    from .memory import model_devices
+    from os_cli.memory import model_devices
 
     try:
         usable = len(os.sched_getaffinity(0))

@@ -1,6 +1,6 @@
 """One place that silences the progress bars of transformers and datasets.
 
-`quiet_loading()` wraps every `from_pretrained` of a model (os_cli.models), so the Python API,
+`quiet_loading()` wraps every `from_pretrained` of a model (os_cli.models.loading), so the Python API,
 `os-sample generate` and `os-sample bench` load models without transformers' "Loading weights"
 bar, and a library user's own setting is restored afterwards. `quiet_progress_bars()` is for the
 command line, which owns the console: it switches the bars of datasets and transformers off for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserError
+from os_cli.errors import UserError
 
 
 def read_text(path: str | os.PathLike, what: str = "dataset", label: str | None = None) -> str:

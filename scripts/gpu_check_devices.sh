@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from os_cli.api import OptimalSamplingModel
+from os_cli.api.model import OptimalSamplingModel
 
 out_dir = Path(sys.argv[1])
 assert torch.cuda.is_available(), "no CUDA device: this check needs a GPU"

@@ -14,8 +14,12 @@ import math
 import pytest
 import torch
 
-from os_cli import OptimalSamplingModel, rng, scheduler
-from os_cli.scheduler import InFlightLimit, RowRequest, SchedulerStats
+from os_cli import OptimalSamplingModel
+
+from os_cli.mix import rng
+
+from os_cli.engine import scheduler
+from os_cli.engine.scheduler import InFlightLimit, RowRequest, SchedulerStats
 
 PROMPTS = ["What is 2 plus 3?", "Hi", "The quick brown fox jumps over the lazy dog. Question 7: 7 plus",
            "Tom has 4 apples", "Question 12: 12 plus", "Explain", "The capital of France", "a b c d e f g"]

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from os_cli import alpha as A
+from os_cli.mix import alpha as A
 
 NEG_INF = -math.inf
 ADAPTIVE = ("kl_symmetry", "reverse_kl_symmetry", "ess_balance", "entropy")

@@ -19,9 +19,9 @@ NOT_NAMES = {"os_cli", "API", "CLI", "UTF", "YAML", "SIGINT", "SIGTERM", "JSONL"
 
 
 def _recipe_key_paths() -> set[str]:
-    from os_cli.recipe.schema import _all_key_paths
+    from os_cli.recipe.schema import all_key_paths
 
-    return set(_all_key_paths())
+    return set(all_key_paths())
 
 
 RECIPE_KEY_PATHS = _recipe_key_paths()  # `models.theta` is a recipe key, not the module models
@@ -134,7 +134,7 @@ def test_recipe_package_is_data_only():
     """Loading and validating a recipe imports neither torch nor the API."""
     code = ("import sys; from os_cli.recipe import load_recipe, recipe_hash, dump_recipe; "
             "r = load_recipe('demo'); recipe_hash(r); dump_recipe(r); "
-            "print(sorted(m for m in ('torch', 'transformers', 'os_cli.api', 'os_cli.build') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'os_cli.api.model', 'os_cli.models.build') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -147,12 +147,12 @@ def test_recipe_package_files_stay_small():
 def test_shared_names_have_one_source():
     """The alpha method names, `builtin:` and the HF_HUB_OFFLINE rule are defined once (places.py,
     alpha_names.py) and imported, not copied."""
-    import os_cli.alpha as alpha
-    import os_cli.data as data
-    import os_cli.models as models
-    import os_cli.places as places
-    from os_cli.alpha_names import ALPHA_METHODS
-    from os_cli.prompt_syntax import TEMPLATE_TOKEN
+    import os_cli.mix.alpha as alpha
+    import os_cli.prompts.data as data
+    import os_cli.models.loading as models
+    import os_cli.recipe.places as places
+    from os_cli.mix.alpha_names import ALPHA_METHODS
+    from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN
     from os_cli.recipe import SCHEMA
 
     assert SCHEMA.fields["alpha"].fields["method"].choices is ALPHA_METHODS is alpha.ALPHA_METHODS

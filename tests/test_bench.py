@@ -1,4 +1,4 @@
-"""os-sample bench and os_cli.benchmark on CPU with the tiny models."""
+"""os-sample bench and os_cli.bench.sweep on CPU with the tiny models."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import yaml
 from rich_tables import table_lines
 from typer.testing import CliRunner
 
-from os_cli import benchmark as B
-from os_cli import measure
+from os_cli.bench import sweep as B
+from os_cli.bench import measure
 from os_cli import memory as M
 
 ALL_METHODS = ("fixed", "kl_symmetry", "reverse_kl_symmetry", "ess_balance", "entropy")
@@ -199,7 +199,7 @@ def test_bad_batch_sizes_is_a_clear_error(runner_app, recipe_file):
 
 
 def _model(tiny_models):
-    from os_cli.api import OptimalSamplingModel
+    from os_cli.api.model import OptimalSamplingModel
 
     return OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
 

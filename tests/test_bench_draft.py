@@ -1,4 +1,4 @@
-"""os-sample bench --draft-tokens and os_cli.draft_bench on CPU with the tiny models. Nothing here
+"""os-sample bench --draft-tokens and os_cli.bench.draft_costs on CPU with the tiny models. Nothing here
 asserts a speed: the runs are timed (that is what bench does), the assertions are about what is
 reported and how it is derived."""
 
@@ -12,10 +12,10 @@ import yaml
 from rich_tables import table_lines
 from typer.testing import CliRunner
 
-from os_cli import draft_bench as D
-from os_cli.benchmark import BenchSettings
-from os_cli.measure import BenchRow
-from os_cli.speculative import expected_tokens_per_round
+from os_cli.bench import draft_costs as D
+from os_cli.bench.sweep import BenchSettings
+from os_cli.bench.measure import BenchRow
+from os_cli.engine.speculative import expected_tokens_per_round
 
 ROW_NUMBERS = ("acceptance", "expected_tokens", "ideal", "ideal_plus", "speedup", "speedup_min", "speedup_max",
                "speedup_spread")
@@ -121,8 +121,8 @@ def test_bench_without_draft_tokens_has_no_speculative_section(cli_app, recipes,
 
 def test_acceptance_is_the_engines_counter_on_the_same_rows(tiny_models):
     """The bench's acceptance is what the scheduler counts for the same rows, seeds and k (run directly)."""
-    from os_cli import arguments
-    from os_cli.api import OptimalSamplingModel, SchedulerStats, StreamRow
+    from os_cli.api import arguments
+    from os_cli.api.model import OptimalSamplingModel, SchedulerStats, StreamRow
 
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
     prompts = ["Question: What is 1 plus 4?", "Question: What is 2 plus 5?", "Hi"]
@@ -141,7 +141,7 @@ def test_acceptance_is_the_engines_counter_on_the_same_rows(tiny_models):
 
 def test_a_failed_cost_timing_is_recorded_not_raised(tiny_models, monkeypatch):
     """The speed-ups stand without the costs; the ideals are left out and the failure is on the plain row."""
-    from os_cli.api import OptimalSamplingModel
+    from os_cli.api.model import OptimalSamplingModel
 
     def boom(*_args, **_kw):
         raise RuntimeError("injected failure\nsecond line")

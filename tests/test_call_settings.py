@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from os_cli.api import OptimalSamplingModel, StreamRow
+from os_cli.api.model import OptimalSamplingModel, StreamRow
 
 PROMPTS = ["Hello there", "What is 2 plus 3?"]
 

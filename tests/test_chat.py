@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from os_cli.chat import BadConversation, conversation, prompt_turns
+from os_cli.prompts.chat import BadConversation, conversation, prompt_turns
 from os_cli.cli import _register, app
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe, recipe_hash

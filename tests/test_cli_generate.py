@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from os_cli.cli import _register, app
-from os_cli.record_format import read_ids
+from os_cli.store.record_format import read_ids
 
 ROWS = [{"qid": f"q{i}", "question": f"What is {i} plus 3?", "answer": str(i + 3), "hint": f"{i}+3={i + 3}"}
         for i in range(5)]
@@ -251,7 +251,7 @@ def test_dashboard_live_and_plain_views():
 
     from rich.console import Console
 
-    from os_cli.dashboard import Dashboard, memory_usage
+    from os_cli.cli.dashboard import Dashboard, memory_usage
 
     assert "RSS" in memory_usage() or "cuda" in memory_usage()
     buffer = io.StringIO()

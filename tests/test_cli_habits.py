@@ -72,7 +72,7 @@ def test_without_quiet_loading_the_bar_would_show(capfd):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from os_cli.models import resolve_model_path
+    from os_cli.models.loading import resolve_model_path
 
     hf_logging.enable_progress_bar()
     AutoModelForCausalLM.from_pretrained(resolve_model_path("builtin:demo-theta"))

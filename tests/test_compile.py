@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from os_cli import OptimalSamplingModel
-from os_cli.api import InFlightLimit, StreamRow
-from os_cli.build import model_kwargs
-from os_cli.engine import ModelStream, left_pad
+from os_cli.api.model import InFlightLimit, StreamRow
+from os_cli.models.build import model_kwargs
+from os_cli.engine.streams import ModelStream, left_pad
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe, recipe_hash
-from os_cli.static_stream import SlotStream
+from os_cli.engine.fixed_slots import SlotStream
 from os_cli.toy import save_tiny_model, tiny_qwen2_config
 
 PROMPTS = ["What is 2 plus 3?", "Hi", "The quick brown fox jumps over the lazy dog. Question 7: 7 plus",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from os_cli.data import kept_row, load_rows, render_prompts, render_template
+from os_cli.prompts.data import kept_row, load_rows, render_prompts, render_template
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe
 

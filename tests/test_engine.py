@@ -209,7 +209,7 @@ def test_masked_averages_are_finite(pair):
 
 def test_stream_rows_can_leave_join_and_roll_back(pair):
     """The primitives later refill and speculative decoding build on keep per-row logits exact."""
-    from os_cli.engine import ModelStream
+    from os_cli.engine.streams import ModelStream
 
     tok = pair.tokenizer
     prompts = PROMPTS

@@ -11,9 +11,11 @@ import os
 import pytest
 import torch
 
-from os_cli import OptimalSamplingModel, fastmix
-from os_cli import alpha as A
-from os_cli.sampler import SamplerConfig, mixture_step
+from os_cli import OptimalSamplingModel
+
+from os_cli.mix import fastmix
+from os_cli.mix import alpha as A
+from os_cli.mix.sampler import SamplerConfig, mixture_step
 
 DEVICE = os.environ.get("OS_SAMPLE_TEST_DEVICE", "cpu")
 DTYPE = getattr(torch, os.environ.get("OS_SAMPLE_TEST_DTYPE", "float32"))

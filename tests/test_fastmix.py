@@ -1,4 +1,4 @@
-"""The fast mixing step (os_cli.fastmix) against the reference pipeline (alpha.py + mixing.py)."""
+"""The fast mixing step (os_cli.mix.fastmix) against the reference pipeline (alpha.py + mixing.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from os_cli import alpha as A
-from os_cli import fastmix, mixing
-from os_cli.rng import row_keys
-from os_cli.sampler import SamplerConfig, mixture_step
+from os_cli.mix import alpha as A
+from os_cli.mix import fastmix
+from os_cli.mix import mixing
+from os_cli.mix.rng import row_keys
+from os_cli.mix.sampler import SamplerConfig, mixture_step
 
 
 def correlated_logits(batch: int, vocab: int, seed: int, scale: float = 3.0):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from os_cli.rng import row_keys
-from os_cli.sampler import SamplerConfig, mixture_step
+from os_cli.mix.rng import row_keys
+from os_cli.mix.sampler import SamplerConfig, mixture_step
 
 
 def correlated_logits(batch: int, vocab: int, seed: int, scale: float = 3.0):
@@ -47,7 +47,7 @@ def test_nearly_disjoint_rows_are_solved_not_taken_for_identical(method, alpha_m
     """Where the two models put their mass on different tokens, each tilt is nearly a point mass
     (variance ~0) although r is far from 0: the r = 0 rule must not fire there (it gave 0.5 instead
     of ess_balance's root), and the exponentials must not underflow. The step equals the reference."""
-    from os_cli import mixing
+    from os_cli.mix import mixing
 
     vocab = 300
     g = torch.Generator().manual_seed(5)

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from os_cli import OptimalSamplingModel
 from os_cli.cli import _register, app
-from os_cli.record_format import TOKEN_KEYS, TokenSpec, build_record, record_problem, token_spec, topk_keys
+from os_cli.store.record_format import TOKEN_KEYS, TokenSpec, build_record, record_problem, token_spec, topk_keys
 from os_cli.recipe import load_recipe, recipe_diff
-from os_cli.rows import StreamRow
-from os_cli.summary import summarize_dir
+from os_cli.api.rows import StreamRow
+from os_cli.report.summary import summarize_dir
 
 if not any(c.name == "generate" for c in app.registered_commands):
     _register()

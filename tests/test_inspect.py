@@ -1,4 +1,4 @@
-"""os-sample inspect and os_cli.summary: numbers, integrity, JSON, --by, errors, answer matching."""
+"""os-sample inspect and os_cli.report.summary: numbers, integrity, JSON, --by, errors, answer matching."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from os_cli import answers as A
-from os_cli import stats
-from os_cli import summary as S
+from os_cli.report import answers as A
+from os_cli.report import stats
+from os_cli.report import summary as S
 from os_cli.errors import UserError
 
 METHODS = ("kl_symmetry", "entropy")

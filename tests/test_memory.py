@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from os_cli import dashboard, memory
+from os_cli import memory
+
+from os_cli.cli import dashboard
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmRSS is Linux's /proc/self/status")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from os_cli import mixing
+from os_cli.mix import mixing
 
 NEG_INF = -math.inf
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from os_cli.model_fingerprint import CHUNK, SAMPLES_PER_FILE, model_fingerprint
+from os_cli.models.fingerprint import CHUNK, SAMPLES_PER_FILE, model_fingerprint
 
 runner = CliRunner()
 ROWS = [{"id": f"r{i}", "question": f"What is {i} plus 2?"} for i in range(4)]

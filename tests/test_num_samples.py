@@ -17,10 +17,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from os_cli import rng
+from os_cli.mix import rng
 from os_cli.cli import _register, app
 from os_cli.limits import MAX_SEED
-from os_cli.passk import pass_at_k
+from os_cli.report.passk import pass_at_k
 
 if not any(c.name == "generate" for c in app.registered_commands):
     _register()
@@ -178,7 +178,7 @@ def test_killed_mid_run_resumes_exactly_once_per_row_and_sample(work):
 
 
 def test_inspect_counts_missing_and_duplicated_pairs_and_reports_pass_at_k(work):
-    from os_cli.summary import summarize_dir
+    from os_cli.report.summary import summarize_dir
 
     write, tmp = work
     out = tmp / "out"

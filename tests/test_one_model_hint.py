@@ -100,7 +100,7 @@ def test_cli_one_model_with_hinted_teacher_matches_two_copies(tiny_models, tmp_p
 
 
 def test_stream_with_one_model_refuses_a_hint_it_would_ignore(tiny_models):
-    from os_cli.api import StreamRow
+    from os_cli.api.model import StreamRow
 
     model = OptimalSamplingModel(tiny_models["theta"], device="cpu", dtype=torch.float32)
     rows = [StreamRow(p, pt, seed=s) for p, pt, s in zip(PROMPTS, HINTED, (4, 5, 6))]

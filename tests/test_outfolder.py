@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from os_cli.cli import _register, app
 from os_cli.errors import UserError
-from os_cli.outfolder import FolderLock, staging_dir
-from os_cli.record_format import REQUIRED_KEYS, encode_ids, read_ids, record_problem
-from os_cli.summary import summarize_dir
+from os_cli.store.folder import FolderLock, staging_dir
+from os_cli.store.record_format import REQUIRED_KEYS, encode_ids, read_ids, record_problem
+from os_cli.report.summary import summarize_dir
 
 if not any(c.name == "generate" for c in app.registered_commands):
     _register()
@@ -291,7 +291,7 @@ def test_output_under_a_file_is_refused_before_loading(work):
 
 
 def test_full_disk_is_refused_before_loading(work, monkeypatch):
-    import os_cli.outfolder as outfolder
+    import os_cli.store.folder as outfolder
 
     monkeypatch.setattr(outfolder, "free_bytes", lambda folder: 1024)
     result = gen(work)
@@ -343,7 +343,7 @@ def test_inspect_names_a_bad_ids_line(work):
 
 @pytest.mark.parametrize("exchange", [True, False])
 def test_swap_in_replaces_own_files_and_keeps_the_users(tmp_path, monkeypatch, exchange):
-    import os_cli.outfolder as outfolder
+    import os_cli.store.folder as outfolder
 
     if not exchange:  # a file system without renameat2(RENAME_EXCHANGE): two renames
         monkeypatch.setattr(outfolder, "_exchange", lambda a, b: False)
@@ -360,7 +360,7 @@ def test_swap_in_replaces_own_files_and_keeps_the_users(tmp_path, monkeypatch, e
 
 
 def test_a_two_rename_swap_cut_between_renames_is_finished(tmp_path):
-    from os_cli.outfolder import finish_swap, previous_dir
+    from os_cli.store.folder import finish_swap, previous_dir
 
     out = tmp_path / "run"
     old, stage = previous_dir(out), staging_dir(out)

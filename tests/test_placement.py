@@ -15,10 +15,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from os_cli import models, preflight
-from os_cli.api import OptimalSamplingModel
+from os_cli.models import loading as models
+
+from os_cli.models import preflight
+from os_cli.recipe import machine_checks
+from os_cli.api.model import OptimalSamplingModel
 from os_cli.errors import UserError
-from os_cli.build import model_kwargs
+from os_cli.models.build import model_kwargs
 from os_cli.recipe import load_recipe, model_settings, recipe_diff, recipe_hash
 
 PROMPTS = ["What is 2 plus 3?", "The quick brown fox"]
@@ -99,12 +102,12 @@ def test_api_placement_errors_come_before_any_load(tiny_models, monkeypatch, kwa
 
 
 def test_cuda_index_beyond_the_device_count_is_named(monkeypatch):
-    monkeypatch.setattr(preflight, "_cuda_count", lambda: 2)
-    assert preflight.device_problem("cuda:1") is None
-    assert "asks for CUDA device 2, but torch sees 2 (cuda:0..cuda:1)" in preflight.device_problem("cuda:2")
-    assert "device_map['model.layers.1']: device 3 asks for CUDA device 3" in preflight.device_map_problem(
+    monkeypatch.setattr(machine_checks, "_cuda_count", lambda: 2)
+    assert machine_checks.device_problem("cuda:1") is None
+    assert "asks for CUDA device 2, but torch sees 2 (cuda:0..cuda:1)" in machine_checks.device_problem("cuda:2")
+    assert "device_map['model.layers.1']: device 3 asks for CUDA device 3" in machine_checks.device_map_problem(
         {"model.embed_tokens": 0, "model.layers.1": 3})
-    assert "max_memory[5]" in preflight.max_memory_problem({0: "10GiB", 5: "10GiB"})
+    assert "max_memory[5]" in machine_checks.max_memory_problem({0: "10GiB", 5: "10GiB"})
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -112,7 +115,7 @@ def test_cuda_index_beyond_the_device_count_is_named(monkeypatch):
 
 def test_teacher_logits_come_back_on_the_output_device_and_the_cache_stays(tiny_models):
     """`meta` stands in for theta's other device: logits [B, V] move there, the KV cache does not."""
-    from os_cli import engine
+    from os_cli.engine import streams as engine
 
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
     ids, mask = model.encode(PROMPTS_T, teacher=True)
@@ -289,7 +292,7 @@ def test_bundled_4bit_teacher_fragment(tmp_path, recipe_file):
 def test_max_memory_sizes_are_the_ones_accelerate_reads_as_bytes(size, ok):
     from accelerate.utils import convert_file_size_to_int
 
-    problem = preflight.max_memory_problem({"cpu": size}, hardware=False)
+    problem = machine_checks.max_memory_problem({"cpu": size}, hardware=False)
     assert (problem is None) == ok, problem
     if ok:
         assert convert_file_size_to_int(size) >= 2**20  # and accelerate agrees they are bytes

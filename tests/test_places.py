@@ -9,12 +9,12 @@ from pathlib import Path
 
 import yaml
 
-from os_cli.data import load_rows, render_prompts
-from os_cli.places import BUILTIN_DIR, Places, places_of
-from os_cli.planning import nothing_planned
-from os_cli.prompt_syntax import prompt_fields
+from os_cli.prompts.data import load_rows, render_prompts
+from os_cli.recipe.places import BUILTIN_DIR, Places, places_of
+from os_cli.run.plan import nothing_planned
+from os_cli.recipe.prompt_syntax import prompt_fields
 from os_cli.recipe import load_recipe, recipe_hash
-from os_cli.writer import RunWriter, read_manifest
+from os_cli.store.writer import RunWriter, read_manifest
 
 
 def _recipe_file(folder: Path, **sections) -> Path:

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from os_cli import OptimalSamplingModel
-from os_cli.api import StreamRow
-from os_cli.engine import ModelStream
-from os_cli.scheduler import LOOKAHEAD_PER_SLOT, InFlightLimit, SchedulerStats
+from os_cli.api.model import StreamRow
+from os_cli.engine.streams import ModelStream
+from os_cli.engine.scheduler import LOOKAHEAD_PER_SLOT, InFlightLimit, SchedulerStats
 from os_cli.toy import save_tiny_model, tiny_qwen2_config
 
 PROMPTS = ["What is 2 plus 3?", "Hi", "The quick brown fox jumps over the lazy dog. Question 7: 7 plus",

@@ -3,7 +3,7 @@
 import torch
 from scipy.stats import chisquare
 
-from os_cli.rng import hash32, keyed_categorical, keyed_uniform, row_keys
+from os_cli.mix.rng import hash32, keyed_categorical, keyed_uniform, row_keys
 
 
 def test_hash32_is_a_bijection_on_a_sample_and_matches_reference():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from os_cli.rng import row_keys
-from os_cli.sampler import SamplerConfig, mixture_step
+from os_cli.mix.rng import row_keys
+from os_cli.mix.sampler import SamplerConfig, mixture_step
 
 NEG_INF = -math.inf
 DRAWS = 100_000

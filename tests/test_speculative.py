@@ -7,10 +7,14 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from os_cli import OptimalSamplingModel, rng, speculative
-from os_cli.api import StreamRow
-from os_cli.sampler import mixture_step
-from os_cli.scheduler import SchedulerStats
+from os_cli import OptimalSamplingModel
+
+from os_cli.mix import rng
+
+from os_cli.engine import speculative
+from os_cli.api.model import StreamRow
+from os_cli.mix.sampler import mixture_step
+from os_cli.engine.scheduler import SchedulerStats
 
 PROMPTS = ["What is 2 plus 3?", "Hi", "The quick brown fox jumps over the lazy dog. Question 7: 7 plus",
            "Tom has 4 apples", "Question 12: 12 plus", "Explain"]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from os_cli import OptimalSamplingModel
 from os_cli.cli import _register, app
-from os_cli.record_format import encode_record
+from os_cli.store.record_format import encode_record
 
 if not any(c.name == "generate" for c in app.registered_commands):
     _register()
@@ -110,7 +110,7 @@ def test_batch_size_and_kill_resume_write_the_same_records(recipe, tmp_path):
 
 
 def test_records_are_what_generate_draws_for_the_row_seeds(recipe, tmp_path, tiny_models):
-    from os_cli.rng import row_seed
+    from os_cli.mix.rng import row_seed
 
     records = [json.loads(line) for line in run(recipe, tmp_path / "out")]
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu", dtype=torch.float32)
@@ -137,9 +137,9 @@ def test_injected_oom_halves_the_in_flight_limit_and_keeps_the_records(recipe, t
 
 def test_oom_back_off_lowers_the_engine_limit(tiny_models, monkeypatch):
     """The library path the CLI uses: the InFlightLimit object halves, the rows come out unchanged."""
-    from os_cli import testing_hooks
-    from os_cli.rows import StreamRow
-    from os_cli.scheduler import InFlightLimit
+    from os_cli.run import testing_hooks
+    from os_cli.api.rows import StreamRow
+    from os_cli.engine.scheduler import InFlightLimit
 
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu", dtype=torch.float32)
     rows = [StreamRow(f"What is {i} plus 1?", seed=100 + i, id=i) for i in range(6)]

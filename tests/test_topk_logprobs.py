@@ -109,7 +109,7 @@ def test_speculative_rounds_record_every_emitted_position(pair):
 
 
 def test_the_stream_and_num_samples_carry_it(pair):
-    from os_cli.api import StreamRow
+    from os_cli.api.model import StreamRow
 
     rows = [StreamRow(p, pt, seed=s) for p, pt, s in zip(PROMPTS, HINTED, SEEDS)]
     outs = list(pair.generate_stream(rows, max_new_tokens=6, limit=2, topk_logprobs=3, topk_of="theta"))
@@ -162,8 +162,8 @@ def test_the_static_loop_refuses_it_and_zero_is_off(pair):
 def test_fallback_rows_use_the_distribution_logprob_t_and_logprob_theta_use():
     """A row whose teacher (theta) logits are unusable is drawn from the other model alone; its stored
     top-k follows the sampler's own replacement, so it agrees with the recorded logprob_t / logprob_theta."""
-    from os_cli.sampler import FALLBACK_TEACHER_ONLY, FALLBACK_THETA_ONLY, SamplerConfig, mixture_step
-    from os_cli.topk import topk_columns, topk_spec
+    from os_cli.mix.sampler import FALLBACK_TEACHER_ONLY, FALLBACK_THETA_ONLY, SamplerConfig, mixture_step
+    from os_cli.mix.topk import topk_columns, topk_spec
 
     g = torch.Generator().manual_seed(0)
     theta, teacher = torch.randn(3, 50, generator=g) * 3, torch.randn(3, 50, generator=g) * 3
@@ -238,7 +238,7 @@ def test_records_carry_the_top_k_and_resume(work, pair):
                     toks["logprob_t"][i], abs=1e-5)
     # the API on the same prompts and the run's seed gives the same ids and values
     loaded = load_recipe(recipe)
-    from os_cli.run import unit_seed
+    from os_cli.run.loop import unit_seed
 
     class Item:
         index = 1

@@ -8,7 +8,7 @@ import pytest
 
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe
-from os_cli.writer import (
+from os_cli.store.writer import (
     ERRORS_FILE, IDS_FILE, REQUIRED_KEYS, RunWriter, atomic_write, check_output, clear_outputs, iter_records,
     list_shards, read_ids, read_manifest, scan_records, shard_name,
 )

@@ -50,7 +50,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from .. import __version__
+        from os_cli import __version__
 
         typer.echo(f"os-sample {__version__}")
         raise typer.Exit()
@@ -73,7 +73,7 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from . import bench, export, generate, inspect
+    from os_cli.cli import bench, export, generate, inspect
 
     generate.register(app)
     inspect.register(app)

@@ -9,9 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import UserError
-from ..limits import MAX_NEW_TOKENS
-from .common import DebugOption, SetOption, cli_errors, out_console
+from os_cli.errors import UserError
+from os_cli.limits import MAX_NEW_TOKENS
+from os_cli.cli.common import DebugOption, SetOption, cli_errors, out_console
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -76,7 +76,7 @@ def bench_command(
 
 def parse_batch_sizes(text: str) -> list[int] | str:
     """Batch sizes from 1 to MAX_BATCH_SIZE (larger is a typo, not a plan: memory grows with it)."""
-    from ..limits import MAX_BATCH_SIZE
+    from os_cli.limits import MAX_BATCH_SIZE
 
     text = text.strip().lower()
     if text == "auto":
@@ -97,14 +97,14 @@ def parse_batch_sizes(text: str) -> list[int] | str:
 def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts: int, max_new_tokens: int | None,
            do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
            lengths: str = "natural", draft_tokens_text: str | None = None) -> None:
-    from .. import benchmark as B
-    from ..data import load_rows, render_prompts
-    from ..quiet import quiet_progress_bars
-    from ..limits import MAX_BATCH_SIZE
-    from ..build import build_model
-    from ..places import places_of
-    from ..recipe import load_recipe
-    from .drafts import check_speculative, parse_draft_tokens, speculative_section
+    from os_cli.bench import sweep as B
+    from os_cli.prompts.data import load_rows, render_prompts
+    from os_cli.quiet import quiet_progress_bars
+    from os_cli.limits import MAX_BATCH_SIZE
+    from os_cli.models.build import build_model
+    from os_cli.recipe.places import places_of
+    from os_cli.recipe import load_recipe
+    from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
 
     quiet_progress_bars()
     if not 0 <= headroom < 1:
@@ -119,7 +119,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     console = out_console()
 
     recipe = load_recipe(config, overrides)
-    from ..planning import run_warnings
+    from os_cli.run.plan import run_warnings
 
     for text in run_warnings(recipe):
         console.print(f"warning: {text}", markup=False, highlight=False)

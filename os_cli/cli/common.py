@@ -24,7 +24,7 @@ from typing import Iterator
 import typer
 from rich.console import Console
 
-from ..errors import UserError
+from os_cli.errors import UserError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -3,13 +3,13 @@ Measurement lives in os_cli/draft_bench.py; cli/bench.py calls these."""
 
 from __future__ import annotations
 
-from ..errors import UserError
-from .bench import _pct, _status
+from os_cli.errors import UserError
+from os_cli.cli.bench import _pct, _status
 
 
 def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
     """Draft lengths k from 1 to min(MAX_BENCH_DRAFT_TOKENS, max_new_tokens); k = 0 always runs as the baseline."""
-    from ..draft_bench import MAX_BENCH_DRAFT_TOKENS
+    from os_cli.bench.draft_costs import MAX_BENCH_DRAFT_TOKENS
 
     top = min(MAX_BENCH_DRAFT_TOKENS, max_new_tokens)
     ks: list[int] = []
@@ -34,8 +34,8 @@ def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
 def check_speculative(recipe: dict, ks: list[int]) -> None:
     """Before models load: speculative bench rows need a teacher distribution that differs from theta's and
     the dynamic-cache decode step (models.compile off)."""
-    from ..places import places_of
-    from ..run import check_draft_tokens
+    from os_cli.recipe.places import places_of
+    from os_cli.run.loop import check_draft_tokens
 
     if recipe["models"].get("compile"):
         raise UserError(f"--draft-tokens needs models.compile: false (got {recipe['models']['compile']!r}): "
@@ -51,7 +51,7 @@ def check_speculative(recipe: dict, ks: list[int]) -> None:
 def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, sweep_rows) -> tuple[dict | None, list]:
     """The --draft-tokens section: measure, print the table and the recommendation. Returns the JSON
     section and the rows' timings (BenchRow)."""
-    from .. import draft_bench as D
+    from os_cli.bench import draft_costs as D
 
     at = rec["batch_size"] or next((r.batch_size for r in reversed(sweep_rows) if r.ok), None)
     if at is None:

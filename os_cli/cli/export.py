@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import DebugOption, cli_errors, err_console
+from os_cli.cli.common import DebugOption, cli_errors, err_console
 
 HELP = (
     "Export an output folder of `os-sample generate` for training.\n\n"
@@ -45,8 +45,8 @@ def export_command(
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
-        from ..export import Filters, export
-        from ..quiet import quiet_progress_bars
+        from os_cli.report.export import Filters, export
+        from os_cli.quiet import quiet_progress_bars
 
         quiet_progress_bars()
 

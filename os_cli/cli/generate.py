@@ -15,10 +15,10 @@ from typing import List, Optional, Sequence
 
 import typer
 
-from ..errors import UserError
-from ..run import RunEvents
-from .common import DebugOption, SetOption, cli_errors, err_console, out_console
-from .preview import validate_rows
+from os_cli.errors import UserError
+from os_cli.run.loop import RunEvents
+from os_cli.cli.common import DebugOption, SetOption, cli_errors, err_console, out_console
+from os_cli.cli.preview import validate_rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,10 +55,10 @@ def validate(
 ) -> None:
     """Check a recipe (schema, fragments, overrides, local files) without loading data or models."""
     with cli_errors(debug):
-        from ..places import places_of
-        from ..prompt_syntax import prompt_fields
-        from ..recipe import fragment_label, load_recipe, output_dir, recipe_hash
-        from ..run import check_draft_tokens
+        from os_cli.recipe.places import places_of
+        from os_cli.recipe.prompt_syntax import prompt_fields
+        from os_cli.recipe import fragment_label, load_recipe, output_dir, recipe_hash
+        from os_cli.run.loop import check_draft_tokens
 
         resolved = load_recipe(recipe, set_ or [])
         check_draft_tokens(resolved["sampling"], resolved["prompts"], places_of(resolved))
@@ -100,7 +100,7 @@ def recipes(debug: bool = DebugOption) -> None:
     with cli_errors(debug):
         from rich.table import Table
 
-        from ..recipe import BUNDLED_DIR, list_bundled, list_fragments
+        from os_cli.recipe import BUNDLED_DIR, list_bundled, list_fragments
 
         bundled = list_bundled()
         console = out_console()
@@ -132,7 +132,7 @@ def register(app) -> None:
 def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     from rich.rule import Rule
 
-    from ..recipe import dump_recipe, recipe_hash
+    from os_cli.recipe import dump_recipe, recipe_hash
 
     rows, rendered = planned.rows, planned.rendered
     console = out_console()
@@ -156,11 +156,11 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
                  resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
-    from ..places import places_of
-    from ..planning import dry_run_mode, plan_rows, run_warnings
-    from ..quiet import quiet_progress_bars
-    from ..recipe import load_recipe, output_dir
-    from ..run import Distributed, check_draft_tokens, run_in_folder
+    from os_cli.recipe.places import places_of
+    from os_cli.run.plan import dry_run_mode, plan_rows, run_warnings
+    from os_cli.quiet import quiet_progress_bars
+    from os_cli.recipe import load_recipe, output_dir
+    from os_cli.run.loop import Distributed, check_draft_tokens, run_in_folder
 
     quiet_progress_bars()
     recipe = load_recipe(config, overrides)
@@ -193,7 +193,7 @@ class _DashboardEvents(RunEvents):
             err_console().print(message, markup=False, highlight=False)
 
     def started(self, total: int, done: int, limit: int, shard: str) -> None:
-        from ..dashboard import Dashboard
+        from os_cli.cli.dashboard import Dashboard
 
         dist = self.dist
         title = "os-sample generate" + (f" [rank {dist.rank}/{dist.world_size}]" if dist.world_size > 1 else "")

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import typer
 
-from ..errors import UserError
-from .common import DebugOption, cli_errors, out_console
+from os_cli.errors import UserError
+from os_cli.cli.common import DebugOption, cli_errors, out_console
 
 HELP = (
     'Summarise an output folder of `os-sample generate`.\n\n'
@@ -54,8 +54,8 @@ def inspect_command(
 
 
 def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None, answer_field: str | None) -> None:
-    from ..summary import summarize_dir
-    from .plot import require_matplotlib, write_plot
+    from os_cli.report.summary import summarize_dir
+    from os_cli.cli.plot import require_matplotlib, write_plot
 
     if plot is not None:
         require_matplotlib()
@@ -79,8 +79,8 @@ def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None
 
 def _show_builtin_names(summary: dict, output_dir: Path) -> None:
     """Where the recipe named a model `builtin:NAME`, show that name (the manifest holds the folder)."""
-    from ..places import BUILTIN_PREFIX
-    from ..writer import read_manifest
+    from os_cli.recipe.places import BUILTIN_PREFIX
+    from os_cli.store.writer import read_manifest
 
     view = summary.get("manifest") or {}
     models = view.get("models")

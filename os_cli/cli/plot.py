@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
-from .inspect import _groups
+from os_cli.errors import UserError
+from os_cli.cli.inspect import _groups
 
 PLOT_HINT = "pip install 'os-sample[plot]'"
 

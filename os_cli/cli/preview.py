@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ..errors import UserError
+from os_cli.errors import UserError
 
 VALIDATE_ROWS = 3  # `validate` renders this many rows from the start of the plan
 
@@ -15,13 +15,14 @@ VALIDATE_ROWS = 3  # `validate` renders this many rows from the start of the pla
 def validate_rows(recipe, console) -> None:
     """Render the first rows' prompts (as --dry-run does), so a template field typo fails here. A dataset or
     tokenizer this machine cannot reach (hub) is a note, not a failure: the recipe itself is valid."""
-    from ..build import check_models_reachable
-    from ..data import load_rows, render_prompts
-    from ..hub import load_tokenizers
-    from ..places import places_of
-    from ..planning import nothing_planned
-    from ..preflight import hub_offline_note, model_contexts, screen_prompts
-    from ..run import check_topk_logprobs
+    from os_cli.models.build import check_models_reachable
+    from os_cli.prompts.data import load_rows, render_prompts
+    from os_cli.models.hub import load_tokenizers
+    from os_cli.recipe.places import places_of
+    from os_cli.run.plan import nothing_planned
+    from os_cli.models.preflight import hub_offline_note, model_contexts
+    from os_cli.prompts.lengths import screen_prompts
+    from os_cli.run.loop import check_topk_logprobs
 
     def note(text):
         console.print(f"  {'note':<15} {text}", markup=False, highlight=False)

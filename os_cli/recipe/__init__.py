@@ -37,13 +37,13 @@ names) in `os_cli/places.py`.
 
 from __future__ import annotations
 
-from ..places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
-from ..prompt_syntax import TEMPLATE_TOKEN, template_fields
-from ..textfile import read_text
-from .fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, fragment_label, list_bundled, list_fragments
-from .identity import HASH_EXCLUDED, HASH_IF_SET, dump_recipe, recipe_diff, recipe_hash
-from .load import load_recipe, output_dir
-from .schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
+from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
+from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
+from os_cli.textfile import read_text
+from os_cli.recipe.fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, fragment_label, list_bundled, list_fragments
+from os_cli.recipe.identity import HASH_EXCLUDED, HASH_IF_SET, dump_recipe, recipe_diff, recipe_hash
+from os_cli.recipe.load import load_recipe, output_dir
+from os_cli.recipe.schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
 
 __all__ = [
     "load_recipe", "output_dir", "find_recipe", "list_bundled", "list_fragments", "fragment_label",

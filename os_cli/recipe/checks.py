@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..places import (
+from os_cli.errors import UserError
+from os_cli.recipe.places import (
     BUILTIN_PREFIX, DATA_SUFFIXES, HUB_NAME, builtin_datasets, builtin_models, local_candidate as _local_candidate,
     looks_local as _looks_local,
 )
-from .schema import Field, _suggest
+from os_cli.recipe.schema import Field, suggest
 
 
-class _Ctx:
+class CheckContext:
     def __init__(self, prov: dict, recipe_file: Path | None, default_source: str):
         self.prov = prov
         self.recipe_file = recipe_file
@@ -33,19 +33,19 @@ class _Ctx:
         raise UserError(f"{self.where(path)}: {'.'.join(path)}: {message}", exit_code)
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _check_range(spec: Field, value: float, path: tuple, ctx: _Ctx) -> None:
+def _check_range(spec: Field, value: float, path: tuple, ctx: CheckContext) -> None:
     lo, hi = spec.min, spec.max
     too_low = lo is not None and (value <= lo if spec.min_open else value < lo)
     too_high = hi is not None and value > hi
@@ -57,7 +57,7 @@ def _check_range(spec: Field, value: float, path: tuple, ctx: _Ctx) -> None:
             allowed = f"> {lo_}" if spec.min_open else f">= {lo_}"
         else:
             allowed = f"<= {hi_}"
-        ctx.fail(path, f"must be {allowed}, got {_show(value)}{spec.note}")
+        ctx.fail(path, f"must be {allowed}, got {show_value(value)}{spec.note}")
 
 
 def _num(value) -> str:
@@ -66,7 +66,7 @@ def _num(value) -> str:
 
 def _check_int(spec, value, path, ctx):
     if isinstance(value, bool) or not isinstance(value, int):
-        ctx.fail(path, f"must be an integer, got {_type_name(value)} {_show(value)}")
+        ctx.fail(path, f"must be an integer, got {type_name(value)} {show_value(value)}")
     _check_range(spec, value, path, ctx)
     return value
 
@@ -76,9 +76,9 @@ def _check_float(spec, value, path, ctx):
         try:
             value = float(value)
         except ValueError:
-            ctx.fail(path, f"must be a number, got the string {_show(value)}")
+            ctx.fail(path, f"must be a number, got the string {show_value(value)}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        ctx.fail(path, f"must be a number, got {_type_name(value)} {_show(value)}")
+        ctx.fail(path, f"must be a number, got {type_name(value)} {show_value(value)}")
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):
         ctx.fail(path, f"must be a finite number, got {value}")
@@ -88,34 +88,34 @@ def _check_float(spec, value, path, ctx):
 
 def _check_bool(spec, value, path, ctx):
     if not isinstance(value, bool):
-        ctx.fail(path, f"must be true or false, got {_type_name(value)} {_show(value)}")
+        ctx.fail(path, f"must be true or false, got {type_name(value)} {show_value(value)}")
     return value
 
 
 def _check_compile(spec, value, path, ctx):
     if value not in spec.choices or not isinstance(value, (bool, str)):
-        ctx.fail(path, f"must be true, false or static (fixed slots, no torch.compile), got {_type_name(value)} "
-                       f"{_show(value)}")
+        ctx.fail(path, f"must be true, false or static (fixed slots, no torch.compile), got {type_name(value)} "
+                       f"{show_value(value)}")
     return value
 
 
 def _check_str(spec, value, path, ctx):
     if not isinstance(value, str):
-        ctx.fail(path, f"must be a string, got {_type_name(value)} {_show(value)}")
+        ctx.fail(path, f"must be a string, got {type_name(value)} {show_value(value)}")
     return value
 
 
 def _check_name(spec, value, path, ctx):
     _check_str(spec, value, path, ctx)
     if not value or "/" in value or "\\" in value or value in (".", ".."):
-        ctx.fail(path, f"must be a plain folder name (no slashes), got {_show(value)}")
+        ctx.fail(path, f"must be a plain folder name (no slashes), got {show_value(value)}")
     return value
 
 
 def _check_choice(spec, value, path, ctx):
     if value not in spec.choices or isinstance(value, bool):
-        hint = _suggest(str(value), [str(c) for c in spec.choices])
-        ctx.fail(path, f"must be one of {', '.join(map(str, spec.choices))}, got {_show(value)}{hint}")
+        hint = suggest(str(value), [str(c) for c in spec.choices])
+        ctx.fail(path, f"must be one of {', '.join(map(str, spec.choices))}, got {show_value(value)}{hint}")
     return value
 
 
@@ -123,22 +123,22 @@ def _check_choice_list(spec, value, path, ctx):
     value = [value] if isinstance(value, str) else value
     if not isinstance(value, list) or not value or any(v not in spec.choices or isinstance(v, bool) for v in value):
         ctx.fail(path, f"must be a non-empty list of names among {', '.join(map(str, spec.choices))}, "
-                       f"got {_show(value)}")
+                       f"got {show_value(value)}")
     if len(set(value)) != len(value):
-        ctx.fail(path, f"lists a name twice: {_show(value)}")
+        ctx.fail(path, f"lists a name twice: {show_value(value)}")
     return [c for c in spec.choices if c in value]  # one order: the same set hashes the same
 
 
 def _check_device(spec, value, path, ctx):
-    from ..preflight import device_problem
+    from os_cli.recipe.machine_checks import device_problem
 
     if device_problem(value, hardware=False):
-        ctx.fail(path, f"must be {spec.allowed}, got {_show(value)}")
+        ctx.fail(path, f"must be {spec.allowed}, got {show_value(value)}")
     return value
 
 
 def _check_device_map(spec, value, path, ctx):
-    from ..preflight import device_map_problem
+    from os_cli.recipe.machine_checks import device_map_problem
 
     problem = device_map_problem(value, hardware=False)
     if problem:
@@ -147,7 +147,7 @@ def _check_device_map(spec, value, path, ctx):
 
 
 def _check_max_memory(spec, value, path, ctx):
-    from ..preflight import max_memory_problem
+    from os_cli.recipe.machine_checks import max_memory_problem
 
     problem = max_memory_problem(value, hardware=False)
     if problem:
@@ -157,7 +157,7 @@ def _check_max_memory(spec, value, path, ctx):
 
 def _check_top_k(spec, value, path, ctx):
     if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
-        ctx.fail(path, f"must be -1 (off) or a positive integer, got {_show(value)}")
+        ctx.fail(path, f"must be -1 (off) or a positive integer, got {show_value(value)}")
     return value
 
 
@@ -165,7 +165,7 @@ def _check_str_list(spec, value, path, ctx):
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        ctx.fail(path, f"must be a list of strings, got {_show(value)}")
+        ctx.fail(path, f"must be a list of strings, got {show_value(value)}")
     if any(v == "" for v in value):
         ctx.fail(path, "must not contain empty strings")
     return list(value)
@@ -176,21 +176,21 @@ def _check_keep_fields(spec, value, path, ctx):
         return value
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
         return list(value)
-    ctx.fail(path, f"must be all, none or a list of field names, got {_show(value)}")
+    ctx.fail(path, f"must be all, none or a list of field names, got {show_value(value)}")
 
 
 def _check_rows(spec, value, path, ctx):
     if not isinstance(value, list) or not value:
-        ctx.fail(path, f"must be a non-empty list of rows (mappings), got {_show(value)}")
+        ctx.fail(path, f"must be a non-empty list of rows (mappings), got {show_value(value)}")
     for i, row in enumerate(value):
         if not isinstance(row, dict):
-            ctx.fail(path + (str(i),), f"every inline row must be a mapping of fields, got {_show(row)}")
+            ctx.fail(path + (str(i),), f"every inline row must be a mapping of fields, got {show_value(row)}")
     return copy.deepcopy(value)
 
 
 def _check_template(spec, value, path, ctx):
     if not isinstance(value, str) or not value.strip():
-        ctx.fail(path, f"must be a non-empty string with {{field}} placeholders, got {_show(value)}")
+        ctx.fail(path, f"must be a non-empty string with {{field}} placeholders, got {show_value(value)}")
     return value
 
 
@@ -198,14 +198,14 @@ def _check_builtin(value: str, kind: str, available: list[str], path, ctx) -> st
     """A `builtin:NAME` must name one of the shipped models or datasets (`available`)."""
     name = value[len(BUILTIN_PREFIX):]
     if name not in available:
-        ctx.fail(path, f"unknown builtin {kind} {value!r}{_suggest(name, available)}; "
+        ctx.fail(path, f"unknown builtin {kind} {value!r}{suggest(name, available)}; "
                        f"available: {', '.join(BUILTIN_PREFIX + a for a in available) or 'none'}")
     return value
 
 
 def _check_model(spec, value, path, ctx):
     if not isinstance(value, str) or not value.strip():
-        ctx.fail(path, f"must be a local model folder, a hub name (org/name) or builtin:NAME, got {_show(value)}")
+        ctx.fail(path, f"must be a local model folder, a hub name (org/name) or builtin:NAME, got {show_value(value)}")
     value = value.strip()
     if value.startswith(BUILTIN_PREFIX):
         return _check_builtin(value, "model", builtin_models(), path, ctx)
@@ -213,7 +213,7 @@ def _check_model(spec, value, path, ctx):
     if local is not None:
         if not local.is_dir():
             ctx.fail(path, f"{value!r} is a file; a model is a folder written by save_pretrained")
-        from ..preflight import model_folder_problem
+        from os_cli.recipe.machine_checks import model_folder_problem
 
         problem = model_folder_problem(local)
         if problem:
@@ -226,7 +226,7 @@ def _check_model(spec, value, path, ctx):
 
 def _check_source(spec, value, path, ctx):
     if not isinstance(value, str) or not value.strip():
-        ctx.fail(path, f"must be a hub dataset name, a local file or folder, or builtin:NAME, got {_show(value)}")
+        ctx.fail(path, f"must be a hub dataset name, a local file or folder, or builtin:NAME, got {show_value(value)}")
     value = value.strip()
     if value.startswith(BUILTIN_PREFIX):
         return _check_builtin(value, "dataset", builtin_datasets(), path, ctx)
@@ -242,7 +242,7 @@ def _check_source(spec, value, path, ctx):
     return value
 
 
-_CHECKERS = {
+CHECKERS = {
     "int": _check_int, "float": _check_float, "bool": _check_bool, "str": _check_str, "name": _check_name,
     "choice": _check_choice, "choice_list": _check_choice_list, "device": _check_device, "device_map": _check_device_map,
     "max_memory": _check_max_memory, "top_k": _check_top_k, "str_list": _check_str_list,

@@ -11,10 +11,10 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
-from ..places import BUNDLED_DIR, CONFIGS_DIR
-from .schema import SCHEMA, Section, _all_key_paths, _suggest
-from .yaml_io import _display, _read_yaml, _Source
+from os_cli.errors import UserError
+from os_cli.recipe.places import BUNDLED_DIR, CONFIGS_DIR
+from os_cli.recipe.schema import SCHEMA, Section, all_key_paths, suggest
+from os_cli.recipe.yaml_io import display_path, read_yaml, YamlSource
 
 
 NOT_FRAGMENTS = ("accelerate",)  # configs/accelerate/ holds `accelerate launch` configs, not recipe fragments
@@ -51,7 +51,7 @@ def find_recipe(path_or_name: str | os.PathLike) -> Path:
     if is_name and text in bundled:
         return bundled[text].resolve()
     if is_name:
-        hint = _suggest(text, bundled)
+        hint = suggest(text, bundled)
         names = ", ".join(sorted(bundled)) or "none"
         raise UserError(f"no recipe file {text!r} and no bundled recipe of that name{hint}; bundled recipes: {names}")
     hint = ""
@@ -108,14 +108,14 @@ def _find_fragment(name: str, recipe_file: Path | None, where: str, root_file: P
         if c.is_file():
             return c.resolve()
     known = list_fragments()
-    hint = _suggest(name, known)
+    hint = suggest(name, known)
     raise UserError(
         f"{where}: unknown defaults fragment {name!r}{hint}; fragments live in configs/ "
         f"(available: {', '.join(known) or 'none'})"
     )
 
 
-def _check_keys(data: Any, schema: Section, path: tuple, source: _Source) -> None:
+def check_keys(data: Any, schema: Section, path: tuple, source: YamlSource) -> None:
     """Unknown keys are errors, reported where they were written, with the closest valid key."""
     if not isinstance(data, dict):
         return
@@ -126,26 +126,26 @@ def _check_keys(data: Any, schema: Section, path: tuple, source: _Source) -> Non
             raise UserError(f"{source.where(path)}: keys must be strings, got {key!r}")
         if key not in schema.fields:
             full = ".".join(path + (key,))
-            hint = _suggest(key, schema.fields)
+            hint = suggest(key, schema.fields)
             if hint:
                 hint = f" (did you mean {'.'.join(path + (difflib.get_close_matches(key, list(schema.fields), 1, 0.6)[0],))!r}?)"
             else:
-                hint = _suggest(full, _all_key_paths())
+                hint = suggest(full, all_key_paths())
             allowed = ", ".join(schema.fields)
             where_ = f" under {'.'.join(path)}" if path else ""
             raise UserError(f"{source.where(path + (key,))}: unknown key {full!r}{hint}; allowed keys{where_}: {allowed}")
         sub = schema.fields[key]
         if isinstance(sub, Section):
-            _check_keys(value, sub, path + (key,), source)
+            check_keys(value, sub, path + (key,), source)
 
 
-def _merge(base: dict, over: dict, prov: dict, source: _Source, path: tuple = ()) -> dict:
+def merge_trees(base: dict, over: dict, prov: dict, source: YamlSource, path: tuple = ()) -> dict:
     """Deep-merge `over` into a copy of `base`; `prov` maps key paths to the source that set them."""
     out = dict(base)
     for key, value in over.items():
         p = path + (key,)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, prov, source, p)
+            out[key] = merge_trees(out[key], value, prov, source, p)
         else:
             for q in [q for q in prov if q[: len(p)] == p]:
                 del prov[q]
@@ -155,23 +155,23 @@ def _merge(base: dict, over: dict, prov: dict, source: _Source, path: tuple = ()
     return out
 
 
-def _mark(value: Any, path: tuple, prov: dict, source: _Source) -> None:
+def _mark(value: Any, path: tuple, prov: dict, source: YamlSource) -> None:
     prov[path] = source
     if isinstance(value, dict):
         for k, v in value.items():
             _mark(v, path + (k,), prov, source)
 
 
-def _load_with_fragments(path: Path, prov: dict, stack: tuple = ()) -> tuple[dict, list[Path], _Source]:
+def load_with_fragments(path: Path, prov: dict, stack: tuple = ()) -> tuple[dict, list[Path], YamlSource]:
     if path in stack:
-        chain = " -> ".join(_display(p) for p in stack + (path,))
+        chain = " -> ".join(display_path(p) for p in stack + (path,))
         raise UserError(f"defaults fragments include each other in a loop: {chain}")
-    data, source = _read_yaml(path)
-    merged, fragments = _resolve_tree(data, source, path, prov, stack + (path,), is_fragment=bool(stack))
+    data, source = read_yaml(path)
+    merged, fragments = resolve_tree(data, source, path, prov, stack + (path,), is_fragment=bool(stack))
     return merged, fragments, source
 
 
-def _resolve_tree(data: dict, source: _Source, recipe_file: Path | None, prov: dict, stack: tuple,
+def resolve_tree(data: dict, source: YamlSource, recipe_file: Path | None, prov: dict, stack: tuple,
                   is_fragment: bool) -> tuple[dict, list[Path]]:
     """Merge `data`'s `defaults:` fragments in order, then `data`'s own keys on top."""
     defaults = data.get("defaults", [])
@@ -184,12 +184,12 @@ def _resolve_tree(data: dict, source: _Source, recipe_file: Path | None, prov: d
     for name in defaults:
         root = stack[0] if stack and isinstance(stack[0], Path) else None
         frag_path = _find_fragment(name, recipe_file, source.where(("defaults",)), root)
-        frag, sub_fragments, _ = _load_with_fragments(frag_path, prov, stack)
-        merged = _merge(merged, frag, prov, _Source(_display(frag_path)))
+        frag, sub_fragments, _ = load_with_fragments(frag_path, prov, stack)
+        merged = merge_trees(merged, frag, prov, YamlSource(display_path(frag_path)))
         fragments += [f for f in sub_fragments + [frag_path] if f not in fragments]
     own = {k: v for k, v in data.items() if k != "defaults"}
-    _check_keys(own, SCHEMA, (), source)
+    check_keys(own, SCHEMA, (), source)
     if is_fragment:  # a fragment configures; it does not name or describe the run
         own.pop("description", None)
         own.pop("run_name", None)
-    return _merge(merged, own, prov, source), fragments
+    return merge_trees(merged, own, prov, source), fragments

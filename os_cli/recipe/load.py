@@ -8,15 +8,15 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from ..errors import UserError
-from ..places import BUILTIN_PREFIX, BUNDLED_DIR, Places, resolve_places
-from ..record_format import TOPK_OF_DEFAULT
-from .checks import _Ctx
-from .fragments import _load_with_fragments, _resolve_tree, find_recipe
-from .overrides import _apply_override, _parse_override
-from .schema import SCHEMA
-from .validate import _cross_checks, _validate
-from .yaml_io import _Source
+from os_cli.errors import UserError
+from os_cli.recipe.places import BUILTIN_PREFIX, BUNDLED_DIR, Places, resolve_places
+from os_cli.store.record_format import TOPK_OF_DEFAULT
+from os_cli.recipe.checks import CheckContext
+from os_cli.recipe.fragments import load_with_fragments, resolve_tree, find_recipe
+from os_cli.recipe.overrides import apply_override, parse_override
+from os_cli.recipe.schema import SCHEMA
+from os_cli.recipe.validate import cross_checks, validate_tree
+from os_cli.recipe.yaml_io import YamlSource
 
 
 def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterable = (), *,
@@ -32,23 +32,23 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
     fragments: list[Path] = []
     if data is not None:
         recipe_file = None
-        source = _Source("<recipe>")
-        merged, fragments = _resolve_tree(copy.deepcopy(dict(data)), source, None, prov, (), is_fragment=False)
+        source = YamlSource("<recipe>")
+        merged, fragments = resolve_tree(copy.deepcopy(dict(data)), source, None, prov, (), is_fragment=False)
         label = source.label
     else:
         if path_or_name is None:
             raise UserError("no recipe given: pass --config RECIPE.yaml or the name of a bundled recipe")
         recipe_file = find_recipe(path_or_name)
-        merged, fragments, source = _load_with_fragments(recipe_file, prov)
+        merged, fragments, source = load_with_fragments(recipe_file, prov)
         label = source.label
     applied = []
     for item in overrides or ():
-        key, value, opt_label = _parse_override(item)
-        merged = _apply_override(merged, key, value, opt_label, prov)
+        key, value, opt_label = parse_override(item)
+        merged = apply_override(merged, key, value, opt_label, prov)
         applied.append(f"{key}={json.dumps(value, default=str)}" if not isinstance(item, str) else item)
-    ctx = _Ctx(prov, recipe_file, label)
-    recipe = _validate(merged, SCHEMA, (), ctx)
-    _cross_checks(recipe, ctx)
+    ctx = CheckContext(prov, recipe_file, label)
+    recipe = validate_tree(merged, SCHEMA, (), ctx)
+    cross_checks(recipe, ctx)
     bundled = recipe_file is not None and recipe_file.parent == BUNDLED_DIR.resolve()
     if bundled and not recipe["description"]:
         raise UserError(f"{label}: bundled recipes need a one-line `description:` (shown by `os-sample recipes`)")

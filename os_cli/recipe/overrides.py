@@ -6,16 +6,16 @@ from typing import Any
 
 import yaml
 
-from ..errors import UserError
-from .fragments import _check_keys, _merge
-from .schema import Field, Section, SCHEMA, _all_key_paths, _spec_at, _suggest
-from .yaml_io import _Source
+from os_cli.errors import UserError
+from os_cli.recipe.fragments import check_keys, merge_trees
+from os_cli.recipe.schema import Field, Section, SCHEMA, all_key_paths, spec_at, suggest
+from os_cli.recipe.yaml_io import YamlSource
 
 
 _TEXT_KINDS = ("str", "template", "model", "source", "name", "device", "choice")
 
 
-def _parse_override(item: Any) -> tuple[str, Any, str]:
+def parse_override(item: Any) -> tuple[str, Any, str]:
     """`key.path=value` -> (key, value, label). Values are YAML; a text key keeps text YAML cannot read
     (or reads as a mapping/list, like `{question}`) as written."""
     if isinstance(item, tuple) and len(item) == 2:
@@ -26,7 +26,7 @@ def _parse_override(item: Any) -> tuple[str, Any, str]:
         raise UserError(f"--set {text}: expected key.path=value, e.g. --set sampling.batch_size=4")
     key, raw = text.split("=", 1)
     key = key.strip()
-    spec = _spec_at(key)
+    spec = spec_at(key)
     text_kind = isinstance(spec, Field) and spec.kind in _TEXT_KINDS
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -39,7 +39,7 @@ def _parse_override(item: Any) -> tuple[str, Any, str]:
     return key, value, f"--set {text}"
 
 
-def _apply_override(recipe: dict, key: str, value: Any, label: str, prov: dict) -> dict:
+def apply_override(recipe: dict, key: str, value: Any, label: str, prov: dict) -> dict:
     parts = tuple(key.split("."))
     if not key or any(not p for p in parts):
         raise UserError(f"{label}: {key!r} is not a key path like sampling.batch_size")
@@ -49,15 +49,15 @@ def _apply_override(recipe: dict, key: str, value: Any, label: str, prov: dict) 
             raise UserError(f"{label}: {'.'.join(parts[:i])} is a single value and has no key {part!r}")
         if part not in schema.fields:
             full = ".".join(parts)
-            hint = _suggest(full, _all_key_paths())
+            hint = suggest(full, all_key_paths())
             if not hint:
-                hint = _suggest(part, schema.fields)
+                hint = suggest(part, schema.fields)
             raise UserError(f"{label}: unknown key {full!r}{hint}")
         schema = schema.fields[part]
-    source = _Source(label)
+    source = YamlSource(label)
     if isinstance(schema, Section) and isinstance(value, dict):
-        _check_keys(value, schema, parts, source)
+        check_keys(value, schema, parts, source)
     nested: Any = value
     for part in reversed(parts):
         nested = {part: nested}
-    return _merge(recipe, nested, prov, source)
+    return merge_trees(recipe, nested, prov, source)

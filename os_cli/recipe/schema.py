@@ -7,14 +7,14 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from ..alpha_names import ALPHA_METHODS
-from ..record_format import LOGPROB_KEYS, TOPK_OF_DEFAULT
-from ..limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
+from os_cli.mix.alpha_names import ALPHA_METHODS
+from os_cli.store.record_format import LOGPROB_KEYS, TOPK_OF_DEFAULT
+from os_cli.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
 
 
 @dataclass(frozen=True)
 class Field:
-    """One leaf of the schema. `kind` names the checker in `_CHECKERS`."""
+    """One leaf of the schema. `kind` names the checker in `CHECKERS`."""
 
     kind: str
     default: Any = None
@@ -42,7 +42,7 @@ def _prompt_section(**kw) -> Section:
     return Section(
         {
             "system": Field("str", None, nullable=True),
-            # required unless messages_field is set (then it is appended to the last user turn): _cross_checks
+            # required unless messages_field is set (then it is appended to the last user turn): cross_checks
             "template": Field("template", None, nullable=True),
             "chat_template": Field("bool", True),
             "messages_field": Field("str", None, nullable=True),
@@ -172,16 +172,16 @@ SCHEMA = Section(
 )
 
 
-def _all_key_paths(schema: Section = SCHEMA, prefix: tuple = ()) -> list[str]:
+def all_key_paths(schema: Section = SCHEMA, prefix: tuple = ()) -> list[str]:
     out = []
     for key, sub in schema.fields.items():
         out.append(".".join(prefix + (key,)))
         if isinstance(sub, Section):
-            out += _all_key_paths(sub, prefix + (key,))
+            out += all_key_paths(sub, prefix + (key,))
     return out
 
 
-def _spec_at(key: str):
+def spec_at(key: str):
     schema: Any = SCHEMA
     for part in key.split("."):
         if not isinstance(schema, Section) or part not in schema.fields:
@@ -190,7 +190,7 @@ def _spec_at(key: str):
     return schema
 
 
-def _suggest(word: str, options: Iterable[str]) -> str:
+def suggest(word: str, options: Iterable[str]) -> str:
     matches = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.6)
     return f" (did you mean {matches[0]!r}?)" if matches else ""
 
@@ -205,7 +205,7 @@ def model_settings(models: Mapping, role: str) -> dict:
         if own.get(key) is not None:
             out[key] = (own[key], f"models.per_model.{role}.{key}")
         else:
-            out[key] = (models.get(key, _spec_at(f"models.{key}").default), f"models.{key}")
+            out[key] = (models.get(key, spec_at(f"models.{key}").default), f"models.{key}")
     # A device_map under per_model wins over the shared device, a device under per_model over the shared map.
     if own.get("device") is not None and own.get("device_map") is None:
         out["device_map"] = (None, f"models.per_model.{role}.device_map")

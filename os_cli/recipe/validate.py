@@ -6,17 +6,17 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .checks import _CHECKERS, _Ctx, _show, _type_name
-from .schema import Section, _suggest, model_settings
+from os_cli.recipe.checks import CHECKERS, CheckContext, show_value, type_name
+from os_cli.recipe.schema import Section, suggest, model_settings
 
 
-def _validate(value: Any, schema: Section, path: tuple, ctx: _Ctx) -> Any:
+def validate_tree(value: Any, schema: Section, path: tuple, ctx: CheckContext) -> Any:
     if value is None and (schema.nullable or schema.default_null):
         return None
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping of keys ({', '.join(schema.fields)}), got {_type_name(value)} {_show(value)}")
+        ctx.fail(path, f"must be a mapping of keys ({', '.join(schema.fields)}), got {type_name(value)} {show_value(value)}")
     out = {}
     for key, spec in schema.fields.items():
         p = path + (key,)
@@ -25,20 +25,20 @@ def _validate(value: Any, schema: Section, path: tuple, ctx: _Ctx) -> Any:
         if isinstance(spec, Section):
             if not present and spec.required:
                 ctx.fail(p, f"is required (keys: {', '.join(spec.fields)})")
-            out[key] = _validate(v if present else (None if spec.default_null else {}), spec, p, ctx)
+            out[key] = validate_tree(v if present else (None if spec.default_null else {}), spec, p, ctx)
             continue
         if not present or (v is None and not spec.nullable):
             if spec.required:
                 ctx.fail(p, "is required" if not present else "is required and must not be null")
             if present and v is None:
-                ctx.fail(p, f"must not be null (default: {_show(spec.default)})")
+                ctx.fail(p, f"must not be null (default: {show_value(spec.default)})")
             out[key] = copy.deepcopy(spec.default)
             continue
-        out[key] = None if v is None else _CHECKERS[spec.kind](spec, v, p, ctx)
+        out[key] = None if v is None else CHECKERS[spec.kind](spec, v, p, ctx)
     return out
 
 
-def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
+def cross_checks(recipe: dict, ctx: CheckContext) -> None:
     alpha = recipe["alpha"]
     if alpha["min"] > alpha["max"]:
         ctx.fail(("alpha", "min"), f"must be <= alpha.max ({alpha['max']:g}), got {alpha['min']:g}")
@@ -56,16 +56,16 @@ def _cross_checks(recipe: dict, ctx: _Ctx) -> None:
         fields = set().union(*(row.keys() for row in ds["inline"]))
         for name in keep:
             if name not in fields:
-                ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{_suggest(name, fields)}")
+                ctx.fail(("dataset", "keep_fields"), f"no inline row has a field {name!r}{suggest(name, fields)}")
     _check_prompt_sections(recipe, ctx)
     _check_compile(recipe, ctx)
     for role in ("theta", "teacher"):
         _placement_checks(recipe, role, ctx)
 
 
-def _placement_checks(recipe: dict, role: str, ctx: _Ctx) -> None:
+def _placement_checks(recipe: dict, role: str, ctx: CheckContext) -> None:
     """One model's effective placement: contradictions that no machine could run."""
-    from ..preflight import attn_problem
+    from os_cli.recipe.machine_checks import attn_problem
 
     settings = model_settings(recipe["models"], role)
     device, device_path = settings["device"]
@@ -90,7 +90,7 @@ def _placement_checks(recipe: dict, role: str, ctx: _Ctx) -> None:
                                   f"for the {role} model")
 
 
-def _check_compile(recipe: dict, ctx: _Ctx) -> None:
+def _check_compile(recipe: dict, ctx: CheckContext) -> None:
     """models.compile decodes one token per step in fixed slots with sdpa/eager masks (os_cli/static_stream.py)."""
     if not recipe["models"]["compile"]:
         return
@@ -102,7 +102,7 @@ def _check_compile(recipe: dict, ctx: _Ctx) -> None:
                                         "with compile), not flash_attention_2")
 
 
-def _check_prompt_sections(recipe: dict, ctx: _Ctx) -> None:
+def _check_prompt_sections(recipe: dict, ctx: CheckContext) -> None:
     """A template is required unless the section reads a conversation (messages_field), and a
     conversation is rendered with the chat template."""
     for role in ("theta", "teacher"):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import UserError
-from ..limits import MAX_ALIAS_EXPANSION
-from ..textfile import read_text
+from os_cli.errors import UserError
+from os_cli.limits import MAX_ALIAS_EXPANSION
+from os_cli.textfile import read_text
 
 
-class _Source:
+class YamlSource:
     """Where values came from: a file (with the line of each key path) or a --set option."""
 
     def __init__(self, label: str, lines: dict | None = None, file: Path | None = None):
@@ -28,7 +28,7 @@ class _Source:
         return self.label
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     try:
         rel = os.path.relpath(path)
     except ValueError:
@@ -36,8 +36,8 @@ def _display(path: Path) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
-def _read_yaml(path: Path) -> tuple[dict, _Source]:
-    label = _display(path)
+def read_yaml(path: Path) -> tuple[dict, YamlSource]:
+    label = display_path(path)
     text = read_text(path, "recipe", label)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -58,7 +58,7 @@ def _read_yaml(path: Path) -> tuple[dict, _Source]:
     lines: dict = {}
     if node is not None:
         _collect_lines(node, (), lines, label)
-    return data, _Source(label, lines, path)
+    return data, YamlSource(label, lines, path)
 
 
 def _check_aliases(root, label: str) -> None:

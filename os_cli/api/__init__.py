@@ -1,0 +1,1 @@
+"""The Python API of the usage guide: OptimalSamplingModel and its results."""

@@ -1,0 +1,54 @@
+"""Several samples per prompt in the Python API: `OptimalSamplingModel.generate(..., num_samples=n)`.
+
+A thin layer over `generate` itself, which it calls once with every prompt repeated n times
+(prompt-major: prompt 0's n samples, then prompt 1's, ...) and one seed per repeated row: sample k
+of prompt i gets `rng.sample_seed(seed_i, k)`, where seed_i is the seed prompt i gets without
+`num_samples` (from the int seed, the per-prompt list, or torch's global RNG). Sample 0 is therefore
+exactly what a call without `num_samples` draws, and the CLI's `sampling.num_samples` seeds its
+(row, sample) pairs the same way. The output gains `prompt_indices` and `sample_indices` ([batch]
+int64) saying which prompt and sample each row is. Prompts are prefilled once per sample (no
+prefix sharing): n samples cost n rows of work, and `batch_size` splits the repeated rows.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from os_cli.api.arguments import row_seeds
+from os_cli.limits import MAX_NUM_SAMPLES
+from os_cli.mix.rng import sample_seed
+
+
+def check_num_samples(value) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 1 <= value <= MAX_NUM_SAMPLES:
+        raise ValueError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {value!r}")
+    return int(value)
+
+
+def _as_list(prompts):
+    if prompts is None:
+        return None
+    return [prompts] if isinstance(prompts, str) else list(prompts)
+
+
+def generate_samples(model, num_samples, args: dict):
+    """`model.generate(**args)` with every prompt sampled `num_samples` times (see the module doc)."""
+    n = check_num_samples(num_samples)
+    prompts, prompts_t = _as_list(args["prompts"]), _as_list(args.get("prompts_t"))
+    if not prompts or (prompts_t is not None and len(prompts_t) != len(prompts)):
+        return model.generate(**args)  # its own error for these prompts
+    seeds = row_seeds(args.get("seed"), len(prompts))  # validated; None follows torch's global RNG
+    repeated = dict(args)
+    repeated["prompts"] = [p for p in prompts for _ in range(n)]
+    if prompts_t is not None:
+        repeated["prompts_t"] = [p for p in prompts_t for _ in range(n)]
+    repeated["seed"] = [sample_seed(int(s), k) for s in seeds.tolist() for k in range(n)]
+    caps = args.get("max_new_tokens")
+    if isinstance(caps, (list, tuple)) and len(caps) == len(prompts):  # one cap per prompt: per repeated row
+        repeated["max_new_tokens"] = [c for c in caps for _ in range(n)]
+    out = model.generate(**repeated)
+    out.prompt_indices = torch.arange(len(prompts), dtype=torch.int64).repeat_interleave(n)
+    out.sample_indices = torch.arange(n, dtype=torch.int64).repeat(len(prompts))
+    return out

@@ -1,0 +1,1 @@
+"""Benchmarks behind `os-sample bench`: batch-size sweeps, measured points, speculative draft costs."""

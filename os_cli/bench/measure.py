@@ -1,0 +1,152 @@
+"""Measuring one benchmark point: an untimed warm-up, then timed runs in interleaved rounds, each under
+`PeakMemory`, reduced to a `BenchRow` (median seconds, tokens/s, spread). Out of memory and any other
+failure is recorded on the row, never raised. No printing; `benchmark` builds the points.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from os_cli.memory import PeakMemory, sync
+
+NOISY_SPREAD = 0.10  # spread (slowest - fastest) / median above which a row is flagged noisy
+
+
+@dataclass
+class BenchRow:
+    """One measured run. `mode`: sweep | hf_generate | floor | method."""
+
+    mode: str
+    label: str
+    batch_size: int
+    prompts: int = 0
+    alpha_method: str | None = None
+    sample_from: str | None = None
+    new_tokens: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    tokens_per_s: float | None = None
+    s_per_step: float | None = None
+    peak_memory: int | None = None  # bytes, max over devices (CUDA: max_memory_allocated; CPU: peak RSS)
+    peak_reserved: int | None = None  # bytes, CUDA only: max_memory_reserved
+    memory_by_device: dict[str, int] = field(default_factory=dict)
+    memory_metric: str | None = None
+    oom: bool = False
+    error: str | None = None
+    ratio_to_floor: float | None = None  # median over rounds of tokens/s over the same round's floor
+    ratio_min: float | None = None
+    ratio_max: float | None = None
+    repeats: int = 0  # timed runs (after the warm-up); seconds is their median
+    seconds_all: list[float] = field(default_factory=list)
+    spread: float | None = None  # (slowest - fastest) / median over the timed runs
+    noisy: bool = False  # spread > NOISY_SPREAD: do not trust small differences
+    lengths: str | None = None  # how completion lengths were set (see BenchSettings)
+    slot_occupancy: float | None = None  # mean rows in flight / batch size, where the engine reports it
+
+    @property
+    def ok(self) -> bool:
+        return not self.oom and self.error is None and bool(self.tokens_per_s)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
+    row.oom = is_oom(exc)
+    first = str(exc).splitlines()[0][:300] if str(exc) else ""
+    row.error = f"out of memory: {first}" if row.oom else f"{type(exc).__name__}: {first}"
+    _free_memory()
+    return row
+
+
+class Point:
+    """One row to measure: `warmup()` (untimed) then `run() -> (new tokens, steps[, occupancy])` per round."""
+
+    def __init__(self, row: BenchRow, run: Callable[[], tuple], warmup: Callable[[], Any] | None = None):
+        self.row, self.run, self.warmup = row, run, warmup
+        self.tokens: list[int] = []
+        self.steps = 0
+        self.occupancy: float | None = None
+
+
+def _warm(point: Point, devices) -> bool:
+    try:
+        if point.warmup is not None:
+            point.warmup()
+            sync(devices)
+        return True
+    except Exception as exc:  # noqa: BLE001 - recorded on the row like a measured failure
+        _failed(point.row, exc)
+        return False
+
+
+def _time_once(point: Point, devices) -> None:
+    """One timed run of `point` under memory tracking; a failure is recorded on its row."""
+    row = point.row
+    try:
+        with PeakMemory(devices) as mem:
+            sync(devices)
+            start = time.perf_counter()
+            result = point.run()
+            sync(devices)
+            seconds = time.perf_counter() - start
+        peak, reserved, by_device = mem.read()
+    except Exception as exc:  # noqa: BLE001 - OOM is a result; anything else is recorded, not raised
+        _failed(row, exc)
+        return
+    row.seconds_all.append(seconds)
+    point.tokens.append(int(result[0]))
+    point.steps = int(result[1])
+    if len(result) > 2 and result[2] is not None:
+        point.occupancy = float(result[2])
+    row.peak_memory = max(row.peak_memory or 0, peak) if peak is not None else row.peak_memory
+    if reserved is not None:
+        row.peak_reserved = max(row.peak_reserved or 0, reserved)
+    for key, value in by_device.items():
+        row.memory_by_device[key] = max(row.memory_by_device.get(key, 0), value)
+    row.memory_metric = mem.metric
+
+
+def _finish(point: Point) -> BenchRow:
+    """Median seconds, tokens/s and the spread of the timed runs onto the row."""
+    row = point.row
+    if row.error is not None or not row.seconds_all:
+        return row
+    times = row.seconds_all
+    median = statistics.median(times)
+    row.repeats, row.seconds = len(times), median
+    row.new_tokens, row.steps = point.tokens[-1], point.steps
+    row.tokens_per_s = row.new_tokens / median if median > 0 else None
+    row.s_per_step = median / row.steps if row.steps else None
+    row.spread = (max(times) - min(times)) / median if median > 0 else None
+    row.noisy = bool(row.spread is not None and row.spread > NOISY_SPREAD)
+    row.slot_occupancy = point.occupancy
+    return row
+
+
+def measure(points: Sequence[Point], devices, repeats: int, *, warmup: bool = True) -> list[BenchRow]:
+    """Warm every point up, then time them in `repeats` interleaved rounds (drift hits all alike)."""
+    live = [p for p in points if (_warm(p, devices) if warmup else True)]
+    for _ in range(max(1, repeats)):
+        for p in live:
+            if p.row.error is None:
+                _time_once(p, devices)
+    return [_finish(p) for p in points]

@@ -1,0 +1,316 @@
+"""Throughput and memory of the sampler across batch sizes, and against baselines. No printing.
+
+`os-sample bench` drives this module; it is usable from Python as well:
+
+    rows = sweep(model, prompts, prompts_t, [1, 2, 4], settings=BenchSettings(max_new_tokens=64))
+    pick = recommend(rows, headroom=0.1, total_memory=device_memory(model))
+
+Definitions (also in the CLI help and README):
+- tokens/s counts generated tokens only (EOS included, prompts excluded), over the wall time of
+  `model.generate` for the point's prompts (prefill included), with the device synchronised;
+- a step is one decode iteration of one micro-batch (both models' forwards, the alpha solve and a
+  draw); steps = sum over micro-batches of their longest completion, s/step = seconds / steps;
+- peak memory on CUDA is `torch.cuda.max_memory_allocated` (and `max_memory_reserved`, which the
+  headroom check uses) per device, reset before each point; on CPU it is the process's peak
+  resident set size during the point (Linux: VmHWM after resetting it through
+  /proc/self/clear_refs; where that is refused, the highest VmRSS sampled every few ms; elsewhere
+  ru_maxrss, which never goes down: it is the process's high-water mark so far, not the point's);
+  it includes the loaded models and everything else in the process;
+- out of memory (`torch.OutOfMemoryError`, or a RuntimeError saying "out of memory") is recorded on
+  the point, ends a sweep, and never propagates.
+
+Memory readings (PeakMemory, device totals) live in memory.py, the machine description in machine.py,
+the measurement of one point (warm-up, timed rounds, BenchRow) in measure.py.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from os_cli.mix.alpha import ALPHA_METHODS
+from os_cli.machine import machine_info
+from os_cli.bench.measure import BenchRow, Point, measure
+from os_cli.memory import device_memory, model_devices  # noqa: F401 - device_memory: cli/bench
+
+AUTO_MAX_BATCH = 1024
+AUTO_MIN_GAIN = 0.05  # a point "improves" when its throughput beats the best so far by more than this
+AUTO_PATIENCE = 2  # `auto` stops after this many points in a row that do not improve by AUTO_MIN_GAIN
+WARMUP_MAX_NEW_TOKENS = 16
+BENCH_FORMAT = 2
+
+
+@dataclass
+class BenchSettings:
+    """What every measured run uses (the recipe's sampling settings unless the CLI overrides them)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    num_prompts: int = 16  # each point runs max(num_prompts, batch_size) prompts
+    repeats: int = 3  # timed runs per point after the warm-up (median and spread reported)
+    lengths: str = "natural"  # "natural" | "long-tail" (per-row caps, see long_tail_caps)
+    fixed_length: bool = False  # every row runs exactly max_new_tokens (EOS and stop strings ignored)
+
+    def generate_kwargs(self) -> dict:
+        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                    top_k=self.top_k, seed=self.seed, stop=None if self.fixed_length else (list(self.stop) or None))
+
+
+LENGTHS = ("natural", "long-tail")
+LONG_TAIL_SHAPE = 1.5  # Pareto tail index of the per-row caps: heavy (infinite variance), finite mean
+
+
+def long_tail_caps(count: int, max_new_tokens: int, seed: int = 0) -> list[int]:
+    """Per-row token caps for `--lengths long-tail`: deterministic (from `seed`), long-tailed.
+
+    cap = min(max_new_tokens, ceil(m · U^(-1/1.5))) with U uniform on (0, 1] from a seeded generator
+    and m = max(1, max_new_tokens // 8): a Pareto(1.5) tail, so most rows stop within a few times m,
+    a few run to max_new_tokens (mean about 3m before the cap), as stop strings cut real completions.
+    """
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    u = 1.0 - torch.rand(count, generator=g, dtype=torch.float64)  # (0, 1]
+    scale = max(1, max_new_tokens // 8)
+    return [min(max_new_tokens, max(1, math.ceil(scale * x ** (-1.0 / LONG_TAIL_SHAPE)))) for x in u.tolist()]
+
+
+# --------------------------------------------------------------------------------------------------
+# One measured run
+
+
+def cycle_order(items: Sequence[str], n: int) -> list[str]:
+    return [items[i % len(items)] for i in range(n)]
+
+
+def _steps(lengths: torch.Tensor, batch_size: int) -> int:
+    lengths = lengths.tolist()
+    return int(sum(max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)))
+
+
+def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, *, mode: str,
+                  label: str | None, sample_from: str, alpha_method: str | None) -> Point:
+    n = max(settings.num_prompts, batch_size)
+    batch = cycle_order(prompts, n)
+    batch_t = cycle_order(prompts_t, n) if prompts_t is not None else None
+    method = alpha_method or getattr(model, "alpha_method", None)
+    row = BenchRow(mode=mode, label=label or (method if sample_from == "mixture" else f"sample_from={sample_from}"),
+                   batch_size=batch_size, prompts=n, alpha_method=method if sample_from == "mixture" else None,
+                   sample_from=sample_from, lengths=_lengths_label(settings))
+    kwargs = settings.generate_kwargs()
+    if settings.lengths == "long-tail":
+        kwargs["max_new_tokens"] = long_tail_caps(n, settings.max_new_tokens, settings.seed)
+
+    def generate(prompts_, prompts_t_, **kw):
+        # Per-call settings, the model untouched: fixed_length runs every row to its cap (the same work
+        # for every compared run).
+        return model.generate(prompts_, prompts_t_, batch_size=batch_size, sample_from=sample_from,
+                              alpha=None if alpha_method is None else {"method": alpha_method},
+                              ignore_eos=settings.fixed_length, **kw)
+
+    def run() -> tuple:
+        out = generate(batch, batch_t, **kwargs)
+        return int(out.lengths.sum()), _steps(out.lengths, batch_size), getattr(out, "slot_occupancy", None)
+
+    def warm() -> None:
+        warm_kwargs = dict(kwargs, max_new_tokens=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
+        generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None, **warm_kwargs)
+
+    return Point(row, run, warm)
+
+
+def _lengths_label(settings: BenchSettings) -> str:
+    if settings.lengths == "long-tail":
+        return f"long-tail per-row caps (max {settings.max_new_tokens}, seed {settings.seed})"
+    if settings.fixed_length:
+        return f"fixed: {settings.max_new_tokens} tokens per row, EOS and stop strings ignored"
+    return "natural (EOS, stop strings, max_new_tokens)"
+
+
+def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
+               settings: BenchSettings, *, mode: str = "sweep", label: str | None = None,
+               sample_from: str = "mixture", alpha_method: str | None = None, warmup: bool = False) -> BenchRow:
+    """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`,
+    `settings.repeats` times. `alpha_method` is passed per call (the model's own setting is untouched).
+    `warmup` first runs one untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens)."""
+    point = _engine_point(model, prompts, prompts_t, batch_size, settings, mode=mode, label=label,
+                          sample_from=sample_from, alpha_method=alpha_method)
+    return measure([point], model_devices(model), settings.repeats, warmup=warmup)[0]
+
+
+def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings) -> Point:
+    """Plain `transformers` sampling from the teacher alone (`do_sample=True`), the same prompts and
+    settings: the single-model reference. Stop strings are not applied (HF counts up to EOS); with
+    `fixed_length` EOS is ignored too (min_new_tokens = max_new_tokens)."""
+    n = max(settings.num_prompts, batch_size)
+    texts = cycle_order(list(prompts_t), n)
+    teacher = model.model_t
+    tokenizer = model.tokenizer_t
+    eos = list(model.eos_token_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    gen = dict(do_sample=True, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+               top_p=settings.top_p, top_k=settings.top_k if settings.top_k > 0 else 0,
+               eos_token_id=eos, pad_token_id=pad)
+    if settings.fixed_length:
+        gen["min_new_tokens"] = settings.max_new_tokens
+    row = BenchRow(mode="hf_generate", label="HF generate (teacher)", batch_size=batch_size, prompts=n,
+                   lengths=_lengths_label(settings) if settings.lengths != "long-tail" else "natural (HF: EOS only)")
+    eos_t = torch.tensor(eos)
+
+    def one_pass(limit: int | None = None) -> tuple[int, int]:
+        torch.manual_seed(settings.seed)
+        tokens = steps = 0
+        chunks = range(0, n, batch_size) if limit is None else range(0, min(n, batch_size), batch_size)
+        for start in chunks:
+            ids, mask = model.encode(texts[start:start + batch_size], teacher=True)  # the engine's ids
+            kwargs = dict(gen, max_new_tokens=limit, min_new_tokens=0) if limit else gen
+            with torch.inference_mode():
+                out = teacher.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            new = out[:, ids.shape[1]:].cpu()
+            steps += new.shape[1]
+            is_eos = torch.isin(new, eos_t)
+            has = is_eos.any(dim=1)
+            full = torch.full_like(has, new.shape[1], dtype=torch.long)
+            first = torch.where(has, is_eos.int().argmax(dim=1) + 1, full)  # tokens up to the first EOS
+            tokens += int(first.sum())
+        return tokens, steps
+
+    return Point(row, one_pass, lambda: one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS)))
+
+
+def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings,
+                    *, warmup: bool = True) -> BenchRow:
+    return measure([_hf_point(model, prompts_t, batch_size, settings)], model_devices(model), settings.repeats,
+                   warmup=warmup)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweeps, comparisons, recommendation
+
+
+def auto_batch_sizes(limit: int = AUTO_MAX_BATCH) -> list[int]:
+    sizes, b = [], 1
+    while b <= limit:
+        sizes.append(b)
+        b *= 2
+    return sizes
+
+
+def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_sizes: Sequence[int] | str,
+          settings: BenchSettings, *, on_row: Callable[[BenchRow], None] | None = None,
+          auto_limit: int = AUTO_MAX_BATCH, memory_limit: float | None = None) -> list[BenchRow]:
+    """Measure the engine (the model's alpha method) at each batch size; one warm-up before the first.
+
+    `batch_sizes="auto"` doubles from 1 and stops at out of memory, at `auto_limit`, at a point whose
+    peak memory exceeds `memory_limit` bytes, or after AUTO_PATIENCE points in a row whose throughput
+    does not beat the best so far by more than AUTO_MIN_GAIN (one noisy point does not end it). An
+    out-of-memory point is recorded and ends the sweep; so does a point that fails otherwise.
+    """
+    auto = isinstance(batch_sizes, str)
+    if auto and batch_sizes != "auto":
+        raise ValueError(f"batch_sizes must be a list of integers or 'auto', got {batch_sizes!r}")
+    sizes = auto_batch_sizes(auto_limit) if auto else list(batch_sizes)
+    rows: list[BenchRow] = []
+    best, flat = 0.0, 0
+    for i, b in enumerate(sizes):
+        row = run_engine(model, prompts, prompts_t, b, settings, mode="sweep", warmup=(i == 0))
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        if not row.ok:  # out of memory ends the sweep; so does any other failure (recorded in `error`)
+            break
+        if auto:
+            peak = row.peak_reserved if row.peak_reserved is not None else row.peak_memory
+            if memory_limit is not None and peak is not None and peak > memory_limit:
+                break
+            flat = flat + 1 if best and row.tokens_per_s <= best * (1 + AUTO_MIN_GAIN) else 0
+            best = max(best, row.tokens_per_s)
+            if flat >= AUTO_PATIENCE:
+                break
+    return rows
+
+
+def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
+            settings: BenchSettings, *, methods: Sequence[str] | None = None,
+            on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
+    """Same prompts, settings, batch size and lengths: HF `generate` of the teacher alone, the
+    two-model floor (`sample_from="teacher"`: both forwards, no alpha solve or mixing), then the engine
+    with each alpha method. All are warmed up, then timed in `settings.repeats` interleaved rounds.
+    Each row's `ratio_to_floor` is the median over rounds of its tokens/s over that round's floor's
+    (ratio_min / ratio_max: the range). Unless `settings.lengths` is long-tail, the caller should set
+    `settings.fixed_length` so every run does the same work (q* and the teacher end rows at other times)."""
+    devices = model_devices(model)
+    points = [_hf_point(model, prompts_t if prompts_t is not None else prompts, batch_size, settings),
+              _engine_point(model, prompts, prompts_t, batch_size, settings, mode="floor", sample_from="teacher",
+                            label="floor (teacher draws)", alpha_method=None)]
+    for method in methods or ALPHA_METHODS:
+        points.append(_engine_point(model, prompts, prompts_t, batch_size, settings, mode="method",
+                                    alpha_method=method, label=method, sample_from="mixture"))
+    rows = measure(points, devices, settings.repeats)
+    floor = rows[1]
+    for r in rows:
+        if r.ok and floor.ok and len(r.seconds_all) == len(floor.seconds_all):
+            ratios = [(r.new_tokens / t) / (floor.new_tokens / f) for t, f in zip(r.seconds_all, floor.seconds_all)]
+            r.ratio_to_floor, r.ratio_min, r.ratio_max = statistics.median(ratios), min(ratios), max(ratios)
+        if on_row is not None:
+            on_row(r)
+    return rows
+
+
+def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str, int] | None) -> dict:
+    """The batch size with the best throughput whose peak memory leaves `headroom` (a fraction of
+    each device's total) free; CUDA uses the reserved peak (what the allocator holds). On CPU: the best
+    throughput. Returns {"batch_size", "set", "tokens_per_s", "reason"} (batch_size None if nothing fits)."""
+    ok = [r for r in rows if r.ok]
+    if not ok:
+        return {"batch_size": None, "set": None, "tokens_per_s": None,
+                "reason": "no batch size ran to completion (see the rows' oom/error fields)"}
+    fits = ok
+    if total_memory:
+        def within(r: BenchRow) -> bool:
+            peak = r.peak_reserved if r.peak_reserved is not None else r.peak_memory
+            return peak is not None and all(peak <= (1 - headroom) * total for total in total_memory.values())
+
+        fits = [r for r in ok if within(r)]
+        if not fits:
+            smallest = min(ok, key=lambda r: r.batch_size)
+            return {"batch_size": None, "set": None, "tokens_per_s": None,
+                    "reason": f"no batch size leaves {headroom:.0%} of device memory free "
+                              f"(batch size {smallest.batch_size} peaked at {_gib(smallest.peak_reserved)})"}
+    best = max(fits, key=lambda r: (r.tokens_per_s, -r.batch_size))
+    if total_memory:
+        reason = f"best throughput with at least {headroom:.0%} of device memory left free"
+    else:
+        reason = "best throughput (CPU: no memory headroom check)"
+    return {"batch_size": best.batch_size, "set": f"--set sampling.batch_size={best.batch_size}",
+            "tokens_per_s": best.tokens_per_s, "reason": reason}
+
+
+def _gib(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def report(model, settings: BenchSettings, rows: Sequence[BenchRow], compare_rows: Sequence[BenchRow] | None,
+           recommendation: dict, extra_settings: dict[str, Any] | None = None,
+           speculative: dict | None = None) -> dict:
+    """The JSON document `os-sample bench --json FILE` writes (`speculative`: draft_bench.report's section)."""
+    info = machine_info(model)
+    return {
+        "format": BENCH_FORMAT,
+        "kind": "os-sample-bench",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **info,
+        "settings": {**asdict(settings), **(extra_settings or {})},
+        "rows": [r.to_dict() for r in rows],
+        "compare": [r.to_dict() for r in compare_rows] if compare_rows is not None else None,
+        "recommendation": recommendation,
+        "speculative": speculative,
+    }

@@ -1,0 +1,1 @@
+"""Loading models and tokenizers: placement, dtype, attention, quantization, hub arguments, weight fingerprints."""

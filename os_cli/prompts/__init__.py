@@ -1,0 +1,1 @@
+"""From dataset rows to prompts: loading datasets, chat conversations, templates."""

@@ -1,0 +1,437 @@
+"""Datasets and prompts: load a recipe's rows, render the two prompts of each row.
+
+Public functions:
+
+- `load_rows(dataset, base_dir=None) -> list[(id, row)]`: the planned rows of a recipe's `dataset`
+  section, in dataset order, after `skip` and `limit`; a relative `source` is looked up in the working
+  directory, then in `base_dir` (the recipe's folder, `places_of(recipe).base_dir`). `source` may be a
+  hub name (`split`, `config`), a local `.jsonl/.json/.parquet/.csv` file, a folder of such files (all files with the most common suffix,
+  sorted by name), `builtin:NAME` (`os_cli/builtin/NAME.jsonl`); or `dataset.inline` lists the rows.
+  Everything except inline rows goes through `datasets.load_dataset`. Ids are `str(row[id_field])`,
+  or the row's index in the dataset (before `skip`) when `id_field` is null; ids must be unique.
+- `render_prompts(prompts, tokenizer, rows, tokenizer_t=None, on_bad_row=None, *, models, skip)
+  -> Rendered`: fills the templates of a recipe's `prompts` section, `theta` and `teacher` (null: the
+  teacher gets theta's prompt) for each row; `models` is the `models` section (its names appear in
+  errors), `skip` is `dataset.skip` (the dataset index of the first row). `Rendered.items` is a list of `Prompt(index, id, row, prompt, prompt_t)` (index =
+  the row's index in the dataset, `skip` + position, which seeds the row's draws), `Rendered.errors` a list of
+  `{"id", "reason", "row"}` for rows that could not be rendered. With `on_bad_row: error` (the
+  recipe's default) the first bad row raises `UserError` naming the row id and the field instead.
+  `tokenizer_t` renders the teacher's prompt (default: `tokenizer`).
+- `render_template(template, row) -> str`, `template_fields(template)`, `kept_row(keep_fields, row)`.
+
+Templates: `{field}` (or `{field.sub}` for nested mappings) is replaced by the row's value;
+`{{` and `}}` write literal braces; any other brace, like `\\boxed{}`, is left as written. A missing
+or null field makes the row bad. With `chat_template: true` the filled template (stripped of
+surrounding whitespace) becomes the user turn, after an optional system turn, rendered with the
+tokenizer's chat template and its generation prompt. With `chat_template: false` the prompt is the
+filled template itself, after `system` and a blank line when a system text is given.
+
+Chat datasets: with `messages_field` the section renders the row's conversation (os_cli/chat.py:
+a final assistant turn dropped, `system` added, the filled `template`, if any, appended to the last
+user turn) with the chat template and its generation prompt; `Prompt.messages` keeps theta's turns.
+A malformed conversation is a bad row (`BadRow`), reported like a missing field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from os_cli.prompts.chat import BadConversation, conversation, prompt_turns
+from os_cli.errors import UserError
+from os_cli.store.record_format import json_safe
+from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, local_path
+from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
+from os_cli.textfile import read_text
+
+__all__ = [
+    "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",
+    "MissingField",
+]
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _local_files(path: Path) -> tuple[str, list[str]]:
+    if path.is_file():
+        if path.suffix not in _BUILDERS:
+            raise UserError(f"dataset file {path} has an unsupported suffix; use {', '.join(DATA_SUFFIXES)}")
+        return _BUILDERS[path.suffix], [str(path)]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _BUILDERS)
+    if not files:
+        raise UserError(f"dataset folder {path} holds no {', '.join(DATA_SUFFIXES)} files")
+    builders = Counter(_BUILDERS[p.suffix] for p in files)
+    builder = builders.most_common(1)[0][0]
+    return builder, [str(p) for p in files if _BUILDERS[p.suffix] == builder]
+
+
+class _RawInt(int):
+    """A JSON integer that remembers how the file wrote it (ids are kept as written)."""
+
+    def __new__(cls, text):
+        obj = super().__new__(cls, text)
+        obj.raw = str(text)
+        return obj
+
+
+class _RawFloat(float):
+    """A JSON number with a fraction or exponent that remembers how the file wrote it (`3.50`, `1e5`)."""
+
+    def __new__(cls, text):
+        obj = super().__new__(cls, text)
+        obj.raw = str(text)
+        return obj
+
+
+def _parse_json(text: str):
+    return json.loads(text, parse_int=_RawInt, parse_float=_RawFloat)
+
+
+def _json_lines(path: str, text: str) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = _parse_json(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"dataset {path}, line {lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"dataset {path}, line {lineno}: a row must be a JSON object {{...}}, "
+                            f"got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _read_json_file(path: str) -> list[dict]:
+    """Rows of a .jsonl file (one object per line) or a .json file (a list of objects, or JSON lines)."""
+    text = read_text(path).lstrip("\ufeff")
+    if path.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            rows = _parse_json(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"dataset {path}, line {exc.lineno}: not valid JSON: {exc.msg} "
+                            f"(column {exc.colno})") from None
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise UserError(f"dataset {path}: item {i} of the list is not a JSON object {{...}}")
+        return rows
+    return _json_lines(path, text)
+
+
+def _csv_ids(files: list[str], id_field: str) -> list[str] | None:
+    """The id column of CSV files exactly as written (pandas would turn `07` into 7, `1` into 1.0)."""
+    import csv
+    import io
+
+    ids: list[str] = []
+    for f in files:
+        reader = csv.DictReader(io.StringIO(read_text(f).lstrip("\ufeff"), newline=""))
+        if reader.fieldnames is None or id_field not in reader.fieldnames:
+            return None
+        ids += [row[id_field] for row in reader]
+    return ids
+
+
+def _load_local(builder: str, files: list[str], label: str):
+    if builder == "json":
+        return [row for f in files for row in _read_json_file(f)]
+    from datasets import load_dataset
+
+    if builder == "csv":
+        for f in files:
+            if not read_text(f).strip():
+                raise UserError(f"dataset {f} has no rows (the file is empty)")
+    try:
+        return load_dataset(builder, data_files=files, split="train")
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
+        raise UserError(f"could not read dataset {label}: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_hub(name: str, config: str | None, split: str):
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001
+        text = f"{type(exc).__name__}: {_first_line(exc)}"
+        lowered = text.lower()
+        if "split" in lowered and ("unknown" in lowered or "should be one of" in lowered):
+            raise UserError(f"dataset {name!r} has no split {split!r} ({text}); set dataset.split") from exc
+        if "config" in lowered and ("missing" in lowered or "available" in lowered or "not found" in lowered):
+            raise UserError(f"dataset {name!r}: config {config!r} is not available ({text}); set dataset.config") from exc
+        raise UserError(
+            f"could not load dataset {name!r} from the Hugging Face Hub: the hub is unreachable from here or the "
+            f"name is wrong ({text}). Use a local file instead: dataset.source: path/to/data.jsonl "
+            f"(or .json, .parquet, .csv), or --set dataset.source=PATH",
+            exit_code=1,
+        ) from exc
+
+
+def _open_dataset(ds_cfg: Mapping, base_dir: Path | None):
+    """(rows: a list of dicts or a `datasets.Dataset`, raw CSV ids or None, label)."""
+    source = ds_cfg["source"]
+    if source.startswith(BUILTIN_PREFIX):
+        path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
+        if not path.is_file():
+            raise UserError(f"dataset.source: unknown builtin dataset {source!r} (no {path})")
+        return _load_local("json", [str(path)], source), None, source
+    local = local_path(source, base_dir)
+    if local is not None:
+        builder, files = _local_files(local)
+        data = _load_local(builder, files, str(source))
+        raw_ids = _csv_ids(files, ds_cfg["id_field"]) if builder == "csv" and ds_cfg["id_field"] else None
+        if raw_ids is not None and len(raw_ids) != len(data):
+            raw_ids = None
+        return data, raw_ids, str(source)
+    return _load_hub(source, ds_cfg["config"], ds_cfg["split"]), None, source
+
+
+def id_text(value: Any) -> str:
+    """A row id as the dataset wrote it: strings as they are, numbers as their JSON/CSV text."""
+    raw = getattr(value, "raw", None)
+    if isinstance(raw, str):
+        return raw
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if hasattr(value, "item") and not isinstance(value, (int, float)):  # numpy / arrow scalars
+        value = value.item()
+    return str(value)
+
+
+def load_rows(dataset: Mapping, base_dir: Path | None = None) -> list[tuple[str, dict]]:
+    """The planned rows `(id, row)` of a `dataset` section after skip and limit, in dataset order.
+    Raises `UserError`."""
+    ds_cfg = dataset
+    skip, limit = ds_cfg["skip"], ds_cfg["limit"]
+    raw_ids = None
+    if ds_cfg["inline"] is not None:
+        total = len(ds_cfg["inline"])
+        stop = total if limit is None else min(total, skip + limit)
+        rows = [dict(r) for r in ds_cfg["inline"][skip:stop]]
+    else:
+        data, raw_ids, label = _open_dataset(ds_cfg, base_dir)
+        total = len(data)
+        if total == 0:
+            raise UserError(f"dataset {label} has no rows")
+        stop = total if limit is None else min(total, skip + limit)
+        if isinstance(data, list):
+            rows = data[skip:stop]
+        else:
+            rows = data.select(range(skip, stop)).to_list() if stop > skip else []
+    id_field = ds_cfg["id_field"]
+    out: list[tuple[str, dict]] = []
+    seen: dict[str, int] = {}
+    for offset, row in enumerate(rows):
+        index = skip + offset
+        if id_field is None:
+            row_id = str(index)
+        else:
+            if id_field not in row:
+                fields = ", ".join(row)
+                raise UserError(f"dataset row {index} has no {id_field!r} (dataset.id_field); its fields: {fields}")
+            if row[id_field] is None:  # null in JSON, an empty cell in CSV
+                raise UserError(f"dataset row {index}: its id ({id_field!r}, dataset.id_field) is empty or null; "
+                                f"every row needs an id")
+            value = row[id_field]
+            if isinstance(value, (dict, list)):
+                raise UserError(f"dataset row {index}: id {_short_repr(value)} (dataset.id_field {id_field!r}) "
+                                f"must be a string or a number")
+            row_id = raw_ids[index] if raw_ids is not None else id_text(value)
+        if not row_id or "\n" in row_id or "\r" in row_id:
+            raise UserError(f"dataset row {index}: id {row_id!r} (dataset.id_field) must be non-empty and on one line")
+        if row_id in seen:
+            raise UserError(
+                f"dataset rows {seen[row_id]} and {index} share the id {row_id!r} (dataset.id_field={id_field!r}); "
+                f"ids must be unique for exactly-once output (set dataset.id_field: null to use row indices)"
+            )
+        seen[row_id] = index
+        out.append((row_id, row))
+    return out
+
+
+def _short_repr(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+
+
+class MissingField(KeyError):
+    """A template field the row lacks (or holds null)."""
+
+    def __init__(self, name: str, present: Sequence[str], null: bool = False):
+        super().__init__(name)
+        self.name = name
+        self.present = list(present)
+        self.null = null
+
+    def describe(self) -> str:
+        if self.null:
+            return f"field {self.name!r} is empty (null, or missing in this row)"
+        return f"missing field {self.name!r} (row fields: {', '.join(self.present) or 'none'})"
+
+
+def _lookup(row: Mapping, name: str) -> Any:
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise MissingField(name, list(row.keys()))
+        value = value[part]
+    if value is None:
+        raise MissingField(name, list(row.keys()), null=True)
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def render_template(template: str, row: Mapping) -> str:
+    """Fill `{field}` placeholders from `row`; raises `MissingField`."""
+
+    def replace(match):
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        return _as_text(_lookup(row, match.group(1)))
+
+    return TEMPLATE_TOKEN.sub(replace, template)
+
+
+def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list | None]:
+    """(the rendered prompt, the conversation it renders when the section reads messages_field, else None)."""
+    if spec.get("messages_field"):
+        return _render_chat(spec, tokenizer, row, role, model_name)
+    text = render_template(spec["template"], row)
+    if not spec["chat_template"]:
+        return (f"{spec['system']}\n\n{text}" if spec["system"] else text), None
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"prompts.{role}.chat_template is true, but the tokenizer of {model_name} has no chat template; "
+            f"set prompts.{role}.chat_template: false to use the filled template as the prompt"
+        )
+    messages = []
+    if spec["system"]:
+        messages.append({"role": "system", "content": spec["system"]})
+    messages.append({"role": "user", "content": text.strip()})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), None
+
+
+def _render_chat(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list]:
+    """A row's conversation (os_cli/chat.py) rendered with the chat template and its generation prompt."""
+    field = spec["messages_field"]
+    if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"prompts.{role}.messages_field is set, but the tokenizer of {model_name} has no chat template to "
+            f"render a conversation with; use a model whose tokenizer has one, or a {{field}} template instead"
+        )
+    value = _lookup(row, field)
+    extra = render_template(spec["template"], row).strip() if spec["template"] else None
+    try:
+        turns = prompt_turns(conversation(value), spec["system"], extra)
+    except BadConversation as exc:
+        raise BadRow(f"prompts.{role}.messages_field: row field {field!r} {exc}") from None
+    if tokenizer is None:  # `validate` without a reachable tokenizer: the turns as plain text, a preview only
+        return "\n\n".join(f"[{t['role']}] {t['content']}" for t in turns), turns
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True), turns
+
+
+class BadRow(ValueError):
+    """A row whose value cannot be used as the recipe says (e.g. a malformed conversation)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _field_key(spec: Mapping, exc: MissingField) -> str:
+    """Which recipe key named the missing field: the conversation column or the template."""
+    return "messages_field" if spec.get("messages_field") == exc.name else "template"
+
+
+@dataclass
+class Prompt:
+    index: int          # the row's index in the dataset (skip + position); seeds its draws
+    id: str
+    row: dict
+    prompt: str         # theta's rendered prompt
+    prompt_t: str       # the teacher's rendered prompt (theta's when prompts.teacher is null)
+    messages: list | None = None  # theta's conversation prefix (prompts.theta.messages_field), else None
+
+
+@dataclass
+class Rendered:
+    items: list = field(default_factory=list)    # [Prompt]
+    errors: list = field(default_factory=list)   # [{"id", "reason", "row"}]
+
+
+def render_prompts(prompts: Mapping, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
+                   on_bad_row: str | None = None, *, models: Mapping, skip: int) -> Rendered:
+    """Render both prompts of every row. Bad rows raise (`error`) or are collected (`skip`)."""
+    on_bad_row = on_bad_row or prompts["on_bad_row"]
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    tokenizer_t = tokenizer_t if tokenizer_t is not None else tokenizer
+    theta_name = models["theta"]
+    teacher_name = models["teacher"] or theta_name
+    out = Rendered()
+    for position, (row_id, row) in enumerate(rows):
+        index = skip + position
+        role = "theta"
+        try:
+            prompt, messages = _render_one(prompts["theta"], tokenizer, row, "theta", theta_name)
+            role = "teacher"
+            if prompts["teacher"] is None:
+                prompt_t = prompt
+            else:
+                prompt_t, _ = _render_one(prompts["teacher"], tokenizer_t, row, "teacher", teacher_name)
+        except (MissingField, BadRow) as exc:
+            reason = (exc.reason if isinstance(exc, BadRow)
+                      else f"prompts.{role}.{_field_key(prompts[role], exc)}: {exc.describe()}")
+            if on_bad_row == "error":
+                raise UserError(
+                    f"dataset row {row_id!r}: {reason}; fix the data or the template, or set "
+                    f"prompts.on_bad_row: skip to write such rows to errors.jsonl"
+                ) from None
+            out.errors.append({"id": row_id, "reason": reason, "row": json_safe(row)})
+            continue
+        out.items.append(Prompt(index=index, id=row_id, row=row, prompt=prompt, prompt_t=prompt_t,
+                                messages=messages))
+    return out
+
+
+def kept_row(keep_fields, row: Mapping) -> dict:
+    """The dataset fields a record keeps (`dataset.keep_fields`: all, none or a list), JSON-safe."""
+    keep = keep_fields
+    if keep == "all":
+        kept = dict(row)
+    elif keep == "none":
+        kept = {}
+    else:
+        kept = {k: row.get(k) for k in keep}
+    return json_safe(kept)

@@ -1,0 +1,1 @@
+"""Reading output folders: summaries, statistics, pass@k, answers, trainer-ready exports."""
