@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from os_cli.models.build import build_model  # noqa: E402
+from os_cli.api.build import build_model  # noqa: E402
 from os_cli.recipe import load_recipe  # noqa: E402
 
 

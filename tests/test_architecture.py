@@ -1,9 +1,12 @@
 """docs/ARCHITECTURE.md matches the code: its module tree lists every module (and only modules that
 exist), the names it gives in the tree import, and its `module.name` references resolve. Also the
-layering rules that can be checked mechanically (the recipe package is data: no torch, no api)."""
+structure rules that can be checked mechanically: the layer order of the folders, no import cycles
+(imports inside functions count), no `_private` name imported from another module, small modules, short
+parameter lists, and the recipe package is data (no torch, no api)."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -16,6 +19,9 @@ DOC = ROOT / "docs" / "ARCHITECTURE.md"
 PACKAGE = ROOT / "os_cli"
 # Words of the tree's descriptions that are not names in the module they describe.
 NOT_NAMES = {"os_cli", "API", "CLI", "UTF", "YAML", "SIGINT", "SIGTERM", "JSONL", "HF_HUB_OFFLINE", "OOM", "RSS"}
+
+
+SUBPACKAGES = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
 
 
 def _recipe_key_paths() -> set[str]:
@@ -67,7 +73,8 @@ def test_tree_lists_exactly_the_modules_that_exist():
     listed = {name for name in entries if name.startswith("os_cli.")}
     on_disk = {f"os_cli.{p.stem}" for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__")}
     on_disk |= {f"os_cli.{p.name}" for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-    on_disk |= {f"os_cli.recipe.{p.stem}" for p in (PACKAGE / "recipe").glob("*.py") if p.stem != "__init__"}
+    for folder in SUBPACKAGES:
+        on_disk |= {f"os_cli.{folder}.{p.stem}" for p in (PACKAGE / folder).glob("*.py") if p.stem != "__init__"}
     assert on_disk - listed == set(), "modules missing from the tree in docs/ARCHITECTURE.md"
     assert listed - on_disk == set(), "the tree in docs/ARCHITECTURE.md lists modules that do not exist"
 
@@ -107,13 +114,17 @@ def _classes() -> dict[str, type]:
 def test_module_dot_name_references_resolve():
     """Every `module.name` (or `Class.attribute`) the document writes in backticks exists."""
     text = DOC.read_text()
-    modules = {d.split(".")[-1]: d for d in tree_entries() if d.startswith("os_cli.")}
+    modules: dict[str, list[str]] = {}
+    for dotted in tree_entries():
+        if dotted.startswith("os_cli."):
+            modules.setdefault(dotted.split(".")[-1], []).append(dotted)
     classes = _classes()
     checked = 0
     for first, rest in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_.]*)", text):
         owner = None
-        if first in modules:
-            owner = importlib.import_module(modules[first])
+        if first in modules:  # cli/export.py and report/export.py: the one that has the name
+            candidates = [importlib.import_module(d) for d in modules[first]]
+            owner = next((m for m in candidates if _has(m, rest.split(".")[0])), candidates[0])
         elif first in classes:
             owner = classes[first]
         if owner is None or rest in ("py", "json", "jsonl", "txt", "yaml") or f"{first}.{rest}" in RECIPE_KEY_PATHS:
@@ -134,7 +145,7 @@ def test_recipe_package_is_data_only():
     """Loading and validating a recipe imports neither torch nor the API."""
     code = ("import sys; from os_cli.recipe import load_recipe, recipe_hash, dump_recipe; "
             "r = load_recipe('demo'); recipe_hash(r); dump_recipe(r); "
-            "print(sorted(m for m in ('torch', 'transformers', 'os_cli.api.model', 'os_cli.models.build') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'transformers', 'os_cli.api.model', 'os_cli.api.build') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -161,3 +172,131 @@ def test_shared_names_have_one_source():
     copies = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if p.name != "places.py"
               and ('"builtin:"' in p.read_text() or 'environ.get("HF_HUB_OFFLINE"' in p.read_text())]
     assert copies == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The import graph and the shape of the code
+# ------------------------------------------------------------------------------------------------
+
+# A folder may import from the folders before it (and from the top-level modules), never after it.
+LAYERS = ("mix", "recipe", "models", "store", "prompts", "engine", "api", "report", "bench", "run", "cli")
+MAX_FLAT_MODULES = 12
+MAX_MODULE_LINES = 450
+MAX_PARAMETERS = 10
+# Signatures users write against (the usage guide's API) may be long; typer commands take one
+# parameter per option. Everything else passes settings objects.
+PUBLIC_SIGNATURES = {("os_cli.api.model", "OptimalSamplingModel.__init__"), ("os_cli.api.model", "OptimalSamplingModel.generate"),
+                     ("os_cli.api.model", "OptimalSamplingModel.generate_stream")}
+MAX_LONG_SIGNATURES = 2
+
+
+def _module_files() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        dotted = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        out[dotted.removesuffix(".__init__")] = path
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict) -> list[tuple[str, list[str]]]:
+    """(imported module, names imported from it) for every import in the file, inside functions too."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                module = ".".join(base[: len(base) - node.level + 1] + ([module] if module else []))
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                out.append((sub, []) if sub in modules else (module, [alias.name]))
+    resolved = []
+    for module, names in out:
+        while module and module not in modules:
+            module = module.rpartition(".")[0]
+        if module and module != name:
+            resolved.append((module, names))
+    return resolved
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _module_files()
+    return {name: {m for m, _ in _imports(name, path, modules)} for name, path in modules.items()}
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_folders_import_only_earlier_layers():
+    assert sorted(LAYERS) == sorted(SUBPACKAGES), "every subpackage has its place in LAYERS (and docs/ARCHITECTURE.md)"
+    rank = {folder: i for i, folder in enumerate(LAYERS)}
+    wrong = []
+    for module, targets in _graph().items():
+        here = module.split(".")[1] if module.count(".") >= 1 and module.split(".")[1] in rank else None
+        for target in targets:
+            there = target.split(".")[1] if target.count(".") >= 1 and target.split(".")[1] in rank else None
+            if here and there and rank[there] > rank[here]:
+                wrong.append(f"{module} -> {target}")
+    assert wrong == [], "imports against the layer order " + " < ".join(LAYERS) + ": " + ", ".join(wrong)
+
+
+def test_no_private_names_across_modules():
+    modules = _module_files()
+    found = [f"{name} imports {target}.{n}" for name, path in modules.items()
+             for target, names in _imports(name, path, modules) for n in names
+             if n.startswith("_") and not n.startswith("__")]
+    assert found == []
+
+
+def test_folders_show_the_layers():
+    flat = [p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
+    assert len(flat) <= MAX_FLAT_MODULES, sorted(flat)
+    assert len(SUBPACKAGES) >= 5
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def test_parameter_lists_stay_short():
+    long = []
+    for name, path in _module_files().items():
+        tree = ast.parse(path.read_text())
+        for cls in [None, *[n for n in tree.body if isinstance(n, ast.ClassDef)]]:
+            body = tree.body if cls is None else cls.body
+            for fn in body:
+                if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                qual = fn.name if cls is None else f"{cls.name}.{fn.name}"
+                args = fn.args
+                count = len(args.posonlyargs) + len(args.args) + len(args.kwonlyargs)
+                count -= bool(cls is not None and args.args and args.args[0].arg in ("self", "cls"))
+                typer_command = name.startswith("os_cli.cli.") and any(
+                    "command" in ast.unparse(d) for d in fn.decorator_list)
+                if count > MAX_PARAMETERS and (name, qual) not in PUBLIC_SIGNATURES and not typer_command:
+                    long.append(f"{name}.{qual} ({count})")
+    assert len(long) <= MAX_LONG_SIGNATURES, long
+
+
+def test_recipe_is_read_through_attributes():
+    """Outside os_cli/recipe/ a recipe is a typed object: no `recipe["..."]` indexing, no `_meta`."""
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in PACKAGE.rglob("*.py") if "recipe" not in p.relative_to(PACKAGE).parts[:1]
+            for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r'recipe\[\s*["\']|\b_meta\b', line)]
+    assert len(hits) <= 3, hits

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from os_cli import OptimalSamplingModel
 from os_cli.api.model import InFlightLimit, StreamRow
-from os_cli.models.build import model_kwargs
+from os_cli.api.build import model_kwargs
 from os_cli.engine.streams import ModelStream, left_pad
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe, recipe_hash

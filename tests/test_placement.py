@@ -21,7 +21,7 @@ from os_cli.models import preflight
 from os_cli.recipe import machine_checks
 from os_cli.api.model import OptimalSamplingModel
 from os_cli.errors import UserError
-from os_cli.models.build import model_kwargs
+from os_cli.api.build import model_kwargs
 from os_cli.recipe import load_recipe, model_settings, recipe_diff, recipe_hash
 
 PROMPTS = ["What is 2 plus 3?", "The quick brown fox"]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from os_cli.errors import UserError
-from os_cli.models.build import model_kwargs
+from os_cli.api.build import model_kwargs
 from os_cli.recipe import (
     dump_recipe, list_bundled, load_recipe, output_dir, recipe_diff, recipe_hash, template_fields,
 )

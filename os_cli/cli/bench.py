@@ -101,7 +101,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.quiet import quiet_progress_bars
     from os_cli.limits import MAX_BATCH_SIZE
-    from os_cli.models.build import build_model
+    from os_cli.api.build import build_model
     from os_cli.recipe.places import places_of
     from os_cli.recipe import load_recipe
     from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section

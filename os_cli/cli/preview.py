@@ -15,7 +15,7 @@ VALIDATE_ROWS = 3  # `validate` renders this many rows from the start of the pla
 def validate_rows(recipe, console) -> None:
     """Render the first rows' prompts (as --dry-run does), so a template field typo fails here. A dataset or
     tokenizer this machine cannot reach (hub) is a note, not a failure: the recipe itself is valid."""
-    from os_cli.models.build import check_models_reachable
+    from os_cli.api.build import check_models_reachable
     from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.models.hub import load_tokenizers
     from os_cli.recipe.places import places_of

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from os_cli.store.record_format import LOGPROB_KEYS as SIDES, TOPK_OF_DEFAULT as DEFAULT_OF  # theta, t, q; ("t",)
+from os_cli.mix.distributions import DISTRIBUTIONS as SIDES, TOPK_OF_DEFAULT as DEFAULT_OF  # theta, t, q; ("t",)
 from os_cli.mix.sampler import FALLBACK_TEACHER_ONLY, FALLBACK_THETA_ONLY
 
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from os_cli.store.record_format import TOPK_OF_DEFAULT
+from os_cli.mix.distributions import TOPK_OF_DEFAULT
 
 
 # Keys that do not change which records a run writes, so they may change between a run and its

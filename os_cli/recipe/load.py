@@ -10,7 +10,7 @@ from typing import Iterable, Mapping
 
 from os_cli.errors import UserError
 from os_cli.recipe.places import BUILTIN_PREFIX, BUNDLED_DIR, Places, resolve_places
-from os_cli.store.record_format import TOPK_OF_DEFAULT
+from os_cli.mix.distributions import TOPK_OF_DEFAULT
 from os_cli.recipe.checks import CheckContext
 from os_cli.recipe.fragments import load_with_fragments, resolve_tree, find_recipe
 from os_cli.recipe.overrides import apply_override, parse_override

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from os_cli.mix.alpha_names import ALPHA_METHODS
-from os_cli.store.record_format import LOGPROB_KEYS, TOPK_OF_DEFAULT
+from os_cli.mix.distributions import DISTRIBUTIONS as LOGPROB_KEYS, TOPK_OF_DEFAULT
 from os_cli.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from os_cli.report.answers import answers_match, extract_answer, reference_answer
 from os_cli.errors import UserError
-from os_cli.store.integrity import check_manifest_types, integrity_report, iter_jsonl
+from os_cli.report.integrity import check_manifest_types, integrity_report, iter_jsonl
 from os_cli.report.passk import PerRow
 from os_cli.store.record_format import LOGPROB_KEYS, MANIFEST, json_safe, record_key, record_problem, token_spec
 from os_cli.store.record_format import STAT_FIELDS as DIAGNOSTICS

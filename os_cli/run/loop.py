@@ -159,7 +159,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
                overwrite: bool, resume: bool, repair: bool) -> None:
     """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap."""
     from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
-    from os_cli.models.build import build_model
+    from os_cli.api.build import build_model
     from os_cli.recipe.places import places_of
     from os_cli.recipe import model_settings
     from os_cli.store.writer import (RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records,

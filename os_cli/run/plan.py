@@ -45,7 +45,7 @@ def nothing_planned(dataset: Mapping) -> str:
 def plan_rows(recipe: Mapping) -> Planned:
     """Rows, prompts and plan entries of a loaded recipe, every check that needs no weights made; raises
     `UserError` (no rows, a placement this machine cannot run, a hub model out of reach, a bad row)."""
-    from os_cli.models.build import check_models_reachable, check_placement
+    from os_cli.api.build import check_models_reachable, check_placement
     from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.models.hub import load_tokenizers
     from os_cli.recipe.places import places_of

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from os_cli.errors import UserError
+from os_cli.mix.distributions import DISTRIBUTIONS, TOPK_OF_DEFAULT
 
 FORMAT = 2            # 2: ids.txt holds JSON strings, plan.jsonl and the dataset fingerprint exist
 MANIFEST = "manifest.json"
@@ -36,12 +37,11 @@ PLAN_FILE = "plan.jsonl"
 REQUIRED_KEYS = ("id", "alpha_method", "prompt", "prompt_t", "completion", "num_tokens", "finish_reason",
                  "alpha", "ess_ratio", "kl_theta", "kl_t", "logprob", "row")
 STAT_KEYS = ("mean", "min", "max")              # of alpha, ess_ratio, kl_theta, kl_t
-LOGPROB_KEYS = ("theta", "t", "q")              # of logprob
+LOGPROB_KEYS = DISTRIBUTIONS                    # of logprob: theta, t, q
 # output.topk_logprobs: K adds to `tokens` the teacher's top-K ids per token and, per distribution
 # named in output.topk_of (LOGPROB_KEYS), their log-probabilities (os_cli/topk.py)
 TOPK_IDS = "topk_ids"
 TOPK_LOGPROB = "topk_logprob_"                  # + theta | t | q
-TOPK_OF_DEFAULT = ("t",)
 STAT_FIELDS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
 TOKEN_KEYS = ("ids", *STAT_FIELDS, *(f"logprob_{side}" for side in LOGPROB_KEYS))  # `tokens`: per-token lists
 SAMPLE_KEY = "sample"                           # optional: absent = 0
