@@ -343,14 +343,17 @@ class AlphaMethod:
         return self.info.name
 
 
+def _fixed(logp_theta: Tensor, logp_t: Tensor, *, fixed_alpha: float, tol: float) -> SolveResult:
+    return solve_fixed(logp_theta, logp_t, fixed_alpha)
+
+
 def _tol_only(solver: Callable[[Tensor, Tensor, float], SolveResult]) -> Callable[..., SolveResult]:
     """`solver(logp_theta, logp_t, tol)` as a solve_raw (fixed_alpha is not used)."""
     return lambda logp_theta, logp_t, *, fixed_alpha, tol: solver(logp_theta, logp_t, tol)
 
 
 METHODS: dict[str, AlphaMethod] = {m.name: m for m in (
-    AlphaMethod(INFO["fixed"], lambda logp_theta, logp_t, *, fixed_alpha, tol: solve_fixed(logp_theta, logp_t,
-                                                                                          fixed_alpha), clamped=False),
+    AlphaMethod(INFO["fixed"], _fixed, clamped=False),
     AlphaMethod(INFO["kl_symmetry"], _tol_only(solve_kl_symmetry)),
     AlphaMethod(INFO["reverse_kl_symmetry"], _tol_only(solve_reverse_kl_symmetry)),
     AlphaMethod(INFO["ess_balance"], _tol_only(solve_ess_balance)),
