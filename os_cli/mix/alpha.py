@@ -19,6 +19,9 @@ Conventions shared by every method
 * `solve_alpha` clamps adaptive methods to [alpha_min, alpha_max]; `fixed` returns fixed_alpha as is.
 * Nothing returns NaN.
 
+Each method is one `AlphaMethod` in `METHODS` (keyed by the names of os_cli.alpha_names, in that
+order); `solve_alpha` and `solve_alpha_raw` look the method up there.
+
 `passes` counts sweeps over the [B, V] inputs: one per evaluation of a method's fused quantity
 (plus one set-up sweep for the iterative solvers). In eager PyTorch one such sweep is a handful of
 kernels (elementwise, max, exp, sums); a fused kernel would read the inputs once.
@@ -27,12 +30,13 @@ kernels (elementwise, max, exp, sums); a fused kernel would read the inputs once
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from os_cli.mix.alpha_names import ALPHA_METHODS  # noqa: F401 - alpha.ALPHA_METHODS is public
+from os_cli.mix.alpha_names import ALPHA_METHODS, INFO, AlphaMethodInfo  # noqa: F401 - alpha.ALPHA_METHODS is public
 
 # Cap on solver iterations. The safeguarded Newton step halves its step at least every second
 # iteration, so tol = 1e-6 needs at most ~40; bisection needs 20.
@@ -321,6 +325,43 @@ def solve_entropy(logp_theta: Tensor, logp_t: Tensor, tol: float = 1e-6) -> Solv
 
 
 # --------------------------------------------------------------------------------------------
+# The table of methods
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlphaMethod:
+    """A method's reference solver: `solve_raw(logp_theta, logp_t, fixed_alpha=..., tol=...)` returns
+    the unclamped SolveResult. `clamped`: solve_alpha clamps the alpha to [alpha_min, alpha_max]."""
+
+    info: AlphaMethodInfo
+    solve_raw: Callable[..., SolveResult]
+    clamped: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def _fixed(logp_theta: Tensor, logp_t: Tensor, *, fixed_alpha: float, tol: float) -> SolveResult:
+    return solve_fixed(logp_theta, logp_t, fixed_alpha)
+
+
+def _tol_only(solver: Callable[[Tensor, Tensor, float], SolveResult]) -> Callable[..., SolveResult]:
+    """`solver(logp_theta, logp_t, tol)` as a solve_raw (fixed_alpha is not used)."""
+    return lambda logp_theta, logp_t, *, fixed_alpha, tol: solver(logp_theta, logp_t, tol)
+
+
+METHODS: dict[str, AlphaMethod] = {m.name: m for m in (
+    AlphaMethod(INFO["fixed"], _fixed, clamped=False),
+    AlphaMethod(INFO["kl_symmetry"], _tol_only(solve_kl_symmetry)),
+    AlphaMethod(INFO["reverse_kl_symmetry"], _tol_only(solve_reverse_kl_symmetry)),
+    AlphaMethod(INFO["ess_balance"], _tol_only(solve_ess_balance)),
+    AlphaMethod(INFO["entropy"], _tol_only(solve_entropy)),
+)}
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 
@@ -328,17 +369,9 @@ def solve_entropy(logp_theta: Tensor, logp_t: Tensor, tol: float = 1e-6) -> Solv
 def solve_alpha_raw(
     method: str, logp_theta: Tensor, logp_t: Tensor, *, fixed_alpha: float = 0.5, tol: float = 1e-6
 ) -> SolveResult:
-    """Dispatch to the raw (unclamped) solver of `method`."""
+    """The raw (unclamped) solver of `method`, from METHODS."""
     validate_alpha_method(method)
-    if method == "fixed":
-        return solve_fixed(logp_theta, logp_t, fixed_alpha)
-    if method == "kl_symmetry":
-        return solve_kl_symmetry(logp_theta, logp_t, tol)
-    if method == "reverse_kl_symmetry":
-        return solve_reverse_kl_symmetry(logp_theta, logp_t, tol)
-    if method == "ess_balance":
-        return solve_ess_balance(logp_theta, logp_t, tol)
-    return solve_entropy(logp_theta, logp_t, tol)
+    return METHODS[method].solve_raw(logp_theta, logp_t, fixed_alpha=fixed_alpha, tol=tol)
 
 
 def solve_alpha(
@@ -363,7 +396,7 @@ def solve_alpha(
     if not (tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive number, got {tol}")
     alpha = solve_alpha_raw(method, logp_theta, logp_t, fixed_alpha=fixed_alpha, tol=tol).alpha
-    if method != "fixed":
+    if METHODS[method].clamped:
         # The solvers never make NaN from log-probabilities; NaN *inputs* (a caller error the
         # sampler screens out) must not reach the mixture either.
         alpha = torch.nan_to_num(alpha, nan=0.5).clamp(alpha_min, alpha_max)
@@ -371,9 +404,9 @@ def solve_alpha(
 
 
 def validate_alpha_method(method: str) -> None:
-    """ValueError naming the allowed methods unless `method` is one of ALPHA_METHODS."""
-    if method not in ALPHA_METHODS:
-        raise ValueError(f"unknown alpha method {method!r}; expected one of: {', '.join(ALPHA_METHODS)}")
+    """ValueError naming the allowed methods unless `method` is registered in METHODS."""
+    if not isinstance(method, str) or method not in METHODS:  # a list is unhashable: ValueError too
+        raise ValueError(f"unknown alpha method {method!r}; expected one of: {', '.join(METHODS)}")
 
 
 def validate_alpha_bounds(alpha_min: float, alpha_max: float, fixed_alpha: float = 0.5) -> None:

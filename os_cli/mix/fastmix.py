@@ -26,10 +26,15 @@ width <= tol: near the root f is at float32's noise floor), or its bracket has c
 root lies beyond it, so the clamped answer is that end). Rows that fail are re-solved by the
 reference solver of os_cli.mix.alpha (gathered, so the others pay nothing). Accepted alphas satisfy the
 method's equation to the same tolerance as the reference's, clamped as `solve_alpha` clamps.
+
+Each method's fast solver is one object in `METHODS` (keyed by the names of os_cli.alpha_names):
+`Fixed`, a `ClosedForm` formula, a `Root` (its evaluation, one tilt or two, and its direction), or
+`Reference` (no fast solver: the reference solves every row).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +42,6 @@ from torch import Tensor
 
 from os_cli.mix import alpha as A
 
-FAST_METHODS = ("fixed", "kl_symmetry", "ess_balance", "reverse_kl_symmetry", "entropy")
 WARM_ITERATIONS = 2  # Halley steps from a warm start; cold starts take COLD_ITERATIONS
 COLD_ITERATIONS = 4
 EXTRA_ITERATIONS = 30  # then the reference solver takes over the rows still open
@@ -128,15 +132,61 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
                      logp_t: Tensor) -> tuple[Tensor, int, dict[str, Tilt] | None]:
     """`solve`, plus the solver's last tilts when they were evaluated at exactly the returned alpha
     (kl_symmetry: "q", with z; ess_balance: "left" and "right"), for `mix_and_diagnose` to reuse."""
+    return METHODS[method].solve(method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max, fixed_alpha=fixed_alpha,
+                                 alpha_init=alpha_init, logp_t=logp_t)
+
+
+class Fixed:
+    """alpha = fixed_alpha, not clamped (as alpha.solve_alpha)."""
+
+    def solve(self, method, lt, r, *, alpha_min, alpha_max, fixed_alpha, alpha_init, logp_t):
+        return torch.full((lt.shape[0],), float(fixed_alpha), device=lt.device), 0, None
+
+
+@dataclass(frozen=True)
+class ClosedForm:
+    """alpha = formula(lt, logp_t, r) on full supports, clamped."""
+
+    formula: Callable[[Tensor, Tensor, Tensor], Tensor]
+
+    def solve(self, method, lt, r, *, alpha_min, alpha_max, fixed_alpha, alpha_init, logp_t):
+        return self.formula(lt, logp_t, r).clamp(alpha_min, alpha_max), 0, None
+
+
+class Reference:
+    """A method with no fast solver: alpha.solve_alpha solves (and counts as re-solved) every row."""
+
+    def solve(self, method, lt, r, *, alpha_min, alpha_max, fixed_alpha, alpha_init, logp_t):
+        alpha = A.solve_alpha(method, lt, logp_t, fixed_alpha=fixed_alpha, alpha_min=alpha_min, alpha_max=alpha_max)
+        return alpha, lt.shape[0], None
+
+
+@dataclass(frozen=True)
+class Root:
+    """alpha = the root of f(a) in [alpha_min, alpha_max] by safeguarded Halley steps (module docstring).
+
+    evaluate(lt, r, a, abs_r) -> f, f', f'', the reference's scaled residual, `same` ([B] bool: r is
+    identically 0, every alpha is a root) and the tilts evaluated at a. increasing: f increases in a.
+    uses_abs_r: evaluate needs abs_r = |r| (else it gets None).
+    """
+
+    evaluate: Callable
+    increasing: bool
+    uses_abs_r: bool = False
+
+    def solve(self, method, lt, r, *, alpha_min, alpha_max, fixed_alpha, alpha_init, logp_t):
+        return _solve_root(self, method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max, alpha_init=alpha_init,
+                           logp_t=logp_t)
+
+
+def _solve_root(root: Root, method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: float,
+                alpha_init: Tensor | None, logp_t: Tensor) -> tuple[Tensor, int, dict[str, Tilt] | None]:
+    """Root.solve: the iterations, then the rows still open alone, then the reference for any left."""
     batch, device = lt.shape[0], lt.device
-    if method == "fixed":
-        return torch.full((batch,), float(fixed_alpha), device=device), 0, None
-    if method in ("reverse_kl_symmetry", "entropy"):
-        return _closed_form(method, lt, logp_t, r).clamp(alpha_min, alpha_max), 0, None
     lo = torch.full((batch,), float(alpha_min), device=device)
     hi = torch.full((batch,), float(alpha_max), device=device)
     state = _State(_start(alpha_init, batch, lo, hi), lo, hi, torch.zeros(batch, dtype=torch.bool, device=device))
-    abs_r = r.abs() if method == "kl_symmetry" else None
+    abs_r = r.abs() if root.uses_abs_r else None
     # No host sync per iteration on accelerators; on a CPU a sync is free, so stop as soon as all rows are.
     early = device.type == "cpu"
     tilts: dict[str, Tilt] = {}
@@ -145,7 +195,7 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     # full-batch iterations: one full evaluation, then rows continue alone.
     for _ in range(1 if early else COLD_ITERATIONS if alpha_init is None else WARM_ITERATIONS):
         evaluated = state.a
-        state, tilts = _iterate(method, lt, r, abs_r, state)
+        state, tilts = _iterate(root, lt, r, abs_r, state)
         if early and bool(state.accepted.all()):
             break
     all_accepted, at_evaluated = torch.stack([state.accepted.all(), (state.a == evaluated).all()]).tolist()
@@ -163,7 +213,7 @@ def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, al
     for _ in range(EXTRA_ITERATIONS):
         picked = rows[open_rows]
         part = _State(*(x[open_rows] for x in (sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen)))
-        moved, part_tilts = _iterate(method, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None,
+        moved, part_tilts = _iterate(root, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None,
                                      part)
         valid = valid and bool(((moved.a == part.a) | ~moved.accepted).all())  # accepted where evaluated
         sub = _State(*(x.index_put((open_rows,), y) for x, y in
@@ -194,15 +244,20 @@ def _splice(tilts: dict[str, Tilt], sub_tilts: dict[str, Tilt], rows: Tensor) ->
     return out
 
 
-def _closed_form(method: str, lt: Tensor, lT: Tensor, r: Tensor) -> Tensor:
-    """alpha.solve_reverse_kl_symmetry / solve_entropy on full supports (no leak rules needed)."""
+def _entropy_closed_form(lt: Tensor, lT: Tensor, r: Tensor) -> Tensor:
+    """alpha.solve_entropy on full supports."""
     p_theta = lt.clamp_min(EXP_FLOOR).exp()
     p_t = lT.clamp_min(EXP_FLOOR).exp()
-    if method == "entropy":
-        h_theta = -torch.linalg.vecdot(p_theta, lt).clamp_max(0.0)
-        h_t = -torch.linalg.vecdot(p_t, lT).clamp_max(0.0)
-        total = h_theta + h_t
-        return torch.where(total <= TOL, 0.5, h_theta / total.clamp_min(TOL))
+    h_theta = -torch.linalg.vecdot(p_theta, lt).clamp_max(0.0)
+    h_t = -torch.linalg.vecdot(p_t, lT).clamp_max(0.0)
+    total = h_theta + h_t
+    return torch.where(total <= TOL, 0.5, h_theta / total.clamp_min(TOL))
+
+
+def _reverse_kl_closed_form(lt: Tensor, lT: Tensor, r: Tensor) -> Tensor:
+    """alpha.solve_reverse_kl_symmetry on full supports (no leak rules needed)."""
+    p_theta = lt.clamp_min(EXP_FLOOR).exp()
+    p_t = lT.clamp_min(EXP_FLOOR).exp()
     diff = p_t.sub_(p_theta)
     numerator = -torch.linalg.vecdot(diff, lt)  # CE(pi_t, pi_theta) - H(pi_theta)
     denominator = torch.linalg.vecdot(diff, r)  # KL(theta||t) + KL(t||theta) >= 0
@@ -228,20 +283,11 @@ class _State:
             self.hi_seen = torch.zeros_like(self.accepted)
 
 
-def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State) -> tuple[_State, dict]:
+def _iterate(root: Root, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State) -> tuple[_State, dict]:
     """Evaluate every row at s.a; accepted rows keep their point, the others take a Halley step.
     Also returns the tilts evaluated at s.a."""
-    if method == "kl_symmetry":
-        f, df, d2f, scaled, tilts = _kl_evaluate(lt, r, s.a, abs_r)
-        root_left = f > 0
-        # Var_a(r) and E_a|r| both ~0 (a tilt onto one token has no variance but r need not be 0)
-        same = (df <= SAME_VARIANCE) & (tilts["q"].mean_abs <= SAME_MEAN)
-    else:
-        f, df, d2f, scaled, tilts = _ess_evaluate(lt, r, s.a)
-        root_left = f < 0
-        left, right = tilts["left"], tilts["right"]
-        same = ((left.variance + right.variance <= SAME_VARIANCE)
-                & (left.moments[:, 0].abs() + right.moments[:, 0].abs() <= SAME_MEAN))
+    f, df, d2f, scaled, same, tilts = root.evaluate(lt, r, s.a, abs_r)
+    root_left = (f > 0) if root.increasing else (f < 0)
     # r identically 0 (pi_theta = pi_t: one model, same prompts): every alpha is a root, and a warm
     # start would keep the previous token's. The convention (alpha.py) is 0.5, clamped into the bracket.
     same = same & ~s.accepted
@@ -260,17 +306,29 @@ def _iterate(method: str, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State
 def _kl_evaluate(lt, r, a, abs_r):
     t = tilt(lt, r, a, 3, keep_z=True, abs_r=abs_r)  # z kept: at the accepted alpha it is log q*
     m1, var, mu3 = _central(t.moments)
-    return m1, var, mu3, m1 / (1.0 + t.mean_abs), {"q": t}  # the reference's scaled residual
+    # Var_a(r) and E_a|r| both ~0 (a tilt onto one token has no variance but r need not be 0)
+    same = (var <= SAME_VARIANCE) & (t.mean_abs <= SAME_MEAN)
+    return m1, var, mu3, m1 / (1.0 + t.mean_abs), same, {"q": t}  # the reference's scaled residual
 
 
-def _ess_evaluate(lt, r, a):
+def _ess_evaluate(lt, r, a, abs_r):
     left, right = tilt(lt, r, -a, 2), tilt(lt, r, 2.0 - a, 2)
     g = right.log_norm - left.log_norm
     m_left, v_left = left.moments[:, 0], left.variance
     m_right, v_right = right.moments[:, 0], right.variance
     dg = m_left - m_right
     d2g = v_right - v_left
-    return g, dg, d2g, g / (1.0 + left.log_norm.abs() + right.log_norm.abs()), {"left": left, "right": right}
+    same = (v_left + v_right <= SAME_VARIANCE) & (m_left.abs() + m_right.abs() <= SAME_MEAN)
+    return g, dg, d2g, g / (1.0 + left.log_norm.abs() + right.log_norm.abs()), same, {"left": left, "right": right}
+
+
+METHODS: dict[str, Fixed | ClosedForm | Root | Reference] = {
+    "fixed": Fixed(),
+    "kl_symmetry": Root(_kl_evaluate, increasing=True, uses_abs_r=True),
+    "reverse_kl_symmetry": ClosedForm(_reverse_kl_closed_form),
+    "ess_balance": Root(_ess_evaluate, increasing=False),
+    "entropy": ClosedForm(_entropy_closed_form),
+}
 
 
 def mix_and_diagnose(lt: Tensor, r: Tensor, alpha: Tensor, logq_exact: Tensor | None = None,
