@@ -11,12 +11,13 @@ import pytest
 import torch
 from test_alpha import entropy_reference, ess_reference, kl_reference, make_pair, reverse_kl_reference, rows
 
-from os_cli import alpha as A
-from os_cli import alpha_names, fastmix
-from os_cli.alpha_names import ALPHA_METHODS, AlphaMethodInfo
+from os_cli.mix import alpha as A
+from os_cli.mix import alpha_names
+from os_cli.mix import fastmix
+from os_cli.mix.alpha_names import ALPHA_METHODS, AlphaMethodInfo
 from os_cli.recipe import SCHEMA
-from os_cli.rng import row_keys
-from os_cli.sampler import SamplerConfig, mixture_step
+from os_cli.mix.rng import row_keys
+from os_cli.mix.sampler import SamplerConfig, mixture_step
 
 FIXED = 0.3
 # float64 NumPy solutions of each method's equation (tests/test_alpha.py), from one row's
@@ -47,7 +48,7 @@ def test_reference_and_fast_tables_cover_exactly_the_names():
 
 
 def test_the_names_import_without_torch():
-    code = "import sys, os_cli.alpha_names, os_cli.recipe.schema; assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys, os_cli.mix.alpha_names, os_cli.recipe.schema; assert 'torch' not in sys.modules, 'torch'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -19,7 +19,7 @@ Conventions shared by every method
 * `solve_alpha` clamps adaptive methods to [alpha_min, alpha_max]; `fixed` returns fixed_alpha as is.
 * Nothing returns NaN.
 
-Each method is one `AlphaMethod` in `METHODS` (keyed by the names of os_cli.alpha_names, in that
+Each method is one `AlphaMethod` in `METHODS` (keyed by the names of os_cli.mix.alpha_names, in that
 order); `solve_alpha` and `solve_alpha_raw` look the method up there.
 
 `passes` counts sweeps over the [B, V] inputs: one per evaluation of a method's fused quantity

@@ -27,7 +27,7 @@ root lies beyond it, so the clamped answer is that end). Rows that fail are re-s
 reference solver of os_cli.mix.alpha (gathered, so the others pay nothing). Accepted alphas satisfy the
 method's equation to the same tolerance as the reference's, clamped as `solve_alpha` clamps.
 
-Each method's fast solver is one object in `METHODS` (keyed by the names of os_cli.alpha_names):
+Each method's fast solver is one object in `METHODS` (keyed by the names of os_cli.mix.alpha_names):
 `Fixed`, a `ClosedForm` formula, a `Root` (its evaluation, one tilt or two, and its direction), or
 `Reference` (no fast solver: the reference solves every row).
 """
