@@ -144,6 +144,62 @@ def test_key_check_catches_a_missing_key():
         "sampling.draft_tokens"]
 
 
+def documented_defaults(page: str) -> dict[str, str]:
+    """{key path: default cell} of the rows (| `key.path` | default | ... |) of the page's "Key reference"."""
+    reference = page.split("\n## Key reference", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_.]+)` \| ([^|]*) \|", reference, flags=re.M)
+    return {key: cell.replace("`", "").replace("*", "").strip() for key, cell in rows}
+
+
+def default_problems(page: str) -> list[str]:
+    """Rows whose default cell is not the schema's default (sections' cells must be empty)."""
+    from os_cli.recipe import SCHEMA, Section
+
+    problems = []
+    for key, cell in documented_defaults(page).items():
+        spec = SCHEMA
+        for part in key.split("."):
+            spec = spec.fields[part] if isinstance(spec, Section) and part in spec.fields else None
+        if spec is None:
+            problems.append(f"{key}: not a recipe key")
+        elif isinstance(spec, Section):
+            expected = "null" if spec.default_null else ""  # prompts.teacher: null unless given
+            if cell != expected:
+                problems.append(f"{key}: section default {expected or 'none'}, the page says {cell!r}")
+        elif spec.required:
+            if cell != "required":
+                problems.append(f"{key}: required, the page says {cell!r}")
+        elif not _same_default(cell, spec.default):
+            problems.append(f"{key}: default {spec.default!r}, the page says {cell!r}")
+    return problems
+
+
+def _same_default(cell: str, default) -> bool:
+    if default is None or isinstance(default, bool):
+        return cell == {None: "null", True: "true", False: "false"}[default]
+    if isinstance(default, (int, float)):
+        try:
+            return float(cell) == default
+        except ValueError:
+            return False
+    if isinstance(default, list):
+        return cell == "[" + ", ".join(map(str, default)) + "]"
+    return cell == str(default)
+
+
+def test_recipe_defaults_on_the_page_are_the_schema_defaults():
+    page = RECIPES_PAGE.read_text(encoding="utf-8")
+    assert len(documented_defaults(page)) > 50
+    assert default_problems(page) == []
+
+
+def test_default_check_catches_a_wrong_default():
+    page = RECIPES_PAGE.read_text(encoding="utf-8")
+    wrong = page.replace("| `sampling.batch_size` | 8 |", "| `sampling.batch_size` | 16 |")
+    assert wrong != page
+    assert default_problems(wrong) == ["sampling.batch_size: default 8, the page says '16'"]
+
+
 def test_readme_is_short():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
