@@ -244,3 +244,29 @@ def test_plot_hint_matches_the_docs():
     assert PLOT_HINT == "pip install -e '.[plot]'"
     for page in (README, DOCS / "cli.md"):
         assert PLOT_HINT in page.read_text(encoding="utf-8"), page.name
+
+
+RUNNABLE_PAGES = (README, DOCS / "python-api.md")
+
+
+def runnable_examples(text: str) -> list[str]:
+    """The page's Python examples that construct a model, with the built-in demo pair for the hub
+    models and the CPU for CUDA (examples that need bitsandbytes or several GPUs are left out)."""
+    out = []
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        if "OptimalSamplingModel(" not in block or "load_in_4bit" in block:
+            continue
+        block = block.replace('"Qwen/Qwen2.5-1.5B-Instruct"', '"builtin:demo-theta"')
+        block = block.replace('"Qwen/Qwen2.5-3B-Instruct"', '"builtin:demo-teacher"')
+        out.append(block.replace('device="cuda"', 'device="cpu"').replace("torch.bfloat16", "torch.float32"))
+    return out
+
+
+@pytest.mark.parametrize("path", RUNNABLE_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_run(path, capsys):
+    examples = runnable_examples(path.read_text(encoding="utf-8"))
+    assert examples, f"{path.name} has no runnable example"
+    for code in examples:
+        exec(compile(code, str(path), "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.strip() and not re.search(r"\bnan\b", printed), printed  # averages over real tokens only
