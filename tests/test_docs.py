@@ -103,7 +103,8 @@ def undocumented_keys(page: str, keys: list[str]) -> list[str]:
 
 
 def docs_pages_linked(text: str) -> set[str]:
-    return {t.partition("#")[0] for t in relative_links(text) if re.fullmatch(r"docs/[^/#]+\.md", t.partition("#")[0])}
+    files = {t.partition("#")[0] for t in relative_links(text)}
+    return {f for f in files if re.fullmatch(r"docs/[^/]+\.md", f)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +128,8 @@ def test_link_check_catches_broken_links(tmp_path):
 
 def test_slugs_follow_github():
     assert slug("Invalid lines and --repair") == "invalid-lines-and---repair"
-    assert slug("`generate` through the refill loop (CLI, end to end)") == "generate-through-the-refill-loop-cli-end-to-end"
+    assert slug("`generate` through the refill loop (CLI, end to end)") == (
+        "generate-through-the-refill-loop-cli-end-to-end")
     assert anchors("# A\n## A\n") == {"a", "a-1"}
 
 
