@@ -1,6 +1,6 @@
 """What optimal sampling buys on the built-in demo pair: accuracy and theta-likelihood of samples.
 
-    .venv/bin/python benchmarks/demo_eval.py                      # 500 problems, 2 CPU cores, ~20 s
+    .venv/bin/python benchmarks/demo_eval.py                      # 500 problems: 14-20 s on 2 idle CPU cores
     .venv/bin/python benchmarks/demo_eval.py --problems 100 --device cuda
     .venv/bin/python benchmarks/demo_eval.py --theta /tmp/new/demo-theta --teacher /tmp/new/demo-teacher
 

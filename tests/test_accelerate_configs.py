@@ -1,4 +1,4 @@
-"""configs/accelerate/: the launch configs parse with accelerate's own loader, say what the README
+"""configs/accelerate/: the launch configs parse with accelerate's own loader, say what docs/scaling.md
 says, and are not offered as recipe fragments."""
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ def test_two_machines():
 
 
 @pytest.mark.parametrize("name", ["one-machine.yaml", "two-machines.yaml"])
-def test_readme_launches_each_config(name):
-    readme = (ROOT / "README.md").read_text()
-    assert f"--config_file configs/accelerate/{name}" in readme
-    assert "## Scaling out" in readme
+def test_scaling_page_launches_each_config(name):
+    page = (ROOT / "docs" / "scaling.md").read_text()
+    assert f"--config_file configs/accelerate/{name}" in page
+    assert page.startswith("# Scaling out")
+    assert "(docs/scaling.md)" in (ROOT / "README.md").read_text(), "the README links the scaling page"
 
 
 def test_launch_configs_are_not_recipe_fragments():

@@ -329,7 +329,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, runner_app, monkeypat
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     result = invoke(runner_app, tmp_path / "run", "--plot", tmp_path / "p.png")
     assert result.exit_code == 1
-    assert "pip install 'os-sample[plot]'" in result.stderr and "Traceback" not in result.output
+    assert "pip install -e '.[plot]'" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "p.png").exists()
 
 

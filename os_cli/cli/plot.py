@@ -7,7 +7,7 @@ from pathlib import Path
 from os_cli.errors import UserError
 from os_cli.cli.inspect import _groups
 
-PLOT_HINT = "pip install 'os-sample[plot]'"
+PLOT_HINT = "pip install -e '.[plot]'"  # from a source checkout, as the README says
 
 
 def require_matplotlib() -> None:
