@@ -11,7 +11,7 @@ import typer
 
 from os_cli.errors import UserError
 from os_cli.limits import MAX_NEW_TOKENS
-from os_cli.cli.common import DebugOption, SetOption, cli_errors, out_console
+from os_cli.cli.common import DebugOption, SetOption, cli_errors, out_console, percent, point_status
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -161,8 +161,8 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     )
 
     def progress(row) -> None:
-        console.print(f"  {row.label} @ batch {row.batch_size}: {_status(row)}"
-                      + (f", {row.tokens_per_s:.1f} tokens/s ({_pct(row.spread)} spread)" if row.ok else ""))
+        console.print(f"  {row.label} @ batch {row.batch_size}: {point_status(row)}"
+                      + (f", {row.tokens_per_s:.1f} tokens/s ({percent(row.spread)} spread)" if row.ok else ""))
 
     total = B.device_memory(model)
     limit = min(total.values()) * (1 - headroom) if total else None
@@ -220,14 +220,6 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
                         f"{failed[0].batch_size}: {failed[0].error}", exit_code=1)
 
 
-def _status(row) -> str:
-    if row.oom:
-        return "OOM"
-    if row.error:
-        return "error"
-    return "ok"
-
-
 def _mem(n: int | None) -> str:
     if n is None:
         return "–"
@@ -236,10 +228,6 @@ def _mem(n: int | None) -> str:
 
 def settings_lengths(settings, B) -> str:
     return B._lengths_label(settings)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{x * 100:.0f}%"
 
 
 def _rows_table(title: str, rows, compare: bool):
@@ -258,7 +246,7 @@ def _rows_table(title: str, rows, compare: bool):
     for r in rows:
         mem = _mem(r.peak_reserved if r.peak_reserved is not None else r.peak_memory)
         failed = "[red]OOM[/]" if r.oom else "[red]error[/]"
-        spread = _pct(r.spread) + ("*" if r.noisy else "")
+        spread = percent(r.spread) + ("*" if r.noisy else "")
         if compare:
             cells = [r.label]
             if r.ok:

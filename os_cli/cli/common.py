@@ -93,3 +93,16 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
     finally:
         if handler is not None:
             logging.getLogger("os_cli").removeHandler(handler)
+
+
+def point_status(row) -> str:
+    """A measured bench point as the tables show it: ok, OOM or error."""
+    if row.oom:
+        return "OOM"
+    if row.error:
+        return "error"
+    return "ok"
+
+
+def percent(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.0f}%"

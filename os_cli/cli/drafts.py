@@ -4,7 +4,7 @@ Measurement lives in os_cli/draft_bench.py; cli/bench.py calls these."""
 from __future__ import annotations
 
 from os_cli.errors import UserError
-from os_cli.cli.bench import _pct, _status
+from os_cli.cli.common import percent, point_status
 
 
 def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
@@ -62,8 +62,8 @@ def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, s
 
     def progress(row) -> None:
         t = row.timing
-        console.print(f"  {t.label} @ batch {at}: {_status(t)}"
-                      + (f", {t.tokens_per_s:.1f} tokens/s ({_pct(t.spread)} spread)" if t.ok else ""))
+        console.print(f"  {t.label} @ batch {at}: {point_status(t)}"
+                      + (f", {t.tokens_per_s:.1f} tokens/s ({percent(t.spread)} spread)" if t.ok else ""))
 
     rows, costs = D.measure_draft_tokens(model, prompts, prompts_t, at, ks, settings, on_row=progress)
     pick = D.recommend_draft_tokens(rows)
@@ -100,5 +100,5 @@ def _draft_table(title: str, rows):
             continue
         rng = "–" if r.speedup_min is None else f"{r.speedup_min:.2f}-{r.speedup_max:.2f}"
         table.add_row(str(r.k), num(r.acceptance, 3), num(r.expected_tokens), num(r.ideal), num(r.ideal_plus),
-                      num(r.speedup), rng, f"{t.tokens_per_s:,.1f}", _pct(t.spread) + ("*" if t.noisy else ""))
+                      num(r.speedup), rng, f"{t.tokens_per_s:,.1f}", percent(t.spread) + ("*" if t.noisy else ""))
     return table

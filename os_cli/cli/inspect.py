@@ -11,6 +11,7 @@ import typer
 
 from os_cli.errors import UserError
 from os_cli.cli.common import DebugOption, cli_errors, out_console
+from os_cli.report.summary import summary_groups
 
 HELP = (
     'Summarise an output folder of `os-sample generate`.\n\n'
@@ -134,13 +135,6 @@ def sparkline(hist: dict | None, width: int = 20) -> str:
     return "".join(SPARK[0 if c == 0 else max(1, round(c / top * (len(SPARK) - 1)))] for c in counts)
 
 
-def _groups(summary: dict) -> list[tuple[str | None, dict]]:
-    rows: list[tuple[str | None, dict]] = [("all" if summary.get("groups") else None, summary["overall"])]
-    for name, group in (summary.get("groups") or {}).items():
-        rows.append((name, group))
-    return rows
-
-
 def _table(title: str, summary: dict, columns: list[tuple[str, str]]):
     from rich import box
     from rich.table import Table
@@ -227,12 +221,12 @@ def render(summary: dict, console) -> None:
     console.print()
 
     # Records
-    has_answers = any(g.get("answers") for _, g in _groups(summary))
+    has_answers = any(g.get("answers") for _, g in summary_groups(summary))
     cols = [("records", "right"), ("tokens", "right"), ("mean tokens", "right"), ("finish reasons", "left")]
     if has_answers:
         cols.append((f"{ANSWERS_COLUMN} ({summary.get('answer_field')})", "right"))
     table = _table("Records", summary, cols)
-    for name, g in _groups(summary):
+    for name, g in summary_groups(summary):
         cells = [_fmt(g["records"]), _fmt(g["tokens"]["total"]), _fmt(g["tokens"]["mean"]),
                  ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items()) or "–"]
         if has_answers:
@@ -243,14 +237,14 @@ def render(summary: dict, console) -> None:
     _render_pass_at_k(summary, console)
 
     table = _table("Length (generated tokens per record)", summary, _dist_columns())
-    for name, g in _groups(summary):
+    for name, g in summary_groups(summary):
         _add(table, summary, name, _dist_cells(g["tokens"]["distribution"]))
     console.print(table)
 
     # "over record means": one value per record (its mean over its tokens); "over tokens": every token,
     # the population of generate's end-of-run "mean alpha / mean ESS ratio (over tokens)".
     table = _table("Mixture diagnostics", summary, [("quantity", "left"), ("over", "left")] + _dist_columns())
-    for name, g in _groups(summary):
+    for name, g in summary_groups(summary):
         for key, label in DIAG_LABELS.items():
             d = g["diagnostics"][key]
             _add(table, summary, name, [label, "record means"] + _dist_cells(d["per_record"]))
@@ -260,7 +254,7 @@ def render(summary: dict, console) -> None:
 
     table = _table("Log-probabilities and importance weights (log w = log pi_theta - log q*)", summary,
                    [("quantity", "left")] + _dist_columns())
-    for name, g in _groups(summary):
+    for name, g in summary_groups(summary):
         for key, label in (("theta", "log pi_theta(y)"), ("t", "log pi_t(y)"), ("q", "log q*(y)")):
             _add(table, summary, name, [label] + _dist_cells(g["logprob"][key]))
         lw = g["log_weight"]
@@ -269,7 +263,7 @@ def render(summary: dict, console) -> None:
         if lw.get("per_token"):
             _add(table, summary, name, ["log w per token"] + _dist_cells(lw["per_token"]))
     console.print(table)
-    for name, g in _groups(summary):
+    for name, g in summary_groups(summary):
         lw = g["log_weight"]
         prefix = f"[cyan]{name}[/]: " if name else ""
         console.print(
@@ -286,7 +280,7 @@ def render(summary: dict, console) -> None:
 def _render_pass_at_k(summary: dict, console) -> None:
     """pass@k per row (several samples per row with reference answers), one quantity per line so the
     table fits 80 columns for any n; see os_cli/passk.py."""
-    per_row = [(name, (g.get("answers") or {}).get("per_row")) for name, g in _groups(summary)]
+    per_row = [(name, (g.get("answers") or {}).get("per_row")) for name, g in summary_groups(summary)]
     if not any(p for _, p in per_row):
         return
     n = max(p["samples_per_row"]["max"] for _, p in per_row if p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from os_cli.errors import UserError
-from os_cli.cli.inspect import _groups
+from os_cli.report.summary import summary_groups
 
 PLOT_HINT = "pip install -e '.[plot]'"  # from a source checkout, as the README says
 
@@ -26,7 +26,7 @@ def write_plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [(name or "all", g) for name, g in _groups(summary)]
+    series = [(name or "all", g) for name, g in summary_groups(summary)]
     if summary.get("groups"):
         series = series[1:]  # one line per group; "all" would repeat them
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))

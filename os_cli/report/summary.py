@@ -305,3 +305,11 @@ def _manifest_view(manifest: dict | None) -> dict | None:
     view["run_name"] = recipe.get("run_name")
     view["alpha_method"] = alpha.get("method")
     return view
+
+
+def summary_groups(summary: dict) -> list[tuple[str | None, dict]]:
+    """(name, group summary) rows: the whole folder first ("all" when grouped, else None), then each group."""
+    rows: list[tuple[str | None, dict]] = [("all" if summary.get("groups") else None, summary["overall"])]
+    for name, group in (summary.get("groups") or {}).items():
+        rows.append((name, group))
+    return rows
