@@ -79,14 +79,26 @@ def _refuse_run_paths(real: Path, shown: str) -> None:
         raise UserError(f"{shown}: that name is kept for the --overwrite of the run in {run}; choose another name")
 
 
-def check_target(path: str | Path, option: str, *, overwrite: bool) -> Path:
-    """The real path to write for `path` (given as `option`, e.g. "--to"), or a UserError (exit 2)."""
+def check_target(path: str | Path, option: str, *, overwrite: bool, folder: bool = False,
+                 writes: str | None = None) -> Path:
+    """The real path to write for `path` (given as `option`, e.g. "--to"), or a UserError (exit 2).
+    `folder`: the caller writes a folder, else a file; `writes` says so in a refusal of the other kind."""
     given = Path.cwd() / path  # not os.path.abspath: `link/..` is the link target's parent, as open() sees it
     shown = f"{option} {path}"
     for part in (given, *given.parents):
         if part.is_symlink() and not part.exists():
             raise UserError(f"{shown}: {part} is a broken symbolic link (to {os.readlink(part)}); remove it or "
                             f"choose another path")
+    try:
+        mode = os.stat(given).st_mode  # what a link points to (/proc/self/fd/N included)
+    except FileNotFoundError:
+        mode = None
+    except NotADirectoryError:
+        mode = None  # a path under a file: named below
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = next((name for test, name in _KINDS if test(mode)), "special file")
+        raise UserError(f"{shown} is a {kind}, not a regular file or folder; {option} writes a regular file "
+                        f"(or folder): choose a path for one")
     real = Path(os.path.realpath(given))
     if real != given:
         shown += f" (that is {real})"
@@ -96,12 +108,10 @@ def check_target(path: str | Path, option: str, *, overwrite: bool) -> Path:
     if not probe.is_dir():
         raise UserError(f"{shown}: {probe} is a file, not a folder; choose another path")
     _refuse_run_paths(real, shown)
-    if real.exists():
-        mode = os.stat(real).st_mode
-        kind = next((name for test, name in _KINDS if test(mode)), None)
-        if kind is not None or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            raise UserError(f"{shown} is a {kind or 'special file'}, not a regular file or folder; "
-                            f"{option} writes a regular file (or folder): choose a path for one")
+    if mode is not None:
+        if stat.S_ISDIR(mode) != folder:
+            what = writes or f"{option} names a {'folder' if folder else 'file'}"
+            raise UserError(f"{shown} is a {'folder' if stat.S_ISDIR(mode) else 'file'}; {what}")
         if not overwrite:
             raise UserError(f"{shown} exists; pass --overwrite to replace it, or choose another path")
     return real

@@ -250,3 +250,26 @@ def test_a_failed_push_says_the_file_was_written(cli_app, run_dir, tmp_path, mon
     assert "the upload failed (ConnectionError: no network)" in text(result)
     assert f"--to {target} was written" in text(result)
     assert len(target.read_text().splitlines()) == 4
+
+
+def test_hf_overwrite_without_rename_exchange(cli_app, run_dir, tmp_path, monkeypatch):
+    """Where the OS has no RENAME_EXCHANGE: two renames, and the previous export is removed after."""
+    import datasets
+
+    from os_cli import outfolder
+
+    target = tmp_path / "ds"
+    assert export(cli_app, run_dir, "-f", "hf", "--to", target).exit_code == 0
+    monkeypatch.setattr(outfolder, "_exchange", lambda a, b: False)
+    result = export(cli_app, run_dir, "-f", "hf", "--to", target, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert datasets.load_from_disk(str(target)).num_rows == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_the_wrong_kind_is_named_before_overwrite_is_asked_for(cli_app, run_dir, tmp_path):
+    (tmp_path / "f.jsonl").write_text("x\n")
+    for fmt, target, message in (("trl", tmp_path, "is a folder; --format trl writes one file"),
+                                 ("hf", tmp_path / "f.jsonl", "is a file; --format hf writes a folder")):
+        result = export(cli_app, run_dir, "-f", fmt, "--to", target)
+        assert result.exit_code == 2 and message in text(result), result.output

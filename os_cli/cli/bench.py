@@ -118,9 +118,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     if json_file is not None:  # before the models load: no run's file, no device, --overwrite to replace
         from ..target_path import check_target
 
-        if json_file.is_dir():
-            raise UserError(f"--json {json_file}: is a folder; give a file name")
-        json_path = check_target(json_file, "--json", overwrite=overwrite)
+        json_path = check_target(json_file, "--json", overwrite=overwrite, writes="give a file name")
     console = out_console()
 
     recipe = load_recipe(config, overrides)
