@@ -13,7 +13,15 @@ Formats (columns in docs/ARCHITECTURE.md, "Exports"):
 Importance weights (q* sampled, pi_theta the model being trained): `log_weight` = log pi_theta(y) -
 log q*(y) of the whole completion, `weight` = the self-normalised weight exp(log_weight) / sum of
 exp(log_weight) over the exported records (the records left after the filters; they sum to 1), and
-with per-token records `token_log_weights` = log pi_theta - log q* of each token.
+with per-token records `token_log_weights` = log pi_theta - log q* of each token. Log weights are the
+exact decimal differences of the numbers the record holds (float32 precision), without binary noise.
+Ids are text in every format (`id`, and the row's dataset.id_field column), as in the records.
+
+Only the run's records are exported: a line that is not a record, a record outside the plan (an id
+not in ids.txt, a sample beyond sampling.num_samples) or a duplicate is refused (exit 1, file and
+line), never weighted. `--to` is checked by os_cli/target_path.py before anything is read or written
+(no run's files, no device or FIFO, --overwrite for an existing one); missing parent folders are
+created; an existing export is replaced only once the new one is complete.
 
 Filters: `where="correct"` keeps records whose final answer matches the row's reference answer
 (os_cli.answers' matching, the one `inspect` reports; rows without a reference are dropped),

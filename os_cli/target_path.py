@@ -74,9 +74,11 @@ def _refuse_run_paths(real: Path, shown: str) -> None:
         if os.path.lexists(real):
             raise UserError(f"{shown} exists inside the run folder {folder}; nothing there is replaced, "
                             f"--overwrite included: choose a new name or a path outside the run folder")
-    run = _run_of_hidden_sibling(real)
-    if run is not None:
-        raise UserError(f"{shown}: that name is kept for the --overwrite of the run in {run}; choose another name")
+    for part in (real, *real.parents):
+        run = _run_of_hidden_sibling(part)
+        if run is not None:
+            raise UserError(f"{shown}: {part.name!r} is kept for the --overwrite of the run in {run}; choose "
+                            f"another path")
 
 
 def check_target(path: str | Path, option: str, *, overwrite: bool, folder: bool = False,

@@ -85,7 +85,8 @@ def test_export_never_writes_over_a_runs_files(cli_app, run_dir, tmp_path):
         ("trl", f"{os.path.relpath(tmp_path / 'linkdir')}/../{run_dir.name}/plan.jsonl", "is a name os-sample uses"),
         ("trl", f"{os.path.relpath(run_dir)}/../{run_dir.name}/ids.txt", "is a name os-sample uses"),
         ("hf", run_dir / "shard-00009.jsonl" / "ds", "is a name os-sample uses"),  # under a new owned name
-        ("hf", run_dir.parent / f".{run_dir.name}.overwrite", "kept for the --overwrite of the run"),
+        ("hf", run_dir.parent / f".{run_dir.name}.overwrite", "is kept for the --overwrite of the run"),
+        ("trl", run_dir.parent / f".{run_dir.name}.previous" / "x.jsonl", "is kept for the --overwrite of the run"),
     ]
     for fmt, target, message in cases:
         result = export(cli_app, run_dir, "-f", fmt, "--to", target, "--overwrite")
@@ -94,6 +95,7 @@ def test_export_never_writes_over_a_runs_files(cli_app, run_dir, tmp_path):
         assert "Traceback" not in result.output
     assert snapshot(run_dir) == before and snapshot(other) == before_other
     assert not (run_dir.parent / f".{run_dir.name}.overwrite").exists()
+    assert not (run_dir.parent / f".{run_dir.name}.previous").exists()
 
     # a new file of the user's inside the run folder is fine, and the run still resumes
     result = export(cli_app, run_dir, "-f", "trl", "--to", run_dir / "exports" / "train.jsonl")
