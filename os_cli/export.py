@@ -356,13 +356,17 @@ def _huge_int_column(data: dict) -> tuple[str, int] | None:
 def check_target(to: Path, fmt: str, overwrite: bool) -> Path:
     """The real path to write `--to` at (os_cli/target_path.py: no run's files, no device, the format's
     kind, --overwrite for an existing one); an existing folder for hf must be a saved dataset."""
-    from .target_path import check_target as check_path
+    from .target_path import check_target as check_path, is_run_folder
 
     writes = ("--format hf writes a folder (datasets' save_to_disk)" if fmt == "hf"
               else f"--format {fmt} writes one file")
     real = check_path(to, "--to", overwrite=overwrite, folder=fmt == "hf", writes=writes)
-    if fmt == "hf" and real.is_dir() and not (real / "dataset_info.json").exists():
-        raise UserError(f"--to {to} is a folder that is not a saved dataset; refusing to replace it")
+    if fmt == "hf" and real.is_dir():
+        if not (real / "dataset_info.json").exists():
+            raise UserError(f"--to {to} is a folder that is not a saved dataset; refusing to replace it")
+        run = next((Path(d) for d, _, _ in os.walk(real) if is_run_folder(Path(d))), None)
+        if run is not None:
+            raise UserError(f"--to {to} holds the output folder of a run ({run}); refusing to replace it")
     return real
 
 

@@ -93,14 +93,12 @@ def check_target(path: str | Path, option: str, *, overwrite: bool, folder: bool
                             f"choose another path")
     try:
         mode = os.stat(given).st_mode  # what a link points to (/proc/self/fd/N included)
-    except FileNotFoundError:
-        mode = None
-    except NotADirectoryError:
-        mode = None  # a path under a file: named below
+    except OSError:
+        mode = None  # missing, under a file (named below), or not even stat-able (the write says why)
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = next((name for test, name in _KINDS if test(mode)), "special file")
-        raise UserError(f"{shown} is a {kind}, not a regular file or folder; {option} writes a regular file "
-                        f"(or folder): choose a path for one")
+        raise UserError(f"{shown} is a {kind}, not a regular file or folder; {option} writes "
+                        f"{'a folder' if folder else 'a regular file'}: choose a path for one")
     real = Path(os.path.realpath(given))
     if real != given:
         shown += f" (that is {real})"

@@ -269,6 +269,16 @@ def test_hf_overwrite_without_rename_exchange(cli_app, run_dir, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+def test_hf_overwrite_never_replaces_a_folder_holding_a_run(cli_app, run_dir, tmp_path):
+    saved = tmp_path / "ds"
+    assert export(cli_app, run_dir, "-f", "hf", "--to", saved).exit_code == 0
+    shutil.copytree(run_dir, saved / "inner" / "run")
+    before = snapshot(saved / "inner" / "run")
+    result = export(cli_app, run_dir, "-f", "hf", "--to", saved, "--overwrite")
+    assert result.exit_code == 2 and "holds the output folder of a run" in text(result), result.output
+    assert snapshot(saved / "inner" / "run") == before
+
+
 def test_the_wrong_kind_is_named_before_overwrite_is_asked_for(cli_app, run_dir, tmp_path):
     (tmp_path / "f.jsonl").write_text("x\n")
     for fmt, target, message in (("trl", tmp_path, "is a folder; --format trl writes one file"),
