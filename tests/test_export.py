@@ -161,9 +161,9 @@ def test_bad_input_is_refused_and_nothing_is_lost(cli_app, run_dir, tmp_path):
         (["-f", "trl", "--to", tmp_path / "x", "--min-ess", "-1"], "non-negative"),
         (["-f", "trl", "--to", tmp_path / "x", "--min-ess", "1e9"], "no record to export (16 read; dropped: 16 by min_ess)"),
         (["-f", "trl"], "give --to PATH, --push-to-hub REPO"),
-        (["-f", "trl", "--to", tmp_path / "nope" / "x.jsonl"], "does not exist"),
-        (["-f", "trl", "--to", run_dir / "shard-00007.jsonl"], "belongs to the run"),
-        (["-f", "trl", "--to", run_dir / "manifest.json", "--overwrite"], "belongs to the run"),
+        (["-f", "trl", "--to", target / "x.jsonl"], "is a file, not a folder"),
+        (["-f", "trl", "--to", run_dir / "shard-00007.jsonl"], "is a name os-sample uses for the run"),
+        (["-f", "trl", "--to", run_dir / "manifest.json", "--overwrite"], "is a name os-sample uses for the run"),
     ]
     for args, message in cases:
         result = export(cli_app, run_dir, *args)

@@ -65,13 +65,14 @@ def bench_command(
                                                "(e.g. 1,2,3): also measure speculative sampling against the plain "
                                                "loop at the recommended batch size, and recommend k."),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
     headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
                                    "free (CUDA)."),
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
         _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom,
-               repeats, lengths, draft_tokens)
+               repeats, lengths, draft_tokens, overwrite=overwrite)
 
 
 def parse_batch_sizes(text: str) -> list[int] | str:
@@ -96,7 +97,7 @@ def parse_batch_sizes(text: str) -> list[int] | str:
 
 def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts: int, max_new_tokens: int | None,
            do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
-           lengths: str = "natural", draft_tokens_text: str | None = None) -> None:
+           lengths: str = "natural", draft_tokens_text: str | None = None, *, overwrite: bool = False) -> None:
     from os_cli.bench import sweep as B
     from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.quiet import quiet_progress_bars
@@ -114,8 +115,10 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
         raise UserError(f"--prompts {num_prompts}: at most {MAX_BATCH_SIZE} prompts per point")
     if lengths not in B.LENGTHS:
         raise UserError(f"--lengths {lengths!r}: choose one of {', '.join(B.LENGTHS)}")
-    if json_file is not None and json_file.exists() and json_file.is_dir():
-        raise UserError(f"--json {json_file}: is a folder; give a file name")
+    if json_file is not None:  # before the models load: no run's file, no device, --overwrite to replace
+        from os_cli.store.targets import check_target
+
+        json_path = check_target(json_file, "--json", overwrite=overwrite, writes="give a file name")
     console = out_console()
 
     recipe = load_recipe(config, overrides)
@@ -208,8 +211,11 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
             "distinct_prompts": len(prompts), "repeats": repeats, "lengths": lengths, "draft_tokens": ks,
         })
         try:
-            json_file.parent.mkdir(parents=True, exist_ok=True)
-            json_file.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+            from os_cli.store.folder import atomic_write
+            from os_cli.store.targets import make_parents
+
+            make_parents(json_path, "--json")
+            atomic_write(json_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
         except OSError as exc:
             raise UserError(f"--json {json_file}: cannot write the file ({exc})", exit_code=1) from None
         console.print(f"wrote {json_file}")

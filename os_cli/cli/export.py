@@ -29,7 +29,8 @@ def export_command(
     output_dir: Path = typer.Argument(..., help="Output folder of `os-sample generate` (e.g. outputs/<run>)."),
     fmt: str = typer.Option(..., "--format", "-f", metavar="trl|parquet|hf", help="What to write."),
     to: Optional[Path] = typer.Option(None, "--to", "-t", help="File (trl: .jsonl, parquet: .parquet) or "
-                                      "folder (hf) to write."),
+                                      "folder (hf) to write; missing folders are created. Never a run's own "
+                                      "files or folder."),
     where: Optional[str] = typer.Option(None, "--where", metavar="correct", help="correct: keep records whose "
                                         "final answer matches the row's reference answer (as inspect counts)."),
     min_ess: Optional[float] = typer.Option(None, "--min-ess", help="Keep records whose mean ESS ratio "

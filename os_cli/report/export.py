@@ -13,7 +13,15 @@ Formats (columns in docs/ARCHITECTURE.md, "Exports"):
 Importance weights (q* sampled, pi_theta the model being trained): `log_weight` = log pi_theta(y) -
 log q*(y) of the whole completion, `weight` = the self-normalised weight exp(log_weight) / sum of
 exp(log_weight) over the exported records (the records left after the filters; they sum to 1), and
-with per-token records `token_log_weights` = log pi_theta - log q* of each token.
+with per-token records `token_log_weights` = log pi_theta - log q* of each token. Log weights are the
+exact decimal differences of the numbers the record holds (float32 precision), without binary noise.
+Ids are text in every format (`id`, and the row's dataset.id_field column), as in the records.
+
+Only the run's records are exported: a line that is not a record, a record outside the plan (an id
+not in ids.txt, a sample beyond sampling.num_samples) or a duplicate is refused (exit 1, file and
+line), never weighted. `--to` is checked by os_cli/store/targets.py before anything is read or written
+(no run's files, no device or FIFO, --overwrite for an existing one); missing parent folders are
+created; an existing export is replaced only once the new one is complete.
 
 Filters: `where="correct"` keeps records whose final answer matches the row's reference answer
 (os_cli.report.answers' matching, the one `inspect` reports; rows without a reference are dropped),
@@ -28,11 +36,12 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from os_cli.errors import UserError
-from os_cli.store.record_format import MESSAGES_KEY, describe_key, sample_of
+from os_cli.store.record_format import IDS_FILE, MESSAGES_KEY, describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
 WHERE = ("correct",)
@@ -70,11 +79,15 @@ class ExportResult:
 
 def read_records(out_dir: Path) -> Iterator[dict]:
     """Every record of the folder, in shard order; each line checked as the resume scan checks it
-    (`record_format.parse_record_line` with the run's `tokens`), a line that is not a record refused."""
-    from os_cli.store.record_format import parse_record_line, token_spec
+    (`record_format.parse_record_line` with the run's `tokens`), a line that is not a record refused,
+    and so is a record outside the run's plan (`record_format.outside_plan`, as inspect flags it)."""
+    from os_cli.store.record_format import num_samples_of, outside_plan, parse_record_line, record_key, token_spec
     from os_cli.store.writer import list_shards, read_manifest
 
-    spec = token_spec((read_manifest(out_dir) or {}).get("recipe"))
+    manifest = read_manifest(out_dir)
+    spec = token_spec((manifest or {}).get("recipe"))
+    planned = planned_ids(out_dir, manifest)
+    num_samples = num_samples_of(manifest.get("recipe")) if manifest else None
     for shard in list_shards(out_dir):
         for number, raw in enumerate(shard.read_bytes().split(b"\n"), start=1):
             if not raw.strip():
@@ -84,7 +97,24 @@ def read_records(out_dir: Path) -> Iterator[dict]:
                 raise UserError(f"{shard}:{number}: not a valid record ({problem}); `os-sample inspect {out_dir}` "
                                 f"lists every such line, and the generate command with --repair drops them and "
                                 f"generates their rows again", exit_code=1)
+            why = None if num_samples is None else outside_plan(record_key(record), planned, num_samples)
+            if why:
+                raise UserError(f"{shard}:{number}: a record outside the run's plan ({why}); the run never sampled "
+                                f"it, so it has no place among the weighted records. `os-sample inspect {out_dir}` "
+                                f"lists every such record (unexpected); remove those lines to export", exit_code=1)
             yield record
+
+
+def planned_ids(out_dir: Path, manifest: dict | None) -> set[str] | None:
+    """The ids the run planned (its ids file), or None when the folder has no manifest or ids file."""
+    from os_cli.store.record_format import read_ids
+
+    if not manifest:
+        return None
+    path = Path(out_dir) / str(manifest.get("ids_file") or IDS_FILE)
+    if not path.exists():
+        return None
+    return set(read_ids(path, manifest.get("format", 1)))
 
 
 def run_status(out_dir: Path) -> str | None:
@@ -92,6 +122,15 @@ def run_status(out_dir: Path) -> str | None:
 
     manifest = read_manifest(out_dir)
     return manifest.get("status") if manifest else None
+
+
+def id_field_of(out_dir: Path) -> str | None:
+    """The run's dataset.id_field (None: ids are row indices, or no recipe to read it from)."""
+    from os_cli.store.writer import read_manifest
+
+    dataset = ((read_manifest(out_dir) or {}).get("recipe") or {}).get("dataset")
+    value = dataset.get("id_field") if isinstance(dataset, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def answer_field_of(out_dir: Path, answer_field: str | None) -> str | None:
@@ -160,6 +199,12 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
     return kept, read, {k: v for k, v in dropped.items() if v}
 
 
+def difference(a: float, b: float) -> float:
+    """a - b of two numbers as the record wrote them (float32 precision, `record_format.short_float`),
+    exact in decimal: -25.12345 - -23.86753 is -1.25592, not binary noise such as -1.2559197000000002."""
+    return float(Decimal(repr(float(a))) - Decimal(repr(float(b))))
+
+
 def log_weight(record: dict) -> float:
     """log pi_theta(y) - log q*(y) of the record's completion."""
     lp = record.get("logprob") if isinstance(record.get("logprob"), dict) else {}
@@ -167,7 +212,7 @@ def log_weight(record: dict) -> float:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (theta, q)):
         raise UserError(f"record {record.get('id')!r} has no logprob.theta / logprob.q, so it has no importance "
                         f"weight; was it written by os-sample generate?", exit_code=1)
-    return float(theta) - float(q)
+    return difference(theta, q)
 
 
 def normalized_weights(log_weights: Sequence[float]) -> list[float]:
@@ -194,7 +239,7 @@ def token_log_weights(record: dict) -> list[float] | None:
     theta, q = toks.get("logprob_theta"), toks.get("logprob_q")
     if not (isinstance(theta, list) and isinstance(q, list) and len(theta) == len(q)):
         return None
-    return [None if a is None or b is None else float(a) - float(b) for a, b in zip(theta, q)]
+    return [None if a is None or b is None else difference(a, b) for a, b in zip(theta, q)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,9 +284,13 @@ def flatten(record: dict, prefix: str = "") -> dict:
     return out
 
 
-def flat_row(record: dict, lw: float, w: float) -> dict:
+def flat_row(record: dict, lw: float, w: float, id_field: str | None = None) -> dict:
+    """`flatten(record)` with the weights; the row's id field (`id_field`, dataset.id_field) is the
+    record's id, as text (a 30-digit number stays exact; numbers and strings share one column)."""
     row = flatten(record)
     row["id"] = str(record["id"])
+    if id_field and isinstance(record.get("row"), dict) and id_field in record["row"]:
+        row[f"row{FLAT_SEP}{id_field}"] = str(record["id"])
     row["sample"] = sample_of(record)
     for name, value in (("log_weight", lw), ("weight", w)):
         if name in row:
@@ -254,11 +303,12 @@ def flat_row(record: dict, lw: float, w: float) -> dict:
     return row
 
 
-def build_rows(records: Sequence[dict], fmt: str) -> list[dict]:
+def build_rows(records: Sequence[dict], fmt: str, id_field: str | None = None) -> list[dict]:
     lws = [log_weight(r) for r in records]
     ws = normalized_weights(lws)
-    make = trl_row if fmt == "trl" else flat_row
-    return [make(r, lw, w) for r, lw, w in zip(records, lws, ws)]
+    if fmt == "trl":
+        return [trl_row(r, lw, w) for r, lw, w in zip(records, lws, ws)]
+    return [flat_row(r, lw, w, id_field) for r, lw, w in zip(records, lws, ws)]
 
 
 def to_dataset(rows: Sequence[dict]):
@@ -273,9 +323,13 @@ def to_dataset(rows: Sequence[dict]):
     data = {name: [row.get(name) for row in rows] for name in columns}
     try:
         return datasets.Dataset.from_dict(data)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+        big = _huge_int_column(data)
         bad = _mixed_column(data)
-        where = f" (column {bad!r} holds values of different types)" if bad else ""
+        if big:
+            where = f" (column {big[0]!r} holds {big[1]}, too large for a 64-bit integer column; --format trl keeps it)"
+        else:
+            where = f" (column {bad!r} holds values of different types)" if bad else ""
         raise UserError(f"the records cannot form one table{where}: {exc}", exit_code=1) from None
 
 
@@ -287,42 +341,48 @@ def _mixed_column(data: dict) -> str | None:
     return None
 
 
+def _huge_int_column(data: dict) -> tuple[str, int] | None:
+    for name, values in data.items():
+        for v in values:
+            if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+                return name, v
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Writing
 
 
-def check_target(to: Path, fmt: str, overwrite: bool) -> None:
-    to = Path(to)
-    if to.exists():
-        if not overwrite:
-            raise UserError(f"--to {to} exists; pass --overwrite to replace it, or choose another path")
-        if fmt == "hf" and to.is_dir() and not (to / "dataset_info.json").exists():
+def check_target(to: Path, fmt: str, overwrite: bool) -> Path:
+    """The real path to write `--to` at (os_cli/store/targets.py: no run's files, no device, the format's
+    kind, --overwrite for an existing one); an existing folder for hf must be a saved dataset."""
+    from os_cli.store.targets import check_target as check_path, is_run_folder
+
+    writes = ("--format hf writes a folder (datasets' save_to_disk)" if fmt == "hf"
+              else f"--format {fmt} writes one file")
+    real = check_path(to, "--to", overwrite=overwrite, folder=fmt == "hf", writes=writes)
+    if fmt == "hf" and real.is_dir():
+        if not (real / "dataset_info.json").exists():
             raise UserError(f"--to {to} is a folder that is not a saved dataset; refusing to replace it")
-        if fmt != "hf" and to.is_dir():
-            raise UserError(f"--to {to} is a folder; --format {fmt} writes one file")
-        if fmt == "hf" and not to.is_dir():
-            raise UserError(f"--to {to} is a file; --format hf writes a folder (datasets' save_to_disk)")
-    if not to.parent.exists():
-        raise UserError(f"--to {to}: the folder {to.parent} does not exist")
-
-
-def _not_a_run_file(root: Path, to: Path) -> None:
-    """An export must not land where generate, resume or inspect would read it as part of the run."""
-    from os_cli.store.writer import ERRORS_FILE, IDS_FILE, MANIFEST, SHARD_RE
-
-    run_file = SHARD_RE.match(to.name) or to.name in (MANIFEST, IDS_FILE, ERRORS_FILE)
-    if run_file and to.resolve().parent == root.resolve():
-        raise UserError(f"--to {to}: that name belongs to the run in {root}; choose another file name")
-    if to.resolve() == root.resolve():
-        raise UserError(f"--to {to}: that is the output folder itself; choose another path")
+        run = next((Path(d) for d, _, _ in os.walk(real) if is_run_folder(Path(d))), None)
+        if run is not None:
+            raise UserError(f"--to {to} holds the output folder of a run ({run}); refusing to replace it")
+    return real
 
 
 def write_dataset(dataset, fmt: str, to: Path) -> None:
-    """Write to a temporary sibling, then move it over `to` (a crash leaves the old export whole)."""
+    """Write to a temporary sibling, then move it over `to` (a crash leaves the old export whole): a
+    file by os.replace, a saved dataset's folder by `outfolder.exchange_folders`, the old one removed
+    only once the new one is in place. Missing parent folders are created."""
+    from os_cli.store.folder import exchange_folders
+    from os_cli.store.targets import make_parents
+
     to = Path(to)
+    make_parents(to, "--to")
     tmp = to.parent / f".{to.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    old = None
     try:
         if fmt == "trl":
             # Our own lines, not Dataset.to_json: pandas would round floats to 10 digits.
@@ -334,11 +394,17 @@ def write_dataset(dataset, fmt: str, to: Path) -> None:
         else:
             dataset.save_to_disk(str(tmp))
         if to.is_dir():
-            shutil.rmtree(to)
-        os.replace(tmp, to)
-    finally:  # a failed write leaves no hidden copy of the data behind
+            old = exchange_folders(tmp, to)  # the previous export now sits at `old` (tmp, where it can)
+        else:
+            os.replace(tmp, to)
+    except OSError as exc:
+        kept = "the previous export there is unchanged" if to.exists() else "nothing was written there"
+        raise UserError(f"--to {to}: cannot write the export ({exc.strerror or exc}); {kept}", exit_code=1) from None
+    finally:  # no hidden copy is left behind: a failed write's, or the previous export swapped out
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    if old is not None and old.exists():
+        shutil.rmtree(old)
 
 
 def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filters: Filters = Filters(),
@@ -352,9 +418,7 @@ def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filte
         raise UserError("give --to PATH, --push-to-hub REPO, or both")
     check_filters(filters)
     root = check_output_dir(out_dir)
-    if to is not None:
-        check_target(Path(to), fmt, overwrite)
-        _not_a_run_file(root, Path(to))
+    real = check_target(Path(to), fmt, overwrite) if to is not None else None
     answer_field = answer_field_of(root, filters.answer_field)
     kept, read, dropped = select(read_records(root), filters, answer_field)
     if not kept:
@@ -362,15 +426,20 @@ def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filte
             raise UserError(f"{root}: no record to export (the shards hold no records yet)")
         why = ", ".join(f"{n} by {k}" for k, n in dropped.items())
         raise UserError(f"{root}: no record to export ({read} read; dropped: {why})")
-    rows = build_rows(kept, fmt)
+    rows = build_rows(kept, fmt, id_field_of(root))
     dataset = to_dataset(rows)
     result = ExportResult(format=fmt, path=str(to) if to is not None else None, read=read, kept=len(kept),
                           dropped=dropped, columns=list(dataset.column_names), status=run_status(root),
                           ess_fraction=ess_fraction([r["weight"] for r in rows]))
-    if to is not None:
-        write_dataset(dataset, fmt, Path(to))
+    if real is not None:
+        write_dataset(dataset, fmt, real)
     if push_to_hub:
         # datasets' own upload (needs network and a token, e.g. `hf auth login` or HF_TOKEN).
-        dataset.push_to_hub(push_to_hub, private=private)
+        try:
+            dataset.push_to_hub(push_to_hub, private=private)
+        except Exception as exc:  # noqa: BLE001 - network, auth, hub errors: say what was written
+            written = f"; --to {to} was written ({len(kept)} records) and is complete" if real is not None else ""
+            raise UserError(f"--push-to-hub {push_to_hub}: the upload failed ({type(exc).__name__}: "
+                            f"{str(exc).strip()[:300]}){written}", exit_code=1) from None
         result.pushed_to = push_to_hub
     return result

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from os_cli.errors import UserError
-from os_cli.store.record_format import ERRORS_FILE, IDS_FILE, MANIFEST, IdsFileError, num_samples_of, read_ids
+from os_cli.store.record_format import ERRORS_FILE, IDS_FILE, MANIFEST, IdsFileError, num_samples_of, outside_plan, read_ids
 from os_cli.report.stats import is_number
 
 MAX_LISTED = 50  # ids / lines listed in the integrity report (counts are always complete)
@@ -117,7 +117,7 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
         planned_set = set(planned)
         missing = [(rid, k) for rid in planned if rid not in error_ids for k in range(n_samples)
                    if (rid, k) not in locations]
-        unexpected = [key for key in locations if key[0] not in planned_set or key[1] >= n_samples]
+        unexpected = [key for key in locations if outside_plan(key, planned_set, n_samples)]
         dup_planned = [rid for rid, c in Counter(planned).items() if c > 1]
         if dup_planned:
             notes.append(f"{ids_name} lists {len(dup_planned)} id(s) more than once, e.g. {dup_planned[0]!r}")

@@ -211,15 +211,23 @@ def prepare_staging(out_dir: Path) -> Path:
 def swap_in(out_dir: Path, stage: Path) -> list[str]:
     """Make the complete run in `stage` the content of `out_dir`; remove the previous run. Returns notes."""
     real = Path(os.path.realpath(out_dir))
-    notes: list[str] = []
-    if _exchange(stage, real):
-        old = stage                        # the previous run now sits at the staging path
-    else:                                  # no RENAME_EXCHANGE: two renames; a crash between them
-        old = previous_dir(real)           # is finished by `finish_swap` on the next run
-        os.rename(real, old)
-        os.rename(stage, real)
-    fsync_dir(real.parent)
-    return notes + _clear_old(old, real)
+    old = exchange_folders(stage, real)
+    return _clear_old(old, real)
+
+
+def exchange_folders(new: Path, target: Path) -> Path:
+    """Put the folder `new` at the existing folder `target`; returns where the previous `target` now is.
+    One RENAME_EXCHANGE where the OS has it (the old folder then sits at `new`), else two renames (it
+    sits at `previous_dir(target)`; a crash between them leaves it there, whole). Nothing is deleted."""
+    target = Path(target)
+    if _exchange(new, target):
+        old = Path(new)
+    else:
+        old = previous_dir(target)
+        os.rename(target, old)
+        os.rename(new, target)
+    fsync_dir(target.parent)
+    return old
 
 
 def previous_dir(out_dir: Path) -> Path:

@@ -74,6 +74,16 @@ def num_samples_of(recipe: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
+def outside_plan(key: tuple[str, int], planned: set[str] | None, num_samples: int) -> str | None:
+    """Why the record key (id, sample) is not one the run plans, or None: its id is not among the
+    `planned` ids (IDS_FILE; None: unknown, not checked) or its sample is >= `num_samples`."""
+    if planned is not None and key[0] not in planned:
+        return f"id {key[0]!r} is not in {IDS_FILE}"
+    if key[1] >= num_samples:
+        return f"sample {key[1]} is beyond sampling.num_samples = {num_samples}"
+    return None
+
+
 def describe_key(key: tuple[str, int]) -> str:
     return f"id {key[0]!r}" + (f" sample {key[1]}" if key[1] else "")
 
