@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def test_summary_agrees_with_direct_recomputation(tmp_path):
     assert o["tokens"]["distribution"]["quantiles"]["p50"] == pytest.approx(np.median(lengths))
     hist = o["tokens"]["distribution"]["histogram"]
     assert sum(hist["counts"]) == 13
-    assert hist["edges"][0] == lengths.min() - 0.5 and hist["edges"][-1] == lengths.max() + 0.5  # a bin per length
+    assert hist["integer"] and hist["edges"] == list(range(lengths.min(), lengths.max() + 2))  # a bin per length
     assert hist["counts"][0] == (lengths == lengths.min()).sum()
     assert o["finish_reasons"] == {"eos": 9, "length": 4}
 
@@ -174,6 +175,37 @@ def test_stat_reservoir_keeps_exact_moments():
     assert d["min"] == data.min() and d["max"] == data.max()
     assert sum(d["histogram"]["counts"]) == 100
     assert abs(d["quantiles"]["p50"] - np.median(data)) < 0.4  # a sample of 100
+
+
+def test_integer_values_get_integer_bins():
+    """Token counts spanning more values than HIST_BINS: integer edges of one integer width, labelled by the
+    values each row holds (not [17, 19.8))."""
+    from os_cli.cli.inspect import text_histogram
+
+    st = stats.Stat()
+    lengths = [17, 18, 18, 40, 41, 63, 90, 119, 130, 17, 25, 25, 26]
+    st.add_many(lengths)
+    hist = st.to_dict()["histogram"]
+    edges = hist["edges"]
+    assert hist["integer"] and all(type(e) is int for e in edges)
+    widths = {b - a for a, b in zip(edges, edges[1:])}
+    assert len(widths) == 1 and widths.pop() == 6 and len(hist["counts"]) <= stats.HIST_BINS  # 114 values / 20
+    assert edges[0] == 17 and edges[-2] <= 130 < edges[-1] and sum(hist["counts"]) == len(lengths)
+    assert hist["counts"][0] == 4 and hist["counts"][1] == 3  # 17, 17, 18, 18 | 25, 25, 26
+    labels = [line.split()[0] for line in text_histogram(hist).splitlines()]
+    assert labels[0] == "17–28" and labels[-1] == "125–130"  # two bins per row (at most 10 rows)
+    assert all(re.fullmatch(r"\d+–\d+", label) for label in labels), labels
+
+    small = stats.Stat()
+    small.add_many([3, 5, 5, 7])
+    hist = small.to_dict()["histogram"]
+    assert hist["edges"] == [3, 4, 5, 6, 7, 8] and hist["counts"] == [1, 0, 2, 0, 1]
+    assert [line.split()[0] for line in text_histogram(hist).splitlines()] == ["3", "4", "5", "6", "7"]
+
+    floats = stats.Stat()
+    floats.add_many([0.0, 0.5, 20.0])  # edges 0, 1, ..., 20 by chance: still a float histogram
+    hist = floats.to_dict()["histogram"]
+    assert not hist["integer"] and text_histogram(hist).splitlines()[0].strip().startswith("[")
 
 
 def test_records_without_tokens_or_diagnostics(tmp_path):

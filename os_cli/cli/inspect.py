@@ -316,7 +316,8 @@ def _render_histograms(summary: dict, console) -> None:
 
 
 def text_histogram(hist: dict, width: int = 40, max_rows: int = 10) -> str:
-    """Horizontal bars, `HIST_BINS` bins merged down to `max_rows` rows."""
+    """Horizontal bars, `HIST_BINS` bins merged down to `max_rows` rows; integer histograms (lengths) are
+    labelled by the values their rows hold (`17–19`), others by their edges (`[0.5, 0.6)`)."""
     edges, counts = hist["edges"], hist["counts"]
     nonzero = [i for i, c in enumerate(counts) if c]
     if nonzero:  # trim empty bins at both ends
@@ -328,12 +329,11 @@ def text_histogram(hist: dict, width: int = 40, max_rows: int = 10) -> str:
         c = sum(counts[i:i + step])
         rows.append((edges[i], edges[min(i + step, len(edges) - 1)], c))
     top = max(c for _, _, c in rows) or 1
-    integer_bins = len(edges) > 1 and edges[1] - edges[0] == 1 and edges[0] % 1 == 0.5
     out = []
     for lo, hi, c in rows:
         bar = "█" * round(c / top * width)
-        if integer_bins:  # one bin per integer value (lengths): label the values, not the edges
-            a, b = int(lo + 0.5), int(hi - 0.5)
+        if hist.get("integer"):  # integer edges (lengths): label the values a bin holds, not its edges
+            a, b = int(lo), int(hi) - 1
             label = f"{a:>9,}" if a == b else f"{f'{a:,}–{b:,}':>9}"
             out.append(f"  {label.strip():>12}  {bar} {c}")
         else:
