@@ -308,6 +308,68 @@ def test_by_splits_every_table(tmp_path, runner_app):
     assert set(json.loads(result.stdout)["groups"]) == {"easy", "hard"}
 
 
+def _rendered(summary: dict, width: int) -> str:
+    """What `inspect` prints at `width` columns (a Console like out_console: soft wrap, nothing cropped)."""
+    import io
+
+    from rich.console import Console
+
+    from os_cli.cli.inspect import render
+
+    console = Console(width=width, file=io.StringIO(), soft_wrap=True)
+    render(summary, console)
+    return console.file.getvalue()
+
+
+SPLIT_TABLES = ("Records", "Length (generated", "Mixture diagnostics", "Log-probabilities")
+
+
+def _words(lines: list[str]) -> set[str]:
+    def number(word):
+        try:
+            float(word.replace(",", "").rstrip("%"))
+        except ValueError:
+            return False
+        return True
+
+    return {w for line in lines for w in line.split() if not number(w) and set(w) != {"─"}}
+
+
+@pytest.mark.parametrize("by", ["alpha_method", "finish_reason", "level"])
+def test_split_tables_at_80_columns_never_break_a_word(tmp_path, by):
+    """At 80 columns labels wrap between words, never inside one (`alpha_metho` / `d`, `KL(q||pi_t` / `heta)`):
+    every word of the 80-column tables is a word of the same tables drawn wide."""
+    from rich.cells import cell_len
+    from rich_tables import table_lines
+
+    make_run(tmp_path / "run", n=10)
+    summary = S.summarize_dir(tmp_path / "run", by=by)
+    narrow = table_lines(_rendered(summary, 80), SPLIT_TABLES)
+    assert len(narrow) > 20 and max(cell_len(line) for line in narrow) <= 80, max(narrow, key=cell_len)
+    wide = _words(table_lines(_rendered(summary, 300), SPLIT_TABLES))
+    assert {by, "KL(q||pi_theta)", "KL(q||pi_t)", *summary["groups"]} <= wide
+    assert _words(narrow) - wide == set()
+
+
+def test_a_long_group_label_folds_but_the_table_fits(tmp_path):
+    """A group label too long for 80 columns is folded (it is user data); the tables still fit and our own
+    labels stay whole."""
+    from rich.cells import cell_len
+    from rich_tables import table_lines
+
+    make_run(tmp_path / "run", n=6)
+    for shard in (tmp_path / "run").glob("shard-*.jsonl"):
+        records = [json.loads(line) for line in shard.read_text().splitlines()]
+        for r in records:
+            r["row"]["difficulty_category_name"] = "very_hard_problems_from_the_olympiad" if int(r["id"]) % 2 else "x"
+        shard.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = S.summarize_dir(tmp_path / "run", by="difficulty_category_name")
+    narrow = table_lines(_rendered(summary, 80), SPLIT_TABLES)
+    assert max(cell_len(line) for line in narrow) <= 80, max(narrow, key=cell_len)
+    words = _words(narrow)
+    assert {"KL(q||pi_theta)", "KL(q||pi_t)", "record", "means", "quantity"} <= words
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "foreign", "file"])
 def test_unusable_folder_is_a_clear_error(tmp_path, runner_app, kind):
     target = tmp_path / "x"
