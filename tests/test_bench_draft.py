@@ -106,6 +106,10 @@ def test_draft_tokens_table_json_and_recommendation(cli_app, recipes, tmp_path):
     assert len(lines) >= 6
     for line in lines:
         assert len(line) <= 80, line
+    notes = result.stdout[result.stdout.index("Speculative at"):].splitlines()  # the table, then its notes
+    assert "forward costs" in result.stdout and len(notes) > len(table_lines("\n".join(notes), ("Speculative",)))
+    for line in notes:
+        assert len(line) <= 80, line
     assert "…" not in result.stdout
     for label in ("accept", "ideal", "ideal+", "× plain", "min-max", "EOS and stop strings ignored"):
         assert label in result.stdout, label
