@@ -18,6 +18,7 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 20
 RESERVOIR_PER_TOKEN = 200_000
 RESERVOIR_PER_RECORD = 2_000_000
+EXACT_INTEGERS = 2.0 ** 53  # beyond this every float is a whole number: not a count, no integer bins
 
 
 
@@ -120,7 +121,7 @@ class Stat:
             return out
         vals = self.values()
         qs = np.quantile(vals, QUANTILES)
-        integer = bool(np.all(vals == np.round(vals)))
+        integer = bool(max(-self.min, self.max) < EXACT_INTEGERS and np.all(vals == np.round(vals)))
         if integer:  # lengths, counts: integer edges, each bin holds whole values
             counts, edges = np.histogram(vals, bins=integer_edges(self.min, self.max))
         else:

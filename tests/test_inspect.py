@@ -206,6 +206,9 @@ def test_integer_values_get_integer_bins():
     floats.add_many([0.0, 0.5, 20.0])  # edges 0, 1, ..., 20 by chance: still a float histogram
     hist = floats.to_dict()["histogram"]
     assert not hist["integer"] and text_histogram(hist).splitlines()[0].strip().startswith("[")
+    huge = stats.Stat()
+    huge.add_many([1e30, 2e30, 5e30])  # whole numbers only because floats that large are
+    assert not huge.to_dict()["histogram"]["integer"]
 
 
 def test_records_without_tokens_or_diagnostics(tmp_path):
