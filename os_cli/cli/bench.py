@@ -28,8 +28,8 @@ HELP = (
     "free (CPU: best throughput), printed as `--set sampling.batch_size=N`, made only when that point is "
     "measurably faster than every other: where their tokens/s ranges over the timed runs (slowest to fastest) "
     "overlap, bench says there is no measurable difference and recommends nothing.\n\n"
-    "--compare then runs, at the recommended batch size on the same prompts: HF `generate` of the teacher "
-    "alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine "
+    "--compare then runs, at the recommended batch size (else the fastest by median) on the same prompts: "
+    "HF `generate` of the teacher alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine "
     "with each alpha method, interleaved round by round, every row generating exactly max-new-tokens "
     "tokens (EOS and stop strings ignored; with --lengths long-tail, the same per-row caps), with each "
     "one's tokens/s as a ratio to the same round's floor (median and min-max over rounds).\n\n"
@@ -99,8 +99,8 @@ def parse_batch_sizes(text: str) -> list[int] | str:
     return sizes
 
 
-def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_prompts: int, max_new_tokens: int | None,
-           do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
+def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_prompts: int,
+           max_new_tokens: int | None, do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
            lengths: str = "natural", draft_tokens_text: str | None = None) -> None:
     from .. import benchmark as B
     from ..data import load_rows, render_prompts
