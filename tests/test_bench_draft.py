@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import yaml
@@ -105,6 +106,10 @@ def test_draft_tokens_table_json_and_recommendation(cli_app, recipes, tmp_path):
     assert len(lines) >= 6
     for line in lines:
         assert len(line) <= 80, line
+    notes = result.stdout[result.stdout.index("Speculative at"):].splitlines()  # the table, then its notes
+    assert "forward costs" in result.stdout and len(notes) > len(table_lines("\n".join(notes), ("Speculative",)))
+    for line in notes:
+        assert len(line) <= 80, line
     assert "…" not in result.stdout
     for label in ("accept", "ideal", "ideal+", "× plain", "min-max", "EOS and stop strings ignored"):
         assert label in result.stdout, label
@@ -121,7 +126,7 @@ def test_bench_without_draft_tokens_has_no_speculative_section(cli_app, recipes,
 
 def test_acceptance_is_the_engines_counter_on_the_same_rows(tiny_models):
     """The bench's acceptance is what the scheduler counts for the same rows, seeds and k (run directly)."""
-    from os_cli.api import arguments
+    from os_cli.api.model import arguments
     from os_cli.api.model import OptimalSamplingModel, SchedulerStats, StreamRow
 
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
@@ -154,6 +159,33 @@ def test_a_failed_cost_timing_is_recorded_not_raised(tiny_models, monkeypatch):
     assert rows[1].ok and rows[1].speedup is not None and rows[1].acceptance is not None
     assert rows[1].ideal is None and rows[1].ideal_plus is None
     json.dumps(D.report(rows, costs, D.recommend_draft_tokens(rows), 1), allow_nan=False)
+
+
+def test_forward_costs_are_timed_in_interleaved_rounds(tiny_models, monkeypatch):
+    """A busy spell over the first 40% of the timing (each call in it reads a second longer on the clock the
+    module times with) must not inflate any cost: every cost is timed once per round, so each sees the spell
+    in 4 of its 10 calls and its median is clean. Timed one cost after another, the first ones (theta,
+    teacher) took the whole spell: a 1-token teacher forward came out dearer than 2 tokens."""
+    from types import SimpleNamespace
+
+    from os_cli.api.model import OptimalSamplingModel
+
+    model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
+    repeats, names = 10, 5  # theta, teacher, teacher_2, q_step, q_step_2
+    busy_readings = 2 * repeats * names * 2 // 5  # two clock readings per timed call
+    state = {"readings": 0, "extra": 0.0}
+
+    def clock():
+        state["readings"] += 1
+        if state["readings"] % 2 == 0 and state["readings"] <= busy_readings:
+            state["extra"] += 1.0
+        return time.perf_counter() + state["extra"]
+
+    monkeypatch.setattr(D, "time", SimpleNamespace(perf_counter=clock))
+    costs = D.forward_costs(model, "Question: What is 1 plus 4?", 12, [1], repeats=repeats)
+    assert state["readings"] == 2 * repeats * names
+    assert set(costs) == {"theta", "teacher", "teacher_2", "q_step", "q_step_2"}
+    assert all(0 < ms < 500 for ms in costs.values()), costs
 
 
 def test_ideal_formulas():

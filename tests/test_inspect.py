@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def test_summary_agrees_with_direct_recomputation(tmp_path):
     assert o["tokens"]["distribution"]["quantiles"]["p50"] == pytest.approx(np.median(lengths))
     hist = o["tokens"]["distribution"]["histogram"]
     assert sum(hist["counts"]) == 13
-    assert hist["edges"][0] == lengths.min() - 0.5 and hist["edges"][-1] == lengths.max() + 0.5  # a bin per length
+    assert hist["integer"] and hist["edges"] == list(range(lengths.min(), lengths.max() + 2))  # a bin per length
     assert hist["counts"][0] == (lengths == lengths.min()).sum()
     assert o["finish_reasons"] == {"eos": 9, "length": 4}
 
@@ -174,6 +175,40 @@ def test_stat_reservoir_keeps_exact_moments():
     assert d["min"] == data.min() and d["max"] == data.max()
     assert sum(d["histogram"]["counts"]) == 100
     assert abs(d["quantiles"]["p50"] - np.median(data)) < 0.4  # a sample of 100
+
+
+def test_integer_values_get_integer_bins():
+    """Token counts spanning more values than HIST_BINS: integer edges of one integer width, labelled by the
+    values each row holds (not [17, 19.8))."""
+    from os_cli.cli.inspect import text_histogram
+
+    st = stats.Stat()
+    lengths = [17, 18, 18, 40, 41, 63, 90, 119, 130, 17, 25, 25, 26]
+    st.add_many(lengths)
+    hist = st.to_dict()["histogram"]
+    edges = hist["edges"]
+    assert hist["integer"] and all(type(e) is int for e in edges)
+    widths = {b - a for a, b in zip(edges, edges[1:])}
+    assert len(widths) == 1 and widths.pop() == 6 and len(hist["counts"]) <= stats.HIST_BINS  # 114 values / 20
+    assert edges[0] == 17 and edges[-2] <= 130 < edges[-1] and sum(hist["counts"]) == len(lengths)
+    assert hist["counts"][0] == 4 and hist["counts"][1] == 3  # 17, 17, 18, 18 | 25, 25, 26
+    labels = [line.split()[0] for line in text_histogram(hist).splitlines()]
+    assert labels[0] == "17–28" and labels[-1] == "125–130"  # two bins per row (at most 10 rows)
+    assert all(re.fullmatch(r"\d+–\d+", label) for label in labels), labels
+
+    small = stats.Stat()
+    small.add_many([3, 5, 5, 7])
+    hist = small.to_dict()["histogram"]
+    assert hist["edges"] == [3, 4, 5, 6, 7, 8] and hist["counts"] == [1, 0, 2, 0, 1]
+    assert [line.split()[0] for line in text_histogram(hist).splitlines()] == ["3", "4", "5", "6", "7"]
+
+    floats = stats.Stat()
+    floats.add_many([0.0, 0.5, 20.0])  # edges 0, 1, ..., 20 by chance: still a float histogram
+    hist = floats.to_dict()["histogram"]
+    assert not hist["integer"] and text_histogram(hist).splitlines()[0].strip().startswith("[")
+    huge = stats.Stat()
+    huge.add_many([1e30, 2e30, 5e30])  # whole numbers only because floats that large are
+    assert not huge.to_dict()["histogram"]["integer"]
 
 
 def test_records_without_tokens_or_diagnostics(tmp_path):
@@ -274,6 +309,68 @@ def test_by_splits_every_table(tmp_path, runner_app):
     assert result.stdout.count("kl_symmetry") >= 5 and result.stdout.count("entropy") >= 5  # one per table
     result = invoke(runner_app, tmp_path / "run", "--by", "level", "--json")
     assert set(json.loads(result.stdout)["groups"]) == {"easy", "hard"}
+
+
+def _rendered(summary: dict, width: int) -> str:
+    """What `inspect` prints at `width` columns (a Console like out_console: soft wrap, nothing cropped)."""
+    import io
+
+    from rich.console import Console
+
+    from os_cli.cli.inspect import render
+
+    console = Console(width=width, file=io.StringIO(), soft_wrap=True)
+    render(summary, console)
+    return console.file.getvalue()
+
+
+SPLIT_TABLES = ("Records", "Length (generated", "Mixture diagnostics", "Log-probabilities")
+
+
+def _words(lines: list[str]) -> set[str]:
+    def number(word):
+        try:
+            float(word.replace(",", "").rstrip("%"))
+        except ValueError:
+            return False
+        return True
+
+    return {w for line in lines for w in line.split() if not number(w) and set(w) != {"─"}}
+
+
+@pytest.mark.parametrize("by", ["alpha_method", "finish_reason", "level"])
+def test_split_tables_at_80_columns_never_break_a_word(tmp_path, by):
+    """At 80 columns labels wrap between words, never inside one (`alpha_metho` / `d`, `KL(q||pi_t` / `heta)`):
+    every word of the 80-column tables is a word of the same tables drawn wide."""
+    from rich.cells import cell_len
+    from rich_tables import table_lines
+
+    make_run(tmp_path / "run", n=10)
+    summary = S.summarize_dir(tmp_path / "run", by=by)
+    narrow = table_lines(_rendered(summary, 80), SPLIT_TABLES)
+    assert len(narrow) > 20 and max(cell_len(line) for line in narrow) <= 80, max(narrow, key=cell_len)
+    wide = _words(table_lines(_rendered(summary, 300), SPLIT_TABLES))
+    assert {by, "KL(q||pi_theta)", "KL(q||pi_t)", *summary["groups"]} <= wide
+    assert _words(narrow) - wide == set()
+
+
+def test_a_long_group_label_folds_but_the_table_fits(tmp_path):
+    """A group label too long for 80 columns is folded (it is user data); the tables still fit and our own
+    labels stay whole."""
+    from rich.cells import cell_len
+    from rich_tables import table_lines
+
+    make_run(tmp_path / "run", n=6)
+    for shard in (tmp_path / "run").glob("shard-*.jsonl"):
+        records = [json.loads(line) for line in shard.read_text().splitlines()]
+        for r in records:
+            r["row"]["difficulty_category_name"] = "very_hard_problems_from_the_olympiad" if int(r["id"]) % 2 else "x"
+        shard.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = S.summarize_dir(tmp_path / "run", by="difficulty_category_name")
+    narrow = table_lines(_rendered(summary, 80), SPLIT_TABLES)
+    assert max(cell_len(line) for line in narrow) <= 80, max(narrow, key=cell_len)
+    words = _words(narrow)
+    assert {"KL(q||pi_theta)", "KL(q||pi_t)", "record", "means", "quantity"} <= words
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "foreign", "file"])

@@ -8,27 +8,54 @@ runs `os-sample` from a folder outside the repository, so nothing can come from 
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "os_cli", "optimal_sampling_hf", "recipes", "configs")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "os_cli", "optimal_sampling_hf", "recipes", "configs")
 
 
-def test_every_package_is_listed_in_pyproject():
-    """pyproject.toml lists packages by hand (recipes/ and configs/ are mapped into os_cli): a package
-    missing there would be missing from the wheel."""
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+def _package_list(root: Path) -> list[str]:
+    """setup.py's package list, found from the folders under `root` (setup() itself is not run)."""
+    return runpy.run_path(str(ROOT / "setup.py"), run_name="setup_under_test")["package_list"](str(root))
+
+
+def test_every_package_and_data_folder_is_in_the_wheel_list():
+    """setup.py finds the packages (recipes/ and configs/ are mapped into os_cli): every code package, every
+    folder under os_cli/ holding shipped files (setuptools warns "Package would be ignored" for a data
+    folder that is not a listed package) and every subfolder of recipes/ and configs/."""
+    listed = set(_package_list(ROOT))
     found = {".".join(p.parent.relative_to(ROOT).parts)
              for top in ("os_cli", "optimal_sampling_hf") for p in (ROOT / top).rglob("__init__.py")}
     assert found - listed == set()
-    assert {"os_cli.recipes", "os_cli.configs"} <= listed
+    data = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "os_cli").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".py", ".pyc")}
+    assert {d for d in data if all(part.isidentifier() for part in d.split("."))} - listed == set()
+    assert "os_cli.builtin" in listed
+    for package, folder in (("os_cli.recipes", "recipes"), ("os_cli.configs", "configs")):
+        subs = {".".join((package, *p.relative_to(ROOT / folder).parts))
+                for p in (ROOT / folder).rglob("*") if p.is_dir() and p.name != "__pycache__"}
+        assert {package} | subs <= listed
+    assert "os_cli.configs.alpha" in listed
+
+
+def test_a_new_subpackage_needs_no_edit(tmp_path):
+    """Modules moved into new subpackages (os_cli/mix/, ...) are in the wheel without listing them anywhere."""
+    for folder in ("os_cli", "os_cli/mix", "os_cli/mix/inner", "optimal_sampling_hf"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "__init__.py").write_text("")
+    for path in ("os_cli/builtin/demo-theta/config.json", "os_cli/__pycache__/x.pyc", "recipes/demo.yaml",
+                 "configs/alpha/fixed-half.yaml", "configs/README.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("")
+    assert _package_list(tmp_path) == ["optimal_sampling_hf", "os_cli", "os_cli.builtin", "os_cli.configs",
+                                       "os_cli.configs.alpha", "os_cli.mix", "os_cli.mix.inner", "os_cli.recipes"]
 
 
 def _run(args, cwd, **kw):
@@ -51,6 +78,8 @@ def test_wheel_install_finds_bundled_recipes_and_fragments(tmp_path):
     built = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
                   str(src)], cwd=tmp_path)
     assert built.returncode == 0, built.stderr
+    for warning in ("is absent from the `packages` configuration", "Package would be ignored"):
+        assert warning not in built.stdout + built.stderr, built.stdout + built.stderr
     (wheel,) = dist.glob("os_sample-*.whl")
 
     venv = tmp_path / "venv"

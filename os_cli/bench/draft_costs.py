@@ -12,8 +12,10 @@ Definitions (also in the CLI help and README):
   t_q(k+1)), t_q(m) one q* step over m positions per row (speculative.py's docstring);
 - measured: per interleaved round, tokens/s at k over tokens/s of the plain loop in the same round;
   the median and min-max over rounds.
-Forward costs are timed once, after the rounds, at the bench's batch size, on a cache as long as
-the first prompt plus half of max_new_tokens (the middle of a completion).
+Forward costs are timed after the rounds, at the bench's batch size, on a cache as long as the first
+prompt plus half of max_new_tokens (the middle of a completion): every cost once per round, in
+COST_REPEATS interleaved rounds (the order rotating), and the median of each, so a busy spell or drift
+hits all of them alike instead of inflating whichever was being timed then.
 """
 
 from __future__ import annotations
@@ -38,24 +40,29 @@ from os_cli.api.rows import StreamRow
 from os_cli.engine.speculative import expected_tokens_per_round
 
 MAX_BENCH_DRAFT_TOKENS = 16  # larger k is a typo, not a plan: a round runs k + 1 theta forwards and a^k vanishes
-COST_REPEATS = 30  # timed calls per forward cost (median)
+COST_REPEATS = 30  # interleaved rounds of forward-cost timing (each cost once per round; medians)
 
 
 # --------------------------------------------------------------------------------------------------
 # Forward costs
 
 
-def median_ms(fn: Callable[[], object], repeats: int = COST_REPEATS, devices: Sequence[torch.device] = ()) -> float:
-    """Median milliseconds of `fn()` over `repeats` calls after one untimed call (CUDA devices synchronised)."""
-    fn()
-    sync(devices)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int = COST_REPEATS,
+                        devices: Sequence[torch.device] = ()) -> dict[str, float]:
+    """Median milliseconds of each call over `repeats` rounds that time every call once (after one untimed
+    call each), starting one further along each round; CUDA devices synchronised around each call."""
+    for fn in calls.values():
         fn()
-        sync(devices)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    sync(devices)
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(max(1, repeats)):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            calls[name]()
+            sync(devices)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(times[name]) for name in names}
 
 
 def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_size: int = 1,
@@ -63,13 +70,14 @@ def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_
                   repeats: int = COST_REPEATS) -> dict[str, float]:
     """Median ms at `batch_size` rows with `context` tokens cached (theta's ids of `prompt`, repeated):
     "theta" (one position), "teacher" (one position), "teacher_{k+1}" (k + 1 positions in one forward),
-    "q_step" (one q* step) and "q_step_{k+1}" (one q* step over k + 1 positions per row)."""
+    "q_step" (one q* step) and "q_step_{k+1}" (one q* step over k + 1 positions per row); all timed in
+    the same interleaved rounds (interleaved_medians)."""
     ids = model._token_ids(prompt, "prompts", 0)
     ids = (ids * (context // len(ids) + 1))[:max(1, context)]
     devices = model_devices(model)
-    costs: dict[str, float] = {}
+    calls: dict[str, Callable[[], object]] = {}
     for name, m in (("theta", model.model_theta), ("teacher", model.model_t)):
-        stream = engine.ModelStream(m, model.vocab_size)
+        stream = engine.ModelStream(m, model.vocab_size)  # both kept until every round is timed
         stream.prefill(*engine.left_pad([ids] * batch_size, model.tokenizer.pad_token_id, stream.input_device))
         token = torch.full((batch_size,), 5, device=stream.input_device)
 
@@ -77,7 +85,7 @@ def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_
             stream.step(token)
             stream.rollback(1)
 
-        costs[name] = median_ms(one, repeats, devices)
+        calls[name] = one
         if name == "teacher":
             for k in ks:
                 block = torch.full((batch_size, k + 1), 5, device=stream.input_device)
@@ -86,17 +94,16 @@ def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_
                     stream.extend(block)
                     stream.rollback(k + 1)
 
-                costs[f"teacher_{k + 1}"] = median_ms(many, repeats, devices)
-        del stream
+                calls[f"teacher_{k + 1}"] = many
     step_fn = model._step_fn(model._sampler_config(temperature, top_k, top_p), "mixture")
     device = model.device
     for m in [1] + [k + 1 for k in ks]:  # a round's one q* step covers its k + 1 positions
         logits = torch.randn(batch_size * m, model.vocab_size, device=device)
         keys = rng.row_keys(torch.arange(batch_size * m)).to(device)
         steps = (context + torch.arange(m, device=device)).repeat(batch_size)  # not step 0 (first-token rules)
-        costs["q_step" if m == 1 else f"q_step_{m}"] = median_ms(
-            lambda logits=logits, keys=keys, steps=steps: step_fn(logits, logits, keys, steps), repeats, devices)
-    return costs
+        calls["q_step" if m == 1 else f"q_step_{m}"] = (
+            lambda logits=logits, keys=keys, steps=steps: step_fn(logits, logits, keys, steps))
+    return interleaved_medians(calls, repeats, devices)
 
 
 def ideal_speedup(acceptance: float, k: int, costs: dict[str, float]) -> float:

@@ -57,6 +57,20 @@ class BenchRow:
         return asdict(self)
 
 
+def rate_range(row: BenchRow) -> tuple[float, float]:
+    """(slowest, fastest) tokens/s over the row's timed runs; (tokens/s, tokens/s) where it has no run times."""
+    if row.new_tokens and row.seconds_all and min(row.seconds_all) > 0:
+        return row.new_tokens / max(row.seconds_all), row.new_tokens / min(row.seconds_all)
+    return row.tokens_per_s or 0.0, row.tokens_per_s or 0.0
+
+
+def overlaps(a: BenchRow, b: BenchRow) -> bool:
+    """No measurable difference between two rows: their tokens/s ranges over the timed runs,
+    [slowest, fastest], overlap (the one definition bench's recommendation uses)."""
+    (a_lo, a_hi), (b_lo, b_hi) = rate_range(a), rate_range(b)
+    return a_lo <= b_hi and b_lo <= a_hi
+
+
 def is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True

@@ -34,10 +34,11 @@ import torch
 
 from os_cli.mix.alpha import ALPHA_METHODS
 from os_cli.machine import machine_info
-from os_cli.bench.measure import BenchRow, Point, measure
+from os_cli.bench.measure import BenchRow, Point, measure, overlaps
 from os_cli.memory import device_memory, model_devices  # noqa: F401 - device_memory: cli/bench
 
 AUTO_MAX_BATCH = 1024
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8)  # the sweep without --batch-sizes, plus the recipe's own batch size
 AUTO_MIN_GAIN = 0.05  # a point "improves" when its throughput beats the best so far by more than this
 AUTO_PATIENCE = 2  # `auto` stops after this many points in a row that do not improve by AUTO_MIN_GAIN
 WARMUP_MAX_NEW_TOKENS = 16
@@ -196,6 +197,11 @@ def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: 
 # Sweeps, comparisons, recommendation
 
 
+def default_batch_sizes(recipe_batch_size: int) -> list[int]:
+    """DEFAULT_BATCH_SIZES and the batch size the recipe runs with, ascending."""
+    return sorted({*DEFAULT_BATCH_SIZES, int(recipe_batch_size)})
+
+
 def auto_batch_sizes(limit: int = AUTO_MAX_BATCH) -> list[int]:
     sizes, b = [], 1
     while b <= limit:
@@ -266,13 +272,17 @@ def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batc
 
 
 def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str, int] | None) -> dict:
-    """The batch size with the best throughput whose peak memory leaves `headroom` (a fraction of
+    """The batch size with the best median throughput whose peak memory leaves `headroom` (a fraction of
     each device's total) free; CUDA uses the reserved peak (what the allocator holds). On CPU: the best
-    throughput. Returns {"batch_size", "set", "tokens_per_s", "reason"} (batch_size None if nothing fits)."""
+    throughput. It is recommended only when measurably faster than every other point that fits: where its
+    tokens/s range over the timed runs overlaps another's (measure.overlaps), there is no measurable
+    difference and no recommendation. Returns {"batch_size", "set", "tokens_per_s", "reason", "fastest"
+    (best median among those that fit, recommended or not), "tied" (batch sizes not measurably different
+    from it, itself included; empty when recommended)}; batch_size None when nothing is recommended."""
+    none = {"batch_size": None, "set": None, "tokens_per_s": None, "fastest": None, "tied": []}
     ok = [r for r in rows if r.ok]
     if not ok:
-        return {"batch_size": None, "set": None, "tokens_per_s": None,
-                "reason": "no batch size ran to completion (see the rows' oom/error fields)"}
+        return {**none, "reason": "no batch size ran to completion (see the rows' oom/error fields)"}
     fits = ok
     if total_memory:
         def within(r: BenchRow) -> bool:
@@ -282,16 +292,23 @@ def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str,
         fits = [r for r in ok if within(r)]
         if not fits:
             smallest = min(ok, key=lambda r: r.batch_size)
-            return {"batch_size": None, "set": None, "tokens_per_s": None,
-                    "reason": f"no batch size leaves {headroom:.0%} of device memory free "
-                              f"(batch size {smallest.batch_size} peaked at {_gib(smallest.peak_reserved)})"}
+            return {**none, "reason": f"no batch size leaves {headroom:.0%} of device memory free "
+                                      f"(batch size {smallest.batch_size} peaked at {_gib(smallest.peak_reserved)})"}
     best = max(fits, key=lambda r: (r.tokens_per_s, -r.batch_size))
+    tied = sorted({best.batch_size} | {r.batch_size for r in fits if r is not best and overlaps(r, best)})
+    if len(tied) > 1:
+        sizes = ", ".join(map(str, tied[:-1])) + f" and {tied[-1]}"
+        return {**none, "fastest": best.batch_size, "tied": tied,
+                "reason": f"no measurable difference between batch sizes {sizes}: their tokens/s ranges over "
+                          f"the timed runs (slowest to fastest) overlap"}
     if total_memory:
         reason = f"best throughput with at least {headroom:.0%} of device memory left free"
     else:
         reason = "best throughput (CPU: no memory headroom check)"
+    if len(fits) > 1:
+        reason += "; its slowest timed run beats every other batch size's fastest"
     return {"batch_size": best.batch_size, "set": f"--set sampling.batch_size={best.batch_size}",
-            "tokens_per_s": best.tokens_per_s, "reason": reason}
+            "tokens_per_s": best.tokens_per_s, "reason": reason, "fastest": best.batch_size, "tied": []}
 
 
 def _gib(n: int | None) -> str:

@@ -11,7 +11,8 @@ import typer
 
 from os_cli.errors import UserError
 from os_cli.limits import MAX_NEW_TOKENS
-from os_cli.cli.common import DebugOption, SetOption, cli_errors, out_console, percent, point_status
+from os_cli.cli.common import (DebugOption, SetOption, cli_errors, followup_batch_size, note, out_console, percent,
+                               point_status)
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -23,10 +24,13 @@ HELP = (
     "size during the point, models included) and whether it ran out of memory. An out-of-memory point is "
     "recorded and ends the sweep. `auto` doubles the batch size from 1 until out of memory, until peak "
     "memory passes the --headroom limit (CUDA), or until two points in a row fail to beat the best "
-    "throughput so far by more than 5%. The recommendation is the best throughput that leaves --headroom "
-    "of device memory free (CPU: best throughput), printed as `--set sampling.batch_size=N`.\n\n"
-    "--compare then runs, at the recommended batch size on the same prompts: HF `generate` of the teacher "
-    "alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine "
+    "throughput so far by more than 5%. Without --batch-sizes the sweep is 1,2,4,8 and the recipe's own "
+    "sampling.batch_size. The recommendation is the best throughput that leaves --headroom of device memory "
+    "free (CPU: best throughput), printed as `--set sampling.batch_size=N`, made only when that point is "
+    "measurably faster than every other: where their tokens/s ranges over the timed runs (slowest to fastest) "
+    "overlap, bench says there is no measurable difference and recommends nothing.\n\n"
+    "--compare then runs, at the recommended batch size (else the fastest by median) on the same prompts: "
+    "HF `generate` of the teacher alone, the two-model floor (both forwards, teacher draws, no alpha solve or mixing) and the engine "
     "with each alpha method, interleaved round by round, every row generating exactly max-new-tokens "
     "tokens (EOS and stop strings ignored; with --lengths long-tail, the same per-row caps), with each "
     "one's tokens/s as a ratio to the same round's floor (median and min-max over rounds).\n\n"
@@ -34,7 +38,8 @@ HELP = (
     "--batch-sizes 1 to measure batch 1, where speculative decoding pays off most), the plain loop (k=0) and "
     "each k on the same rows, interleaved, every row to its cap (EOS and stop strings ignored): the "
     "acceptance a (accepted / verified drafts), E = (1 - a^(k+1)) / (1 - a) tokens per round, the ideal "
-    "speed-up E (t_theta + t_T(1)) / (k t_theta + t_T(k+1)) from forward costs timed once at that batch size, "
+    "speed-up E (t_theta + t_T(1)) / (k t_theta + t_T(k+1)) from forward costs timed at that batch size "
+    "(medians over interleaved rounds), "
     "ideal+ (also counting k+1 theta forwards and one q* step over k+1 positions per round), and the "
     "measured speed-up (median and min-max over rounds of tokens/s over the same round's k=0). It "
     "recommends the best k that is faster in every round by more than its spread (else 0), printed as "
@@ -49,7 +54,8 @@ def register(app: typer.Typer) -> None:
 def bench_command(
     config: str = typer.Option(..., "--config", "-c", help="Recipe file or bundled recipe name."),
     overrides: Optional[List[str]] = SetOption,
-    batch_sizes: str = typer.Option("1,2,4,8", "--batch-sizes", help="Comma-separated batch sizes, or 'auto'."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes, or "
+                                              "'auto' (default: 1,2,4,8 and the recipe's sampling.batch_size)."),
     prompts: int = typer.Option(16, "--prompts", min=1, help="Prompts per point (at least the batch size is run)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS,
                                                  help="Tokens per completion (default: the recipe's)."),
@@ -95,8 +101,8 @@ def parse_batch_sizes(text: str) -> list[int] | str:
     return sizes
 
 
-def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts: int, max_new_tokens: int | None,
-           do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
+def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_prompts: int,
+           max_new_tokens: int | None, do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
            lengths: str = "natural", draft_tokens_text: str | None = None, *, overwrite: bool = False) -> None:
     from os_cli.bench import sweep as B
     from os_cli.prompts.data import load_rows, render_prompts
@@ -110,7 +116,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     quiet_progress_bars()
     if not 0 <= headroom < 1:
         raise UserError(f"--headroom {headroom}: give a fraction of device memory in [0, 1), e.g. 0.1")
-    sizes = parse_batch_sizes(batch_sizes_text)
+    sizes = parse_batch_sizes(batch_sizes_text) if batch_sizes_text is not None else None
     if num_prompts > MAX_BATCH_SIZE:
         raise UserError(f"--prompts {num_prompts}: at most {MAX_BATCH_SIZE} prompts per point")
     if lengths not in B.LENGTHS:
@@ -127,6 +133,8 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     for text in run_warnings(recipe):
         console.print(f"warning: {text}", markup=False, highlight=False)
     sampling = recipe["sampling"]
+    if sizes is None:
+        sizes = B.default_batch_sizes(sampling["batch_size"])
     settings = B.BenchSettings(
         max_new_tokens=max_new_tokens or sampling["max_new_tokens"], temperature=sampling["temperature"],
         top_p=sampling["top_p"], top_k=sampling["top_k"], seed=sampling["seed"], stop=list(sampling["stop"] or []),
@@ -172,18 +180,22 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress, memory_limit=limit)
     rec = B.recommend(sweep_rows, headroom, total)
     console.print(_rows_table(f"Batch-size sweep (median of {repeats} runs)", sweep_rows, compare=False))
-    console.print(f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
+    note(console, f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
                   "runs, * when over 10%[/]")
-    console.print(_memory_note(sweep_rows, device))
+    note(console, _memory_note(sweep_rows, device))
     if rec["batch_size"] is not None:
-        console.print(f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
-                      f"{rec['tokens_per_s']:.1f} tokens/s):  [bold green]{rec['set']}[/]")
+        note(console, f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
+                      f"{rec['tokens_per_s']:.1f} tokens/s):")
+        note(console, f"  [bold green]{rec['set']}[/]")
+    elif rec["tied"]:
+        note(console, f"[yellow]No recommendation:[/] {rec['reason']}; more --repeats or a quieter machine may "
+                      f"separate them")
     else:
-        console.print(f"[red]No recommendation:[/] {rec['reason']}")
+        note(console, f"[red]No recommendation:[/] {rec['reason']}")
 
     compare_rows = None
     if do_compare:
-        at = rec["batch_size"] or next((r.batch_size for r in reversed(sweep_rows) if r.ok), None)
+        at = followup_batch_size(rec, sweep_rows)
         if at is None:
             console.print("[red]--compare skipped:[/] no batch size ran to completion")
         else:
@@ -193,11 +205,11 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
             n = max(num_prompts, at)
             console.print(_rows_table(f"Comparison at batch size {at}, {n} prompts, {repeats} interleaved rounds",
                                       compare_rows, compare=True))
-            console.print(f"[dim]lengths: {compare_rows[1].lengths}; × floor: median over rounds of tokens/s "
+            note(console, f"[dim]lengths: {compare_rows[1].lengths}; × floor: median over rounds of tokens/s "
                           "over the same round's floor (min-max); spread * over 10%[/]")
             for r in compare_rows:
                 if not r.ok:
-                    console.print(f"[red]{r.label}:[/] {r.error}")
+                    note(console, f"[red]{r.label}:[/] {r.error}")
 
     speculative, spec_rows = None, []
     if ks:

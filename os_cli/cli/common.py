@@ -106,3 +106,17 @@ def point_status(row) -> str:
 
 def percent(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:.0f}%"
+
+
+NOTE_WIDTH = 80  # notes under the tables wrap here even in a wider terminal (the tables fit 80 columns)
+
+
+def note(console, text: str) -> None:
+    """A line of prose (rich markup) under a table, word-wrapped at NOTE_WIDTH columns or the terminal's width."""
+    console.print(text, width=min(NOTE_WIDTH, console.width), soft_wrap=False, highlight=False)
+
+
+def followup_batch_size(rec: dict, sweep_rows) -> int | None:
+    """Where --compare and --draft-tokens run: the recommended batch size, else the fastest by median that
+    fits (no measurable difference), else the largest that ran."""
+    return rec["batch_size"] or rec.get("fastest") or next((r.batch_size for r in reversed(sweep_rows) if r.ok), None)

@@ -4,7 +4,7 @@ Measurement lives in os_cli/draft_bench.py; cli/bench.py calls these."""
 from __future__ import annotations
 
 from os_cli.errors import UserError
-from os_cli.cli.common import percent, point_status
+from os_cli.cli.common import followup_batch_size, note, percent, point_status
 
 
 def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
@@ -53,11 +53,11 @@ def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, s
     section and the rows' timings (BenchRow)."""
     from os_cli.bench import draft_costs as D
 
-    at = rec["batch_size"] or next((r.batch_size for r in reversed(sweep_rows) if r.ok), None)
+    at = followup_batch_size(rec, sweep_rows)
     if at is None:
         console.print("[red]--draft-tokens skipped:[/] no batch size ran to completion")
         return None, []
-    console.print(f"[bold]speculative[/] at batch size {at} (speculative decoding pays off mostly at small "
+    note(console, f"[bold]speculative[/] at batch size {at} (speculative decoding pays off mostly at small "
                   f"batches; --batch-sizes 1 measures batch 1)")
 
     def progress(row) -> None:
@@ -70,14 +70,14 @@ def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, s
     n = max(settings.num_prompts, at)
     console.print(_draft_table(f"Speculative at batch size {at}, {n} prompts, {settings.repeats} interleaved rounds",
                                rows))
-    console.print(f"[dim]lengths: {rows[0].timing.lengths}; × plain: median over rounds of tokens/s over the "
-                  f"same round's k=0 (min-max); spread * over 10%; forward costs (ms, batch {at}): "
-                  + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()) + "[/]")
+    note(console, f"[dim]lengths: {rows[0].timing.lengths}; × plain: median over rounds of tokens/s over the "
+                  f"same round's k=0 (min-max); spread * over 10%; forward costs (ms, batch {at}, medians over "
+                  f"interleaved rounds): " + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()) + "[/]")
     for r in rows:
         if not r.ok:
-            console.print(f"[red]{r.timing.label}:[/] {r.timing.error}")
-    console.print(f"Recommended draft_tokens: [bold]{pick['draft_tokens']}[/] ({pick['reason']}):  "
-                  f"[bold green]{pick['set']}[/]")
+            note(console, f"[red]{r.timing.label}:[/] {r.timing.error}")
+    note(console, f"Recommended draft_tokens: [bold]{pick['draft_tokens']}[/] ({pick['reason']}):")
+    note(console, f"  [bold green]{pick['set']}[/]")
     return D.report(rows, costs, pick, at), [r.timing for r in rows]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -139,7 +140,8 @@ def _table(title: str, summary: dict, columns: list[tuple[str, str]]):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True)
     # Labels wrap (never vanish) in a narrow terminal; numbers and histograms stay on one line.
     if summary.get("by"):
         table.add_column(summary["by"], style="cyan", overflow="fold", min_width=LABEL_MIN_WIDTH)
@@ -154,6 +156,39 @@ def _table(title: str, summary: dict, columns: list[tuple[str, str]]):
 LABEL_COLUMNS = ("quantity", "over", "finish reasons")
 ANSWERS_COLUMN = "answers correct"
 LABEL_MIN_WIDTH = 6
+
+
+def _whole_words(table, width: int):
+    """Label columns at least as wide as their longest word (header included), so a narrow terminal wraps
+    them between words (`record` / `means`), never inside one (`alpha_metho` / `d`). Where the words cannot
+    all fit `width`, the --by column (user data) is narrowed first, to a fixed width (rich's own shrinking
+    overshoots), folding its longest words; then ours, down to LABEL_MIN_WIDTH."""
+    from rich.console import Console
+    from rich.text import Text
+
+    labels = [c for c in table.columns if c.overflow == "fold"]
+    for column in labels:
+        words = [w for t in [column.header, *column.cells] if isinstance(t, (str, Text))
+                 for w in (Text.from_markup(t) if isinstance(t, str) else t).plain.split()]
+        column.min_width = max(column.min_width or 0, max((len(w) for w in words), default=0))
+    console = Console(width=width, file=io.StringIO())
+    for column in labels:
+        excess = _drawn_width(console, table) - width
+        while excess > 0 and (column.width or column.min_width) > LABEL_MIN_WIDTH:
+            column.width = max(LABEL_MIN_WIDTH, (column.width or column.min_width) - excess)
+            column.min_width = None
+            excess = _drawn_width(console, table) - width
+        if excess <= 0:
+            break
+    return table
+
+
+def _drawn_width(console, table) -> int:
+    from rich.cells import cell_len
+
+    with console.capture() as drawn:
+        console.print(table, crop=False)  # as out_console (soft_wrap) prints it: nothing cut at the edge
+    return max((cell_len(line) for line in drawn.get().splitlines()), default=0)
 
 
 FULL_STATS = ("n", "mean", "std", "min", "p05", "p50", "p95", "max", "histogram")
@@ -233,13 +268,13 @@ def render(summary: dict, console) -> None:
             a = g.get("answers")
             cells.append(f"{a['correct']}/{a['with_reference']} = {_pct(a['accuracy'])}" if a else "–")
         _add(table, summary, name, cells)
-    console.print(table)
+    console.print(_whole_words(table, console.width))
     _render_pass_at_k(summary, console)
 
     table = _table("Length (generated tokens per record)", summary, _dist_columns())
     for name, g in summary_groups(summary):
         _add(table, summary, name, _dist_cells(g["tokens"]["distribution"]))
-    console.print(table)
+    console.print(_whole_words(table, console.width))
 
     # "over record means": one value per record (its mean over its tokens); "over tokens": every token,
     # the population of generate's end-of-run "mean alpha / mean ESS ratio (over tokens)".
@@ -250,7 +285,7 @@ def render(summary: dict, console) -> None:
             _add(table, summary, name, [label, "record means"] + _dist_cells(d["per_record"]))
             if d.get("per_token"):
                 _add(table, summary, name, [label, "tokens"] + _dist_cells(d["per_token"]))
-    console.print(table)
+    console.print(_whole_words(table, console.width))
 
     table = _table("Log-probabilities and importance weights (log w = log pi_theta - log q*)", summary,
                    [("quantity", "left")] + _dist_columns())
@@ -262,7 +297,7 @@ def render(summary: dict, console) -> None:
         _add(table, summary, name, ["log w / tokens, per record"] + _dist_cells(lw["per_record_per_token"]))
         if lw.get("per_token"):
             _add(table, summary, name, ["log w per token"] + _dist_cells(lw["per_token"]))
-    console.print(table)
+    console.print(_whole_words(table, console.width))
     for name, g in summary_groups(summary):
         lw = g["log_weight"]
         prefix = f"[cyan]{name}[/]: " if name else ""
@@ -295,7 +330,7 @@ def _render_pass_at_k(summary: dict, console) -> None:
             _add(table, summary, name, [f"pass@{k}", _pct(v["value"]), _fmt(v["rows"])])
         _add(table, summary, name, ["all samples correct", _fmt(p["rows_all_correct"]), _fmt(p["rows"])])
         _add(table, summary, name, ["no sample correct", _fmt(p["rows_none_correct"]), _fmt(p["rows"])])
-    console.print(table)
+    console.print(_whole_words(table, console.width))
 
 
 def _render_histograms(summary: dict, console) -> None:
@@ -310,7 +345,8 @@ def _render_histograms(summary: dict, console) -> None:
 
 
 def text_histogram(hist: dict, width: int = 40, max_rows: int = 10) -> str:
-    """Horizontal bars, `HIST_BINS` bins merged down to `max_rows` rows."""
+    """Horizontal bars, `HIST_BINS` bins merged down to `max_rows` rows; integer histograms (lengths) are
+    labelled by the values their rows hold (`17–19`), others by their edges (`[0.5, 0.6)`)."""
     edges, counts = hist["edges"], hist["counts"]
     nonzero = [i for i, c in enumerate(counts) if c]
     if nonzero:  # trim empty bins at both ends
@@ -322,12 +358,11 @@ def text_histogram(hist: dict, width: int = 40, max_rows: int = 10) -> str:
         c = sum(counts[i:i + step])
         rows.append((edges[i], edges[min(i + step, len(edges) - 1)], c))
     top = max(c for _, _, c in rows) or 1
-    integer_bins = len(edges) > 1 and edges[1] - edges[0] == 1 and edges[0] % 1 == 0.5
     out = []
     for lo, hi, c in rows:
         bar = "█" * round(c / top * width)
-        if integer_bins:  # one bin per integer value (lengths): label the values, not the edges
-            a, b = int(lo + 0.5), int(hi - 0.5)
+        if hist.get("integer"):  # integer edges (lengths): label the values a bin holds, not its edges
+            a, b = int(lo), int(hi) - 1
             label = f"{a:>9,}" if a == b else f"{f'{a:,}–{b:,}':>9}"
             out.append(f"  {label.strip():>12}  {bar} {c}")
         else:

@@ -3,6 +3,7 @@
 `Stat` keeps exact count / mean / std / min / max of a stream of numbers (None and non-numbers are
 counted as non-finite) and a uniform reservoir sample (Algorithm R) of at most `cap` values, from
 which quantiles and histograms are computed (`"sampled": true` once the stream outgrew the cap).
+Integer-valued streams (lengths) get integer bin edges (`"integer": true`): bin [a, b) holds a .. b - 1.
 `PositionMeans` averages a per-token value at each token position. Pure: numpy only, no I/O.
 """
 
@@ -17,6 +18,7 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 20
 RESERVOIR_PER_TOKEN = 200_000
 RESERVOIR_PER_RECORD = 2_000_000
+EXACT_INTEGERS = 2.0 ** 53  # beyond this every float is a whole number: not a count, no integer bins
 
 
 
@@ -119,9 +121,9 @@ class Stat:
             return out
         vals = self.values()
         qs = np.quantile(vals, QUANTILES)
-        if self.max - self.min < HIST_BINS and np.all(vals == np.round(vals)):
-            bins: Any = np.arange(self.min - 0.5, self.max + 1.0)  # integers (lengths): one bin per value
-            counts, edges = np.histogram(vals, bins=bins)
+        integer = bool(max(-self.min, self.max) < EXACT_INTEGERS and np.all(vals == np.round(vals)))
+        if integer:  # lengths, counts: integer edges, each bin holds whole values
+            counts, edges = np.histogram(vals, bins=integer_edges(self.min, self.max))
         else:
             counts, edges = np.histogram(vals, bins=HIST_BINS, range=_hist_range(self.min, self.max))
         out.update(
@@ -130,7 +132,8 @@ class Stat:
             min=self.min,
             max=self.max,
             quantiles={_qname(q): float(v) for q, v in zip(QUANTILES, qs)},
-            histogram={"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
+            histogram={"edges": [int(e) if integer else float(e) for e in edges], "counts": [int(c) for c in counts],
+                       "integer": integer},
             sampled=self._n > self.cap,
         )
         return out
@@ -138,6 +141,15 @@ class Stat:
 
 def _qname(q: float) -> str:
     return f"p{round(q * 100):02d}"
+
+
+def integer_edges(lo: float, hi: float, bins: int = HIST_BINS) -> np.ndarray:
+    """Integer bin edges for integer values from `lo` to `hi`: at most `bins` bins of an integer width,
+    bin [a, b) holding the values a .. b - 1 (one bin per value while the range allows)."""
+    start, stop = math.floor(lo), math.floor(hi) + 1
+    width = max(1, -(-(stop - start) // bins))
+    count = -(-(stop - start) // width)
+    return start + width * np.arange(count + 1)
 
 
 def _hist_range(lo: float, hi: float) -> tuple[float, float]:
