@@ -126,7 +126,7 @@ def test_bench_without_draft_tokens_has_no_speculative_section(cli_app, recipes,
 
 def test_acceptance_is_the_engines_counter_on_the_same_rows(tiny_models):
     """The bench's acceptance is what the scheduler counts for the same rows, seeds and k (run directly)."""
-    from os_cli.api.model import arguments
+    from os_cli.api import arguments
     from os_cli.api.model import OptimalSamplingModel, SchedulerStats, StreamRow
 
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
