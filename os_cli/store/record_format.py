@@ -68,10 +68,19 @@ def record_key(record: Mapping) -> tuple[str, int]:
 
 
 def num_samples_of(recipe: Any) -> int:
-    """sampling.num_samples of a (stored) recipe; 1 for one written before the key existed."""
+    """sampling.num_samples of a loaded `Recipe` or a stored (plain dict) one; 1 for one written before the key
+    existed."""
+    recipe = _plain_recipe(recipe)
     sampling = recipe.get("sampling") if isinstance(recipe, Mapping) else None
     value = sampling.get("num_samples", 1) if isinstance(sampling, Mapping) else 1
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def _plain_recipe(recipe: Any) -> Any:
+    """A loaded `Recipe` as its plain dict (what a manifest stores); anything else as it is."""
+    from os_cli.recipe.typed import Recipe  # here: the recipe package imports this module
+
+    return recipe.to_dict() if isinstance(recipe, Recipe) else recipe
 
 
 def describe_key(key: tuple[str, int]) -> str:
@@ -93,7 +102,9 @@ class TokenSpec:
 
 
 def token_spec(recipe: Any) -> TokenSpec | None:
-    """The TokenSpec of a (stored) recipe's `output` settings; None when it has no `output` section."""
+    """The TokenSpec of the `output` settings of a loaded `Recipe` or a stored (plain dict) one; None when it
+    has no `output` section."""
+    recipe = _plain_recipe(recipe)
     output = recipe.get("output") if isinstance(recipe, Mapping) else None
     if not isinstance(output, Mapping):
         return None
