@@ -87,7 +87,7 @@ def check_models_reachable(models: Models, places: Places) -> None:
         return
     for key in ("theta", "teacher"):
         value = models.name(key)
-        if key not in places.hub:
+        if not value or key not in places.hub:
             continue
         try:
             from huggingface_hub import try_to_load_from_cache

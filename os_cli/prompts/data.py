@@ -185,6 +185,7 @@ def _load_hub(name: str, config: str | None, split: str):
 def _open_dataset(ds_cfg: Dataset, base_dir: Path | None):
     """(rows: a list of dicts or a `datasets.Dataset`, raw CSV ids or None, label)."""
     source = ds_cfg.source
+    assert source is not None  # load_rows reads inline rows itself; a recipe has one of the two
     if source.startswith(BUILTIN_PREFIX):
         path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
         if not path.is_file():
@@ -346,6 +347,7 @@ def _render_one(spec: PromptSpec, tokenizer, row: Mapping, role: str, model_name
 def _render_chat(spec: PromptSpec, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list]:
     """A row's conversation (os_cli/chat.py) rendered with the chat template and its generation prompt."""
     field = spec.messages_field
+    assert field  # _render_one renders a conversation only where messages_field is set
     if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"prompts.{role}.messages_field is set, but the tokenizer of {model_name} has no chat template to "
