@@ -85,7 +85,7 @@ def base(**prompts):
 
 def test_schema_messages_field_template_and_chat_template_rules():
     r = load_recipe(data=base())
-    assert r["prompts"]["theta"]["messages_field"] == "messages" and r["prompts"]["theta"]["template"] is None
+    assert r.prompts.theta.messages_field == "messages" and r.prompts.theta.template is None
     with pytest.raises(UserError, match="prompts.theta.messages_field: needs chat_template: true"):
         load_recipe(data=base(theta={"messages_field": "messages", "chat_template": False}))
     with pytest.raises(UserError, match="prompts.theta.template: is required"):
@@ -97,7 +97,7 @@ def test_schema_messages_field_template_and_chat_template_rules():
 def test_messages_field_at_its_default_leaves_the_recipe_hash_as_before():
     """Folders written before these keys existed still resume: the stored recipe lacks them."""
     r = load_recipe(data=base(theta={"template": "{answer}"}, teacher={"template": "{answer}!"}))
-    old = json.loads(json.dumps({k: v for k, v in r.items() if k != "_meta"}))
+    old = json.loads(json.dumps(r.to_dict()))
     for section in ("theta", "teacher"):
         del old["prompts"][section]["messages_field"]
     del old["sampling"]["num_samples"]

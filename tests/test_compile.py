@@ -192,11 +192,11 @@ def _recipe(tmp_path, *overrides):
 
 def test_recipe_key_is_checked_and_not_hashed(tmp_path):
     base = _recipe(tmp_path)
-    assert base["models"]["compile"] is False and "compile" not in model_kwargs(base)
+    assert base.models.compile is False and "compile" not in model_kwargs(base)
     for value in ("true", "static"):
         on = _recipe(tmp_path, f"models.compile={value}")
         assert recipe_hash(on) == recipe_hash(base)  # same tokens, like batch_size: a run resumes either way
-        assert model_kwargs(on)["compile"] == on["models"]["compile"]
+        assert model_kwargs(on)["compile"] == on.models.compile
     for value in ("fast", "1", "0", "null"):
         with pytest.raises(UserError, match=r"models\.compile.*(true, false or static|must not be null)"):
             _recipe(tmp_path, f"models.compile={value}")

@@ -19,13 +19,13 @@ def recipe(**dataset):
 
 
 def dataset(**section):
-    return recipe(**section)["dataset"]
+    return recipe(**section).dataset
 
 
 def render(r, tokenizer, **kwargs):
     """render_prompts on a loaded recipe's sections, as the CLI calls it."""
-    return render_prompts(r["prompts"], tokenizer, load_rows(r["dataset"]), models=r["models"],
-                          skip=r["dataset"]["skip"], **kwargs)
+    return render_prompts(r.prompts, tokenizer, load_rows(r.dataset), models=r.models,
+                          skip=r.dataset.skip, **kwargs)
 
 
 def write_jsonl(path, rows):
@@ -178,6 +178,6 @@ def test_tokenizer_without_chat_template(tiny_tokenizer):
 
 def test_kept_row():
     r = recipe(inline=ROWS, keep_fields=["answer"])
-    assert kept_row(r["dataset"]["keep_fields"], ROWS[0]) == {"answer": "3"}
-    assert kept_row(dataset(inline=ROWS, keep_fields="none")["keep_fields"], ROWS[0]) == {}
-    assert kept_row(dataset(inline=ROWS)["keep_fields"], {"x": float("nan"), "y": b"b"}) == {"x": None, "y": "b"}
+    assert kept_row(r.dataset.keep_fields, ROWS[0]) == {"answer": "3"}
+    assert kept_row(dataset(inline=ROWS, keep_fields="none").keep_fields, ROWS[0]) == {}
+    assert kept_row(dataset(inline=ROWS).keep_fields, {"x": float("nan"), "y": b"b"}) == {"x": None, "y": "b"}

@@ -207,18 +207,18 @@ def test_bad_placement_exits_2_with_the_key_before_models_load(recipe_file, tmp_
 
 def test_quantization_error_names_the_missing_package_or_the_missing_gpu(recipe_file, monkeypatch):
     recipe = load_recipe(recipe_file, ["models.per_model.teacher.quantization=4bit"])
-    found = preflight.placement_problem(recipe["models"])
+    found = preflight.placement_problem(recipe.models)
     assert found[0] == "models.per_model.teacher.quantization"
-    assert "bitsandbytes package is not installed" in found[1] and recipe["models"]["teacher"] in found[1]
+    assert "bitsandbytes package is not installed" in found[1] and recipe.models.teacher in found[1]
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else real(name, *a))
-    found = preflight.placement_problem(recipe["models"])
+    found = preflight.placement_problem(recipe.models)
     assert found[0] == "models.per_model.teacher.quantization" and "needs a CUDA device" in found[1]
     # theta alone is quantized: the key path says so
     recipe = load_recipe(recipe_file, ["models.per_model.theta.quantization=8bit"])
-    assert preflight.placement_problem(recipe["models"])[0] == "models.per_model.theta.quantization"
+    assert preflight.placement_problem(recipe.models)[0] == "models.per_model.theta.quantization"
 
 
 # ------------------------------------------------------------------------------------------ keys -> arguments
@@ -238,7 +238,7 @@ def test_per_model_keys_become_constructor_arguments(recipe_file):
         "device_map": "auto", "max_memory": {0: "20GiB", "cpu": "64GiB"}, "load_in_4bit": True,
         "bnb_4bit_quant_type": "fp4", "bnb_4bit_compute_dtype": "float16",
     }
-    settings = model_settings(recipe["models"], "teacher")
+    settings = model_settings(recipe.models, "teacher")
     assert settings["device_map"] == ("auto", "models.per_model.teacher.device_map")
     assert settings["device"] == ("cpu", "models.device")
     # The BitsAndBytesConfig those arguments build (without bitsandbytes: check=False).
@@ -270,8 +270,8 @@ def test_hash_ignores_placement_but_not_quantization(recipe_file):
     assert recipe_hash(quantized) != recipe_hash(base)
     assert [k for k, _, _ in recipe_diff(base, quantized)] == ["models.per_model.teacher.quantization"]
     # A folder written before these keys existed (its recipe has none of them) still resumes.
-    old = {k: v for k, v in base.items()}
-    old["models"] = {k: v for k, v in base["models"].items() if k not in ("per_model", "quant_type", "compute_dtype")}
+    old = base.to_dict()
+    old["models"] = {k: v for k, v in old["models"].items() if k not in ("per_model", "quant_type", "compute_dtype")}
     assert recipe_hash(old) == recipe_hash(base) and recipe_diff(old, base) == []
 
 

@@ -47,16 +47,17 @@ def error_of(tmp_path, data, overrides=()) -> UserError:
 
 def test_defaults_filled_and_run_name_from_file(tmp_path):
     r = load_recipe(write(tmp_path, BASE, "my-run.yaml"))
-    assert r["run_name"] == "my-run"
-    assert r["alpha"] == {"method": "kl_symmetry", "fixed": 0.5, "min": 0.5, "max": 1.0}
-    assert r["sampling"]["batch_size"] == 8 and r["sampling"]["stop"] == [] and r["sampling"]["temperature"] == 1.0
-    assert r["models"]["teacher"] is None and r["models"]["quantization"] == "none"
-    assert r["prompts"]["teacher"] is None and r["prompts"]["theta"]["chat_template"] is True
-    assert r["dataset"]["keep_fields"] == "all" and r["dataset"]["answer_field"] == "answer"
-    assert r["output"] == {"dir": None, "shard_size": 1000, "per_token": False, "topk_logprobs": 0, "topk_of": ["t"]}
+    assert r.run_name == "my-run"
+    assert r.alpha.to_dict() == {"method": "kl_symmetry", "fixed": 0.5, "min": 0.5, "max": 1.0}
+    assert r.sampling.batch_size == 8 and r.sampling.stop == () and r.sampling.temperature == 1.0
+    assert r.models.teacher is None and r.models.quantization == "none"
+    assert r.prompts.teacher is None and r.prompts.theta.chat_template is True
+    assert r.dataset.keep_fields == "all" and r.dataset.answer_field == "answer"
+    assert r.output.to_dict() == {"dir": None, "shard_size": 1000, "per_token": False, "topk_logprobs": 0,
+                                  "topk_of": ["t"]}
     assert output_dir(r) == Path("outputs/my-run")
     assert output_dir(r, "x/y") == Path("x/y")
-    assert r["_meta"]["path"].endswith("my-run.yaml")
+    assert r.source.path is not None and r.source.path.name == "my-run.yaml"
 
 
 def test_fragments_then_recipe_then_set(tmp_path):
@@ -65,20 +66,20 @@ def test_fragments_then_recipe_then_set(tmp_path):
     write(tmp_path, {"defaults": ["one"], "sampling": {"batch_size": 5, "top_k": 20}}, "configs/sub/two.yaml")
     path = write(tmp_path, {**BASE, "defaults": ["sub/two"], "sampling": {"temperature": 0.9}})
     r = load_recipe(path, ["sampling.batch_size=4", "alpha.method=fixed", 'sampling.stop=["\\n\\n"]'])
-    assert r["sampling"]["batch_size"] == 4          # --set beats the recipe beats fragments
-    assert r["sampling"]["temperature"] == 0.9       # recipe beats fragment one
-    assert r["sampling"]["top_k"] == 20              # from fragment two
-    assert r["models"]["theta"] == "org/theta-model"  # recipe beats fragment one
-    assert r["alpha"]["method"] == "fixed"
-    assert r["sampling"]["stop"] == ["\n\n"]
-    assert [Path(f).stem for f in r["_meta"]["fragments"]] == ["one", "two"]
+    assert r.sampling.batch_size == 4          # --set beats the recipe beats fragments
+    assert r.sampling.temperature == 0.9       # recipe beats fragment one
+    assert r.sampling.top_k == 20              # from fragment two
+    assert r.models.theta == "org/theta-model"  # recipe beats fragment one
+    assert r.alpha.method == "fixed"
+    assert r.sampling.stop == ("\n\n",)
+    assert [Path(f).stem for f in r.source.fragments] == ["one", "two"]
 
 
 def test_bundled_fragments_resolve(tmp_path):
     r = load_recipe(write(tmp_path, {**BASE, "defaults": ["models/qwen2.5-7b-14b", "sampling/default"]}))
-    assert r["models"]["theta"] == "org/theta-model"
-    assert r["models"]["quantization"] == "4bit"
-    assert r["sampling"]["max_new_tokens"] == 512
+    assert r.models.theta == "org/theta-model"
+    assert r.models.quantization == "4bit"
+    assert r.sampling.max_new_tokens == 512
     assert model_kwargs(r)["load_in_4bit"] is True
 
 
@@ -86,11 +87,11 @@ def test_set_values_are_yaml_typed_and_null_clears(tmp_path):
     path = write(tmp_path, merged(models__teacher="org/teacher"))
     r = load_recipe(path, ["models.teacher=null", "sampling.seed=7", "output.per_token=true",
                            "dataset.keep_fields=[question]", "prompts.teacher.template={question} hint"])
-    assert r["models"]["teacher"] is None
-    assert r["sampling"]["seed"] == 7 and r["output"]["per_token"] is True
-    assert r["dataset"]["keep_fields"] == ["question"]
-    assert r["prompts"]["teacher"]["template"] == "{question} hint"
-    assert r["prompts"]["teacher"]["chat_template"] is True
+    assert r.models.teacher is None
+    assert r.sampling.seed == 7 and r.output.per_token is True
+    assert r.dataset.keep_fields == ("question",)
+    assert r.prompts.teacher.template == "{question} hint"
+    assert r.prompts.teacher.chat_template is True
 
 
 def test_typo_suggests_closest_key_with_file_and_line(tmp_path):
@@ -191,7 +192,7 @@ def test_relative_paths_resolve_against_recipe_folder(tmp_path, monkeypatch):
     (tmp_path / "sub" / "rows.jsonl").write_text('{"question": "q"}\n')
     path = write(tmp_path, merged(dataset={"source": "rows.jsonl"}), "sub/r.yaml")
     monkeypatch.chdir(tmp_path)
-    assert load_recipe(path)["dataset"]["source"] == "rows.jsonl"
+    assert load_recipe(path).dataset.source == "rows.jsonl"
 
 
 def test_invalid_yaml_and_duplicate_keys(tmp_path):
@@ -232,22 +233,22 @@ def test_every_bundled_recipe_validates():
     assert {"chat", "math-hint"} <= names
     for name, description, path in bundled:
         r = load_recipe(name)
-        assert r["description"] and description == r["description"]
-        assert r["_meta"]["bundled"] is True
+        assert r.description and description == r.description
+        assert r.source.bundled is True
 
 
 def test_math_hint_teacher_sees_the_solution():
     r = load_recipe("math-hint")
-    assert r["models"]["theta"] == "Qwen/Qwen2.5-1.5B-Instruct"
-    assert r["models"]["teacher"] == "Qwen/Qwen2.5-3B-Instruct"
-    assert "answer" in template_fields(r["prompts"]["teacher"]["template"])
-    assert "answer" not in template_fields(r["prompts"]["theta"]["template"])
-    assert "\\boxed{}" in r["prompts"]["theta"]["template"]
+    assert r.models.theta == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert r.models.teacher == "Qwen/Qwen2.5-3B-Instruct"
+    assert "answer" in template_fields(r.prompts.teacher.template)
+    assert "answer" not in template_fields(r.prompts.theta.template)
+    assert "\\boxed{}" in r.prompts.theta.template
 
 
 def test_in_memory_recipe():
     r = load_recipe(data={**BASE, "defaults": ["sampling/greedy-ish"]})
-    assert r["sampling"]["temperature"] < 1.0
+    assert r.sampling.temperature < 1.0
     with pytest.raises(UserError, match="<recipe>"):
         load_recipe(data={**BASE, "bogus": 1})
 
@@ -284,7 +285,7 @@ def test_billion_laughs_is_bounded_and_fast(tmp_path):
     # a few aliases are fine
     ok = dict(BASE, prompts={"theta": {"template": "{question}"}})
     text = yaml.safe_dump(ok) + "sampling: &s {seed: 1}\n"
-    assert load_recipe(write(tmp_path, text))["sampling"]["seed"] == 1
+    assert load_recipe(write(tmp_path, text)).sampling.seed == 1
 
 
 def test_model_folder_without_config_and_missing_flash_attn(tmp_path):
@@ -304,6 +305,6 @@ def test_model_folder_without_config_and_missing_flash_attn(tmp_path):
 
 def test_revision_on_local_or_builtin_model_warns(tmp_path):
     r = load_recipe(data=merged(models={"theta": "builtin:demo-theta", "revision": "v1"}))
-    assert any("models.revision 'v1' is ignored for models.theta" in w for w in r["_meta"]["warnings"])
+    assert any("models.revision 'v1' is ignored for models.theta" in w for w in r.source.warnings)
     r = load_recipe(data=merged(models={"theta": "org/model", "revision": "v1"}))
-    assert r["_meta"]["warnings"] == []
+    assert r.source.warnings == ()

@@ -245,7 +245,7 @@ def test_records_carry_the_top_k_and_resume(work, pair):
 
     rec = first["1"]
     api = pair.generate([rec["prompt"]], [rec["prompt_t"]], max_new_tokens=6, temperature=0.9,
-                        seed=[unit_seed(loaded["sampling"]["seed"], Item, 0)], topk_logprobs=3, topk_of=["t", "theta"])
+                        seed=[unit_seed(loaded.sampling.seed, Item, 0)], topk_logprobs=3, topk_of=["t", "theta"])
     n = rec["num_tokens"]
     assert api.generated_ids[0, :n].tolist() == rec["tokens"]["ids"], (rec["prompt"], rec["prompt_t"])
     assert api.topk_ids[0, :n].tolist() == first["1"]["tokens"]["topk_ids"]
@@ -268,8 +268,8 @@ def test_records_carry_the_top_k_and_resume(work, pair):
 def test_folders_without_the_key_keep_their_hash(work):
     write, _ = work
     plain = load_recipe(write("plain", {"per_token": True}))
-    assert plain["output"]["topk_logprobs"] == 0 and plain["output"]["topk_of"] == ["t"]
-    old = json.loads(json.dumps({k: v for k, v in plain.items() if k != "_meta"}))
+    assert plain.output.topk_logprobs == 0 and plain.output.topk_of == ("t",)
+    old = json.loads(json.dumps(plain.to_dict()))
     del old["output"]["topk_logprobs"], old["output"]["topk_of"]  # a recipe stored before the keys existed
     assert recipe_hash(plain) == recipe_hash(old)
     on = load_recipe(write("on", {"per_token": True, "topk_logprobs": 2}))
@@ -277,10 +277,10 @@ def test_folders_without_the_key_keep_their_hash(work):
     # the order of topk_of does not matter; the set does
     a = load_recipe(write("a", {"topk_logprobs": 2, "topk_of": ["q", "t"]}))
     b = load_recipe(write("b", {"topk_logprobs": 2, "topk_of": ["t", "q"]}))
-    assert a["output"]["topk_of"] == ["t", "q"] and recipe_hash(a) == recipe_hash(b)
-    assert a["_meta"]["warnings"] == []
+    assert a.output.topk_of == ("t", "q") and recipe_hash(a) == recipe_hash(b)
+    assert a.source.warnings == ()
     idle = load_recipe(write("idle", {"topk_of": ["theta"]}))  # names without K: a warning, not silence
-    assert idle["_meta"]["warnings"] == ["output.topk_of ['theta'] has no effect while output.topk_logprobs is 0 (off)"]
+    assert idle.source.warnings == ("output.topk_of ['theta'] has no effect while output.topk_logprobs is 0 (off)",)
 
 
 @pytest.mark.parametrize("output, needle", [

@@ -109,7 +109,6 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
     from os_cli.quiet import quiet_progress_bars
     from os_cli.limits import MAX_BATCH_SIZE
     from os_cli.api.build import build_model
-    from os_cli.recipe.places import places_of
     from os_cli.recipe import load_recipe
     from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
 
@@ -132,28 +131,28 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
 
     for text in run_warnings(recipe):
         console.print(f"warning: {text}", markup=False, highlight=False)
-    sampling = recipe["sampling"]
+    sampling = recipe.sampling
     if sizes is None:
-        sizes = B.default_batch_sizes(sampling["batch_size"])
+        sizes = B.default_batch_sizes(sampling.batch_size)
     settings = B.BenchSettings(
-        max_new_tokens=max_new_tokens or sampling["max_new_tokens"], temperature=sampling["temperature"],
-        top_p=sampling["top_p"], top_k=sampling["top_k"], seed=sampling["seed"], stop=list(sampling["stop"] or []),
+        max_new_tokens=max_new_tokens or sampling.max_new_tokens, temperature=sampling.temperature,
+        top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed, stop=list(sampling.stop),
         num_prompts=num_prompts, repeats=repeats, lengths=lengths,
     )
     ks = parse_draft_tokens(draft_tokens_text, settings.max_new_tokens) if draft_tokens_text is not None else []
     if ks:
         check_speculative(recipe, ks)
     wanted = max([num_prompts] + (sizes if isinstance(sizes, list) else []))
-    dataset = dict(recipe["dataset"])
-    dataset["limit"] = wanted if dataset["limit"] is None else min(dataset["limit"], wanted)
-    rows = load_rows(dataset, places_of(recipe).base_dir)
+    limit = recipe.dataset.limit
+    dataset = dataclasses.replace(recipe.dataset, limit=wanted if limit is None else min(limit, wanted))
+    rows = load_rows(dataset, recipe.places.base_dir)
     if not rows:
         raise UserError("the recipe's dataset has no rows to take prompts from (check dataset.source, skip and limit)")
 
     with console.status("loading models"):
         model = build_model(recipe)
-    rendered = render_prompts(recipe["prompts"], model.tokenizer, rows, tokenizer_t=getattr(model, "tokenizer_t", None),
-                              on_bad_row="skip", models=recipe["models"], skip=dataset["skip"])
+    rendered = render_prompts(recipe.prompts, model.tokenizer, rows, tokenizer_t=getattr(model, "tokenizer_t", None),
+                              on_bad_row="skip", models=recipe.models, skip=dataset.skip)
     if not rendered.items:
         reason = rendered.errors[0]["reason"] if rendered.errors else "no rows"
         raise UserError(f"no prompt could be rendered from the recipe's dataset ({reason})")
@@ -166,7 +165,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
     info = B.machine_info(model)
     device = info["device"]
     console.print(
-        f"[bold]bench[/] {recipe['_meta']['name']}: {device['name']} ({device['type']}), "
+        f"[bold]bench[/] {recipe.source.name}: {device['name']} ({device['type']}), "
         f"dtype {info['dtype']}, alpha {model.alpha_method}, {settings.max_new_tokens} new tokens, "
         f"{len(prompts)} distinct prompts, max({num_prompts}, batch size) per point"
     )
@@ -217,9 +216,9 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
 
     if json_file is not None:
         doc = B.report(model, settings, sweep_rows, compare_rows, rec, speculative=speculative, extra_settings={
-            "config": config, "recipe": recipe["_meta"]["name"], "overrides": list(overrides),
+            "config": config, "recipe": recipe.source.name, "overrides": list(overrides),
             "batch_sizes": sizes, "headroom": headroom, "alpha_method": model.alpha_method,
-            "models": {"theta": recipe["models"]["theta"], "teacher": recipe["models"]["teacher"]},
+            "models": {"theta": recipe.models.theta, "teacher": recipe.models.teacher},
             "distinct_prompts": len(prompts), "repeats": repeats, "lengths": lengths, "draft_tokens": ks,
         })
         try:

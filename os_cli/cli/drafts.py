@@ -3,7 +3,10 @@ Measurement lives in os_cli/draft_bench.py; cli/bench.py calls these."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from os_cli.errors import UserError
+from os_cli.recipe.typed import Recipe
 from os_cli.cli.common import followup_batch_size, note, percent, point_status
 
 
@@ -31,18 +34,17 @@ def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
     return ks
 
 
-def check_speculative(recipe: dict, ks: list[int]) -> None:
+def check_speculative(recipe: Recipe, ks: list[int]) -> None:
     """Before models load: speculative bench rows need a teacher distribution that differs from theta's and
     the dynamic-cache decode step (models.compile off)."""
-    from os_cli.recipe.places import places_of
     from os_cli.run.loop import check_draft_tokens
 
-    if recipe["models"].get("compile"):
-        raise UserError(f"--draft-tokens needs models.compile: false (got {recipe['models']['compile']!r}): "
+    if recipe.models.compile:
+        raise UserError(f"--draft-tokens needs models.compile: false (got {recipe.models.compile!r}): "
                         f"speculative rounds roll caches back, which the fixed-slot decode step does not do; "
                         f"add --set models.compile=false")
     try:
-        check_draft_tokens({"draft_tokens": max(ks)}, recipe["prompts"], places_of(recipe))
+        check_draft_tokens(dataclasses.replace(recipe.sampling, draft_tokens=max(ks)), recipe.prompts, recipe.places)
     except UserError as exc:
         raise UserError(f"--draft-tokens: {exc}".replace("Set sampling.draft_tokens: 0", "Drop --draft-tokens"),
                         exit_code=exc.exit_code) from None

@@ -11,7 +11,7 @@ implemented here on the dashboard (os_cli/dashboard.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
 import typer
 
@@ -19,6 +19,9 @@ from os_cli.errors import UserError
 from os_cli.run.loop import RunEvents
 from os_cli.cli.common import DebugOption, SetOption, cli_errors, err_console, out_console
 from os_cli.cli.preview import validate_rows
+
+if TYPE_CHECKING:
+    from os_cli.recipe.typed import Output
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,44 +58,43 @@ def validate(
 ) -> None:
     """Check a recipe (schema, fragments, overrides, local files) without loading data or models."""
     with cli_errors(debug):
-        from os_cli.recipe.places import places_of
         from os_cli.recipe.prompt_syntax import prompt_fields
         from os_cli.recipe import fragment_label, load_recipe, output_dir, recipe_hash
         from os_cli.run.loop import check_draft_tokens
 
         resolved = load_recipe(recipe, set_ or [])
-        check_draft_tokens(resolved["sampling"], resolved["prompts"], places_of(resolved))
-        meta = resolved["_meta"]
+        check_draft_tokens(resolved.sampling, resolved.prompts, resolved.places)
+        meta = resolved.source
         console = out_console()
-        console.print(f"[green]ok[/green]: {meta['path']} is a valid recipe", highlight=False)
-        models = resolved["models"]
-        ds = resolved["dataset"]
-        prompts = resolved["prompts"]
+        console.print(f"[green]ok[/green]: {meta.path} is a valid recipe", highlight=False)
+        models = resolved.models
+        ds = resolved.dataset
+        prompts = resolved.prompts
         fields = prompt_fields(prompts)
-        rows = f"{len(ds['inline'])} inline rows" if ds["inline"] is not None else ds["source"]
+        rows = f"{len(ds.inline)} inline rows" if ds.inline is not None else ds.source
         lines = [
-            ("models", f"theta={models['theta']}  teacher={models['teacher'] or '(same as theta)'}"),
-            ("alpha", f"{resolved['alpha']['method']} in [{resolved['alpha']['min']:g}, {resolved['alpha']['max']:g}]"),
-            ("dataset", f"{rows} (split {ds['split']}, skip {ds['skip']}, limit {ds['limit']})"),
+            ("models", f"theta={models.theta}  teacher={models.teacher or '(same as theta)'}"),
+            ("alpha", f"{resolved.alpha.method} in [{resolved.alpha.min:g}, {resolved.alpha.max:g}]"),
+            ("dataset", f"{rows} (split {ds.split}, skip {ds.skip}, limit {ds.limit})"),
             ("fields", ", ".join(fields) or "(none)"),
-            ("teacher prompt", "own template" if prompts["teacher"] else "same as theta"),
-            ("output", str(output_dir(resolved)) + _records_note(resolved["output"])),
-            ("fragments", ", ".join(fragment_label(f) for f in meta["fragments"]) or "(none)"),
+            ("teacher prompt", "own template" if prompts.teacher else "same as theta"),
+            ("output", str(output_dir(resolved)) + _records_note(resolved.output)),
+            ("fragments", ", ".join(fragment_label(f) for f in meta.fragments) or "(none)"),
             ("hash", recipe_hash(resolved)),
         ]
         for key, value in lines:
             console.print(f"  {key:<15} {value}", markup=False, highlight=False)
-        for warning in meta["warnings"]:
+        for warning in meta.warnings:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
         validate_rows(resolved, console)
 
 
-def _records_note(output: dict) -> str:
+def _records_note(output: Output) -> str:
     """What records carry beyond the summary: per-token lists, the teacher's top-k (output.topk_logprobs)."""
-    k = output.get("topk_logprobs", 0)
+    k = output.topk_logprobs
     if k:
-        return f"  (per token, with topk_logprobs: {k} of {', '.join(output['topk_of'])})"
-    return "  (per token)" if output["per_token"] else ""
+        return f"  (per token, with topk_logprobs: {k} of {', '.join(output.topk_of)})"
+    return "  (per token)" if output.per_token else ""
 
 
 def recipes(debug: bool = DebugOption) -> None:
@@ -141,14 +143,14 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     console.print(Rule("plan"))
     console.print(f"recipe hash: {recipe_hash(recipe)}", markup=False, highlight=False)
     console.print(f"rows: {len(rows)} planned, {len(rendered.items)} renderable, {len(rendered.errors)} bad "
-                  f"(on_bad_row: {recipe['prompts']['on_bad_row']})", markup=False, highlight=False)
+                  f"(on_bad_row: {recipe.prompts.on_bad_row})", markup=False, highlight=False)
     for err in rendered.errors[:3]:
         console.print(f"  bad row {err['id']!r}: {err['reason']}", markup=False, highlight=False)
     console.print(f"output: {out_dir} ({mode_text})", markup=False, highlight=False)
     for item in rendered.items[:2]:
         console.print(Rule(f"row {item.id!r}: theta prompt"))
         console.print(item.prompt, markup=False, highlight=False)
-        console.print(Rule(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe["prompts"]["teacher"] is None else "")))
+        console.print(Rule(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe.prompts.teacher is None else "")))
         console.print(item.prompt_t, markup=False, highlight=False)
     console.print(Rule("dry run: no model loaded, nothing written"))
 
@@ -156,7 +158,6 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
                  resume: bool = False, repair: bool = False) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
-    from os_cli.recipe.places import places_of
     from os_cli.run.plan import dry_run_mode, plan_rows, run_warnings
     from os_cli.quiet import quiet_progress_bars
     from os_cli.recipe import load_recipe, output_dir
@@ -165,8 +166,8 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     quiet_progress_bars()
     recipe = load_recipe(config, overrides)
     out_dir = output_dir(recipe, output)
-    check_draft_tokens(recipe["sampling"], recipe["prompts"], places_of(recipe))
-    dist = Distributed(recipe["models"]["device"])
+    check_draft_tokens(recipe.sampling, recipe.prompts, recipe.places)
+    dist = Distributed(recipe.models.device)
     warnings = run_warnings(recipe)
     if dist.is_main:
         for text in warnings:

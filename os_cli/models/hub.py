@@ -4,12 +4,15 @@
 config.json) as well as the weights; `tokenizer_kwargs` picks them out of a model's keyword
 arguments (the API), `recipe_load_kwargs(models)` reads them from a recipe's `models` section (the
 CLI), and `load_tokenizers(models, places)` loads theta's and the teacher's tokenizers of a recipe
-without any weights (`places`: `places.places_of(recipe)`, where the models load from).
+without any weights (`places`: `recipe.places`, where the models load from).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from os_cli.recipe.typed import Models
 
 TOKENIZER_KWARGS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
 
@@ -19,17 +22,17 @@ def tokenizer_kwargs(kwargs: Mapping[str, Any]) -> dict:
     return {k: kwargs[k] for k in TOKENIZER_KWARGS if k in kwargs}
 
 
-def recipe_load_kwargs(models: Mapping) -> dict:
+def recipe_load_kwargs(models: Models) -> dict:
     """`revision` and `trust_remote_code` of a recipe's `models` section, where set."""
     kwargs: dict = {}
-    if models["revision"]:
-        kwargs["revision"] = models["revision"]
-    if models["trust_remote_code"]:
+    if models.revision:
+        kwargs["revision"] = models.revision
+    if models.trust_remote_code:
         kwargs["trust_remote_code"] = True
     return kwargs
 
 
-def load_tokenizers(models: Mapping, places):
+def load_tokenizers(models: Models, places):
     """(theta's tokenizer, the teacher's) of a recipe; one object when the teacher is theta."""
     from os_cli.models.loading import load_tokenizer
 

@@ -23,11 +23,12 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from os_cli.errors import UserError
 from os_cli.recipe.machine_checks import device_map_problem, device_problem, max_memory_problem
 from os_cli.recipe.places import hub_offline
+from os_cli.recipe.typed import Dataset, Models
 
 # Tokenizers without a length limit report int(1e30); anything this large is "not set".
 _UNSET_LENGTH = 10**9
@@ -59,7 +60,7 @@ def model_context(location: str, tokenizer, **kwargs) -> int | None:
     return context_length(config, tokenizer)
 
 
-def model_contexts(models: Mapping, places, tokenizer, tokenizer_t) -> dict:
+def model_contexts(models: Models, places, tokenizer, tokenizer_t) -> dict:
     """The context length of theta and the teacher, from their config.json and tokenizers (no weights)."""
     from os_cli.models.hub import recipe_load_kwargs
 
@@ -76,7 +77,7 @@ def model_contexts(models: Mapping, places, tokenizer, tokenizer_t) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def placement_problem(models: Mapping) -> tuple[str, str] | None:
+def placement_problem(models: Models) -> tuple[str, str] | None:
     """The first placement or quantization setting of either model that cannot run here (see module doc)."""
     from os_cli.models.loading import bitsandbytes_problem
     from os_cli.recipe import model_settings
@@ -98,7 +99,7 @@ def placement_problem(models: Mapping) -> tuple[str, str] | None:
         if quantization != "none":
             problem = bitsandbytes_problem()
             if problem:
-                name = models[role] or models["theta"]
+                name = models.name(role) or models.theta
                 return path, f"{quantization} loading of the {role} model ({name}) cannot run here: {problem}"
     return None
 
@@ -153,14 +154,14 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     return bool(result and result[0])
 
 
-def hub_names(models: Mapping, dataset: Mapping, places) -> list[str]:
+def hub_names(models: Models, dataset: Dataset, places) -> list[str]:
     """The recipe's models and dataset that are hub names (not local, not builtin; `places.hub`)."""
-    values = [("theta", "models.theta", models["theta"]), ("teacher", "models.teacher", models["teacher"]),
-              ("dataset", "dataset.source", dataset["source"])]
+    values = [("theta", "models.theta", models.theta), ("teacher", "models.teacher", models.teacher),
+              ("dataset", "dataset.source", dataset.source)]
     return [f"{key} ({value})" for role, key, value in values if role in places.hub]
 
 
-def hub_offline_note(models: Mapping, dataset: Mapping, places) -> str | None:
+def hub_offline_note(models: Models, dataset: Dataset, places) -> str | None:
     if hub_offline():
         return None
     names = hub_names(models, dataset, places)

@@ -4,7 +4,7 @@ Public functions:
 
 - `load_rows(dataset, base_dir=None) -> list[(id, row)]`: the planned rows of a recipe's `dataset`
   section, in dataset order, after `skip` and `limit`; a relative `source` is looked up in the working
-  directory, then in `base_dir` (the recipe's folder, `places_of(recipe).base_dir`). `source` may be a
+  directory, then in `base_dir` (the recipe's folder, `recipe.places.base_dir`). `source` may be a
   hub name (`split`, `config`), a local `.jsonl/.json/.parquet/.csv` file, a folder of such files (all files with the most common suffix,
   sorted by name), `builtin:NAME` (`os_cli/builtin/NAME.jsonl`); or `dataset.inline` lists the rows.
   Everything except inline rows goes through `datasets.load_dataset`. Ids are `str(row[id_field])`,
@@ -45,6 +45,7 @@ from os_cli.errors import UserError
 from os_cli.store.record_format import json_safe
 from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, local_path
 from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
+from os_cli.recipe.typed import Dataset, Models, Prompts, PromptSpec
 from os_cli.textfile import read_text
 
 __all__ = [
@@ -181,9 +182,10 @@ def _load_hub(name: str, config: str | None, split: str):
         ) from exc
 
 
-def _open_dataset(ds_cfg: Mapping, base_dir: Path | None):
+def _open_dataset(ds_cfg: Dataset, base_dir: Path | None):
     """(rows: a list of dicts or a `datasets.Dataset`, raw CSV ids or None, label)."""
-    source = ds_cfg["source"]
+    source = ds_cfg.source
+    assert source is not None  # load_rows reads inline rows itself; a recipe has one of the two
     if source.startswith(BUILTIN_PREFIX):
         path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
         if not path.is_file():
@@ -193,11 +195,11 @@ def _open_dataset(ds_cfg: Mapping, base_dir: Path | None):
     if local is not None:
         builder, files = _local_files(local)
         data = _load_local(builder, files, str(source))
-        raw_ids = _csv_ids(files, ds_cfg["id_field"]) if builder == "csv" and ds_cfg["id_field"] else None
+        raw_ids = _csv_ids(files, ds_cfg.id_field) if builder == "csv" and ds_cfg.id_field else None
         if raw_ids is not None and len(raw_ids) != len(data):
             raw_ids = None
         return data, raw_ids, str(source)
-    return _load_hub(source, ds_cfg["config"], ds_cfg["split"]), None, source
+    return _load_hub(source, ds_cfg.config, ds_cfg.split), None, source
 
 
 def id_text(value: Any) -> str:
@@ -214,16 +216,16 @@ def id_text(value: Any) -> str:
     return str(value)
 
 
-def load_rows(dataset: Mapping, base_dir: Path | None = None) -> list[tuple[str, dict]]:
+def load_rows(dataset: Dataset, base_dir: Path | None = None) -> list[tuple[str, dict]]:
     """The planned rows `(id, row)` of a `dataset` section after skip and limit, in dataset order.
     Raises `UserError`."""
     ds_cfg = dataset
-    skip, limit = ds_cfg["skip"], ds_cfg["limit"]
+    skip, limit = ds_cfg.skip, ds_cfg.limit
     raw_ids = None
-    if ds_cfg["inline"] is not None:
-        total = len(ds_cfg["inline"])
+    if ds_cfg.inline is not None:
+        total = len(ds_cfg.inline)
         stop = total if limit is None else min(total, skip + limit)
-        rows = [dict(r) for r in ds_cfg["inline"][skip:stop]]
+        rows = [dict(r) for r in ds_cfg.inline[skip:stop]]
     else:
         data, raw_ids, label = _open_dataset(ds_cfg, base_dir)
         total = len(data)
@@ -234,7 +236,7 @@ def load_rows(dataset: Mapping, base_dir: Path | None = None) -> list[tuple[str,
             rows = data[skip:stop]
         else:
             rows = data.select(range(skip, stop)).to_list() if stop > skip else []
-    id_field = ds_cfg["id_field"]
+    id_field = ds_cfg.id_field
     out: list[tuple[str, dict]] = []
     seen: dict[str, int] = {}
     for offset, row in enumerate(rows):
@@ -323,37 +325,38 @@ def render_template(template: str, row: Mapping) -> str:
     return TEMPLATE_TOKEN.sub(replace, template)
 
 
-def _render_one(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list | None]:
+def _render_one(spec: PromptSpec, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list | None]:
     """(the rendered prompt, the conversation it renders when the section reads messages_field, else None)."""
-    if spec.get("messages_field"):
+    if spec.messages_field:
         return _render_chat(spec, tokenizer, row, role, model_name)
-    text = render_template(spec["template"], row)
-    if not spec["chat_template"]:
-        return (f"{spec['system']}\n\n{text}" if spec["system"] else text), None
+    text = render_template(spec.template or "", row)
+    if not spec.chat_template:
+        return (f"{spec.system}\n\n{text}" if spec.system else text), None
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"prompts.{role}.chat_template is true, but the tokenizer of {model_name} has no chat template; "
             f"set prompts.{role}.chat_template: false to use the filled template as the prompt"
         )
     messages = []
-    if spec["system"]:
-        messages.append({"role": "system", "content": spec["system"]})
+    if spec.system:
+        messages.append({"role": "system", "content": spec.system})
     messages.append({"role": "user", "content": text.strip()})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), None
 
 
-def _render_chat(spec: Mapping, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list]:
+def _render_chat(spec: PromptSpec, tokenizer, row: Mapping, role: str, model_name: str) -> tuple[str, list]:
     """A row's conversation (os_cli/chat.py) rendered with the chat template and its generation prompt."""
-    field = spec["messages_field"]
+    field = spec.messages_field
+    assert field  # _render_one renders a conversation only where messages_field is set
     if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"prompts.{role}.messages_field is set, but the tokenizer of {model_name} has no chat template to "
             f"render a conversation with; use a model whose tokenizer has one, or a {{field}} template instead"
         )
     value = _lookup(row, field)
-    extra = render_template(spec["template"], row).strip() if spec["template"] else None
+    extra = render_template(spec.template, row).strip() if spec.template else None
     try:
-        turns = prompt_turns(conversation(value), spec["system"], extra)
+        turns = prompt_turns(conversation(value), spec.system, extra)
     except BadConversation as exc:
         raise BadRow(f"prompts.{role}.messages_field: row field {field!r} {exc}") from None
     if tokenizer is None:  # `validate` without a reachable tokenizer: the turns as plain text, a preview only
@@ -369,9 +372,9 @@ class BadRow(ValueError):
         self.reason = reason
 
 
-def _field_key(spec: Mapping, exc: MissingField) -> str:
+def _field_key(spec: PromptSpec, exc: MissingField) -> str:
     """Which recipe key named the missing field: the conversation column or the template."""
-    return "messages_field" if spec.get("messages_field") == exc.name else "template"
+    return "messages_field" if spec.messages_field == exc.name else "template"
 
 
 @dataclass
@@ -390,29 +393,29 @@ class Rendered:
     errors: list = field(default_factory=list)   # [{"id", "reason", "row"}]
 
 
-def render_prompts(prompts: Mapping, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
-                   on_bad_row: str | None = None, *, models: Mapping, skip: int) -> Rendered:
+def render_prompts(prompts: Prompts, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
+                   on_bad_row: str | None = None, *, models: Models, skip: int) -> Rendered:
     """Render both prompts of every row. Bad rows raise (`error`) or are collected (`skip`)."""
-    on_bad_row = on_bad_row or prompts["on_bad_row"]
+    on_bad_row = on_bad_row or prompts.on_bad_row
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     tokenizer_t = tokenizer_t if tokenizer_t is not None else tokenizer
-    theta_name = models["theta"]
-    teacher_name = models["teacher"] or theta_name
+    theta_name = models.theta
+    teacher_name = models.teacher or theta_name
     out = Rendered()
     for position, (row_id, row) in enumerate(rows):
         index = skip + position
         role = "theta"
         try:
-            prompt, messages = _render_one(prompts["theta"], tokenizer, row, "theta", theta_name)
+            prompt, messages = _render_one(prompts.theta, tokenizer, row, "theta", theta_name)
             role = "teacher"
-            if prompts["teacher"] is None:
+            if prompts.teacher is None:
                 prompt_t = prompt
             else:
-                prompt_t, _ = _render_one(prompts["teacher"], tokenizer_t, row, "teacher", teacher_name)
+                prompt_t, _ = _render_one(prompts.teacher, tokenizer_t, row, "teacher", teacher_name)
         except (MissingField, BadRow) as exc:
             reason = (exc.reason if isinstance(exc, BadRow)
-                      else f"prompts.{role}.{_field_key(prompts[role], exc)}: {exc.describe()}")
+                      else f"prompts.{role}.{_field_key(prompts.spec(role) or prompts.theta, exc)}: {exc.describe()}")
             if on_bad_row == "error":
                 raise UserError(
                     f"dataset row {row_id!r}: {reason}; fix the data or the template, or set "

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from os_cli.errors import UserError
+from os_cli.recipe.typed import Models, Prompts
 from os_cli.store.record_format import json_safe
 
 
@@ -43,24 +44,24 @@ def length_problem(n_tokens: int, max_new_tokens: int, context: int | None) -> s
     return None
 
 
-def screen_prompts(prompts: Mapping, rendered, tokenizer, tokenizer_t, contexts: Mapping[str, int | None], *,
-                   models: Mapping, max_new_tokens: int) -> None:
+def screen_prompts(prompts: Prompts, rendered, tokenizer, tokenizer_t, contexts: Mapping[str, int | None], *,
+                   models: Models, max_new_tokens: int) -> None:
     """Check every rendered row's two prompts (empty, too long for the context) in place; see module doc."""
     max_new = max_new_tokens
-    names = {"theta": models["theta"], "teacher": models["teacher"] or models["theta"]}
+    names = {"theta": models.theta, "teacher": models.teacher or models.theta}
     for role, context in contexts.items():
         if context is not None and max_new >= context:
             raise UserError(f"sampling.max_new_tokens is {max_new}, but models.{role} ({names[role]}) has a context "
                             f"of {context} tokens: no prompt fits; lower sampling.max_new_tokens")
     if not rendered.items:
         return
-    own_teacher = prompts["teacher"] is not None
+    own_teacher = prompts.teacher is not None
     lengths = {"theta": _lengths(tokenizer, [it.prompt for it in rendered.items])}
     if own_teacher or tokenizer_t is not tokenizer:
         lengths["teacher"] = _lengths(tokenizer_t, [it.prompt_t for it in rendered.items])
     else:
         lengths["teacher"] = lengths["theta"]
-    skip = prompts["on_bad_row"] == "skip"
+    skip = prompts.on_bad_row == "skip"
     kept = []
     for i, item in enumerate(rendered.items):
         problem = None

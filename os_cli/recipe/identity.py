@@ -1,5 +1,8 @@
 """A recipe's identity: the hash of the keys that change which records a run writes, the diff of two
-recipes over those keys (resume refuses a different recipe), and the YAML dump stored with a run."""
+recipes over those keys (resume refuses a different recipe), and the YAML dump stored with a run.
+
+Each takes a loaded `Recipe` or a resolved recipe as a plain dict (`Recipe.to_dict()`, what a
+manifest stores)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from os_cli.recipe.typed import Recipe
 from os_cli.mix.distributions import TOPK_OF_DEFAULT
 
 
@@ -20,7 +24,7 @@ from os_cli.mix.distributions import TOPK_OF_DEFAULT
 # with a sample index beyond a smaller n are refused like rows beyond a smaller limit), and
 # models.compile (the same tokens, like batch_size: only float rounding of the logits differs).
 HASH_EXCLUDED = (
-    "_meta", "description", "defaults", "run_name", "output.dir", "output.shard_size",
+    "description", "defaults", "run_name", "output.dir", "output.shard_size",
     "dataset.limit", "sampling.batch_size", "prompts.on_bad_row", "sampling.num_samples", "models.compile",
 ) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
           for key in ("device", "device_map", "max_memory"))
@@ -34,8 +38,13 @@ HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "mode
                "sampling.draft_tokens": 0, "output.topk_logprobs": 0, "output.topk_of": list(TOPK_OF_DEFAULT)}
 
 
-def _strip(recipe: Mapping) -> dict:
-    out = copy.deepcopy({k: v for k, v in recipe.items()})
+def _plain(recipe: Recipe | Mapping) -> dict:
+    """The recipe as a plain dict (a new one)."""
+    return recipe.to_dict() if isinstance(recipe, Recipe) else copy.deepcopy(dict(recipe))
+
+
+def _strip(recipe: Recipe | Mapping) -> dict:
+    out = _plain(recipe)
     for key in HASH_EXCLUDED:
         parts = key.split(".")
         node = out
@@ -61,7 +70,7 @@ def _strip(recipe: Mapping) -> dict:
     return out
 
 
-def recipe_hash(recipe: Mapping) -> str:
+def recipe_hash(recipe: Recipe | Mapping) -> str:
     """`sha256:<hex>` over the keys that change which records a run writes (see HASH_EXCLUDED)."""
     text = json.dumps(_strip(recipe), sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -76,7 +85,7 @@ def _flatten(value: Any, prefix: str = "") -> dict:
     return {prefix: value}
 
 
-def recipe_diff(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
+def recipe_diff(old: Recipe | Mapping, new: Recipe | Mapping) -> list[tuple[str, Any, Any]]:
     """The hashed key paths whose values differ between two resolved recipes, with their effective values:
     a HASH_IF_SET key left out of the hash (at its default, or absent from an older recipe) shows its default."""
     a, b = _flatten(_strip(old)), _flatten(_strip(new))
@@ -101,7 +110,6 @@ def _str_representer(dumper, value: str):
 _Dumper.add_representer(str, _str_representer)
 
 
-def dump_recipe(recipe: Mapping) -> str:
-    """The resolved recipe as YAML, in schema order, without `_meta`."""
-    clean = {k: v for k, v in recipe.items() if k != "_meta"}
-    return yaml.dump(clean, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+def dump_recipe(recipe: Recipe | Mapping) -> str:
+    """The resolved recipe as YAML, in schema order (a `Recipe` without its places and source)."""
+    return yaml.dump(_plain(recipe), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)

@@ -11,9 +11,9 @@ and the CLI import them. No torch, no I/O beyond looking at the file system.
 - `local_candidate(value, recipe_file)`: the existing local path a value names (working directory
   first, then the recipe's folder); `local_path(value, base_dir)` the same, absolute, against a folder.
 - `Places`: where a loaded recipe's models load from, its folder (`base_dir`, for a relative
-  dataset.source) and which names are hub names; resolved once by `load_recipe` (`resolve_places`,
-  kept in `_meta.places`). `places_of(recipe)` returns it; a recipe dict built by hand (without
-  `_meta.places`), or one whose models or dataset.source were edited after loading, is resolved on the call.
+  dataset.source) and which names are hub names; resolved once (`resolve_places`) when a `Recipe` is
+  made (recipe/typed.py), read as `recipe.places`; a copy whose models or dataset.source were replaced
+  is resolved again.
 - `hub_offline()`: HF_HUB_OFFLINE read as huggingface_hub reads it (1, true, yes, on; any case).
 """
 
@@ -23,8 +23,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 from os_cli.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # os_cli/
@@ -124,22 +122,14 @@ class Places:
         return self.theta if role == "theta" else self.teacher
 
 
-def resolve_places(models: Mapping, dataset: Mapping, recipe_file: str | os.PathLike | None) -> Places:
-    """The `Places` of a recipe's `models` and `dataset` sections, the recipe read from `recipe_file`."""
+def resolve_places(theta: str | None, teacher: str | None, dataset_source: str | None,
+                   recipe_file: str | os.PathLike | None) -> Places:
+    """The `Places` of a recipe's `models.theta`, `models.teacher` and `dataset.source`, the recipe read from
+    `recipe_file`."""
     base_dir = Path(recipe_file).parent if recipe_file else None
-    values = {"theta": models["theta"], "teacher": models["teacher"], "dataset": dataset.get("source")}
+    values = {"theta": theta, "teacher": teacher, "dataset": dataset_source}
     hub = frozenset(key for key, value in values.items() if value and not value.startswith(BUILTIN_PREFIX)
                     and local_path(value, base_dir) is None)
-    return Places(theta=_model_location(models["theta"], base_dir),
-                  teacher=_model_location(models["teacher"], base_dir), base_dir=base_dir, hub=hub,
+    return Places(theta=_model_location(theta, base_dir),
+                  teacher=_model_location(teacher, base_dir), base_dir=base_dir, hub=hub,
                   written=tuple(values.values()))
-
-
-def places_of(recipe: Mapping) -> Places:
-    """The places `load_recipe` resolved (`_meta.places`); a recipe without them, or whose models or dataset
-    source were edited after loading, is resolved now (so an edited recipe never loads the old model)."""
-    found = (recipe.get("_meta") or {}).get("places")
-    written = (recipe["models"]["theta"], recipe["models"]["teacher"], recipe["dataset"].get("source"))
-    if isinstance(found, Places) and found.written == written:
-        return found
-    return resolve_places(recipe["models"], recipe["dataset"], (recipe.get("_meta") or {}).get("path"))

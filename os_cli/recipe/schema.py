@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable
 
 from os_cli.mix.alpha_names import ALPHA_METHODS
 from os_cli.mix.distributions import DISTRIBUTIONS as LOGPROB_KEYS, TOPK_OF_DEFAULT
 from os_cli.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
+
+if TYPE_CHECKING:
+    from os_cli.recipe.typed import Models
 
 
 @dataclass(frozen=True)
@@ -195,20 +198,20 @@ def suggest(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {matches[0]!r}?)" if matches else ""
 
 
-def model_settings(models: Mapping, role: str) -> dict:
+def model_settings(models: Models, role: str) -> dict:
     """One model's effective placement keys (`PLACEMENT_KEYS`) of a recipe's `models` section, as
     {key: (value, key path that set it)}: `models.per_model.<role>.<key>` where set (not null), else
     `models.<key>`."""
-    own = ((models.get("per_model") or {}).get(role)) or {}
+    own = getattr(models.per_model, role)
     out = {}
     for key in PLACEMENT_KEYS:
-        if own.get(key) is not None:
-            out[key] = (own[key], f"models.per_model.{role}.{key}")
+        if getattr(own, key) is not None:
+            out[key] = (getattr(own, key), f"models.per_model.{role}.{key}")
         else:
-            out[key] = (models.get(key, spec_at(f"models.{key}").default), f"models.{key}")
+            out[key] = (getattr(models, key), f"models.{key}")
     # A device_map under per_model wins over the shared device, a device under per_model over the shared map.
-    if own.get("device") is not None and own.get("device_map") is None:
+    if own.device is not None and own.device_map is None:
         out["device_map"] = (None, f"models.per_model.{role}.device_map")
-        if own.get("max_memory") is None:
+        if own.max_memory is None:
             out["max_memory"] = (None, f"models.per_model.{role}.max_memory")
     return out

@@ -8,6 +8,7 @@ from typing import Any
 
 from os_cli.recipe.checks import CHECKERS, CheckContext, show_value, type_name
 from os_cli.recipe.schema import Section, suggest, model_settings
+from os_cli.recipe.typed import Models, build_section
 
 
 def validate_tree(value: Any, schema: Section, path: tuple, ctx: CheckContext) -> Any:
@@ -67,7 +68,7 @@ def _placement_checks(recipe: dict, role: str, ctx: CheckContext) -> None:
     """One model's effective placement: contradictions that no machine could run."""
     from os_cli.recipe.machine_checks import attn_problem
 
-    settings = model_settings(recipe["models"], role)
+    settings = model_settings(build_section(Models, recipe["models"]), role)
     device, device_path = settings["device"]
     device_map, map_path = settings["device_map"]
     max_memory, memory_path = settings["max_memory"]

@@ -25,10 +25,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from os_cli.run import testing_hooks
 from os_cli.errors import UserError
+from os_cli.recipe.typed import Output, Prompts, Recipe, Sampling
 from os_cli.store.record_format import TOPK_OF_DEFAULT, build_record
 from os_cli.mix.rng import row_seed, sample_seed
 from os_cli.run.signals import StopSignals
@@ -44,7 +45,7 @@ WRITE_COST_FACTOR = 20
 class StreamSettings:
     """What the sampling loop reads of a recipe: these sections and keys, not the recipe."""
 
-    sampling: Mapping      # the `sampling` section
+    sampling: Sampling     # the `sampling` section
     alpha_method: str      # alpha.method, written in every record
     per_token: bool        # output.per_token
     keep_fields: Any       # dataset.keep_fields: all | none | [field, ...]
@@ -53,12 +54,11 @@ class StreamSettings:
     topk_of: tuple = TOPK_OF_DEFAULT  # output.topk_of
 
     @classmethod
-    def of(cls, recipe: Mapping) -> "StreamSettings":
-        return cls(sampling=recipe["sampling"], alpha_method=recipe["alpha"]["method"],
-                   per_token=recipe["output"]["per_token"], keep_fields=recipe["dataset"]["keep_fields"],
-                   teacher_prompts=recipe["prompts"]["teacher"] is not None,
-                   topk_logprobs=recipe["output"].get("topk_logprobs", 0),
-                   topk_of=tuple(recipe["output"].get("topk_of", TOPK_OF_DEFAULT)))
+    def of(cls, recipe: Recipe) -> "StreamSettings":
+        return cls(sampling=recipe.sampling, alpha_method=recipe.alpha.method,
+                   per_token=recipe.output.per_token, keep_fields=recipe.dataset.keep_fields,
+                   teacher_prompts=recipe.prompts.teacher is not None,
+                   topk_logprobs=recipe.output.topk_logprobs, topk_of=recipe.output.topk_of)
 
 
 class RunEvents:
@@ -113,27 +113,27 @@ def unit_seed(seed: int, item, sample: int) -> int:
     return sample_seed(row_seed(seed, item.index), sample)
 
 
-def check_draft_tokens(sampling, prompts, places) -> None:
+def check_draft_tokens(sampling: Sampling, prompts: Prompts, places) -> None:
     """sampling.draft_tokens needs a teacher distribution that differs from theta's (before models load);
-    `sampling`, `prompts`: the recipe's sections, `places`: `places.places_of(recipe)`."""
-    k = sampling.get("draft_tokens", 0)
+    `sampling`, `prompts`: the recipe's sections, `places`: `recipe.places`."""
+    k = sampling.draft_tokens
     if not k:
         return
-    if places.teacher in (None, places.theta) and prompts["teacher"] is None:
+    if places.teacher in (None, places.theta) and prompts.teacher is None:
         raise UserError(f"sampling.draft_tokens: {k} needs a teacher that differs from theta (models.teacher, or "
                         f"prompts.teacher for a hint); with one model on the same prompts q* is pi_theta and there "
                         f"is nothing to draft. Set sampling.draft_tokens: 0")
 
 
-def check_topk_logprobs(output, theta_name: str, vocab_size: int) -> None:
+def check_topk_logprobs(output: Output, theta_name: str, vocab_size: int) -> None:
     """output.topk_logprobs is at most the vocabulary (theta's tokenizer), checked before models load."""
-    k = output.get("topk_logprobs", 0)
+    k = output.topk_logprobs
     if k > vocab_size:
         raise UserError(f"output.topk_logprobs: {k} is more than the vocabulary ({vocab_size} tokens in "
                         f"{theta_name}'s tokenizer); allowed: 0 (off) or 1..{vocab_size}")
 
 
-def run_in_folder(recipe, out_dir: Path, dist: Distributed, planned, events: RunEvents, *, overwrite: bool,
+def run_in_folder(recipe: Recipe, out_dir: Path, dist: Distributed, planned, events: RunEvents, *, overwrite: bool,
                   resume: bool, repair: bool) -> None:
     """The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or dataset,
     a path that cannot be written; then lock it (exit 1 if another run holds it) and run (`run_locked`)."""
@@ -155,12 +155,11 @@ def run_in_folder(recipe, out_dir: Path, dist: Distributed, planned, events: Run
             lock.release()
 
 
-def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, locks, events: RunEvents, *,
+def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, locks, events: RunEvents, *,
                overwrite: bool, resume: bool, repair: bool) -> None:
     """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap."""
     from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
     from os_cli.api.build import build_model
-    from os_cli.recipe.places import places_of
     from os_cli.recipe import model_settings
     from os_cli.store.writer import (RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records,
                          token_spec)
@@ -190,10 +189,10 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
             locks.append(FolderLock(target, dist.rank).acquire())
     model, device = None, None
     if any((it.id, k) not in done_before for it, k in units):
-        note(f"loading models: theta={recipe['models']['theta']} "
-             f"teacher={recipe['models']['teacher'] or '(same as theta)'}")
+        note(f"loading models: theta={recipe.models.theta} "
+             f"teacher={recipe.models.teacher or '(same as theta)'}")
         extra = {}
-        if dist.device is not None and model_settings(recipe["models"], "theta")["device"][0] == "auto":
+        if dist.device is not None and model_settings(recipe.models, "theta")["device"][0] == "auto":
             extra["device"] = str(dist.device)  # theta's; a teacher without its own device follows
         model = build_model(recipe, **extra)
         testing_hooks.install_model_hooks(model)
@@ -206,7 +205,7 @@ def run_locked(recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, l
     if mode == "overwrite" and not dist.is_main:
         locks.append(FolderLock(target, dist.rank).acquire())
     writer = RunWriter(target, recipe, rank=dist.rank, world_size=dist.world_size)
-    places = places_of(recipe)
+    places = recipe.places
     models = {"theta": places.theta, "teacher": places.teacher}
     done = writer.start(planned_ids, rendered.errors, models=models, device=device, plan=plan, repair=repair)
     for text in writer.notes:
@@ -262,7 +261,7 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
     sampling = settings.sampling
     teacher_prompts = settings.teacher_prompts
     # No more slots than rows to do: cache and output buffers (models.compile's fixed slots too) are sized by it.
-    limit = InFlightLimit(max(1, min(sampling["batch_size"], len(pending))))
+    limit = InFlightLimit(max(1, min(sampling.batch_size, len(pending))))
     events.started(total_mine, total_mine - len(pending), limit.value, writer.current_shard)
     if not pending:
         events.note(f"nothing to do: all {total_mine} records are already written")
@@ -274,7 +273,7 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
         for index, (item, k) in enumerate(pending):
             pulled += 1
             yield StreamRow(item.prompt, item.prompt_t if teacher_prompts else None,
-                            seed=unit_seed(sampling["seed"], item, k), id=index)
+                            seed=unit_seed(sampling.seed, item, k), id=index)
 
     buffer: list[tuple[dict, int, list[float], list[float]]] = []
     last_write, interval = 0.0, WRITE_INTERVAL_S
@@ -295,9 +294,9 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
     fixed_slots = bool(getattr(model, "compile", False))
     testing_hooks.before_sampling()
     outputs = model.generate_stream(
-        rows(), max_new_tokens=sampling["max_new_tokens"], temperature=sampling["temperature"],
-        top_p=sampling["top_p"], top_k=sampling["top_k"], stop=sampling["stop"] or None,
-        draft_tokens=sampling.get("draft_tokens", 0), limit=limit, stats=SchedulerStats(),
+        rows(), max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+        top_p=sampling.top_p, top_k=sampling.top_k, stop=list(sampling.stop) or None,
+        draft_tokens=sampling.draft_tokens, limit=limit, stats=SchedulerStats(),
         oom_backoff=not fixed_slots,  # models.compile: batch_size slots fix the step's memory, nothing to back off
         separate_teacher_prompts=teacher_prompts, topk_logprobs=settings.topk_logprobs,
         topk_of=settings.topk_of,

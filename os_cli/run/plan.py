@@ -3,7 +3,7 @@ the checks that need no weights (placement, hub reachability, prompt lengths aga
 and the plan entries the output folder records (plan.jsonl). No printing: the CLI prints what these
 return.
 
-- `run_warnings(recipe) -> list[str]`: the recipe's warnings (`_meta.warnings`) and, when it names
+- `run_warnings(recipe) -> list[str]`: the recipe's warnings (`recipe.source.warnings`) and, when it names
   something on an unreachable hub, the note that this process now runs offline
   (`preflight.hub_offline_note`, which switches it).
 - `plan_rows(recipe) -> Planned`: the planned rows (`data.load_rows`), rendered (`data.render_prompts`)
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
 from os_cli.errors import UserError
+from os_cli.recipe.typed import Dataset, Recipe
 
 
 @dataclass
@@ -28,49 +27,47 @@ class Planned:
     entries: list    # plan.jsonl entries, one per planned row (writer.plan_entries)
 
 
-def run_warnings(recipe: Mapping) -> list[str]:
+def run_warnings(recipe: Recipe) -> list[str]:
     """The recipe's warnings, then the hub note where the hub cannot be reached (this process goes offline)."""
-    from os_cli.recipe.places import places_of
     from os_cli.models.preflight import hub_offline_note
 
-    offline = hub_offline_note(recipe["models"], recipe["dataset"], places_of(recipe))
-    return list(recipe["_meta"]["warnings"]) + ([offline] if offline else [])
+    offline = hub_offline_note(recipe.models, recipe.dataset, recipe.places)
+    return list(recipe.source.warnings) + ([offline] if offline else [])
 
 
-def nothing_planned(dataset: Mapping) -> str:
-    return (f"nothing to generate: no rows are planned (dataset.skip {dataset['skip']}, dataset.limit "
-            f"{dataset['limit']}); lower dataset.skip or raise the limit")
+def nothing_planned(dataset: Dataset) -> str:
+    return (f"nothing to generate: no rows are planned (dataset.skip {dataset.skip}, dataset.limit "
+            f"{dataset.limit}); lower dataset.skip or raise the limit")
 
 
-def plan_rows(recipe: Mapping) -> Planned:
+def plan_rows(recipe: Recipe) -> Planned:
     """Rows, prompts and plan entries of a loaded recipe, every check that needs no weights made; raises
     `UserError` (no rows, a placement this machine cannot run, a hub model out of reach, a bad row)."""
     from os_cli.api.build import check_models_reachable, check_placement
     from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.models.hub import load_tokenizers
-    from os_cli.recipe.places import places_of
     from os_cli.models.preflight import model_contexts
     from os_cli.prompts.lengths import screen_prompts
     from os_cli.run.loop import check_topk_logprobs
     from os_cli.store.writer import plan_entries
 
-    places, models, prompts = places_of(recipe), recipe["models"], recipe["prompts"]
-    rows = load_rows(recipe["dataset"], places.base_dir)
+    places, models, prompts = recipe.places, recipe.models, recipe.prompts
+    rows = load_rows(recipe.dataset, places.base_dir)
     if not rows:
-        raise UserError(nothing_planned(recipe["dataset"]))
+        raise UserError(nothing_planned(recipe.dataset))
     check_placement(models)
     check_models_reachable(models, places)
     tokenizer, tokenizer_t = load_tokenizers(models, places)
-    check_topk_logprobs(recipe["output"], models["theta"], len(tokenizer))
+    check_topk_logprobs(recipe.output, models.theta, len(tokenizer))
     rendered = render_prompts(prompts, tokenizer, rows, tokenizer_t=tokenizer_t, models=models,
-                              skip=recipe["dataset"]["skip"])
+                              skip=recipe.dataset.skip)
     screen_prompts(prompts, rendered, tokenizer, tokenizer_t, model_contexts(models, places, tokenizer, tokenizer_t),
-                   models=models, max_new_tokens=recipe["sampling"]["max_new_tokens"])
+                   models=models, max_new_tokens=recipe.sampling.max_new_tokens)
     entries = plan_entries([row_id for row_id, _ in rows], rendered.items, rendered.errors)
     return Planned(rows=rows, rendered=rendered, entries=entries)
 
 
-def dry_run_mode(out_dir: Path, recipe: Mapping, entries: list, overwrite: bool) -> str:
+def dry_run_mode(out_dir: Path, recipe: Recipe, entries: list, overwrite: bool) -> str:
     """What the run would do with its output folder: a new run, resume, overwrite, or why it is refused."""
     from os_cli.store.writer import check_output
 

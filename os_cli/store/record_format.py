@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from os_cli.errors import UserError
 from os_cli.mix.distributions import DISTRIBUTIONS, TOPK_OF_DEFAULT
+from os_cli.recipe.typed import Recipe
 
 FORMAT = 2            # 2: ids.txt holds JSON strings, plan.jsonl and the dataset fingerprint exist
 MANIFEST = "manifest.json"
@@ -68,7 +69,9 @@ def record_key(record: Mapping) -> tuple[str, int]:
 
 
 def num_samples_of(recipe: Any) -> int:
-    """sampling.num_samples of a (stored) recipe; 1 for one written before the key existed."""
+    """sampling.num_samples of a loaded `Recipe` or a stored (plain dict) one; 1 for one written before the key
+    existed."""
+    recipe = _plain_recipe(recipe)
     sampling = recipe.get("sampling") if isinstance(recipe, Mapping) else None
     value = sampling.get("num_samples", 1) if isinstance(sampling, Mapping) else 1
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
@@ -82,6 +85,11 @@ def outside_plan(key: tuple[str, int], planned: set[str] | None, num_samples: in
     if key[1] >= num_samples:
         return f"sample {key[1]} is beyond sampling.num_samples = {num_samples}"
     return None
+
+
+def _plain_recipe(recipe: Any) -> Any:
+    """A loaded `Recipe` as its plain dict (what a manifest stores); anything else as it is."""
+    return recipe.to_dict() if isinstance(recipe, Recipe) else recipe
 
 
 def describe_key(key: tuple[str, int]) -> str:
@@ -103,7 +111,9 @@ class TokenSpec:
 
 
 def token_spec(recipe: Any) -> TokenSpec | None:
-    """The TokenSpec of a (stored) recipe's `output` settings; None when it has no `output` section."""
+    """The TokenSpec of the `output` settings of a loaded `Recipe` or a stored (plain dict) one; None when it
+    has no `output` section."""
+    recipe = _plain_recipe(recipe)
     output = recipe.get("output") if isinstance(recipe, Mapping) else None
     if not isinstance(output, Mapping):
         return None

@@ -46,7 +46,7 @@ from os_cli.store.record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
     num_samples_of, parse_record_line, read_ids, record_key, record_problem, token_spec,
 )
-from os_cli.recipe.places import places_of
+from os_cli.recipe.typed import Recipe
 from os_cli.recipe import recipe_diff, recipe_hash
 from os_cli.store.scan import (  # noqa: F401 - re-exported
     BadLine, Scan, check_shards, describe_drop, drop_lines, list_shards, scan_records, scan_shards, shard_owner,
@@ -85,7 +85,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False,
+def check_output(out_dir: Path, recipe: Recipe, *, overwrite: bool = False,
                  plan: Sequence[list] | None = None) -> str:
     """What a run may do with `out_dir`: "new", "resume" or "overwrite". Read-only; refuses (exit 2):
 
@@ -135,7 +135,7 @@ def check_output(out_dir: Path, recipe: Mapping, *, overwrite: bool = False,
         )
     if plan is not None:
         check_dataset(out_dir, manifest, plan)
-    places = places_of(recipe)
+    places = recipe.places
     check_models(out_dir, manifest, {"theta": places.theta, "teacher": places.teacher})
     return "resume"
 
@@ -173,12 +173,6 @@ def clear_outputs(out_dir: Path) -> None:
     fsync_dir(out_dir)
 
 
-def _source_of(recipe: Mapping) -> dict | None:
-    """The manifest's `recipe_source`: the recipe's `_meta` as written, without the places it resolved."""
-    meta = recipe.get("_meta")
-    return None if meta is None else {k: v for k, v in meta.items() if k != "places"}
-
-
 class RunWriter:
     """Writes one rank's shards; rank 0 also owns the manifest, ids.txt and errors.jsonl.
 
@@ -186,12 +180,12 @@ class RunWriter:
     (each call is atomic per shard file), then `writer.finish(status)`.
     """
 
-    def __init__(self, out_dir: Path, recipe: Mapping, *, rank: int = 0, world_size: int = 1):
+    def __init__(self, out_dir: Path, recipe: Recipe, *, rank: int = 0, world_size: int = 1):
         self.out_dir = Path(out_dir)
         self.recipe = recipe
         self.rank = rank
         self.world_size = world_size
-        self.shard_size = int(recipe["output"]["shard_size"])
+        self.shard_size = int(recipe.output.shard_size)
         self.is_main = rank == 0
         self.tokens = token_spec(recipe)   # what every record's `tokens` must hold
         self.manifest: dict = {}
@@ -231,17 +225,16 @@ class RunWriter:
             pending_errors = [e for e in errors if e["id"] not in done_ids]
             self.errors = len(pending_errors)
             previous = read_manifest(self.out_dir) or {}
-            recipe = {k: v for k, v in self.recipe.items() if k != "_meta"}
             self.manifest = {
                 "format": FORMAT,
-                "recipe": recipe,
+                "recipe": self.recipe.to_dict(),
                 "recipe_hash": recipe_hash(self.recipe),
-                "recipe_source": _source_of(self.recipe),
+                "recipe_source": self.recipe.source.to_dict(),
                 "dataset_fingerprint": plan_fingerprint(plan) if plan is not None else None,
                 "versions": versions(),
                 "models": dict(models or {}),
                 "model_fingerprints": model_fingerprints(models or {}),
-                "seed": self.recipe["sampling"]["seed"],
+                "seed": self.recipe.sampling.seed,
                 "device": device,
                 "world_size": self.world_size,
                 "started_at": previous.get("started_at") or now_iso(),
