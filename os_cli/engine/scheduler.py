@@ -28,7 +28,7 @@ join, and per speculative round (accepted counts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -48,7 +48,6 @@ from os_cli.mix.topk import topk_columns
 # q* step. `alpha_init` [n] float (NaN: none) is each row's previous `alpha_solved`, the solver's warm start:
 # plain steps pass it, prefills and speculative rounds leave it out.
 RowStepFn = Callable[..., StepOutput]
-StopFn = Callable[[object, list[int]], bool]  # (request index, token ids so far) -> stop now?
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from os_cli.engine.settings import DecodeSettings
+from os_cli.engine.settings import DecodeSettings, StopFn
 from os_cli.mix.sampler import StepOutput
 
 # Per-token float traces recorded for every row (NaN after the row ended).
@@ -197,7 +197,6 @@ class DecodeTrace:
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], StepOutput]
-StopFn = Callable[[int, list[int]], bool]
 
 
 def decode(
