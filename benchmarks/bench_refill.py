@@ -42,7 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from os_cli import OptimalSamplingModel, engine, rng, scheduler  # noqa: E402
+from os_cli import OptimalSamplingModel  # noqa: E402
+from os_cli.engine import scheduler, streams as engine  # noqa: E402
+from os_cli.engine.settings import DecodeSettings  # noqa: E402
+from os_cli.mix import rng  # noqa: E402
 from os_cli.toy import build_tokenizer, save_tiny_model, tiny_qwen2_config  # noqa: E402
 
 CORPUS = [
@@ -113,11 +116,11 @@ def timed_refill(model, prompts, caps, batch, sample_from="mixture", draft_token
     config = model._sampler_config(1.0, -1, 1.0)
     start, cpu = time.perf_counter(), time.process_time()
     tokens = 0
+    settings = DecodeSettings(max_new_tokens=max(caps), eos_ids=(), pad_id=model.tokenizer.pad_token_id,
+                              config=config, draft_tokens=draft_tokens, admit_min=admit_min, admission=admission)
     for result in scheduler.decode_rows(
         requests(model, prompts, caps), model.model_theta, model.model_t, model.vocab_size,
-        model._step_fn(config, sample_from), limit=batch, max_new_tokens=max(caps), eos_ids=[],
-        pad_id=model.tokenizer.pad_token_id, draft_tokens=draft_tokens, temperature=1.0, stats=stats,
-        admit_min=admit_min, admission=admission,
+        model._step_fn(config, sample_from), settings, limit=batch, stats=stats,
     ):
         tokens += len(result.tokens)
     return tokens, time.perf_counter() - start, time.process_time() - cpu
@@ -145,8 +148,8 @@ def run_static(model, prompts, caps, batch) -> tuple[int, float, float]:
             engine.ModelStream(model.model_theta, model.vocab_size), engine.ModelStream(model.model_t, model.vocab_size),
             model.encode(prompts[lo:lo + batch]), model.encode(prompts[lo:lo + batch], teacher=True),
             lambda a, b, rows, step, k=part_keys: step_fn(a, b, k[rows], torch.full_like(rows, step)),
-            max_new_tokens=max(part_caps), eos_ids=[], pad_id=model.tokenizer.pad_token_id,
-            stop_fn=lambda row, ids, c=part_caps: len(ids) >= c[row],
+            DecodeSettings(max_new_tokens=max(part_caps), eos_ids=(), pad_id=model.tokenizer.pad_token_id,
+                           config=config, stop_fn=lambda row, ids, c=part_caps: len(ids) >= c[row]),
         )
         tokens += int(trace.lengths.sum())
     return tokens, time.perf_counter() - start, time.process_time() - cpu

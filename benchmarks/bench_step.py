@@ -33,7 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from os_cli import engine, rng  # noqa: E402
+from os_cli.engine import streams as engine  # noqa: E402
+from os_cli.mix import rng  # noqa: E402
+from os_cli.engine.settings import DecodeSettings  # noqa: E402
 from os_cli.mix.sampler import SamplerConfig, mixture_step  # noqa: E402
 
 VOCAB = 151936
@@ -87,7 +89,8 @@ def run(theta, teacher, prompt, steps: int, config: SamplerConfig, sample_from: 
     if device.type == "cuda":
         torch.cuda.synchronize()
     start, cpu_start = time.perf_counter(), time.process_time()
-    trace = engine.decode(s_theta, s_t, prompt, prompt, step_fn, max_new_tokens=steps, eos_ids=[], pad_id=0)
+    trace = engine.decode(s_theta, s_t, prompt, prompt, step_fn,
+                          DecodeSettings(max_new_tokens=steps, eos_ids=(), pad_id=0, config=config))
     assert int(trace.lengths.min()) == steps
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -20,6 +20,7 @@ from os_cli.mix import rng
 
 from os_cli.engine import scheduler
 from os_cli.engine.scheduler import InFlightLimit, RowRequest, SchedulerStats
+from os_cli.engine.settings import DecodeSettings
 
 PROMPTS = ["What is 2 plus 3?", "Hi", "The quick brown fox jumps over the lazy dog. Question 7: 7 plus",
            "Tom has 4 apples", "Question 12: 12 plus", "Explain", "The capital of France", "a b c d e f g"]
@@ -41,12 +42,13 @@ def _request(model, i: int, cap: int | None = None, seed: int | None = None) -> 
                       CAPS[i % len(CAPS)] if cap is None else cap)
 
 
-def _decode(model, requests, step_fn=None, **kwargs):
+def _decode(model, requests, step_fn=None, *, limit, stats=None, **settings):
     config = model._sampler_config(1.0, -1, 1.0)
-    kwargs.setdefault("max_new_tokens", max(CAPS))
+    settings.setdefault("max_new_tokens", max(CAPS))
     return scheduler.decode_rows(
         requests, model.model_theta, model.model_t, model.vocab_size, step_fn or model._step_fn(config, "mixture"),
-        eos_ids=[], pad_id=model.tokenizer.pad_token_id, **kwargs)
+        DecodeSettings(config=config, eos_ids=(), pad_id=model.tokenizer.pad_token_id, **settings), limit=limit,
+        stats=stats)
 
 
 def _by_index(results):

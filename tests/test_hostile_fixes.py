@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from os_cli import OptimalSamplingModel
 from os_cli.cli import _register, app
-from os_cli.store.record_format import TOKEN_KEYS, TokenSpec, build_record, record_problem, token_spec, topk_keys
+from os_cli.store.record_format import (TOKEN_KEYS, RecordSettings, TokenSpec, build_record, record_problem,
+                                        token_spec, topk_keys)
 from os_cli.recipe import load_recipe, recipe_diff
-from os_cli.api.rows import StreamRow
+from os_cli.api.rows import RowOutput, StreamRow
 from os_cli.report.summary import summarize_dir
 
 if not any(c.name == "generate" for c in app.registered_commands):
@@ -30,10 +31,11 @@ runner = CliRunner()
 
 def _record(n=3, k=2, of=("t", "q"), per_token=True):
     traces = {name: [0.5] * n for name in TOKEN_KEYS if name != "ids"}
-    return build_record(row_id="a", sample=0, alpha_method="kl_symmetry", prompt="p", prompt_t="p", messages=None,
-                        completion="c", token_ids=list(range(n)), finish_reason="length", traces=traces, row={},
-                        per_token=per_token, topk_ids=[[1] * k] * n if k else None,
-                        topk_logprobs={s: [[-1.0] * k] * n for s in of} if k else None)
+    output = RowOutput(index=0, id=0, text="c", token_ids=list(range(n)), finish_reason="length", traces=traces,
+                       topk_ids=[[1] * k] * n if k else None,
+                       topk_logprobs={s: [[-1.0] * k] * n for s in of} if k else None)
+    return build_record(RecordSettings("kl_symmetry", per_token=per_token, topk_logprobs=k), output, row_id="a",
+                        sample=0, prompt="p", prompt_t="p", messages=None, row={})
 
 
 def test_token_spec_names_exactly_what_build_record_writes():

@@ -1,4 +1,5 @@
-"""Checking the Python API's arguments (pure: no model): prompts, per-row token caps and seeds.
+"""Checking the Python API's arguments (pure: no model): prompts, per-row token caps and seeds, and
+`CallSettings`, what one call of `generate` / `generate_stream` decodes with, built once per call.
 
 Python and numpy integers are accepted wherever an int is (not bool); bounds come from limits.py.
 """
@@ -6,11 +7,40 @@ Python and numpy integers are accepted wherever an int is (not bool); bounds com
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 
+from os_cli.engine.settings import DecodeSettings
 from os_cli.mix import rng
+from os_cli.mix.sampler import SAMPLE_FROM
 from os_cli.limits import MAX_NEW_TOKENS, MAX_SEED
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """One call's settings: what the engine reads (`decode`, engine/settings.py) and what only the API
+    does: `sample_from` (which distribution the q* step draws from), `stop` (the stop strings, cut from
+    the texts; `decode.stop_fn` ends rows at them) and `two_streams` (the teacher runs a stream of its
+    own: another model, or teacher prompts of its own; otherwise theta's logits play both parts)."""
+
+    decode: DecodeSettings
+    sample_from: str = "mixture"
+    stop: tuple[str, ...] = ()
+    two_streams: bool = True
+
+
+def check_sample_from(sample_from) -> None:
+    if sample_from not in SAMPLE_FROM:
+        raise ValueError(f"sample_from must be one of {', '.join(SAMPLE_FROM)}, got {sample_from!r}")
+
+
+def check_draft_tokens(draft_tokens, two_streams: bool) -> None:
+    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
+        raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
+    if draft_tokens and not two_streams:
+        raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
+                         "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
 
 
 def is_int(value) -> bool:

@@ -27,17 +27,18 @@ from os_cli.engine import scheduler
 
 from os_cli.engine import fixed_slots as static_stream
 from os_cli.mix.alpha import ALPHA_METHODS
+from os_cli.api.arguments import CallSettings
 from os_cli.api.rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
 from os_cli.mix.sampler import SamplerConfig, mixture_step
 from os_cli.engine.stop_strings import cut_at_stop, stop_checker
 from os_cli.engine.scheduler import InFlightLimit, SchedulerStats
+from os_cli.engine.settings import DecodeSettings
 from os_cli.mix.topk import DEFAULT_OF as TOPK_OF_DEFAULT, topk_spec
 
 __all__ = ["OptimalSamplingModel", "SamplingOutput", "StreamRow", "RowOutput", "InFlightLimit", "SchedulerStats"]
 
 log = logging.getLogger("os_cli")
 
-_SAMPLE_FROM = ("mixture", "teacher", "theta")
 _LOOPS = ("refill", "static")
 
 
@@ -209,20 +210,22 @@ class OptimalSamplingModel:
                 raise ValueError("topk_logprobs needs loop='refill'; the static reference loop does not record it")
             if draft_tokens:
                 raise ValueError("draft_tokens needs loop='refill'; the static reference loop draws one token per step")
-            results = self._static(prompts, prompts_t, seeds, caps, limit, temperature, top_k, top_p, stop,
-                                   sample_from, return_logits, return_q_star_probs, alpha=alpha,
-                                   ignore_eos=ignore_eos)
+            if len(set(caps)) != 1:
+                raise ValueError("per-row max_new_tokens needs loop='refill'")
+        settings = self._call_settings(
+            sample_from, stop, self._two_streams(prompts, prompts_t), alpha, temperature=temperature, top_k=top_k,
+            top_p=top_p, ignore_eos=ignore_eos, max_new_tokens=max(caps), draft_tokens=draft_tokens,
+            keep_logits=return_logits, keep_q_star=return_q_star_probs, topk=topk)
+        if loop == "static":
+            results = self._static(prompts, prompts_t, seeds, limit, settings)
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             results = [None] * len(rows)
             stats = SchedulerStats()
-            two_streams = self._two_streams(prompts, prompts_t)
-            for result, _ in self._decode(rows, max(caps), temperature, top_k, top_p, stop, sample_from, draft_tokens,
-                                          limit, return_logits, return_q_star_probs, oom_backoff=False, stats=stats,
-                                          two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos, topk=topk):
+            for result, _ in self._decode(rows, settings, limit, stats):
                 results[result.index] = result
         out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
-                       lambda ids, reason: self._text(ids, reason, stops(stop)), return_diagnostics, skip_decode)
+                       lambda ids, reason: self._text(ids, reason, settings.stop), return_diagnostics, skip_decode)
         if loop == "refill":
             out.slot_occupancy = stats.occupancy(limit)
         return out
@@ -266,11 +269,12 @@ class OptimalSamplingModel:
         rows = iter(rows)
         topk = topk_spec(topk_logprobs, topk_of, self.vocab_size)
         cap = arguments.checked_cap(max_new_tokens)
-        two_streams = not self.same_model or separate_teacher_prompts
-        for result, row in self._decode(rows, cap, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
-                                        return_logits, return_q_star_probs, oom_backoff=oom_backoff, stats=stats,
-                                        two_streams=two_streams, alpha=alpha, ignore_eos=ignore_eos, topk=topk):
-            text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, stops(stop))
+        settings = self._call_settings(
+            sample_from, stop, not self.same_model or separate_teacher_prompts, alpha, temperature=temperature,
+            top_k=top_k, top_p=top_p, ignore_eos=ignore_eos, max_new_tokens=cap, draft_tokens=draft_tokens,
+            keep_logits=return_logits, keep_q_star=return_q_star_probs, oom_backoff=oom_backoff, topk=topk)
+        for result, row in self._decode(rows, settings, limit, stats):
+            text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, settings.stop)
             yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
                             finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
                             q_star_probs=result.q_star, topk_ids=result.topk_ids,
@@ -281,18 +285,19 @@ class OptimalSamplingModel:
     def _sampler_config(self, temperature: float, top_k: int, top_p: float,
                         alpha: Mapping[str, Any] | None = None) -> SamplerConfig:
         """The validated config of one call: the model's attributes, `alpha` (per call) over them."""
-        settings = {"method": self.alpha_method, "fixed": self.fixed_alpha, "min": self.alpha_min,
-                    "max": self.alpha_max}
+        chosen = {"method": self.alpha_method, "fixed": self.fixed_alpha, "min": self.alpha_min,
+                  "max": self.alpha_max}  # by the keys of `alpha` (the recipe's alpha section)
         if alpha is not None:
-            unknown = sorted(set(alpha) - set(settings)) if isinstance(alpha, Mapping) else None
+            unknown = sorted(set(alpha) - set(chosen)) if isinstance(alpha, Mapping) else None
             if unknown is None or unknown:
-                raise ValueError(f"alpha must be a dict with keys among {', '.join(settings)}, got {alpha!r}")
-            settings.update(alpha)
-        if settings["method"] not in ALPHA_METHODS:
-            raise ValueError(f"alpha_method {settings['method']!r} is unknown; choose one of {', '.join(ALPHA_METHODS)}")
+                raise ValueError(f"alpha must be a dict with keys among {', '.join(chosen)}, got {alpha!r}")
+            chosen.update(alpha)
+        alpha_method = chosen["method"]
+        if alpha_method not in ALPHA_METHODS:
+            raise ValueError(f"alpha_method {alpha_method!r} is unknown; choose one of {', '.join(ALPHA_METHODS)}")
         return SamplerConfig(
-            alpha_method=settings["method"], fixed_alpha=settings["fixed"], alpha_min=settings["min"],
-            alpha_max=settings["max"], temperature=temperature, top_k=top_k, top_p=top_p,
+            alpha_method=alpha_method, fixed_alpha=chosen["fixed"], alpha_min=chosen["min"],
+            alpha_max=chosen["max"], temperature=temperature, top_k=top_k, top_p=top_p,
             constraint_to_target=self.constraint_to_target, target_top_k=self.target_top_k,
             target_top_p=self.target_top_p,
         )
@@ -359,32 +364,33 @@ class OptimalSamplingModel:
 
         return step_fn
 
-    def _settings(self, temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams: bool = True,
-                  alpha=None):
-        if sample_from not in _SAMPLE_FROM:
-            raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
-        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
-            raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
-        if draft_tokens and not two_streams:
-            raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
-                             "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
+    def _call_settings(self, sample_from: str, stop, two_streams: bool, alpha, *, temperature: float, top_k: int,
+                       top_p: float, ignore_eos: bool, **decode) -> CallSettings:
+        """The checked settings of one call, built once: `decode` are DecodeSettings fields taken as they are
+        (max_new_tokens, draft_tokens, keep_logits, ...); the rest come from this model and the arguments."""
+        arguments.check_sample_from(sample_from)
+        arguments.check_draft_tokens(decode.get("draft_tokens", 0), two_streams)
         config = self._sampler_config(temperature, top_k, top_p, alpha)
-        return config, stops(stop)
+        stop = tuple(stops(stop))
+        return CallSettings(
+            DecodeSettings(config=config, eos_ids=() if ignore_eos else tuple(self.eos_token_ids),
+                           pad_id=self.tokenizer.pad_token_id, stop_fn=self._stop_fn(stop) if stop else None,
+                           **decode),
+            sample_from=sample_from, stop=stop, two_streams=two_streams)
 
-    def _decode(self, rows, max_new_tokens, temperature, top_k, top_p, stop, sample_from, draft_tokens, limit,
-                keep_logits, keep_q_star, oom_backoff, stats, two_streams: bool, alpha=None, ignore_eos=False,
-                topk=None) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
+    def _decode(self, rows, settings: CallSettings, limit: int | InFlightLimit,
+                stats: SchedulerStats | None) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
         """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
 
-        With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
+        Without `settings.two_streams` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
-        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams, alpha)
+        decode, two_streams = settings.decode, settings.two_streams
         fixed = None
         if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
-            static_stream.check_compile(self.compile, draft_tokens=draft_tokens, oom_backoff=oom_backoff)
+            static_stream.check_compile(self.compile, draft_tokens=decode.draft_tokens, oom_backoff=decode.oom_backoff)
             fixed = static_stream.fixed_slots(
                 self._slot_pool, self.model_theta, self.model_t if two_streams else None, self.vocab_size,
-                limit.value if isinstance(limit, InFlightLimit) else limit, max_new_tokens,
+                limit.value if isinstance(limit, InFlightLimit) else limit, decode.max_new_tokens,
                 self.tokenizer.pad_token_id, compiled=self.compile is True)
         in_flight: dict[int, StreamRow] = {}
 
@@ -400,7 +406,7 @@ class OptimalSamplingModel:
                     raise ValueError(f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
                                      f"theta's prompts; pass separate_teacher_prompts=True")
                 seed = arguments.checked_seed(row.seed, f"row {index}: seed")
-                cap = max_new_tokens if row.max_new_tokens is None else arguments.checked_cap(
+                cap = decode.max_new_tokens if row.max_new_tokens is None else arguments.checked_cap(
                     row.max_new_tokens, f"row {index}: max_new_tokens")
                 ids = self._token_ids(row.prompt, "prompts", index)
                 self._check_length("prompts", index, len(ids), cap)
@@ -416,40 +422,30 @@ class OptimalSamplingModel:
         try:
             for result in scheduler.decode_rows(
                 requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
-                self._step_fn(config, sample_from), limit=limit, max_new_tokens=max_new_tokens,
-                eos_ids=[] if ignore_eos else self.eos_token_ids, pad_id=self.tokenizer.pad_token_id,
-                stop_fn=self._stop_fn(stop) if stop else None, keep_logits=keep_logits, keep_q_star=keep_q_star,
-                draft_tokens=draft_tokens, temperature=config.temperature, oom_backoff=oom_backoff, stats=stats,
-                fixed_slots=fixed, topk=topk,
+                self._step_fn(decode.config, settings.sample_from), decode, limit=limit, stats=stats,
+                fixed_slots=fixed,
             ):
                 yield result, in_flight.pop(result.index)
         finally:
             if fixed is not None:
                 fixed.in_use = False
 
-    def _static(self, prompts, prompts_t, seeds, caps, chunk, temperature, top_k, top_p, stop, sample_from,
-                keep_logits, keep_q_star, alpha=None, ignore_eos=False) -> list[scheduler.RowResult]:
-        """The reference loop (engine.decode): fixed micro-batches, each until its last row ends."""
-        if len(set(caps)) != 1:
-            raise ValueError("per-row max_new_tokens needs loop='refill'")
-        config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, 0, alpha=alpha)
-        one_stream = not self._two_streams(prompts, prompts_t)
+    def _static(self, prompts, prompts_t, seeds, limit: int, settings: CallSettings) -> list[scheduler.RowResult]:
+        """The reference loop (engine.decode): fixed micro-batches of `limit` rows, each until its last row ends."""
+        two_streams = settings.two_streams
         keys = rng.row_keys(torch.tensor(seeds, dtype=torch.int64)).to(self.device)
-        step_fn = self._step_fn(config, sample_from)
-        stop_fn = self._stop_fn(stop) if stop else None
+        step_fn = self._step_fn(settings.decode.config, settings.sample_from)
         results = []
-        for start in range(0, len(prompts), chunk):
-            part_keys = keys[start:start + chunk]
+        for start in range(0, len(prompts), limit):
+            part_keys = keys[start:start + limit]
             theta = engine.ModelStream(self.model_theta, self.vocab_size)
-            teacher = None if one_stream else engine.ModelStream(self.model_t, self.vocab_size,
-                                                                  output_device=self.device)
+            teacher = engine.ModelStream(self.model_t, self.vocab_size, output_device=self.device) if two_streams \
+                else None
             trace = engine.decode(
-                theta, teacher, self.encode(prompts[start:start + chunk]),
-                None if one_stream else self.encode(prompts_t[start:start + chunk], teacher=True),
+                theta, teacher, self.encode(prompts[start:start + limit]),
+                self.encode(prompts_t[start:start + limit], teacher=True) if two_streams else None,
                 lambda lt, lt_t, rows, step: step_fn(lt, lt_t, part_keys[rows], torch.full_like(rows, step)),
-                max_new_tokens=caps[0], eos_ids=[] if ignore_eos else self.eos_token_ids,
-                pad_id=self.tokenizer.pad_token_id,
-                stop_fn=stop_fn, keep_logits=keep_logits, keep_q_star=keep_q_star,
+                settings.decode,
             )
             results += rows_of_trace(trace, start, self.vocab_size)
         return results

@@ -1,21 +1,22 @@
 """Continuous batching: rows stream in, up to `limit` decode at once, each result comes out when its row ends.
 
-`decode_rows(requests, ...)` is a generator. It keeps up to `limit.value` rows in flight; when
-rows end (EOS, their token cap, a stop string) they are yielded at once and waiting requests
+`decode_rows(requests, ..., settings, limit=...)` is a generator (the call's settings: engine/settings.py).
+It keeps up to `limit.value` rows in flight; when rows end (EOS, their token cap, a stop string) they
+are yielded at once and waiting requests
 are prefilled and join the running batch (`ModelStream.join`). Pad columns no row needs any more
 are trimmed after rows leave or join. The caller may lower `limit` while iterating (between two
 yielded results): rows beyond it go back to the waiting rows and restart from scratch,
 which changes nothing in their output, since a row's draws depend only on its key and step
-(rng.py). With `oom_backoff=True` an out-of-memory error in a forward does that by itself: the
+(rng.py). With `settings.oom_backoff` an out-of-memory error in a forward does that by itself: the
 streams are restored, the limit is halved (recorded in `limit.backoffs`) and the step retried.
 
 Invariant between iterations: each stream's cache holds every row's prompt and emitted tokens
 except the last emitted one (`pending`), which the next iteration feeds. A new row is prefilled
 and draws its first token from q* directly (stream 0, step 0, as the plain loop does); after
 that a plain iteration feeds the pending tokens and draws one token per row, and a speculative
-one (`draft_tokens=k`, os_cli/speculative.py) emits 1..k+1 tokens per row.
+one (`settings.draft_tokens=k`, os_cli/speculative.py) emits 1..k+1 tokens per row.
 
-Admission (`admission=`, os_cli/admission.py): by default the loop reads a bounded window of
+Admission (`settings.admission`, os_cli/admission.py): by default the loop reads a bounded window of
 requests ahead and admits the largest token cap first, so a long-tailed workload does not end with
 a few long rows decoding alone; "input_order" admits rows as they come. Each row carries its last
 solved alpha (`_Group.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
@@ -27,7 +28,7 @@ join, and per speculative round (accepted counts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -39,14 +40,14 @@ from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_col
 from os_cli.models.loading import input_device
 from os_cli.mix.sampler import StepOutput
 from os_cli.engine.requests import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
+from os_cli.engine.settings import DecodeSettings
 from os_cli.engine.slot_buffers import SlotBuffers
-from os_cli.mix.topk import TopK, topk_columns
+from os_cli.mix.topk import topk_columns
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n], alpha_init=None) -> StepOutput: the
 # q* step. `alpha_init` [n] float (NaN: none) is each row's previous `alpha_solved`, the solver's warm start:
 # plain steps pass it, prefills and speculative rounds leave it out.
 RowStepFn = Callable[..., StepOutput]
-StopFn = Callable[[object, list[int]], bool]  # (request index, token ids so far) -> stop now?
 
 
 @dataclass
@@ -109,76 +110,59 @@ def decode_rows(
     model_t,
     vocab_size: int,
     step_fn: RowStepFn,
+    settings: DecodeSettings,
     *,
     limit: int | InFlightLimit,
-    max_new_tokens: int,
-    eos_ids: Sequence[int],
-    pad_id: int,
-    stop_fn: StopFn | None = None,
-    keep_logits: bool = False,
-    keep_q_star: bool = False,
-    draft_tokens: int = 0,
-    temperature: float = 1.0,
-    oom_backoff: bool = False,
     stats: SchedulerStats | None = None,
-    admit_min: int | None = None,
-    topk: TopK | None = None,
     fixed_slots=None,
-    admission: str = "longest_first",
-    lookahead: int | None = None,
 ) -> Iterator[RowResult]:
     """Decode `requests` (any iterable, read lazily) with continuous refill; yield each row as it ends.
 
     `model_t=None` runs one stream whose logits play both parts (identical prompts, one model).
-    `draft_tokens=k > 0` decodes by exact speculative rounds (needs `model_t`) and `temperature`
-    must be the one `step_fn` uses, since drafts come from the temperature-scaled pi_theta.
+    `settings` (engine/settings.py) are the call's: `draft_tokens=k > 0` decodes by exact speculative
+    rounds (needs `model_t`), and `settings.config.temperature` must be the one `step_fn` uses, since
+    drafts come from the temperature-scaled pi_theta. `topk`: also record the teacher's top-K per token
+    (os_cli/topk.py; one top-k per step, on the device). `admit_min`: waiting rows are prefilled once
+    that many slots are free (default a quarter of the limit, at least 1), since a prefill's cost hardly
+    depends on how many rows it takes. `admission` (admission.ADMISSIONS): which waiting row goes next.
+    "longest_first" reads up to `lookahead` requests ahead of the rows in flight (default
+    LOOKAHEAD_PER_SLOT x the initial limit; never the whole iterator) and admits the largest token cap
+    first; "input_order" reads one at a time. A row's output depends on neither (its draws are keyed
+    by its key and step).
     Results come in finishing order; `RowResult.index` says which request each one is.
-    `admit_min`: waiting rows are prefilled once that many slots are free (default a quarter of
-    the limit, at least 1), since a prefill's cost hardly depends on how many rows it takes.
-    `topk`: also record the teacher's top-K per token (os_cli/topk.py; one top-k per step, on the device).
     `fixed_slots` (os_cli/static_stream.FixedSlots, `compile=True`): rows decode in its fixed cache
     slots, one per in-flight row, instead of in growing caches; new rows still prefill eagerly and join.
-    `admission` (admission.ADMISSIONS): which waiting row goes next. "longest_first" reads up to
-    `lookahead` requests ahead of the rows in flight (default LOOKAHEAD_PER_SLOT x the initial
-    limit; never the whole iterator) and admits the largest token cap first; "input_order" reads
-    one at a time. A row's output depends on neither (its draws are keyed by its key and step).
     """
-    if draft_tokens and model_t is None:
+    if settings.draft_tokens and model_t is None:
         raise ValueError("draft_tokens needs a teacher stream (two models, or two prompts)")
-    if draft_tokens and fixed_slots is not None:
+    if settings.draft_tokens and fixed_slots is not None:
         raise ValueError("fixed slots (compile) decode one token per step: draft_tokens must be 0")
-    admission_policy.check(admission, lookahead)
-    loop = _Loop(model_theta, model_t, vocab_size, step_fn,
+    admission_policy.check(settings.admission, settings.lookahead)
+    loop = _Loop(model_theta, model_t, vocab_size, step_fn, settings,
                  limit if isinstance(limit, InFlightLimit) else InFlightLimit(limit),
-                 max_new_tokens, eos_ids, pad_id, stop_fn, keep_logits, keep_q_star, draft_tokens, temperature,
-                 oom_backoff, stats if stats is not None else SchedulerStats())
-    loop.admit_min = admit_min if admit_min is not None else max(1, loop.limit.value // 4)
-    loop.init_topk(topk)
+                 stats if stats is not None else SchedulerStats())
     loop.fixed = fixed_slots
-    waiting = admission_policy.Waiting(
-        iter(requests), admission, lookahead if lookahead is not None else LOOKAHEAD_PER_SLOT * loop.limit.value,
-        cap=lambda r: r.max_new_tokens or max_new_tokens, accept=loop._check)
+    lookahead = settings.lookahead if settings.lookahead is not None else LOOKAHEAD_PER_SLOT * loop.limit.value
+    waiting = admission_policy.Waiting(iter(requests), settings.admission, lookahead,
+                                       cap=lambda r: r.max_new_tokens or settings.max_new_tokens, accept=loop._check)
     yield from loop.run(waiting)
 
 
 class _Loop:
-    def __init__(self, model_theta, model_t, vocab_size, step_fn, limit, max_new_tokens, eos_ids, pad_id, stop_fn,
-                 keep_logits, keep_q_star, draft_tokens, temperature, oom_backoff, stats):
+    def __init__(self, model_theta, model_t, vocab_size, step_fn, settings: DecodeSettings, limit: InFlightLimit,
+                 stats: SchedulerStats):
         self.model_theta, self.model_t, self.vocab_size, self.step_fn = model_theta, model_t, vocab_size, step_fn
-        self.limit, self.max_new_tokens, self.pad_id, self.stop_fn = limit, max_new_tokens, pad_id, stop_fn
-        self.keep_logits, self.keep_q_star, self.k, self.temperature = keep_logits, keep_q_star, draft_tokens, temperature
-        self.oom_backoff, self.stats = oom_backoff, stats
+        self.settings, self.limit, self.stats = settings, limit, stats
+        self.admit_min = settings.admit_min if settings.admit_min is not None else max(1, limit.value // 4)
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
-        self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=self.device)
-        self.capacity, self.width = limit.value, max_new_tokens + draft_tokens + 1
-        self.free = list(range(self.capacity - 1, -1, -1))
+        self.eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
+        # One slot per row the initial limit lets in (the limit only ever goes down), each with room for
+        # max_new_tokens plus a speculative round's overshoot.
+        width = settings.max_new_tokens + settings.draft_tokens + 1
+        self.free = list(range(limit.value - 1, -1, -1))
+        self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
         self.waiting: admission_policy.Waiting | None = None  # rows read, not in flight (admission.py)
-
-    def init_topk(self, topk: TopK | None) -> None:
-        """The per-slot output buffers (slot_buffers.py), with the top-K's when `topk` is set."""
-        self.topk = topk
-        self.buffers = SlotBuffers(self.capacity, self.width, self.pad_id, self.device, topk)
 
     # ------------------------------------------------------------------ driver
 
@@ -202,7 +186,7 @@ class _Loop:
                 if waiting.done:
                     return
                 continue
-            yield from self._guarded(self._round if self.k else self._step)
+            yield from self._guarded(self._round if self.settings.draft_tokens else self._step)
             if self.main is not None and not len(self.main):
                 self.main = None
 
@@ -210,8 +194,9 @@ class _Loop:
         if not request.ids_theta or (self.model_t is not None and not request.ids_t):
             raise ValueError(f"row {request.index!r}: a prompt with no tokens")
         cap = request.max_new_tokens
-        if cap is not None and not (isinstance(cap, int) and 1 <= cap <= self.max_new_tokens):
-            raise ValueError(f"row {request.index!r}: max_new_tokens must be in 1..{self.max_new_tokens}, got {cap!r}")
+        if cap is not None and not (isinstance(cap, int) and 1 <= cap <= self.settings.max_new_tokens):
+            raise ValueError(f"row {request.index!r}: max_new_tokens must be in 1..{self.settings.max_new_tokens}, "
+                             f"got {cap!r}")
         return request
 
     def _enforce_limit(self) -> None:
@@ -225,11 +210,11 @@ class _Loop:
 
     def _guarded(self, advance) -> Iterator[RowResult]:
         """Run one iteration; on OOM (with oom_backoff) restore the streams, halve the limit, retry later."""
-        saved = [s.checkpoint() for s in self.main.streams()] if self.oom_backoff else None
+        saved = [s.checkpoint() for s in self.main.streams()] if self.settings.oom_backoff else None
         try:
             results = advance()
         except torch.OutOfMemoryError as exc:
-            if not self.oom_backoff or len(self.main) <= 1:
+            if not self.settings.oom_backoff or len(self.main) <= 1:
                 raise
             for stream, state in zip(self.main.streams(), saved):
                 stream.restore(state)
@@ -251,7 +236,7 @@ class _Loop:
             group = self._prefill(batch)
         except torch.OutOfMemoryError as exc:
             in_flight = len(self.main) if self.main else 0
-            if not self.oom_backoff or in_flight + len(batch) <= 1:
+            if not self.settings.oom_backoff or in_flight + len(batch) <= 1:
                 raise
             self.waiting.send_back(batch)
             self._back_off(in_flight + len(batch), exc)
@@ -268,18 +253,19 @@ class _Loop:
     def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> _Group:
         device, batch = self.device, [r for _, r in waiting]
         theta = ModelStream(self.model_theta, self.vocab_size)
-        logits_theta = theta.prefill(*left_pad([r.ids_theta for r in batch], self.pad_id, device))
+        logits_theta = theta.prefill(*left_pad([r.ids_theta for r in batch], self.settings.pad_id, device))
         teacher, logits_t = None, logits_theta
         if self.model_t is not None:
             teacher = ModelStream(self.model_t, self.vocab_size, output_device=device)
-            logits_t = teacher.prefill(*left_pad([r.ids_t for r in batch], self.pad_id, device))
+            logits_t = teacher.prefill(*left_pad([r.ids_t for r in batch], self.settings.pad_id, device))
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = _Group(
             [_Row(r, s, p) for (p, r), s in zip(waiting, slots)], theta, teacher,
             torch.tensor([r.key for r in batch], dtype=torch.int64, device=device),
             torch.zeros(len(batch), dtype=torch.long, device=device),
-            torch.tensor([r.max_new_tokens or self.max_new_tokens for r in batch], dtype=torch.long, device=device),
+            torch.tensor([r.max_new_tokens or self.settings.max_new_tokens for r in batch], dtype=torch.long,
+                         device=device),
             torch.tensor(slots, dtype=torch.long, device=device),
             torch.full((len(batch),), float("nan"), device=device),
         )
@@ -311,9 +297,9 @@ class _Loop:
         g = self.main
         self.stats.steps += 1
         self.stats.row_steps += len(g)
-        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.k, self.temperature,
-                                  self.step_fn, self.stats)
-        if self.keep_logits or self.keep_q_star:
+        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.settings.draft_tokens,
+                                  self.settings.config.temperature, self.step_fn, self.stats)
+        if self.settings.keep_logits or self.settings.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
         self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])
         results = list(self._emit(g, r.emitted, r.counts, r.traces))
@@ -329,23 +315,24 @@ class _Loop:
             g.alphas = out.alpha_solved.to(g.alphas.device, g.alphas.dtype)
 
     def _keep_distributions(self, g: _Group, logits_theta, logits_t, logq, counts=None) -> None:
-        if not (self.keep_logits or self.keep_q_star):
+        if not (self.settings.keep_logits or self.settings.keep_q_star):
             return  # nothing kept: not even q* = exp(log q*) is computed
-        q_star = logq.exp() if self.keep_q_star else None
+        q_star = logq.exp() if self.settings.keep_q_star else None
         counts = [1] * len(g) if counts is None else counts.tolist()
         for i, row in enumerate(g.rows):
             for j in range(counts[i]):
-                if self.keep_logits:
+                if self.settings.keep_logits:
                     row.logits_theta.append(logits_theta[i, j].float().cpu())
                     row.logits_t.append(logits_t[i, j].float().cpu())
-                if self.keep_q_star:
+                if self.settings.keep_q_star:
                     row.q_star.append(q_star[i, j].float().cpu())
 
     def _keep_topk(self, g: _Group, logits_theta, logits_t, logq, fallback) -> None:
         """Write the top-K of m positions per row [B, m, ...] at the rows' slots and steps (before `_emit`)."""
-        if self.topk is None:
+        if self.settings.topk is None:
             return
-        ids, values = topk_columns(self.topk, self.temperature, logits_theta, logits_t, logq, fallback)
+        ids, values = topk_columns(self.settings.topk, self.settings.config.temperature, logits_theta, logits_t, logq,
+                                   fallback)
         self.buffers.write_topk(g.slots, g.steps[:, None] + torch.arange(ids.shape[1], device=self.device), ids, values)
 
     def _emit(self, g: _Group, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
@@ -360,20 +347,20 @@ class _Loop:
         n = torch.minimum(torch.minimum(counts, first_eos + 1), room)
         ended = (first_eos < n) | (n >= room)
         g.pending = emitted.gather(1, (counts - 1)[:, None]).squeeze(1)
-        if self.stop_fn is None and not bool(ended.any()):  # the one host sync of a quiet step
+        if self.settings.stop_fn is None and not bool(ended.any()):  # the one host sync of a quiet step
             g.steps = g.steps + n
             self.stats.tokens += int(n.sum()) if m > 1 else len(g)
             return iter(())
         n_list, first_eos_list, room_list = n.tolist(), first_eos.tolist(), room.tolist()
         reasons: list[str | None] = [None] * len(g)
-        rows_tokens = emitted.tolist() if self.stop_fn is not None else None
+        rows_tokens = emitted.tolist() if self.settings.stop_fn is not None else None
         for r, row in enumerate(g.rows):
             if rows_tokens is not None:
                 for i in range(n_list[r]):
                     row.history.append(rows_tokens[r][i])
                     if i == first_eos_list[r]:
                         break
-                    if self.stop_fn(row.request.index, row.history):
+                    if self.settings.stop_fn(row.request.index, row.history):
                         n_list[r], reasons[r] = i + 1, "stop"
                         break
             if reasons[r] is None and first_eos_list[r] < n_list[r]:
@@ -400,13 +387,14 @@ class _Loop:
             row, n = g.rows[r], lengths[j]
             result = RowResult(row.request.index, tokens[j, :n].clone(), reasons[r],
                                {name: traces[f, j, :n].clone() for f, name in enumerate(TRACE_FIELDS)})
-            if self.keep_logits:
+            if self.settings.keep_logits:
                 result.logits = {"theta": torch.stack(row.logits_theta[:n]), "t": torch.stack(row.logits_t[:n])}
-            if self.keep_q_star:
+            if self.settings.keep_q_star:
                 result.q_star = torch.stack(row.q_star[:n])
-            if self.topk is not None:
+            if self.settings.topk is not None:
                 result.topk_ids = read["topk_ids"][j, :n].long()
-                result.topk_logprobs = {name: read["topk_values"][d, j, :n].clone() for d, name in enumerate(self.topk.of)}
+                result.topk_logprobs = {name: read["topk_values"][d, j, :n].clone()
+                                        for d, name in enumerate(self.settings.topk.of)}
             results.append(result)
             self.free.append(row.slot)
         return results

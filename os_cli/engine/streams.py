@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from os_cli.engine.settings import DecodeSettings, StopFn
 from os_cli.mix.sampler import StepOutput
 
 # Per-token float traces recorded for every row (NaN after the row ended).
@@ -196,7 +197,6 @@ class DecodeTrace:
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], StepOutput]
-StopFn = Callable[[int, list[int]], bool]
 
 
 def decode(
@@ -205,30 +205,27 @@ def decode(
     prompt_theta: tuple[torch.Tensor, torch.Tensor],
     prompt_t: tuple[torch.Tensor, torch.Tensor] | None,
     step_fn: StepFn,
-    *,
-    max_new_tokens: int,
-    eos_ids: Sequence[int],
-    pad_id: int,
-    stop_fn: StopFn | None = None,
-    keep_logits: bool = False,
-    keep_q_star: bool = False,
+    settings: DecodeSettings,
 ) -> DecodeTrace:
-    """Generate up to `max_new_tokens` per row.
+    """Generate up to `settings.max_new_tokens` per row.
 
     `step_fn(logits_theta, logits_t, rows, step)` samples the next token of the active `rows`
     (indices into the original batch). With `teacher=None` one model plays both parts, one forward
-    per step. `stop_fn(row, token_ids_so_far)` may end a row early (stop strings); it costs a host
-    copy of the new tokens per step, so it is only called when given.
+    per step. Of the call's `settings` (engine/settings.py) this loop reads max_new_tokens, eos_ids,
+    pad_id, keep_logits, keep_q_star and stop_fn: `stop_fn(row, token_ids_so_far)` may end a row
+    early (stop strings); it costs a host copy of the new tokens per step, so it is only called when given.
     """
+    max_new_tokens, stop_fn = settings.max_new_tokens, settings.stop_fn
+    keep_logits, keep_q_star = settings.keep_logits, settings.keep_q_star
     device = prompt_theta[0].device
     batch = prompt_theta[0].shape[0]
-    tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    tokens = torch.full((batch, max_new_tokens), settings.pad_id, dtype=torch.long, device=device)
     # One buffer for every per-token field, so each step records them with a single write.
     trace_values = torch.full((len(TRACE_FIELDS), batch, max_new_tokens), float("nan"), device=device)
     traces = dict(zip(TRACE_FIELDS, trace_values.unbind(0)))
     lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     reasons = ["length"] * batch
-    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=device)
+    eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=device)
     trace = DecodeTrace(tokens, lengths, reasons, traces, {"theta": [], "t": []} if keep_logits else {})
     history: list[list[int]] = [[] for _ in range(batch)] if stop_fn else []
 

@@ -30,7 +30,7 @@ from typing import Any
 from os_cli.run import testing_hooks
 from os_cli.errors import UserError
 from os_cli.recipe.typed import Output, Prompts, Recipe, Sampling
-from os_cli.store.record_format import TOPK_OF_DEFAULT, build_record
+from os_cli.store.record_format import TOPK_OF_DEFAULT, RecordSettings, build_record
 from os_cli.mix.rng import row_seed, sample_seed
 from os_cli.run.signals import StopSignals
 
@@ -148,22 +148,23 @@ def run_in_folder(recipe: Recipe, out_dir: Path, dist: Distributed, planned, eve
     make_folder(out_dir)
     locks = [FolderLock(out_dir, dist.rank).acquire()]
     try:
-        run_locked(recipe, out_dir, dist, planned.rows, planned.rendered, planned.entries, locks, events,
-                   overwrite=overwrite, resume=resume, repair=repair)
+        run_locked(recipe, out_dir, dist, planned, locks, events, overwrite=overwrite, resume=resume, repair=repair)
     finally:
         for lock in locks:
             lock.release()
 
 
-def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, rows, rendered, plan, locks, events: RunEvents, *,
+def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, planned, locks, events: RunEvents, *,
                overwrite: bool, resume: bool, repair: bool) -> None:
-    """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap."""
+    """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap.
+    `planned`: the checked plan (run/plan.Planned: its rows, rendered prompts and plan entries)."""
     from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
     from os_cli.api.build import build_model
     from os_cli.recipe import model_settings
     from os_cli.store.writer import (RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records,
                          token_spec)
 
+    rows, rendered, plan = planned.rows, planned.rendered, planned.entries
     note = events.note if dist.is_main else (lambda message: None)
     mode = check_output(out_dir, recipe, overwrite=overwrite, plan=plan)  # again, now that we hold the lock
     if resume and mode == "new":
@@ -267,6 +268,7 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
         events.note(f"nothing to do: all {total_mine} records are already written")
         return
     pulled = finished = 0
+    record_settings = RecordSettings(settings.alpha_method, settings.per_token, settings.topk_logprobs)
 
     def rows():
         nonlocal pulled
@@ -311,13 +313,9 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
             item, k = pending[out.id]
             alpha = [a for a in out.traces["alpha"].tolist() if a == a]
             ess = [e for e in out.traces["ess_ratio"].tolist() if e == e]
-            record = build_record(
-                row_id=item.id, sample=k, alpha_method=settings.alpha_method, prompt=item.prompt,
-                prompt_t=item.prompt_t, messages=item.messages, completion=out.text,
-                token_ids=out.token_ids.tolist(), finish_reason=out.finish_reason, traces=out.traces,
-                row=kept_row(settings.keep_fields, item.row), per_token=settings.per_token,
-                topk_ids=out.topk_ids, topk_logprobs=out.topk_logprobs,
-            )
+            record = build_record(record_settings, out, row_id=item.id, sample=k, prompt=item.prompt,
+                                  prompt_t=item.prompt_t, messages=item.messages,
+                                  row=kept_row(settings.keep_fields, item.row))
             buffer.append((record, len(out.token_ids), alpha, ess))
             events.in_flight(min(pulled - finished, limit.value), limit.value)
             if time.monotonic() - last_write >= interval or finished == len(pending):

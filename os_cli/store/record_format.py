@@ -296,36 +296,52 @@ def _seq_sum(values: Sequence[float]) -> float | None:
     return short_float(sum(values))
 
 
-def build_record(*, row_id: str, sample: int, alpha_method: str, prompt: str, prompt_t: str, messages,
-                 completion: str, token_ids: Sequence[int], finish_reason: str, traces: Mapping, row: Mapping,
-                 per_token: bool, topk_ids=None, topk_logprobs: Mapping | None = None) -> dict:
-    """The record of one (row, sample): `traces` are the engine's per-token values of the row's real
-    tokens (`RowOutput.traces`: alpha, ess_ratio, kl_theta, kl_t, logprob_theta/t/q), tensors or lists.
-    `topk_ids` [n, K] and `topk_logprobs` {name: [n, K]} (`RowOutput.topk_*`, output.topk_logprobs) go
-    into `tokens` as TOPK_IDS and TOPK_LOGPROB + name; they imply `tokens` (aligned with its ids)."""
+@dataclass(frozen=True)
+class RecordSettings:
+    """What every record of a run shares, built once per run (run/loop.py): `alpha_method` (alpha.method,
+    written in each record), `per_token` (output.per_token: per-token lists in `tokens`) and
+    `topk_logprobs` (output.topk_logprobs, K; 0: off), whose top-K lists go into `tokens` too."""
+
+    alpha_method: str
+    per_token: bool = False
+    topk_logprobs: int = 0
+
+
+def build_record(settings: RecordSettings, output, *, row_id: str, sample: int, prompt: str, prompt_t: str,
+                 messages, row: Mapping) -> dict:
+    """The record of one (row, sample) from the row's `output` (`RowOutput`, api/rows.py: text, token_ids,
+    finish_reason, traces, topk_ids, topk_logprobs). `traces` are the engine's per-token values of the
+    row's real tokens (alpha, ess_ratio, kl_theta, kl_t, logprob_theta/t/q), tensors or lists. With
+    `settings.topk_logprobs`, `topk_ids` [n, K] and `topk_logprobs` {name: [n, K]} go into `tokens` as
+    TOPK_IDS and TOPK_LOGPROB + name; they imply `tokens` (aligned with its ids)."""
+    traces, topk_ids = output.traces, output.topk_ids
+    if settings.topk_logprobs and topk_ids is None:
+        raise ValueError(f"row {row_id!r}: the run records top-{settings.topk_logprobs} log-probs but the row's "
+                         f"output has none")
+    token_ids = output.token_ids.tolist() if hasattr(output.token_ids, "tolist") else list(output.token_ids)
     values = {k: [float(v) for v in (traces[k].double().tolist() if hasattr(traces[k], "double") else traces[k])]
               for k in TOKEN_KEYS if k != "ids"}
     record = {
         "id": row_id,
         SAMPLE_KEY: sample,
-        "alpha_method": alpha_method,
+        "alpha_method": settings.alpha_method,
         "prompt": prompt,
         "prompt_t": prompt_t,
-        "completion": completion,
+        "completion": output.text,
         "num_tokens": len(token_ids),
-        "finish_reason": finish_reason,
+        "finish_reason": output.finish_reason,
         **{name: stat_summary(values[name]) for name in STAT_FIELDS},
         "logprob": {side: _seq_sum(values[f"logprob_{side}"]) for side in LOGPROB_KEYS},
         "row": row,
     }
     if messages is not None:
         record[MESSAGES_KEY] = messages
-    if per_token or topk_ids is not None:
+    if settings.per_token or settings.topk_logprobs:
         record["tokens"] = {key: [int(t) for t in token_ids] if key == "ids" else
                             [short_float(v) for v in values[key]] for key in TOKEN_KEYS}
-    if topk_ids is not None:
+    if settings.topk_logprobs:
         as_list = lambda x: x.tolist() if hasattr(x, "tolist") else list(x)  # noqa: E731
         record["tokens"][TOPK_IDS] = [[int(i) for i in ids] for ids in as_list(topk_ids)]
-        for name, per_token_values in (topk_logprobs or {}).items():
+        for name, per_token_values in (output.topk_logprobs or {}).items():
             record["tokens"][TOPK_LOGPROB + name] = [[short_float(v) for v in vs] for vs in as_list(per_token_values)]
     return record
