@@ -20,6 +20,7 @@ hits all of them alike instead of inflating whichever was being timed then.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -101,8 +102,7 @@ def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_
         logits = torch.randn(batch_size * m, model.vocab_size, device=device)
         keys = rng.row_keys(torch.arange(batch_size * m)).to(device)
         steps = (context + torch.arange(m, device=device)).repeat(batch_size)  # not step 0 (first-token rules)
-        calls["q_step" if m == 1 else f"q_step_{m}"] = (
-            lambda logits=logits, keys=keys, steps=steps: step_fn(logits, logits, keys, steps))
+        calls["q_step" if m == 1 else f"q_step_{m}"] = functools.partial(step_fn, logits, logits, keys, steps)
     return interleaved_medians(calls, repeats, devices)
 
 
@@ -260,11 +260,17 @@ def recommend_draft_tokens(rows: Sequence[DraftRow]) -> dict:
     """The k with the best median speed-up among those that beat the plain loop: faster in every round
     (speedup_min > 1) and by more than the spread (speedup - 1 > speedup_spread); else 0.
     Returns {"draft_tokens", "set", "speedup", "reason"}."""
-    wins = [r for r in rows if r.k and r.ok and r.speedup is not None and r.speedup_min > 1
-            and r.speedup - 1 > r.speedup_spread]
+    wins = [r for r in rows if r.k and r.ok and r.speedup is not None and r.speedup_min is not None
+            and r.speedup_spread is not None  # set together with speedup
+            and r.speedup_min > 1 and r.speedup - 1 > r.speedup_spread]
     if not wins:
         tried = [r for r in rows if r.k and r.speedup is not None]
-        best = max(tried, key=lambda r: r.speedup, default=None)
+
+        def speedup(r: DraftRow) -> float:
+            assert r.speedup is not None  # `tried` keeps the rows with one
+            return r.speedup
+
+        best = max(tried, key=speedup, default=None)
         reason = ("no k beats the plain loop by more than its spread" if best is None else
                   f"no k beats the plain loop by more than its spread (best: k={best.k}, {best.speedup:.2f}x, "
                   f"{best.speedup_min:.2f}-{best.speedup_max:.2f})")
