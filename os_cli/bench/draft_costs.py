@@ -25,7 +25,7 @@ import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -39,6 +39,9 @@ from os_cli.memory import model_devices, sync
 from os_cli.engine.requests import SchedulerStats
 from os_cli.api.rows import StreamRow
 from os_cli.engine.speculative import expected_tokens_per_round
+
+if TYPE_CHECKING:
+    from os_cli.bench.sweep import BenchSettings
 
 MAX_BENCH_DRAFT_TOKENS = 16  # larger k is a typo, not a plan: a round runs k + 1 theta forwards and a^k vanishes
 COST_REPEATS = 30  # interleaved rounds of forward-cost timing (each cost once per round; medians)
@@ -153,7 +156,7 @@ class DraftRow:
         return asdict(self)
 
 
-def _draft_point(model, prompts, prompts_t, batch_size: int, settings, k: int) -> tuple[Point, list]:
+def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, k: int) -> tuple[Point, list]:
     """A bench Point running `generate_stream` at draft length k, every row to its cap (EOS and stop
     strings ignored), and the list its timed runs append their SchedulerStats to."""
     from os_cli.bench.sweep import cycle_order, long_tail_caps
@@ -197,7 +200,7 @@ def _draft_point(model, prompts, prompts_t, batch_size: int, settings, k: int) -
     return Point(row, run, warm), runs
 
 
-def lengths_label(settings) -> str:
+def lengths_label(settings: BenchSettings) -> str:
     if settings.lengths == "long-tail":
         return (f"long-tail per-row caps (max {settings.max_new_tokens}, seed {settings.seed}), EOS and stop "
                 f"strings ignored")
@@ -205,7 +208,7 @@ def lengths_label(settings) -> str:
 
 
 def measure_draft_tokens(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
-                         ks: Sequence[int], settings, *, cost_repeats: int = COST_REPEATS,
+                         ks: Sequence[int], settings: BenchSettings, *, cost_repeats: int = COST_REPEATS,
                          on_row: Callable[[DraftRow], None] | None = None) -> tuple[list[DraftRow], dict]:
     """The plain loop and each k at `batch_size` on the same rows (the same caps, EOS and stop strings
     ignored), warmed up, then timed in `settings.repeats` interleaved rounds; then the forward costs.
