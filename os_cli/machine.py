@@ -12,11 +12,11 @@ PACKAGES = (("os-sample", "os_sample"), ("torch", "torch"), ("transformers", "tr
             ("datasets", "datasets"), ("accelerate", "accelerate"))
 
 
-def versions() -> dict:
+def versions() -> dict[str, str | None]:
     """Python and the installed versions of os-sample and its main dependencies (None if absent)."""
     from importlib import metadata
 
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for dist, key in PACKAGES:
         try:
             out[key] = metadata.version(dist)
@@ -46,6 +46,7 @@ def machine_info(model=None) -> dict:
 
     from os_cli.memory import model_devices
 
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

@@ -33,7 +33,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 400, chat_template:
     merges = [tuple(m.split(" ")) for m in _merges_of(bpe)]
     tokenizer = Qwen2Tokenizer(
         vocab=bpe.get_vocab(),
-        merges=merges,
+        # transformers annotates `merges` as list[str], but forwards it to tokenizers' BPE, which takes (a, b) pairs
+        merges=merges,  # type: ignore[arg-type]
         unk_token="<|endoftext|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",

@@ -20,11 +20,12 @@ hits all of them alike instead of inflating whichever was being timed then.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -38,6 +39,9 @@ from os_cli.memory import model_devices, sync
 from os_cli.engine.requests import SchedulerStats
 from os_cli.api.rows import StreamRow
 from os_cli.engine.speculative import expected_tokens_per_round
+
+if TYPE_CHECKING:
+    from os_cli.bench.sweep import BenchSettings
 
 MAX_BENCH_DRAFT_TOKENS = 16  # larger k is a typo, not a plan: a round runs k + 1 theta forwards and a^k vanishes
 COST_REPEATS = 30  # interleaved rounds of forward-cost timing (each cost once per round; medians)
@@ -101,8 +105,7 @@ def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_
         logits = torch.randn(batch_size * m, model.vocab_size, device=device)
         keys = rng.row_keys(torch.arange(batch_size * m)).to(device)
         steps = (context + torch.arange(m, device=device)).repeat(batch_size)  # not step 0 (first-token rules)
-        calls["q_step" if m == 1 else f"q_step_{m}"] = (
-            lambda logits=logits, keys=keys, steps=steps: step_fn(logits, logits, keys, steps))
+        calls["q_step" if m == 1 else f"q_step_{m}"] = functools.partial(step_fn, logits, logits, keys, steps)
     return interleaved_medians(calls, repeats, devices)
 
 
@@ -153,7 +156,7 @@ class DraftRow:
         return asdict(self)
 
 
-def _draft_point(model, prompts, prompts_t, batch_size: int, settings, k: int) -> tuple[Point, list]:
+def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, k: int) -> tuple[Point, list]:
     """A bench Point running `generate_stream` at draft length k, every row to its cap (EOS and stop
     strings ignored), and the list its timed runs append their SchedulerStats to."""
     from os_cli.bench.sweep import cycle_order, long_tail_caps
@@ -197,7 +200,7 @@ def _draft_point(model, prompts, prompts_t, batch_size: int, settings, k: int) -
     return Point(row, run, warm), runs
 
 
-def lengths_label(settings) -> str:
+def lengths_label(settings: BenchSettings) -> str:
     if settings.lengths == "long-tail":
         return (f"long-tail per-row caps (max {settings.max_new_tokens}, seed {settings.seed}), EOS and stop "
                 f"strings ignored")
@@ -205,7 +208,7 @@ def lengths_label(settings) -> str:
 
 
 def measure_draft_tokens(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
-                         ks: Sequence[int], settings, *, cost_repeats: int = COST_REPEATS,
+                         ks: Sequence[int], settings: BenchSettings, *, cost_repeats: int = COST_REPEATS,
                          on_row: Callable[[DraftRow], None] | None = None) -> tuple[list[DraftRow], dict]:
     """The plain loop and each k at `batch_size` on the same rows (the same caps, EOS and stop strings
     ignored), warmed up, then timed in `settings.repeats` interleaved rounds; then the forward costs.
@@ -260,11 +263,17 @@ def recommend_draft_tokens(rows: Sequence[DraftRow]) -> dict:
     """The k with the best median speed-up among those that beat the plain loop: faster in every round
     (speedup_min > 1) and by more than the spread (speedup - 1 > speedup_spread); else 0.
     Returns {"draft_tokens", "set", "speedup", "reason"}."""
-    wins = [r for r in rows if r.k and r.ok and r.speedup is not None and r.speedup_min > 1
-            and r.speedup - 1 > r.speedup_spread]
+    wins = [r for r in rows if r.k and r.ok and r.speedup is not None and r.speedup_min is not None
+            and r.speedup_spread is not None  # set together with speedup
+            and r.speedup_min > 1 and r.speedup - 1 > r.speedup_spread]
     if not wins:
         tried = [r for r in rows if r.k and r.speedup is not None]
-        best = max(tried, key=lambda r: r.speedup, default=None)
+
+        def speedup(r: DraftRow) -> float:
+            assert r.speedup is not None  # `tried` keeps the rows with one
+            return r.speedup
+
+        best = max(tried, key=speedup, default=None)
         reason = ("no k beats the plain loop by more than its spread" if best is None else
                   f"no k beats the plain loop by more than its spread (best: k={best.k}, {best.speedup:.2f}x, "
                   f"{best.speedup_min:.2f}-{best.speedup_max:.2f})")

@@ -93,8 +93,8 @@ def cycle_order(items: Sequence[str], n: int) -> list[str]:
 
 
 def _steps(lengths: torch.Tensor, batch_size: int) -> int:
-    lengths = lengths.tolist()
-    return int(sum(max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size)))
+    counts = lengths.tolist()
+    return int(sum(max(counts[i:i + batch_size]) for i in range(0, len(counts), batch_size)))
 
 
 def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, *, mode: str,
@@ -103,7 +103,9 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
     batch = cycle_order(prompts, n)
     batch_t = cycle_order(prompts_t, n) if prompts_t is not None else None
     method = alpha_method or getattr(model, "alpha_method", None)
-    row = BenchRow(mode=mode, label=label or (method if sample_from == "mixture" else f"sample_from={sample_from}"),
+    name = label or (method if sample_from == "mixture" else f"sample_from={sample_from}")
+    assert name is not None  # the sampler's alpha_method is always set (one of ALPHA_METHODS)
+    row = BenchRow(mode=mode, label=name,
                    batch_size=batch_size, prompts=n, alpha_method=method if sample_from == "mixture" else None,
                    sample_from=sample_from, lengths=_lengths_label(settings))
     kwargs = settings.generate_kwargs()
@@ -223,7 +225,7 @@ def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_
     auto = isinstance(batch_sizes, str)
     if auto and batch_sizes != "auto":
         raise ValueError(f"batch_sizes must be a list of integers or 'auto', got {batch_sizes!r}")
-    sizes = auto_batch_sizes(auto_limit) if auto else list(batch_sizes)
+    sizes = auto_batch_sizes(auto_limit) if isinstance(batch_sizes, str) else list(batch_sizes)
     rows: list[BenchRow] = []
     best, flat = 0.0, 0
     for i, b in enumerate(sizes):
@@ -237,6 +239,7 @@ def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_
             peak = row.peak_reserved if row.peak_reserved is not None else row.peak_memory
             if memory_limit is not None and peak is not None and peak > memory_limit:
                 break
+            assert row.tokens_per_s is not None  # row.ok: tokens/s was measured
             flat = flat + 1 if best and row.tokens_per_s <= best * (1 + AUTO_MIN_GAIN) else 0
             best = max(best, row.tokens_per_s)
             if flat >= AUTO_PATIENCE:
@@ -279,7 +282,7 @@ def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str,
     difference and no recommendation. Returns {"batch_size", "set", "tokens_per_s", "reason", "fastest"
     (best median among those that fit, recommended or not), "tied" (batch sizes not measurably different
     from it, itself included; empty when recommended)}; batch_size None when nothing is recommended."""
-    none = {"batch_size": None, "set": None, "tokens_per_s": None, "fastest": None, "tied": []}
+    none: dict[str, Any] = {"batch_size": None, "set": None, "tokens_per_s": None, "fastest": None, "tied": []}
     ok = [r for r in rows if r.ok]
     if not ok:
         return {**none, "reason": "no batch size ran to completion (see the rows' oom/error fields)"}

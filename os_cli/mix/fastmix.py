@@ -206,19 +206,17 @@ def _solve_root(root: Root, method: str, lt: Tensor, r: Tensor, *, alpha_min: fl
     # each iteration evaluates only the rows still open (rows accepted meanwhile keep the tilts of
     # the evaluation that accepted them).
     rows = failed.nonzero().squeeze(-1)
-    sub = _State(*(x[rows] for x in (state.a, state.lo, state.hi, state.accepted, state.lo_seen, state.hi_seen)))
+    sub = _State(*(x[rows] for x in state.tensors()))
     valid = bool(((state.a == evaluated) | failed).all())  # main-loop rows sit where their tilts were taken
     sub_tilts: dict[str, Tilt] | None = None
     open_rows = torch.arange(rows.numel(), device=device)
     for _ in range(EXTRA_ITERATIONS):
         picked = rows[open_rows]
-        part = _State(*(x[open_rows] for x in (sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen)))
+        part = _State(*(x[open_rows] for x in sub.tensors()))
         moved, part_tilts = _iterate(root, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None,
                                      part)
         valid = valid and bool(((moved.a == part.a) | ~moved.accepted).all())  # accepted where evaluated
-        sub = _State(*(x.index_put((open_rows,), y) for x, y in
-                       zip((sub.a, sub.lo, sub.hi, sub.accepted, sub.lo_seen, sub.hi_seen),
-                           (moved.a, moved.lo, moved.hi, moved.accepted, moved.lo_seen, moved.hi_seen))))
+        sub = _State(*(x.index_put((open_rows,), y) for x, y in zip(sub.tensors(), moved.tensors())))
         sub_tilts = part_tilts if sub_tilts is None else _splice(sub_tilts, part_tilts, open_rows)
         open_rows = open_rows[~moved.accepted]
         if not open_rows.numel():
@@ -229,7 +227,9 @@ def _solve_root(root: Root, method: str, lt: Tensor, r: Tensor, *, alpha_min: fl
         sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, lt[rows[stuck]], logp_t[rows[stuck]],
                                                          alpha_min=alpha_min, alpha_max=alpha_max))
         return state.a.index_put((rows,), sub_a), int(stuck.numel()), None
-    # Each continued row's tilts were taken at its accepted alpha: splice them in.
+    # Each continued row's tilts were taken at its accepted alpha: splice them in. The loop above ran
+    # (rows were open, else the stuck branch returned), so its first pass set sub_tilts.
+    assert sub_tilts is not None
     return state.a.index_put((rows,), sub_a), 0, (_splice(tilts, sub_tilts, rows) if valid else None)
 
 
@@ -239,8 +239,8 @@ def _splice(tilts: dict[str, Tilt], sub_tilts: dict[str, Tilt], rows: Tensor) ->
     for key, t in tilts.items():
         s = sub_tilts[key]
         put = lambda x, y: None if x is None else x.index_put((rows,), y)  # noqa: E731
-        out[key] = Tilt(put(t.log_norm, s.log_norm), put(t.moments, s.moments), put(t.z, s.z),
-                        put(t.mean_abs, s.mean_abs))
+        out[key] = Tilt(t.log_norm.index_put((rows,), s.log_norm), t.moments.index_put((rows,), s.moments),
+                        put(t.z, s.z), put(t.mean_abs, s.mean_abs))
     return out
 
 
@@ -281,6 +281,11 @@ class _State:
             self.lo_seen = torch.zeros_like(self.accepted)
         if self.hi_seen is None:
             self.hi_seen = torch.zeros_like(self.accepted)
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(a, lo, hi, accepted, lo_seen, hi_seen), the order of the constructor."""
+        assert self.lo_seen is not None and self.hi_seen is not None  # set by __post_init__
+        return self.a, self.lo, self.hi, self.accepted, self.lo_seen, self.hi_seen
 
 
 def _iterate(root: Root, lt: Tensor, r: Tensor, abs_r: Tensor | None, s: _State) -> tuple[_State, dict]:
@@ -345,7 +350,11 @@ def mix_and_diagnose(lt: Tensor, r: Tensor, alpha: Tensor, logq_exact: Tensor | 
         q = tilt(lt, r, alpha, 1, keep_z=logq_exact is None)
     left = reuse.get("left") or tilt(lt, r, -alpha, 0)
     right = reuse.get("right") or tilt(lt, r, 2.0 - alpha, 0)
-    logq = logq_exact if logq_exact is not None else q.z.sub_(q.log_norm.unsqueeze(-1))
+    if logq_exact is not None:
+        logq = logq_exact
+    else:
+        assert q.z is not None  # q was (re)computed above with keep_z=True unless it already had z
+        logq = q.z.sub_(q.log_norm.unsqueeze(-1))
     mean_r = q.moments[:, 0]
     kl_theta = (alpha * mean_r - q.log_norm).clamp_min(0.0)
     kl_t = ((alpha - 1.0) * mean_r - q.log_norm).clamp_min(0.0)

@@ -135,7 +135,7 @@ def mixture_step(
     force_teacher_tokens: Tensor | None = None,
     force_teacher_rows: Tensor | None = None,
     sample_from: str = "mixture",
-    step: int | None = None,
+    step: int | Tensor | None = None,
     solver: str = "fast",
     alpha_init: Tensor | None = None,
 ) -> StepOutput:
@@ -241,6 +241,7 @@ def mixture_step(
 
     logq = mixing.top_k_top_p(logq, config.top_k, config.top_p)
     if row_keys is not None:
+        assert step is not None  # checked with row_keys at the top of mixture_step
         tokens = rng.keyed_categorical(logq, row_keys.to(logq.device), step)
     else:
         tokens = mixing.sample(logq, generator)
@@ -267,7 +268,7 @@ def mixture_step(
 
 
 def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample_from: str,
-               alpha_init: Tensor | None, generator, row_keys: Tensor | None, step: int | None) -> StepOutput:
+               alpha_init: Tensor | None, generator, row_keys: Tensor | None, step: int | Tensor | None) -> StepOutput:
     """The step on a batch where every log-probability is finite (see os_cli.mix.fastmix)."""
     batch, device = logp_theta.shape[0], logp_theta.device
     r = logp_t - logp_theta
@@ -291,6 +292,7 @@ def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample
             logq = torch.where((alpha == 1.0).unsqueeze(-1), logp_t,
                                torch.where((alpha == 0.0).unsqueeze(-1), logp_theta, logq))
     if row_keys is not None:
+        assert step is not None  # checked with row_keys in mixture_step
         tokens = rng.keyed_categorical(logq, row_keys.to(device), step)
     else:
         tokens = mixing.sample(logq, generator)

@@ -36,12 +36,12 @@ class TopK:
     of: tuple[str, ...] = DEFAULT_OF
 
 
-def topk_spec(k, of: Sequence[str] | str | None = DEFAULT_OF, vocab_size: int | None = None) -> TopK | None:
+def topk_spec(k: object, of: Sequence[str] | str | None = DEFAULT_OF, vocab_size: int | None = None) -> TopK | None:
     """The checked setting, or None when `k` is 0 / None (off). Raises ValueError naming what is allowed."""
     if k is None or (isinstance(k, numbers.Integral) and not isinstance(k, bool) and k == 0):
         return None
     upper = f"1..{vocab_size} (the vocabulary)" if vocab_size is not None else "a positive integer"
-    too_large = vocab_size is not None and isinstance(k, numbers.Integral) and k > vocab_size
+    too_large = vocab_size is not None and isinstance(k, numbers.Integral) and int(k) > vocab_size
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0 or too_large:
         raise ValueError(f"topk_logprobs must be 0 (off) or {upper}, got {k!r}")
     of = [of] if isinstance(of, str) else DEFAULT_OF if of is None else of

@@ -215,7 +215,8 @@ def load_causal_lm(path: str, spec: LoadSpec | None = None, *, attn_implementati
     except (OSError, ImportError) as exc:
         raise UserError(_load_failure(f"{role} model", path, exc), exit_code=1) from exc
     if not spec.placed_by_map:
-        model.to(spec.device)
+        # PreTrainedModel.to is `@wraps(torch.nn.Module.to)`, which types its first argument as the model
+        model.to(spec.device)  # type: ignore[arg-type]
     model.eval()
     model.requires_grad_(False)
     return model

@@ -47,7 +47,7 @@ def _strip(recipe: Recipe | Mapping) -> dict:
     out = _plain(recipe)
     for key in HASH_EXCLUDED:
         parts = key.split(".")
-        node = out
+        node: object = out
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
             if node is None:

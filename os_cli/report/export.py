@@ -191,7 +191,7 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
                 dropped["min_ess"] += 1
                 continue
         if filters.where == "correct":
-            row = record.get("row") if isinstance(record.get("row"), dict) else {}
+            row = value if isinstance(value := record.get("row"), dict) else {}
             if completion_matches(record.get("completion") or "", row.get(answer_field)) is not True:
                 dropped["where"] += 1
                 continue
@@ -207,11 +207,12 @@ def difference(a: float, b: float) -> float:
 
 def log_weight(record: dict) -> float:
     """log pi_theta(y) - log q*(y) of the record's completion."""
-    lp = record.get("logprob") if isinstance(record.get("logprob"), dict) else {}
+    lp = value if isinstance(value := record.get("logprob"), dict) else {}
     theta, q = lp.get("theta"), lp.get("q")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (theta, q)):
         raise UserError(f"record {record.get('id')!r} has no logprob.theta / logprob.q, so it has no importance "
                         f"weight; was it written by os-sample generate?", exit_code=1)
+    assert theta is not None and q is not None  # numbers, checked above
     return difference(theta, q)
 
 
@@ -232,7 +233,7 @@ def ess_fraction(weights: Sequence[float]) -> float | None:
     return 1.0 / (math.fsum(w * w for w in weights) * len(weights))
 
 
-def token_log_weights(record: dict) -> list[float] | None:
+def token_log_weights(record: dict) -> list[float | None] | None:
     toks = record.get("tokens")
     if not isinstance(toks, dict):
         return None

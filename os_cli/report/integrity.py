@@ -8,13 +8,22 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypedDict
 
 from os_cli.errors import UserError
 from os_cli.store.record_format import ERRORS_FILE, IDS_FILE, MANIFEST, IdsFileError, num_samples_of, outside_plan, read_ids
 from os_cli.report.stats import is_number
 
 MAX_LISTED = 50  # ids / lines listed in the integrity report (counts are always complete)
+
+
+class _Duplicate(TypedDict):
+    """An (id, sample) key held by more than one record: how many, and the first 10 locations."""
+
+    id: str
+    sample: int
+    count: int
+    locations: list[str]
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None, bool]]:
@@ -92,7 +101,7 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
     elif manifest is not None:
         notes.append(f"{ids_name} not found: missing ids cannot be checked")
 
-    error_rows, error_ids, error_reasons = [], set(), Counter()
+    error_rows, error_ids, error_reasons = [], set(), Counter[str]()
     errors_path = root / ERRORS_FILE
     if errors_path.exists():
         for line, obj, error, torn in iter_jsonl(errors_path):
@@ -107,7 +116,7 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
             error_rows.append({"id": rid, "reason": reason, "line": line})
 
     n_samples = num_samples_of((manifest or {}).get("recipe"))
-    duplicates = [
+    duplicates: list[_Duplicate] = [
         {"id": rid, "sample": k, "count": len(locs), "locations": locs[:10]}
         for (rid, k), locs in locations.items() if len(locs) > 1
     ]

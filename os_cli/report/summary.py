@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from os_cli.report.answers import answers_match, extract_answer, reference_answer
 from os_cli.errors import UserError
@@ -46,13 +47,13 @@ MISSING_GROUP = "(missing)"
 
 def record_fields(record: dict) -> list[str]:
     """The names `--by` accepts for this record: its top-level keys, and its row's fields."""
-    row = record.get("row") if isinstance(record.get("row"), dict) else {}
+    row = _object(record, "row")
     return [k for k in record if k != "row"] + [k if k not in record else f"row.{k}" for k in row]
 
 
 def group_value(record: dict, field: str) -> str:
     """`field` as a top-level record key, else `row.field`; `row.NAME` looks only in the row."""
-    row = record.get("row") if isinstance(record.get("row"), dict) else {}
+    row = _object(record, "row")
     if field.startswith("row."):
         key = field[4:]
         value = row.get(key, _ABSENT)
@@ -74,6 +75,12 @@ def group_value(record: dict, field: str) -> str:
 _ABSENT = object()
 
 
+def _object(obj: dict, key: str) -> dict[str, Any]:
+    """obj[key] when it is a JSON object (a dict), else {}."""
+    value = obj.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 class GroupStats:
     """Everything `inspect` reports about one set of records."""
 
@@ -82,7 +89,7 @@ class GroupStats:
         self.records = 0
         self.tokens_total = 0
         self.tokens = Stat(RESERVOIR_PER_RECORD)
-        self.finish = Counter()
+        self.finish = Counter[str]()
         self.diag_record = {k: Stat(RESERVOIR_PER_RECORD) for k in DIAGNOSTICS}
         self.diag_token = {k: Stat(RESERVOIR_PER_TOKEN) for k in DIAGNOSTICS}
         self.by_position = {k: PositionMeans() for k in DIAGNOSTICS}
@@ -100,7 +107,7 @@ class GroupStats:
 
     def add(self, rec: dict) -> None:
         self.records += 1
-        n = rec.get("num_tokens")
+        n: Any = rec.get("num_tokens")  # a JSON value, used where finite
         if finite(n):
             self.tokens_total += int(n)
             self.tokens.add(n)
@@ -110,10 +117,11 @@ class GroupStats:
         for key in DIAGNOSTICS:
             value = rec.get(key)
             self.diag_record[key].add(value.get("mean") if isinstance(value, dict) else value)
-        lp = rec.get("logprob") if isinstance(rec.get("logprob"), dict) else {}
+        lp = _object(rec, "logprob")
         for key in LOGPROB_KEYS:
             self.logprob[key].add(lp.get(key))
-        lt, lq = lp.get("theta"), lp.get("q")
+        lt: Any = lp.get("theta")  # JSON values, used where finite
+        lq: Any = lp.get("q")
         if finite(lt) and finite(lq) and finite(n):
             w = float(lt) - float(lq)
             self.lw_sum += w
@@ -133,7 +141,7 @@ class GroupStats:
             if isinstance(t_theta, list) and isinstance(t_q, list) and len(t_theta) == len(t_q) and t_theta:
                 self.lw_token.add_many(to_float_array(t_theta) - to_float_array(t_q))
         if self.answer_field:
-            row = rec.get("row") if isinstance(rec.get("row"), dict) else {}
+            row = _object(rec, "row")
             ref = reference_answer(row.get(self.answer_field))
             if ref is not None and ref.strip():
                 self.with_reference += 1
@@ -297,8 +305,8 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
 def _manifest_view(manifest: dict | None) -> dict | None:
     if manifest is None:
         return None
-    recipe = manifest.get("recipe") if isinstance(manifest.get("recipe"), dict) else {}
-    alpha = recipe.get("alpha") if isinstance(recipe.get("alpha"), dict) else {}
+    recipe = _object(manifest, "recipe")
+    alpha = _object(recipe, "alpha")
     keys = ("format", "status", "recipe_hash", "dataset_fingerprint", "models", "seed", "device", "world_size",
             "started_at", "updated_at", "finished_at", "counts", "ids_file")
     view = {k: manifest.get(k) for k in keys if k in manifest}

@@ -34,7 +34,9 @@ def list_shards(out_dir: Path) -> list[Path]:
 
 def shard_owner(path: Path, world_size: int) -> int:
     """The rank that repairs and appends to a shard in a run of `world_size` processes."""
-    rank = SHARD_RE.match(Path(path).name).group(1)
+    match = SHARD_RE.match(Path(path).name)
+    assert match is not None  # a shard's name (from list_shards)
+    rank = match.group(1)
     if world_size <= 1 or rank is None or int(rank) >= world_size:
         return 0
     return int(rank)
@@ -76,6 +78,7 @@ def scan_shards(out_dir: Path, spec: TokenSpec | None = None) -> Scan:
         for k, (number, raw) in enumerate(numbered):
             record, problem = parse_record_line(raw, spec)
             if record is None:
+                assert problem is not None  # parse_record_line gives one of the two
                 torn = k == len(numbered) - 1 and not _is_json(raw)
                 scan.bad.append(BadLine(shard, number, problem, torn=torn))
                 continue

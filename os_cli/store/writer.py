@@ -272,6 +272,7 @@ class RunWriter:
         out = []
         for path in list_shards(self.out_dir):
             match = SHARD_RE.match(path.name)
+            assert match is not None  # list_shards lists only names SHARD_RE matches
             rank = match.group(1)
             if (self.world_size <= 1 and rank is None) or (self.world_size > 1 and rank is not None
                                                             and int(rank) == self.rank):
