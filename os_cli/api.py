@@ -179,7 +179,8 @@ class OptimalSamplingModel:
             return samples.generate_samples(self, num_samples, args)
         prompts, prompts_t = arguments.check_prompts(prompts, prompts_t)
         caps = arguments.check_caps(max_new_tokens, len(prompts))
-        self._check_lengths(prompts, prompts_t, caps)
+        drafts = preflight.draft_overrun(arguments.checked_draft_tokens(draft_tokens), max(caps))
+        self._check_lengths(prompts, prompts_t, caps, drafts)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if loop not in _LOOPS:
@@ -280,21 +281,23 @@ class OptimalSamplingModel:
             target_top_p=self.target_top_p,
         )
 
-    def _check_lengths(self, prompts, prompts_t, caps: Sequence[int]) -> None:
-        """Every prompt must tokenize to at least one token and fit its model's context with its new tokens."""
+    def _check_lengths(self, prompts, prompts_t, caps: Sequence[int], drafts: int = 0) -> None:
+        """Every prompt must tokenize to at least one token and fit its model's context with its new tokens
+        (and `drafts`, preflight.draft_overrun: the positions speculative rounds may feed past them)."""
         sides = [("prompts", prompts, self.tokenizer)]
         if prompts_t is not prompts or self.tokenizer_t is not self.tokenizer or self.context_t != self.context_theta:
             sides.append(("prompts_t", prompts_t, self.tokenizer_t))
         for name, texts, tokenizer in sides:
             for i, ids in enumerate(preflight.prompt_token_ids(tokenizer, texts)):
-                self._check_length(name, i, len(ids), caps[i])
+                self._check_length(name, i, len(ids), caps[i], drafts)
 
-    def _check_length(self, name: str, index: int, length: int, cap: int) -> None:
+    def _check_length(self, name: str, index: int, length: int, cap: int, drafts: int = 0) -> None:
         context, path = ((self.context_t, self.model_t_path) if name == "prompts_t"
                          else (self.context_theta, self.model_theta_path))
-        problem = preflight.length_problem(length, cap, context)
+        problem = preflight.length_problem(length, cap, context, drafts)
         if problem is not None:
-            raise ValueError(f"{name}[{index}]: {problem} ({path}); shorten the prompt or max_new_tokens")
+            lower = "max_new_tokens" + (" or draft_tokens" if drafts else "")
+            raise ValueError(f"{name}[{index}]: {problem} ({path}); shorten the prompt or {lower}")
 
     def _two_streams(self, prompts, prompts_t) -> bool:
         """One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
@@ -346,8 +349,7 @@ class OptimalSamplingModel:
                   alpha=None):
         if sample_from not in _SAMPLE_FROM:
             raise ValueError(f"sample_from must be one of {', '.join(_SAMPLE_FROM)}, got {sample_from!r}")
-        if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
-            raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
+        arguments.checked_draft_tokens(draft_tokens)
         if draft_tokens and not two_streams:
             raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
                              "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
@@ -362,6 +364,7 @@ class OptimalSamplingModel:
         With `two_streams=False` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
         config, stop = self._settings(temperature, top_k, top_p, stop, sample_from, draft_tokens, two_streams, alpha)
+        drafts = preflight.draft_overrun(draft_tokens, max_new_tokens)
         fixed = None
         if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
             static_stream.check_compile(self.compile, draft_tokens=draft_tokens, oom_backoff=oom_backoff)
@@ -386,11 +389,11 @@ class OptimalSamplingModel:
                 cap = max_new_tokens if row.max_new_tokens is None else arguments.checked_cap(
                     row.max_new_tokens, f"row {index}: max_new_tokens")
                 ids = self._token_ids(row.prompt, "prompts", index)
-                self._check_length("prompts", index, len(ids), cap)
+                self._check_length("prompts", index, len(ids), cap, drafts)
                 ids_t = None
                 if two_streams:
                     ids_t = self._token_ids(prompt_t, "prompts_t", index, teacher=True)
-                    self._check_length("prompts_t", index, len(ids_t), cap)
+                    self._check_length("prompts_t", index, len(ids_t), cap, drafts)
                 request = scheduler.RowRequest(index, ids, ids_t, int(rng.row_keys(torch.tensor([seed]))[0]),
                                                None if row.max_new_tokens is None else cap)
                 in_flight[index] = row

@@ -10,7 +10,7 @@ import numbers
 import torch
 
 from . import rng
-from .limits import MAX_NEW_TOKENS, MAX_SEED
+from .limits import MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_SEED
 
 
 def is_int(value) -> bool:
@@ -50,6 +50,14 @@ def checked_cap(value, name: str = "max_new_tokens") -> int:
     """One token cap: an integer in 1..MAX_NEW_TOKENS (not bool, not float)."""
     if not is_int(value) or not 1 <= value <= MAX_NEW_TOKENS:
         raise ValueError(f"{name} must be an integer in 1..{MAX_NEW_TOKENS}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def checked_draft_tokens(value) -> int:
+    """draft_tokens: an integer in 0..MAX_DRAFT_TOKENS (0 = off; not bool, not float)."""
+    if not is_int(value) or not 0 <= value <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"draft_tokens must be an integer in 0..{MAX_DRAFT_TOKENS} (0 = off; a round runs k + 1 theta "
+                         f"forwards and late drafts are rarely accepted), got {type(value).__name__} {value!r}")
     return int(value)
 
 

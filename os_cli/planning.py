@@ -64,7 +64,8 @@ def plan_rows(recipe: Mapping) -> Planned:
     rendered = render_prompts(prompts, tokenizer, rows, tokenizer_t=tokenizer_t, models=models,
                               skip=recipe["dataset"]["skip"])
     screen_prompts(prompts, rendered, tokenizer, tokenizer_t, model_contexts(models, places, tokenizer, tokenizer_t),
-                   models=models, max_new_tokens=recipe["sampling"]["max_new_tokens"])
+                   models=models, max_new_tokens=recipe["sampling"]["max_new_tokens"],
+                   draft_tokens=recipe["sampling"]["draft_tokens"])
     entries = plan_entries([row_id for row_id, _ in rows], rendered.items, rendered.errors)
     return Planned(rows=rows, rendered=rendered, entries=entries)
 

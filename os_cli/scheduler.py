@@ -170,7 +170,8 @@ class _Loop:
         self.oom_backoff, self.stats = oom_backoff, stats
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=self.device)
-        self.capacity, self.width = limit.value, max_new_tokens + draft_tokens + 1
+        # a round writes k + 1 columns from a row's step; k never exceeds the tokens left (_round)
+        self.capacity, self.width = limit.value, max_new_tokens + min(draft_tokens, max_new_tokens) + 1
         self.free = list(range(self.capacity - 1, -1, -1))
         self.main: _Group | None = None
         self.waiting: admission_policy.Waiting | None = None  # rows read, not in flight (admission.py)
@@ -311,7 +312,11 @@ class _Loop:
         g = self.main
         self.stats.steps += 1
         self.stats.row_steps += len(g)
-        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.k, self.temperature,
+        # No row emits more than it has left, so drafting past the most any row has left is waste (and feeds
+        # positions beyond the context). Exact and output-preserving: a row's first n tokens are the same for
+        # every k >= n (draws are keyed by position), so capping k at max(left) >= n changes no row's tokens.
+        k = min(self.k, int((g.caps - g.steps).max()))
+        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, k, self.temperature,
                                   self.step_fn, self.stats)
         if self.keep_logits or self.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
