@@ -25,11 +25,11 @@ import typer
 from rich.console import Console
 
 from ..errors import UserError
+from ..entry import EXIT_INTERRUPTED, interrupted, report_interrupted
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
 
 DebugOption = typer.Option(False, "--debug", help="Show full tracebacks and the library's log messages.")
 SetOption = typer.Option(
@@ -73,17 +73,22 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
-    except UserError as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc(file=sys.stderr)
-        print_error("interrupted")
+        report_interrupted(print_error)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no trace without --debug
+        if interrupted():  # Ctrl-C cut something short (an import, a load) and it failed: an interruption
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            report_interrupted(print_error)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if isinstance(exc, UserError):
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
         if debug:
             traceback.print_exc(file=sys.stderr)
             print_error(f"{type(exc).__name__}: {exc}")
