@@ -5,7 +5,8 @@ engine's continuous batch and its in-flight limit (the batch size, lowered by OO
 mean alpha and ESS ratio over the most recent tokens, memory (allocated / reserved per CUDA device,
 else the process's resident set size) and the shard being written. `note()` adds an event line
 (an OOM back-off, say); `summary_table()` is the table printed at the end. Everything goes to the
-console given (stderr by default), so stdout stays clean for machine-readable output.
+console the CLI gives (cli/common.make_console, on stderr), so stdout stays clean for machine-readable output.
+Text that is not ours (the output path, shard names, the title) is shown literally, never as markup.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ class Dashboard:
     one by one under continuous batching), `rows_in_flight()` as rows come and go and `note()` for
     events, then `stop()`."""
 
-    def __init__(self, total: int, done: int = 0, *, title: str = "os-sample generate", console: Console | None = None,
+    def __init__(self, total: int, done: int = 0, *, title: str = "os-sample generate", console: Console,
                  live: bool | None = None, log_interval: float = LOG_INTERVAL_S):
-        self.console = console or Console(stderr=True)
+        self.console = console
         self.live_mode = self.console.is_terminal if live is None else live
         self.total = total
         self.done_at_start = done
@@ -212,21 +213,21 @@ class Dashboard:
         grid.add_row("alpha (recent)", f["alpha"])
         grid.add_row("ESS ratio (recent)", f["ess"])
         grid.add_row("memory", f["memory"])
-        grid.add_row("shard", f["shard"])
+        grid.add_row("shard", Text(f["shard"]))
         parts = [grid]
         if self.events:
             parts.append(Text("\n".join(self.events), style="yellow"))
-        return Panel(Group(*parts), title=self.title, expand=False)
+        return Panel(Group(*parts), title=Text(self.title), expand=False)
 
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
 
     def summary_table(self, status: str, out_dir: str, errors: int = 0) -> Table:
-        table = Table(title=f"{self.title}: {status}", show_header=False)
+        table = Table(title=Text(f"{self.title}: {status}", style="table.title"), show_header=False)
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("output", str(out_dir))
+        table.add_row("output", Text(str(out_dir)))  # a path: shown as written, brackets included
         table.add_row("records", f"{self.done}/{self.total} ({self.done - self.done_at_start} this run)")
         if errors:
             table.add_row("skipped rows", f"{errors} (see errors.jsonl)")

@@ -38,13 +38,28 @@ SetOption = typer.Option(
 )
 
 
+def make_console(file) -> Console:
+    """The one place the CLI builds a console. emoji=False: user text is printed as written (rich would
+    turn `cuda:-1` into `cuda👎` and a stop string `:smile:` into an emoji). Markup stays on for our own
+    styling, so user text printed with it goes through `literal` (or print(..., markup=False))."""
+    return Console(file=file, soft_wrap=True, emoji=False)
+
+
 def out_console() -> Console:
     """stdout (bound at call time, so test runners that swap sys.stdout see the output)."""
-    return Console(file=sys.stdout, soft_wrap=True)
+    return make_console(sys.stdout)
 
 
 def err_console() -> Console:
-    return Console(file=sys.stderr, soft_wrap=True)
+    return make_console(sys.stderr)
+
+
+def literal(text) -> str:
+    """User text (paths, ids, values, messages) to put inside a markup string, a table cell or a rule title:
+    shown exactly as written, `[red]` and `[/]` included."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def print_error(message: str) -> None:

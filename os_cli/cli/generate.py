@@ -17,7 +17,7 @@ import typer
 
 from ..errors import UserError
 from ..run import RunEvents
-from .common import DebugOption, SetOption, cli_errors, err_console, out_console
+from .common import DebugOption, SetOption, cli_errors, err_console, literal, out_console
 from .preview import validate_rows
 
 
@@ -64,7 +64,7 @@ def validate(
         check_draft_tokens(resolved["sampling"], resolved["prompts"], places_of(resolved))
         meta = resolved["_meta"]
         console = out_console()
-        console.print(f"[green]ok[/green]: {meta['path']} is a valid recipe", highlight=False)
+        console.print(f"[green]ok[/green]: {literal(meta['path'])} is a valid recipe", highlight=False)
         models = resolved["models"]
         ds = resolved["dataset"]
         prompts = resolved["prompts"]
@@ -146,9 +146,9 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
         console.print(f"  bad row {err['id']!r}: {err['reason']}", markup=False, highlight=False)
     console.print(f"output: {out_dir} ({mode_text})", markup=False, highlight=False)
     for item in rendered.items[:2]:
-        console.print(Rule(f"row {item.id!r}: theta prompt"))
+        console.print(Rule(literal(f"row {item.id!r}: theta prompt")))
         console.print(item.prompt, markup=False, highlight=False)
-        console.print(Rule(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe["prompts"]["teacher"] is None else "")))
+        console.print(Rule(literal(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe["prompts"]["teacher"] is None else ""))))
         console.print(item.prompt_t, markup=False, highlight=False)
     console.print(Rule("dry run: no model loaded, nothing written"))
 
