@@ -9,6 +9,7 @@ return.
 - `plan_rows(recipe) -> Planned`: the planned rows (`data.load_rows`), rendered (`data.render_prompts`)
   with the recipe's tokenizers and screened (`preflight.screen_prompts`), and their plan entries.
 - `nothing_planned(dataset) -> str`: the message for a plan without rows (`dataset` section).
+- `records_text(rows, samples, up_to=False) -> str`: "16 rows x 4 samples = 64 records" (a record is one sample of a row).
 - `dry_run_mode(out_dir, recipe, entries, overwrite) -> str`: what a run would do with its folder.
 """
 
@@ -35,6 +36,17 @@ def run_warnings(recipe: Mapping) -> list[str]:
 
     offline = hub_offline_note(recipe["models"], recipe["dataset"], places_of(recipe))
     return list(recipe["_meta"]["warnings"]) + ([offline] if offline else [])
+
+
+def records_text(rows: int | None, samples: int, up_to: bool = False) -> str:
+    """Records a plan makes: rows x samples ("16 rows x 4 samples = 64 records"); `rows` None: not known yet
+    (validate reads only the first rows), `up_to`: `rows` is a limit the dataset may not reach."""
+    each = f"{samples} sample" + ("s" if samples != 1 else "")
+    if rows is None:
+        return f"{samples} record{'s' if samples != 1 else ''} per row (sampling.num_samples: {samples})"
+    bound = "up to " if up_to else ""
+    total = rows * samples
+    return f"{bound}{rows} row{'s' if rows != 1 else ''} x {each} = {bound}{total} record{'s' if total != 1 else ''}"
 
 
 def nothing_planned(dataset: Mapping) -> str:

@@ -27,6 +27,7 @@ def prompt_fields(prompts) -> list[str]:
     fields = template_fields(prompts["theta"]["template"] or "")
     if prompts["teacher"]:
         fields += [f for f in template_fields(prompts["teacher"]["template"] or "") if f not in fields]
-    fields += [p["messages_field"] for p in (prompts["theta"], prompts["teacher"] or {})
-               if p.get("messages_field") and p["messages_field"] not in fields]
+    for p in (prompts["theta"], prompts["teacher"] or {}):
+        if p.get("messages_field") and p["messages_field"] not in fields:
+            fields.append(p["messages_field"])
     return fields

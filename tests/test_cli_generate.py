@@ -274,3 +274,34 @@ def test_dashboard_live_and_plain_views():
     assert "batch 2" in line and "tok/s" in line and "shard-00000.jsonl" in line
     Console(file=buffer, width=120).print(plain.summary_table("complete", "out", errors=1))
     assert "skipped rows" in buffer.getvalue() and "mean alpha" in buffer.getvalue()
+
+
+def test_validate_says_ok_last_and_only_when_every_check_passed(work):
+    result = cli("validate", work["recipe"], "--set", "prompts.theta.template={questoin}")
+    assert result.exit_code == 2 and "questoin" in result.stderr
+    assert "is a valid recipe" not in result.stdout
+    result = cli("validate", work["recipe"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip().splitlines()[-1] == f"ok: {work['recipe']} is a valid recipe"
+    assert "without loading data" not in cli("validate", "-h").stdout  # it reads rows and the tokenizers
+    assert "first few rows" in " ".join(cli("validate", "-h").stdout.split())
+
+
+def test_validate_and_dry_run_count_records_as_rows_times_samples(work, tmp_path):
+    result = cli("validate", work["recipe"], "--set", "sampling.num_samples=4", "--set", "dataset.limit=3")
+    assert result.exit_code == 0, result.output
+    assert "up to 3 rows x 4 samples = up to 12 records" in result.stdout
+    assert "split train" not in result.stdout  # a local file has no split
+    result = cli("generate", "--config", work["recipe"], "--output", work["out"], "--dry-run", "--limit", "2",
+                 "--set", "sampling.num_samples=4")
+    assert result.exit_code == 0, result.output
+    assert "records: 2 rows x 4 samples = 8 records" in result.stdout
+    chat = dict(work["dict"], prompts={"theta": {"messages_field": "messages"},
+                                       "teacher": {"messages_field": "messages", "system": "Be right."}})
+    chat["dataset"] = {"inline": [{"messages": [{"role": "user", "content": "Hi"}]}]}
+    path = tmp_path / "chat.yaml"
+    path.write_text(yaml.safe_dump(chat))
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert "fields          messages\n" in result.stdout  # once, though both prompts read it
+    assert "1 row x 1 sample = 1 record\n" in result.stdout

@@ -53,9 +53,13 @@ def validate(
     set_: Optional[List[str]] = SetOption,
     debug: bool = DebugOption,
 ) -> None:
-    """Check a recipe (schema, fragments, overrides, local files) without loading data or models."""
+    """Check a recipe (schema, fragments, overrides, local files), then read its first few rows and render their
+    prompts with the models' tokenizers, as --dry-run does (the prompt lengths checked against the models'
+    config.json). No model weights are loaded and nothing is written; a dataset or tokenizer on an
+    unreachable hub is a note, not a failure."""
     with cli_errors(debug):
         from ..places import places_of
+        from ..planning import records_text
         from ..prompt_syntax import prompt_fields
         from ..recipe import fragment_label, load_recipe, output_dir, recipe_hash
         from ..run import check_draft_tokens
@@ -64,16 +68,23 @@ def validate(
         check_draft_tokens(resolved["sampling"], resolved["prompts"], places_of(resolved))
         meta = resolved["_meta"]
         console = out_console()
-        console.print(f"[green]ok[/green]: {literal(meta['path'])} is a valid recipe", highlight=False)
+        console.print(f"[bold]{literal(meta['path'])}[/bold]", highlight=False)
         models = resolved["models"]
         ds = resolved["dataset"]
         prompts = resolved["prompts"]
         fields = prompt_fields(prompts)
         rows = f"{len(ds['inline'])} inline rows" if ds["inline"] is not None else ds["source"]
+        on_hub = "dataset" in places_of(resolved).hub  # split and config name parts of a hub dataset only
+        hub = f"split {ds['split']}, " + (f"config {ds['config']}, " if ds["config"] else "") if on_hub else ""
+        n_rows = len(ds["inline"]) if ds["inline"] is not None else ds["limit"]
+        if ds["inline"] is not None and ds["limit"] is not None:
+            n_rows = min(n_rows, ds["limit"])
+        records = records_text(n_rows, resolved["sampling"]["num_samples"], up_to=ds["inline"] is None)
         lines = [
             ("models", f"theta={models['theta']}  teacher={models['teacher'] or '(same as theta)'}"),
             ("alpha", f"{resolved['alpha']['method']} in [{resolved['alpha']['min']:g}, {resolved['alpha']['max']:g}]"),
-            ("dataset", f"{rows} (split {ds['split']}, skip {ds['skip']}, limit {ds['limit']})"),
+            ("dataset", f"{rows} ({hub}skip {ds['skip']}, limit {ds['limit']})"),
+            ("records", records),
             ("fields", ", ".join(fields) or "(none)"),
             ("teacher prompt", "own template" if prompts["teacher"] else "same as theta"),
             ("output", str(output_dir(resolved)) + _records_note(resolved["output"])),
@@ -85,6 +96,7 @@ def validate(
         for warning in meta["warnings"]:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
         validate_rows(resolved, console)
+        console.print(f"[green]ok[/green]: {literal(meta['path'])} is a valid recipe", highlight=False)  # last: all passed
 
 
 def _records_note(output: dict) -> str:
@@ -132,6 +144,7 @@ def register(app) -> None:
 def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     from rich.rule import Rule
 
+    from ..planning import records_text
     from ..recipe import dump_recipe, recipe_hash
 
     rows, rendered = planned.rows, planned.rendered
@@ -142,6 +155,8 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     console.print(f"recipe hash: {recipe_hash(recipe)}", markup=False, highlight=False)
     console.print(f"rows: {len(rows)} planned, {len(rendered.items)} renderable, {len(rendered.errors)} bad "
                   f"(on_bad_row: {recipe['prompts']['on_bad_row']})", markup=False, highlight=False)
+    console.print(f"records: {records_text(len(rendered.items), recipe['sampling']['num_samples'])} "
+                  f"(one per sample of each renderable row)", markup=False, highlight=False)
     for err in rendered.errors[:3]:
         console.print(f"  bad row {err['id']!r}: {err['reason']}", markup=False, highlight=False)
     console.print(f"output: {out_dir} ({mode_text})", markup=False, highlight=False)
