@@ -200,19 +200,20 @@ class _DashboardEvents(RunEvents):
     def __init__(self, dist, out_dir, n_errors: int):
         self.dist, self.out_dir, self.n_errors = dist, out_dir, n_errors
         self.dash = None
+        # Under torchrun every rank prints its own progress and summary: each line says whose it is.
+        self.rank = f"rank {dist.rank}/{dist.world_size}" if dist.world_size > 1 else ""
 
     def note(self, message: str) -> None:
         if self.dash is not None:
             self.dash.note(message)
         else:
-            err_console().print(message, markup=False, highlight=False)
+            err_console().print(f"{self.rank} | {message}" if self.rank else message, markup=False, highlight=False)
 
     def started(self, total: int, done: int, limit: int, shard: str) -> None:
         from ..dashboard import Dashboard
 
-        dist = self.dist
-        title = "os-sample generate" + (f" [rank {dist.rank}/{dist.world_size}]" if dist.world_size > 1 else "")
-        self.dash = Dashboard(total=total, done=done, title=title, console=err_console())
+        title = "os-sample generate" + (f", {self.rank}" if self.rank else "")
+        self.dash = Dashboard(total=total, done=done, title=title, console=err_console(), label=self.rank)
         self.dash.start()
         self.dash.batch_started(limit, shard)
 
@@ -231,8 +232,8 @@ class _DashboardEvents(RunEvents):
             err_console().print(dash.summary_table(status, str(self.out_dir),
                                                    errors=self.n_errors if self.dist.is_main else 0))
         if status == "interrupted":
-            err_console().print(f"interrupted: {written} records written this run; rerun the same command "
-                                f"to resume", markup=False, highlight=False)
+            err_console().print(f"{self.rank + ': ' if self.rank else ''}interrupted: {written} records written this "
+                                f"run; rerun the same command to resume", markup=False, highlight=False)
         if status == "complete" and self.dist.is_main:
             counts = manifest.get("counts", {})
             out_console().print(f"wrote {self.out_dir}: {counts.get('records')} records, {counts.get('errors')} "
