@@ -11,7 +11,7 @@ import typer
 
 from ..errors import UserError
 from ..limits import MAX_NEW_TOKENS
-from .common import DebugOption, SetOption, cli_errors, out_console
+from .common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, out_console
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -67,9 +67,11 @@ def bench_command(
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
                                    "free (CUDA)."),
+    threads: Optional[int] = ThreadsOption,
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
+        apply_threads(threads)
         _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom,
                repeats, lengths, draft_tokens)
 
@@ -159,6 +161,11 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
         f"dtype {info['dtype']}, alpha {model.alpha_method}, {settings.max_new_tokens} new tokens, "
         f"{len(prompts)} distinct prompts, max({num_prompts}, batch size) per point"
     )
+    from ..machine import busy_note
+
+    busy = busy_note()
+    if busy:
+        console.print(f"note: {busy}", markup=False, highlight=False)
 
     def progress(row) -> None:
         console.print(f"  {row.label} @ batch {row.batch_size}: {_status(row)}"

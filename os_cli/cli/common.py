@@ -16,6 +16,7 @@ logger's INFO messages (device, dtype, attention choices) go to stderr.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -36,6 +37,27 @@ SetOption = typer.Option(
     None, "--set", "-s", metavar="KEY=VALUE",
     help="Override a recipe key, value parsed as YAML (repeatable): --set sampling.batch_size=4",
 )
+ThreadsOption = typer.Option(
+    None, "--threads", metavar="N",
+    help="CPU only: torch threads for this process's CPU work (intra-op, and inter-op unless already started); "
+         "default: torch's, one per core, which oversubscribes a machine other processes keep busy. No effect on "
+         "GPU kernels.",
+)
+
+
+def apply_threads(threads: int | None, *, set_now: bool = True) -> None:
+    """--threads N (generate, bench): N from 1 to this machine's cores, else UserError (exit 2); then set
+    (machine.set_cpu_threads) unless `set_now` is False (a dry run checks it only)."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise UserError(f"--threads {threads}: give a number of CPU threads from 1 to {cores} (this machine's cores; "
+                        f"more only oversubscribes them)")
+    if set_now:
+        from ..machine import set_cpu_threads
+
+        set_cpu_threads(threads)
 
 
 def make_console(file) -> Console:

@@ -17,7 +17,7 @@ import typer
 
 from ..errors import UserError
 from ..run import RunEvents
-from .common import DebugOption, SetOption, cli_errors, err_console, literal, out_console
+from .common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, err_console, literal, out_console
 from .preview import validate_rows
 
 
@@ -35,12 +35,14 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over: the new run replaces the folder's run only once it completes."),
     repair: bool = typer.Option(False, "--repair", help="On resume, drop invalid record lines anywhere in the shards and generate their rows again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."),
+    threads: Optional[int] = ThreadsOption,
     debug: bool = DebugOption,
 ) -> None:
     """Sample a dataset from the mixture q* described by a recipe, into JSONL shards."""
     with cli_errors(debug):
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other: choose one")
+        apply_threads(threads, set_now=not dry_run)
         overrides = list(set_ or [])
         if limit is not None:
             overrides.append(("dataset.limit", limit))
