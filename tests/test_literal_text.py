@@ -53,3 +53,11 @@ def test_recipe_diff_ids_paths_and_values_are_literal(tmp_path, tiny_models, cli
     result = cli(cli_app, "inspect", out, "--by", "topic")
     assert result.exit_code == 0, result.output
     assert "[bold]x[/]" in result.stdout and ":-1:" in result.stdout and str(out) in result.stdout
+
+
+def test_bench_heading_shows_the_recipe_name_as_written(tmp_path, tiny_models, cli_app):
+    recipe = recipe_file(tmp_path, tiny_models)
+    named = recipe.rename(tmp_path / "[red]mine.yaml")
+    result = cli(cli_app, "bench", "--config", named, "--batch-sizes", "1", "--prompts", "1", "--max-new-tokens", "2")
+    assert result.exit_code == 0, result.output
+    assert "bench [red]mine: " in result.stdout

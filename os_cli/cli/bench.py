@@ -11,7 +11,7 @@ import typer
 
 from ..errors import UserError
 from ..limits import MAX_NEW_TOKENS
-from .common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, out_console
+from .common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, literal, out_console
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -157,7 +157,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str, num_prompts
     info = B.machine_info(model)
     device = info["device"]
     console.print(
-        f"[bold]bench[/] {recipe['_meta']['name']}: {device['name']} ({device['type']}), "
+        f"[bold]bench[/] {literal(recipe['_meta']['name'])}: {device['name']} ({device['type']}), "
         f"dtype {info['dtype']}, alpha {model.alpha_method}, {settings.max_new_tokens} new tokens, "
         f"{len(prompts)} distinct prompts, max({num_prompts}, batch size) per point"
     )
