@@ -1,3 +1,3 @@
-from os_cli.cli import main
+from os_cli.entry import main
 
 main()

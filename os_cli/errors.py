@@ -10,3 +10,16 @@ class UserError(ValueError):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+_KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"), ((list, tuple), "a list"),
+          (dict, "an object"))
+
+
+def kind_of(value) -> str:
+    """A value from a user's file in words for a message: `null`, `a string`, `an integer`, `a number`, `a list`,
+    `an object`. Never a Python class name: JSON numbers are read as int and float subclasses that keep
+    how the file wrote them (data.py), and a name like `_RawInt` means nothing to the person reading."""
+    if value is None:
+        return "null"
+    return next((word for types, word in _KINDS if isinstance(value, types)), type(value).__name__)

@@ -15,3 +15,7 @@ MAX_ALIAS_EXPANSION = 100_000
 # Samples per prompt (sampling.num_samples, generate(num_samples=)): far below the 2**23 up to which
 # rng.sample_seed keeps every (row, sample) seed of a run distinct.
 MAX_NUM_SAMPLES = 1 << 16
+# Speculative draft length (sampling.draft_tokens, generate(draft_tokens=)): a round runs k + 1 theta forwards
+# and a draft is accepted only if every one before it was, so past a few dozen the late drafts are pure cost;
+# larger values are typos, not plans.
+MAX_DRAFT_TOKENS = 64

@@ -1,5 +1,7 @@
 """What a run or a benchmark ran on: package versions (the manifest's `versions`) and the machine
-(`bench`'s report). Defined once here; no printing. torch is imported only by `machine_info`.
+(`bench`'s report), and the CPU settings that depend on it: `set_cpu_threads` (the --threads of generate and
+bench) and `busy_note` (a loaded machine). Defined once here; no printing. torch is imported only by
+`machine_info` and `set_cpu_threads`.
 """
 
 from __future__ import annotations
@@ -73,3 +75,28 @@ def machine_info(model=None) -> dict:
         "dtype": str(getattr(model, "dtype", "")).replace("torch.", "") or None,
         "versions": {**versions(), "cuda": torch.version.cuda},
     }
+
+
+def set_cpu_threads(n: int) -> None:
+    """torch's CPU threads for this process: n intra-op threads (torch.set_num_threads) and n inter-op
+    threads unless inter-op work has started already (torch takes that setting once, before)."""
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:
+        pass  # inter-op threads already started: the intra-op setting is the one CPU forwards use
+
+
+def busy_note() -> str | None:
+    """Why timings here are slow and noisy, when the 1-minute load average exceeds the machine's cores."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+    cores = os.cpu_count() or 1
+    if load <= cores:
+        return None
+    return (f"this machine is busy (1-minute load average {load:.1f} on {cores} cores): other processes compete "
+            f"for the CPU, so these timings are slower and noisier than on an idle machine")

@@ -263,3 +263,22 @@ def test_validate_previews_a_conversation_without_a_reachable_tokenizer(tmp_path
     path.write_text(yaml.safe_dump(bad))
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and "is a string, not a list of {role, content} turns" in " ".join(result.output.split())
+
+
+def test_errors_on_values_read_from_a_file_name_json_kinds_not_python_types(tmp_path):
+    """JSON numbers are read as int / float subclasses that keep how the file wrote them: messages say
+    `an integer`, never the class's name."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"messages": [{"role": "user", "content": 5}]}\n')
+    recipe = base()
+    recipe["dataset"] = {"source": str(rows)}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = runner.invoke(app, ["validate", str(path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "turn 0 (user) has content an integer 5, not text" in text, text
+    rows.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n7\n')
+    result = runner.invoke(app, ["validate", str(path)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "line 2: a row must be a JSON object {...}, got an integer" in text, text
+    assert "_Raw" not in text

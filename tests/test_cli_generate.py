@@ -274,3 +274,84 @@ def test_dashboard_live_and_plain_views():
     assert "batch 2" in line and "tok/s" in line and "shard-00000.jsonl" in line
     Console(file=buffer, width=120).print(plain.summary_table("complete", "out", errors=1))
     assert "skipped rows" in buffer.getvalue() and "mean alpha" in buffer.getvalue()
+
+
+def test_validate_says_ok_last_and_only_when_every_check_passed(work):
+    result = cli("validate", work["recipe"], "--set", "prompts.theta.template={questoin}")
+    assert result.exit_code == 2 and "questoin" in result.stderr
+    assert "is a valid recipe" not in result.stdout
+    result = cli("validate", work["recipe"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip().splitlines()[-1] == f"ok: {work['recipe']} is a valid recipe"
+    assert "without loading data" not in cli("validate", "-h").stdout  # it reads rows and the tokenizers
+    assert "first few rows" in " ".join(cli("validate", "-h").stdout.split())
+
+
+def test_validate_and_dry_run_count_records_as_rows_times_samples(work, tmp_path):
+    result = cli("validate", work["recipe"], "--set", "sampling.num_samples=4", "--set", "dataset.limit=3")
+    assert result.exit_code == 0, result.output
+    assert "up to 3 rows x 4 samples = up to 12 records" in result.stdout
+    assert "split train" not in result.stdout  # a local file has no split
+    result = cli("generate", "--config", work["recipe"], "--output", work["out"], "--dry-run", "--limit", "2",
+                 "--set", "sampling.num_samples=4")
+    assert result.exit_code == 0, result.output
+    assert "records: 2 rows x 4 samples = 8 records" in result.stdout
+    chat = dict(work["dict"], prompts={"theta": {"messages_field": "messages"},
+                                       "teacher": {"messages_field": "messages", "system": "Be right."}})
+    chat["dataset"] = {"inline": [{"messages": [{"role": "user", "content": "Hi"}]}]}
+    path = tmp_path / "chat.yaml"
+    path.write_text(yaml.safe_dump(chat))
+    result = cli("validate", path)
+    assert result.exit_code == 0, result.output
+    assert "fields          messages\n" in result.stdout  # once, though both prompts read it
+    assert "1 row x 1 sample = 1 record\n" in result.stdout
+
+
+def test_each_rank_labels_its_output_under_torchrun(tmp_path, capsys):
+    """world size 2: rank 1's log lines, summary heading and interruption line say they are rank 1's."""
+    from types import SimpleNamespace
+
+    from os_cli.cli.generate import _DashboardEvents
+
+    events = _DashboardEvents(SimpleNamespace(rank=1, world_size=2, is_main=False), tmp_path / "out", 0)
+    events.note("loading models")
+    events.started(total=4, done=0, limit=2, shard="shard-r01-00000.jsonl")
+    events.written(3, [0.5] * 3, [0.9] * 3, "shard-r01-00000.jsonl")
+    events.finished("interrupted", {}, 1)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and line[0] not in "┌│└├"]
+    assert lines[0] == "rank 1/2 | loading models"
+    assert all("rank 1/2 | " in line for line in lines if line.startswith("[")), lines
+    assert "os-sample generate, rank 1/2: interrupted" in err and "generate :" not in err
+    assert "rank 1/2: interrupted: 1 records written this run" in err
+    single = _DashboardEvents(SimpleNamespace(rank=0, world_size=1, is_main=True), tmp_path / "out", 0)
+    single.note("loading models")
+    single.started(total=1, done=0, limit=1, shard="shard-00000.jsonl")
+    single.finished("interrupted", {}, 0)
+    err = capsys.readouterr().err
+    assert "rank" not in err and "os-sample generate: interrupted" in err
+
+
+def test_eta_comes_from_recent_progress_not_the_pipeline_fill_or_resumed_records(monkeypatch):
+    """A resumed run (1000 of 1100 done), 16 rows in flight that take 10 s each: the first record ends 10 s
+    in and 16 end every 10 s after, so about 100 / 1.6 = 62 s are left, not 100 x 10 s."""
+    import io
+
+    from rich.console import Console
+
+    from os_cli.cli import dashboard
+
+    clock = [0.0]
+    monkeypatch.setattr(dashboard.time, "monotonic", lambda: clock[0])
+    dash = dashboard.Dashboard(total=1100, done=1000, console=Console(file=io.StringIO()), live=False)
+    dash.start()
+    clock[0] = 10.0
+    dash.batch_done(1, 20)
+    assert dash.eta_s is None  # one record is no rate (the old estimate: 99 x 10 s = 16m30s)
+    for i in range(1, 48):  # 16 records every 10 s, evenly
+        clock[0] = 10.0 + i * 10 / 16
+        dash.batch_done(1, 20)
+    left = (1100 - dash.done) / 1.6
+    assert 0.8 * left < dash.eta_s < 1.25 * left, (dash.eta_s, left)
+    clock[0] += 60  # nothing ends for a minute: the estimate grows instead of standing still
+    assert dash.eta_s > 2 * left

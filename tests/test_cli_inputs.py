@@ -93,6 +93,11 @@ def test_prompt_beyond_the_context_exits_2_or_goes_to_errors(tmp_path, tiny_mode
     result = cli(cli_app, "generate", "--config", recipe, "--output", tmp_path / "o2", "--set",
                  "sampling.max_new_tokens=5000", "--set", "prompts.on_bad_row=skip")
     assert result.exit_code == 2 and "no prompt fits" in result.stderr and "1024" in result.stderr
+    # speculative drafts take positions too (up to min(draft_tokens, max_new_tokens) past a row's last token)
+    result = cli(cli_app, "generate", "--config", recipe, "--output", tmp_path / "o3", "--set",
+                 "sampling.max_new_tokens=1000", "--set", "sampling.draft_tokens=30", "--set", "prompts.on_bad_row=skip")
+    assert result.exit_code == 2 and "no prompt fits" in result.stderr, result.output
+    assert "draft 30 past it (sampling.draft_tokens: 30)" in result.stderr and "or sampling.draft_tokens" in result.stderr
 
 
 def test_empty_prompt_is_skipped_and_the_run_completes(tmp_path, tiny_models, cli_app):

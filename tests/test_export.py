@@ -246,3 +246,17 @@ def test_a_folder_without_records_is_refused(cli_app, run_dir, tmp_path):
         shard.unlink()
     result = export(cli_app, empty, "-f", "trl", "--to", tmp_path / "e.jsonl")
     assert result.exit_code == 2 and "no records yet" in result.output
+
+
+def test_where_correct_names_what_is_wrong_with_the_answer_field(cli_app, run_dir, tmp_path):
+    result = export(cli_app, run_dir, "-f", "trl", "--to", tmp_path / "a.jsonl", "--where", "correct",
+                    "--answer-field", "")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--answer-field '' turns answers off" in text, text
+    assert "the recipe has no dataset.answer_field" not in text  # it has one: answer
+    result = export(cli_app, run_dir, "-f", "trl", "--to", tmp_path / "b.jsonl", "--where", "correct",
+                    "--answer-field", "nosuch")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, text
+    assert "--answer-field nosuch: no record's row has this field" in text and "row fields: answer, " in text, text
+    assert not (tmp_path / "b.jsonl").exists()

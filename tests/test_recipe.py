@@ -127,6 +127,7 @@ def test_set_typo_suggests(tmp_path):
         ("sampling__batch_size", 2.5, "must be an integer"),
         ("sampling__batch_size", True, "must be an integer"),
         ("sampling__max_new_tokens", "10", "must be an integer"),
+        ("sampling__draft_tokens", 20000, "must be in [0, 64], got 20000; a round runs k + 1 theta forwards"),
         ("sampling__top_k", 0, "-1 (off) or a positive integer"),
         ("alpha__fixed", 1.2, "must be in [0, 1]"),
         ("alpha__min", -0.1, "must be in [0, 1]"),

@@ -202,7 +202,7 @@ def test_pad_columns_are_trimmed_and_holes_repacked_with_exact_logits(pair):
         (dict(max_new_tokens=[3, 0, 1]), "max_new_tokens must be"),
         (dict(max_new_tokens=[3, 4, 5], loop="static"), "per-row max_new_tokens needs loop='refill'"),
         (dict(loop="fast"), "loop must be one of refill, static"),
-        (dict(draft_tokens=-1), "draft_tokens must be an integer >= 0"),
+        (dict(draft_tokens=-1), "draft_tokens must be an integer in 0..64"),
         (dict(draft_tokens=2, loop="static"), "draft_tokens needs loop='refill'"),
         (dict(batch_size=True), "batch_size"),
     ],

@@ -167,3 +167,63 @@ def test_draft_tokens_needs_a_teacher_that_differs(tiny_models, tmp_path):
     b = two.generate(prompts, prompts_t=hinted, max_new_tokens=8, seed=[3, 4], draft_tokens=2)
     assert torch.equal(a.generated_ids, b.generated_ids)
     torch.testing.assert_close(a.logprobs["t"], b.logprobs["t"], equal_nan=True, atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def absolute_pair(tmp_path_factory, tiny_tokenizer):
+    """Two tiny GPT-2 models (learned absolute positions, context 64): a position past the context is an
+    IndexError on CPU (a device assert on CUDA), not a quiet extrapolation as with RoPE."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig
+
+    root, tok = tmp_path_factory.mktemp("gpt2"), tiny_tokenizer
+    paths = []
+    for name, seed in (("theta", 1), ("teacher", 2)):
+        config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                            eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+        model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths.append(str(root / name))
+    return OptimalSamplingModel(*paths, device="cpu", dtype=torch.float32)
+
+
+def test_drafts_are_capped_at_the_tokens_left_and_counted_in_the_context(absolute_pair):
+    model = absolute_pair
+    prompt = "Question 7: 7 plus 10 equals 17. Tom has 4 apples and buys 7 more."  # 16 new + 16 drafts fit in 64
+    n = len(model.tokenizer(prompt).input_ids)
+    assert n + 16 + 16 <= 64 < n + 16 + 20 - 2  # k = 20 from the last rounds' steps would feed positions past 63
+    kwargs = dict(max_new_tokens=16, seed=[1, 2], ignore_eos=True, batch_size=2)
+    capped = model.generate([prompt, "Hi"], draft_tokens=20, **kwargs)  # drafting 20 past the last token: IndexError
+    assert torch.equal(capped.generated_ids, model.generate([prompt, "Hi"], draft_tokens=16, **kwargs).generated_ids)
+    assert capped.generated_ids.shape == (2, 16)
+    # a prompt that fits without drafts but not with them is refused up front, naming draft_tokens
+    long_prompt = "Question 7: 7 plus 10 equals 17. Question 12: 12 plus 15 equals 27."
+    n = len(model.tokenizer(long_prompt).input_ids)
+    assert n + 16 <= 64 < n + 16 + 16
+    with pytest.raises(ValueError, match=r"up to 16 drafted past them \(draft_tokens\).* or draft_tokens"):
+        model.generate([long_prompt], draft_tokens=20, **dict(kwargs, seed=1, batch_size=1))
+    model.generate([long_prompt], max_new_tokens=16, seed=1)  # the plain loop fits
+
+
+def test_a_round_drafts_no_more_than_any_row_has_left(pair):
+    """draft_tokens far above max_new_tokens: each round drafts at most the tokens left (not k + 1 theta
+    forwards of waste per round), and the tokens are exactly those of k = max_new_tokens."""
+    rows = lambda: [StreamRow(p, pt, seed=30 + i) for i, (p, pt) in enumerate(zip(PROMPTS, PROMPTS_T))]  # noqa: E731
+    big, small = SchedulerStats(), SchedulerStats()
+    kwargs = dict(max_new_tokens=6, limit=3, ignore_eos=True, skip_decode=True)
+    a = {o.index: o.token_ids for o in pair.generate_stream(rows(), draft_tokens=60, stats=big, **kwargs)}
+    b = {o.index: o.token_ids for o in pair.generate_stream(rows(), draft_tokens=6, stats=small, **kwargs)}
+    assert all(torch.equal(a[i], b[i]) for i in b)
+    # a row's first token comes from its prefill, so at most 5 are left for the rounds: <= 6 theta forwards each
+    assert big.theta_forwards <= 6 * big.steps
+    assert big.theta_forwards == small.theta_forwards
+
+
+@pytest.mark.parametrize("value", [65, 20000, -1, 2.0, True])
+def test_draft_tokens_is_bounded_in_the_api(pair, value):
+    with pytest.raises(ValueError, match=r"draft_tokens must be an integer in 0\.\.64"):
+        pair.generate(["Hi"], ["Tom"], max_new_tokens=4, seed=1, draft_tokens=value)
+    with pytest.raises(ValueError, match=r"draft_tokens must be an integer in 0\.\.64"):
+        list(pair.generate_stream([StreamRow("Hi", "Tom", seed=1)], max_new_tokens=4, draft_tokens=value))

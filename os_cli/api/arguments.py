@@ -14,7 +14,7 @@ import torch
 from os_cli.engine.settings import DecodeSettings
 from os_cli.mix import rng
 from os_cli.mix.sampler import SAMPLE_FROM
-from os_cli.limits import MAX_NEW_TOKENS, MAX_SEED
+from os_cli.limits import MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ def check_sample_from(sample_from) -> None:
 
 
 def check_draft_tokens(draft_tokens, two_streams: bool) -> None:
-    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
-        raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
+    checked_draft_tokens(draft_tokens)
     if draft_tokens and not two_streams:
         raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
                          "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
@@ -80,6 +79,14 @@ def checked_cap(value, name: str = "max_new_tokens") -> int:
     """One token cap: an integer in 1..MAX_NEW_TOKENS (not bool, not float)."""
     if not is_int(value) or not 1 <= value <= MAX_NEW_TOKENS:
         raise ValueError(f"{name} must be an integer in 1..{MAX_NEW_TOKENS}, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def checked_draft_tokens(value) -> int:
+    """draft_tokens: an integer in 0..MAX_DRAFT_TOKENS (0 = off; not bool, not float)."""
+    if not is_int(value) or not 0 <= value <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"draft_tokens must be an integer in 0..{MAX_DRAFT_TOKENS} (0 = off; a round runs k + 1 theta "
+                         f"forwards and late drafts are rarely accepted), got {type(value).__name__} {value!r}")
     return int(value)
 
 

@@ -197,7 +197,8 @@ class OptimalSamplingModel:
             return samples.generate_samples(self, num_samples, args)
         prompts, prompts_t = arguments.check_prompts(prompts, prompts_t)
         caps = arguments.check_caps(max_new_tokens, len(prompts))
-        self._check_lengths(prompts, prompts_t, caps)
+        drafts = lengths.draft_overrun(arguments.checked_draft_tokens(draft_tokens), max(caps))
+        self._check_lengths(prompts, prompts_t, caps, drafts)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if loop not in _LOOPS:
@@ -302,21 +303,23 @@ class OptimalSamplingModel:
             target_top_p=self.target_top_p,
         )
 
-    def _check_lengths(self, prompts, prompts_t, caps: Sequence[int]) -> None:
-        """Every prompt must tokenize to at least one token and fit its model's context with its new tokens."""
+    def _check_lengths(self, prompts, prompts_t, caps: Sequence[int], drafts: int = 0) -> None:
+        """Every prompt must tokenize to at least one token and fit its model's context with its new tokens
+        (and `drafts`, lengths.draft_overrun: the positions speculative rounds may feed past them)."""
         sides = [("prompts", prompts, self.tokenizer)]
         if prompts_t is not prompts or self.tokenizer_t is not self.tokenizer or self.context_t != self.context_theta:
             sides.append(("prompts_t", prompts_t, self.tokenizer_t))
         for name, texts, tokenizer in sides:
             for i, ids in enumerate(lengths.prompt_token_ids(tokenizer, texts)):
-                self._check_length(name, i, len(ids), caps[i])
+                self._check_length(name, i, len(ids), caps[i], drafts)
 
-    def _check_length(self, name: str, index: int, length: int, cap: int) -> None:
+    def _check_length(self, name: str, index: int, length: int, cap: int, drafts: int = 0) -> None:
         context, path = ((self.context_t, self.model_t_path) if name == "prompts_t"
                          else (self.context_theta, self.model_theta_path))
-        problem = lengths.length_problem(length, cap, context)
+        problem = lengths.length_problem(length, cap, context, drafts)
         if problem is not None:
-            raise ValueError(f"{name}[{index}]: {problem} ({path}); shorten the prompt or max_new_tokens")
+            lower = "max_new_tokens" + (" or draft_tokens" if drafts else "")
+            raise ValueError(f"{name}[{index}]: {problem} ({path}); shorten the prompt or {lower}")
 
     def _two_streams(self, prompts, prompts_t) -> bool:
         """One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
@@ -385,6 +388,7 @@ class OptimalSamplingModel:
         Without `settings.two_streams` (one model, no teacher prompts of its own) a row whose `prompt_t`
         differs from its prompt is an error rather than a silently ignored hint."""
         decode, two_streams = settings.decode, settings.two_streams
+        drafts = lengths.draft_overrun(decode.draft_tokens, decode.max_new_tokens)
         fixed = None
         if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
             static_stream.check_compile(self.compile, draft_tokens=decode.draft_tokens, oom_backoff=decode.oom_backoff)
@@ -409,11 +413,11 @@ class OptimalSamplingModel:
                 cap = decode.max_new_tokens if row.max_new_tokens is None else arguments.checked_cap(
                     row.max_new_tokens, f"row {index}: max_new_tokens")
                 ids = self._token_ids(row.prompt, "prompts", index)
-                self._check_length("prompts", index, len(ids), cap)
+                self._check_length("prompts", index, len(ids), cap, drafts)
                 ids_t = None
                 if two_streams:
                     ids_t = self._token_ids(prompt_t, "prompts_t", index, teacher=True)
-                    self._check_length("prompts_t", index, len(ids_t), cap)
+                    self._check_length("prompts_t", index, len(ids_t), cap, drafts)
                 request = scheduler.RowRequest(index, ids, ids_t, int(rng.row_keys(torch.tensor([seed]))[0]),
                                                None if row.max_new_tokens is None else cap)
                 in_flight[index] = row

@@ -11,8 +11,8 @@ import typer
 
 from os_cli.errors import UserError
 from os_cli.limits import MAX_NEW_TOKENS
-from os_cli.cli.common import (DebugOption, SetOption, cli_errors, followup_batch_size, note, out_console, percent,
-                               point_status)
+from os_cli.cli.common import (DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, followup_batch_size,
+                               literal, note, out_console, percent, point_status)
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -74,9 +74,11 @@ def bench_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
     headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
                                    "free (CUDA)."),
+    threads: Optional[int] = ThreadsOption,
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
+        apply_threads(threads)
         _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom,
                repeats, lengths, draft_tokens, overwrite=overwrite)
 
@@ -165,10 +167,15 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
     info = B.machine_info(model)
     device = info["device"]
     console.print(
-        f"[bold]bench[/] {recipe.source.name}: {device['name']} ({device['type']}), "
+        f"[bold]bench[/] {literal(recipe.source.name)}: {device['name']} ({device['type']}), "
         f"dtype {info['dtype']}, alpha {model.alpha_method}, {settings.max_new_tokens} new tokens, "
         f"{len(prompts)} distinct prompts, max({num_prompts}, batch size) per point"
     )
+    from os_cli.machine import busy_note
+
+    busy = busy_note()
+    if busy:
+        console.print(f"note: {busy}", markup=False, highlight=False)
 
     def progress(row) -> None:
         console.print(f"  {row.label} @ batch {row.batch_size}: {point_status(row)}"

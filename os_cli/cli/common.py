@@ -16,6 +16,7 @@ logger's INFO messages (device, dtype, attention choices) go to stderr.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from contextlib import contextmanager
@@ -25,26 +26,62 @@ import typer
 from rich.console import Console
 
 from os_cli.errors import UserError
+from os_cli.interrupts import EXIT_INTERRUPTED, interrupted, report_interrupted
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
 
 DebugOption = typer.Option(False, "--debug", help="Show full tracebacks and the library's log messages.")
 SetOption = typer.Option(
     None, "--set", "-s", metavar="KEY=VALUE",
     help="Override a recipe key, value parsed as YAML (repeatable): --set sampling.batch_size=4",
 )
+ThreadsOption = typer.Option(
+    None, "--threads", metavar="N",
+    help="CPU only: torch threads for this process's CPU work (intra-op, and inter-op unless already started); "
+         "default: torch's, one per core, which oversubscribes a machine other processes keep busy. No effect on "
+         "GPU kernels.",
+)
+
+
+def apply_threads(threads: int | None, *, set_now: bool = True) -> None:
+    """--threads N (generate, bench): N from 1 to this machine's cores, else UserError (exit 2); then set
+    (machine.set_cpu_threads) unless `set_now` is False (a dry run checks it only)."""
+    if threads is None:
+        return
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise UserError(f"--threads {threads}: give a number of CPU threads from 1 to {cores} (this machine's cores; "
+                        f"more only oversubscribes them)")
+    if set_now:
+        from os_cli.machine import set_cpu_threads
+
+        set_cpu_threads(threads)
+
+
+def make_console(file) -> Console:
+    """The one place the CLI builds a console. emoji=False: user text is printed as written (rich would
+    turn `cuda:-1` into `cuda👎` and a stop string `:smile:` into an emoji). Markup stays on for our own
+    styling, so user text printed with it goes through `literal` (or print(..., markup=False))."""
+    return Console(file=file, soft_wrap=True, emoji=False)
 
 
 def out_console() -> Console:
     """stdout (bound at call time, so test runners that swap sys.stdout see the output)."""
-    return Console(file=sys.stdout, soft_wrap=True)
+    return make_console(sys.stdout)
 
 
 def err_console() -> Console:
-    return Console(file=sys.stderr, soft_wrap=True)
+    return make_console(sys.stderr)
+
+
+def literal(text) -> str:
+    """User text (paths, ids, values, messages) to put inside a markup string, a table cell or a rule title:
+    shown exactly as written, `[red]` and `[/]` included."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 def print_error(message: str) -> None:
@@ -73,17 +110,22 @@ def cli_errors(debug: bool = False) -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
-    except UserError as exc:
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        print_error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc(file=sys.stderr)
-        print_error("interrupted")
+        report_interrupted(print_error)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no trace without --debug
+        if interrupted():  # Ctrl-C cut something short (an import, a load) and it failed: an interruption
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            report_interrupted(print_error)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if isinstance(exc, UserError):
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
         if debug:
             traceback.print_exc(file=sys.stderr)
             print_error(f"{type(exc).__name__}: {exc}")

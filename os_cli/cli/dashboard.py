@@ -5,7 +5,8 @@ engine's continuous batch and its in-flight limit (the batch size, lowered by OO
 mean alpha and ESS ratio over the most recent tokens, memory (allocated / reserved per CUDA device,
 else the process's resident set size) and the shard being written. `note()` adds an event line
 (an OOM back-off, say); `summary_table()` is the table printed at the end. Everything goes to the
-console given (stderr by default), so stdout stays clean for machine-readable output.
+console the CLI gives (cli/common.make_console, on stderr), so stdout stays clean for machine-readable output.
+Text that is not ours (the output path, shard names, the title) is shown literally, never as markup.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from rich.text import Text
 RECENT_TOKENS = 4096       # window of the "recent" alpha / ESS means
 SUMMARY_MEAN_SCOPE = "(over tokens, this run)"
 LOG_INTERVAL_S = 10.0      # plain mode: at most one progress line per interval (and one per batch at first)
+# The ETA's rate: records this process finished over about the last minute, counted from a record's end (not
+# from the start, when the first rows are all still in flight: a rate from there underestimates a continuous
+# batch by its size), over at least ETA_MIN_SPAN_S (a burst of rows ending together is not a rate).
+ETA_WINDOW_S = 60.0
+ETA_MIN_SPAN_S = 2.0
 
 
 def memory_usage() -> str:
@@ -64,9 +70,10 @@ class Dashboard:
     one by one under continuous batching), `rows_in_flight()` as rows come and go and `note()` for
     events, then `stop()`."""
 
-    def __init__(self, total: int, done: int = 0, *, title: str = "os-sample generate", console: Console | None = None,
-                 live: bool | None = None, log_interval: float = LOG_INTERVAL_S):
-        self.console = console or Console(stderr=True)
+    def __init__(self, total: int, done: int = 0, *, title: str = "os-sample generate", console: Console,
+                 live: bool | None = None, log_interval: float = LOG_INTERVAL_S, label: str = ""):
+        self.console = console
+        self.label = label  # starts every plain log line (the rank under torchrun)
         self.live_mode = self.console.is_terminal if live is None else live
         self.total = total
         self.done_at_start = done
@@ -88,6 +95,7 @@ class Dashboard:
         self._count_all = 0
         self._last_log = 0.0
         self._live: Live | None = None
+        self._ends: deque = deque()  # (time, records done) after each write of this process, for the ETA
 
     # ------------------------------------------------------------------ events
 
@@ -113,6 +121,10 @@ class Dashboard:
         self.done += records
         self.tokens += tokens
         self.batches += 1
+        now = time.monotonic()
+        self._ends.append((now, self.done))
+        while len(self._ends) > 2 and self._ends[1][0] <= now - ETA_WINDOW_S:
+            self._ends.popleft()
         if shard:
             self.shard = shard
         a_sum, e_sum, count = float(sum(alpha)), float(sum(ess)), len(alpha)
@@ -162,10 +174,17 @@ class Dashboard:
 
     @property
     def eta_s(self) -> float | None:
-        new = self.done - self.done_at_start
-        if new <= 0:
+        """Seconds left at the recent rate (ETA_WINDOW_S); None until there is one. Records resumed from an
+        earlier run and the time before this process's first record ended count for nothing."""
+        if self.done >= self.total:
+            return 0.0
+        if len(self._ends) < 2:
             return None
-        return (self.total - self.done) * self.elapsed / new
+        since, done_then = self._ends[0]
+        span = time.monotonic() - since
+        if span < ETA_MIN_SPAN_S or self.done <= done_then:
+            return None
+        return (self.total - self.done) * span / (self.done - done_then)
 
     @property
     def recent_alpha(self) -> float | None:
@@ -195,7 +214,9 @@ class Dashboard:
 
     def _log(self, message: str) -> None:
         self._last_log = time.monotonic()
-        self.console.print(f"[{time.strftime('%H:%M:%S')}] {message}", markup=False, highlight=False, soft_wrap=True)
+        label = f"{self.label} | " if self.label else ""
+        self.console.print(f"[{time.strftime('%H:%M:%S')}] {label}{message}", markup=False, highlight=False,
+                           soft_wrap=True)
 
     def _render(self):
         f = self.figures()
@@ -212,21 +233,21 @@ class Dashboard:
         grid.add_row("alpha (recent)", f["alpha"])
         grid.add_row("ESS ratio (recent)", f["ess"])
         grid.add_row("memory", f["memory"])
-        grid.add_row("shard", f["shard"])
+        grid.add_row("shard", Text(f["shard"]))
         parts = [grid]
         if self.events:
             parts.append(Text("\n".join(self.events), style="yellow"))
-        return Panel(Group(*parts), title=self.title, expand=False)
+        return Panel(Group(*parts), title=Text(self.title), expand=False)
 
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
 
     def summary_table(self, status: str, out_dir: str, errors: int = 0) -> Table:
-        table = Table(title=f"{self.title}: {status}", show_header=False)
+        table = Table(title=Text(f"{self.title}: {status}", style="table.title"), show_header=False)
         table.add_column(style="bold")
         table.add_column()
-        table.add_row("output", str(out_dir))
+        table.add_row("output", Text(str(out_dir)))  # a path: shown as written, brackets included
         table.add_row("records", f"{self.done}/{self.total} ({self.done - self.done_at_start} this run)")
         if errors:
             table.add_row("skipped rows", f"{errors} (see errors.jsonl)")

@@ -17,7 +17,7 @@ import typer
 
 from os_cli.errors import UserError
 from os_cli.run.loop import RunEvents
-from os_cli.cli.common import DebugOption, SetOption, cli_errors, err_console, out_console
+from os_cli.cli.common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, err_console, literal, out_console
 from os_cli.cli.preview import validate_rows
 
 if TYPE_CHECKING:
@@ -38,12 +38,14 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over: the new run replaces the folder's run only once it completes."),
     repair: bool = typer.Option(False, "--repair", help="On resume, drop invalid record lines anywhere in the shards and generate their rows again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."),
+    threads: Optional[int] = ThreadsOption,
     debug: bool = DebugOption,
 ) -> None:
     """Sample a dataset from the mixture q* described by a recipe, into JSONL shards."""
     with cli_errors(debug):
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other: choose one")
+        apply_threads(threads, set_now=not dry_run)
         overrides = list(set_ or [])
         if limit is not None:
             overrides.append(("dataset.limit", limit))
@@ -56,8 +58,12 @@ def validate(
     set_: Optional[List[str]] = SetOption,
     debug: bool = DebugOption,
 ) -> None:
-    """Check a recipe (schema, fragments, overrides, local files) without loading data or models."""
+    """Check a recipe (schema, fragments, overrides, local files), then read its first few rows and render their
+    prompts with the models' tokenizers, as --dry-run does (the prompt lengths checked against the models'
+    config.json). No model weights are loaded and nothing is written; a dataset or tokenizer on an
+    unreachable hub is a note, not a failure."""
     with cli_errors(debug):
+        from os_cli.run.plan import records_text
         from os_cli.recipe.prompt_syntax import prompt_fields
         from os_cli.recipe import fragment_label, load_recipe, output_dir, recipe_hash
         from os_cli.run.loop import check_draft_tokens
@@ -66,16 +72,23 @@ def validate(
         check_draft_tokens(resolved.sampling, resolved.prompts, resolved.places)
         meta = resolved.source
         console = out_console()
-        console.print(f"[green]ok[/green]: {meta.path} is a valid recipe", highlight=False)
+        console.print(f"[bold]{literal(meta.path)}[/bold]", highlight=False)
         models = resolved.models
         ds = resolved.dataset
         prompts = resolved.prompts
         fields = prompt_fields(prompts)
         rows = f"{len(ds.inline)} inline rows" if ds.inline is not None else ds.source
+        on_hub = "dataset" in resolved.places.hub  # split and config name parts of a hub dataset only
+        hub = f"split {ds.split}, " + (f"config {ds.config}, " if ds.config else "") if on_hub else ""
+        n_rows = len(ds.inline) if ds.inline is not None else ds.limit
+        if ds.inline is not None and ds.limit is not None:
+            n_rows = min(n_rows, ds.limit)
+        records = records_text(n_rows, resolved.sampling.num_samples, up_to=ds.inline is None)
         lines = [
             ("models", f"theta={models.theta}  teacher={models.teacher or '(same as theta)'}"),
             ("alpha", f"{resolved.alpha.method} in [{resolved.alpha.min:g}, {resolved.alpha.max:g}]"),
-            ("dataset", f"{rows} (split {ds.split}, skip {ds.skip}, limit {ds.limit})"),
+            ("dataset", f"{rows} ({hub}skip {ds.skip}, limit {ds.limit})"),
+            ("records", records),
             ("fields", ", ".join(fields) or "(none)"),
             ("teacher prompt", "own template" if prompts.teacher else "same as theta"),
             ("output", str(output_dir(resolved)) + _records_note(resolved.output)),
@@ -87,6 +100,7 @@ def validate(
         for warning in meta.warnings:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
         validate_rows(resolved, console)
+        console.print(f"[green]ok[/green]: {literal(meta['path'])} is a valid recipe", highlight=False)  # last: all passed
 
 
 def _records_note(output: Output) -> str:
@@ -134,6 +148,7 @@ def register(app) -> None:
 def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     from rich.rule import Rule
 
+    from os_cli.run.plan import records_text
     from os_cli.recipe import dump_recipe, recipe_hash
 
     rows, rendered = planned.rows, planned.rendered
@@ -144,13 +159,15 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     console.print(f"recipe hash: {recipe_hash(recipe)}", markup=False, highlight=False)
     console.print(f"rows: {len(rows)} planned, {len(rendered.items)} renderable, {len(rendered.errors)} bad "
                   f"(on_bad_row: {recipe.prompts.on_bad_row})", markup=False, highlight=False)
+    console.print(f"records: {records_text(len(rendered.items), recipe.sampling.num_samples)} "
+                  f"(one per sample of each renderable row)", markup=False, highlight=False)
     for err in rendered.errors[:3]:
         console.print(f"  bad row {err['id']!r}: {err['reason']}", markup=False, highlight=False)
     console.print(f"output: {out_dir} ({mode_text})", markup=False, highlight=False)
     for item in rendered.items[:2]:
-        console.print(Rule(f"row {item.id!r}: theta prompt"))
+        console.print(Rule(literal(f"row {item.id!r}: theta prompt")))
         console.print(item.prompt, markup=False, highlight=False)
-        console.print(Rule(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe.prompts.teacher is None else "")))
+        console.print(Rule(literal(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe.prompts.teacher is None else ""))))
         console.print(item.prompt_t, markup=False, highlight=False)
     console.print(Rule("dry run: no model loaded, nothing written"))
 
@@ -186,19 +203,20 @@ class _DashboardEvents(RunEvents):
     def __init__(self, dist, out_dir, n_errors: int):
         self.dist, self.out_dir, self.n_errors = dist, out_dir, n_errors
         self.dash = None
+        # Under torchrun every rank prints its own progress and summary: each line says whose it is.
+        self.rank = f"rank {dist.rank}/{dist.world_size}" if dist.world_size > 1 else ""
 
     def note(self, message: str) -> None:
         if self.dash is not None:
             self.dash.note(message)
         else:
-            err_console().print(message, markup=False, highlight=False)
+            err_console().print(f"{self.rank} | {message}" if self.rank else message, markup=False, highlight=False)
 
     def started(self, total: int, done: int, limit: int, shard: str) -> None:
         from os_cli.cli.dashboard import Dashboard
 
-        dist = self.dist
-        title = "os-sample generate" + (f" [rank {dist.rank}/{dist.world_size}]" if dist.world_size > 1 else "")
-        self.dash = Dashboard(total=total, done=done, title=title, console=err_console())
+        title = "os-sample generate" + (f", {self.rank}" if self.rank else "")
+        self.dash = Dashboard(total=total, done=done, title=title, console=err_console(), label=self.rank)
         self.dash.start()
         self.dash.batch_started(limit, shard)
 
@@ -217,8 +235,8 @@ class _DashboardEvents(RunEvents):
             err_console().print(dash.summary_table(status, str(self.out_dir),
                                                    errors=self.n_errors if self.dist.is_main else 0))
         if status == "interrupted":
-            err_console().print(f"interrupted: {written} records written this run; rerun the same command "
-                                f"to resume", markup=False, highlight=False)
+            err_console().print(f"{self.rank + ': ' if self.rank else ''}interrupted: {written} records written this "
+                                f"run; rerun the same command to resume", markup=False, highlight=False)
         if status == "complete" and self.dist.is_main:
             counts = manifest.get("counts", {})
             out_console().print(f"wrote {self.out_dir}: {counts.get('records')} records, {counts.get('errors')} "

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from os_cli.errors import UserError
-from os_cli.cli.common import DebugOption, cli_errors, out_console
+from os_cli.cli.common import DebugOption, cli_errors, literal, out_console
 from os_cli.report.summary import summary_groups
 
 HELP = (
@@ -76,7 +76,7 @@ def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None
     console = out_console()
     render(summary, console)
     if plot is not None:
-        console.print(f"wrote [bold]{plot}[/]")
+        console.print(f"wrote [bold]{literal(plot)}[/]")
 
 
 def _show_builtin_names(summary: dict, output_dir: Path) -> None:
@@ -224,7 +224,7 @@ def _dist_cells(dist: dict | None) -> list[str]:
 
 
 def _add(table, summary: dict, group: str | None, cells: list[str]) -> None:
-    table.add_row(*(([group or ""] if summary.get("by") else []) + cells))
+    table.add_row(*(([literal(group or "")] if summary.get("by") else []) + cells))  # a record's value: literal
 
 
 def render(summary: dict, console) -> None:
@@ -236,12 +236,12 @@ def render(summary: dict, console) -> None:
     overview = Table.grid(padding=(0, 2))
     overview.add_column(style="bold")
     overview.add_column()
-    overview.add_row("folder", summary["dir"])
+    overview.add_row("folder", literal(summary["dir"]))
     if manifest:
         overview.add_row("status", str(manifest.get("status")))
         models = manifest.get("models") or {}
         if models:
-            overview.add_row("models", ", ".join(f"{k}: {v}" for k, v in models.items()))
+            overview.add_row("models", literal(", ".join(f"{k}: {v}" for k, v in models.items())))
         overview.add_row("alpha method", str(manifest.get("alpha_method")))
         counts = manifest.get("counts") or {}
         if counts:
@@ -251,7 +251,7 @@ def render(summary: dict, console) -> None:
     overview.add_row("shards", f"{len(summary['shards'])} ({', '.join(s['file'] for s in summary['shards'][:4])}"
                      f"{', ...' if len(summary['shards']) > 4 else ''})")
     if summary.get("by"):
-        overview.add_row("split by", summary["by"])
+        overview.add_row("split by", literal(summary["by"]))
     console.print(overview)
     console.print()
 

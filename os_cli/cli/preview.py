@@ -63,7 +63,8 @@ def validate_rows(recipe: Recipe, console) -> None:
         rendered = render_prompts(prompts, tokenizers[0], rows, tokenizer_t=tokenizers[1], models=models,
                                   skip=dataset.skip)
         screen_prompts(prompts, rendered, *tokenizers, model_contexts(models, places, *tokenizers), models=models,
-                       max_new_tokens=recipe.sampling.max_new_tokens)
+                       max_new_tokens=recipe.sampling.max_new_tokens,
+                       draft_tokens=recipe.sampling.draft_tokens)
     if not rendered.items:
         raise UserError(f"none of the first {len(rows)} rows can be sampled: row {rendered.errors[0]['id']!r}: "
                         f"{rendered.errors[0]['reason']}")

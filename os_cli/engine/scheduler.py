@@ -157,8 +157,9 @@ class _Loop:
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
         # One slot per row the initial limit lets in (the limit only ever goes down), each with room for
-        # max_new_tokens plus a speculative round's overshoot.
-        width = settings.max_new_tokens + settings.draft_tokens + 1
+        # max_new_tokens plus a speculative round's overshoot (k + 1 columns from a row's step; k never
+        # exceeds the tokens left, _round).
+        width = settings.max_new_tokens + min(settings.draft_tokens, settings.max_new_tokens) + 1
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
@@ -297,7 +298,11 @@ class _Loop:
         g = self.main
         self.stats.steps += 1
         self.stats.row_steps += len(g)
-        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.settings.draft_tokens,
+        # No row emits more than it has left, so drafting past the most any row has left is waste (and feeds
+        # positions beyond the context). Exact and output-preserving: a row's first n tokens are the same for
+        # every k >= n (draws are keyed by position), so capping k at max(left) >= n changes no row's tokens.
+        k = min(self.settings.draft_tokens, int((g.caps - g.steps).max()))
+        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, k,
                                   self.settings.config.temperature, self.step_fn, self.stats)
         if self.settings.keep_logits or self.settings.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from os_cli.errors import kind_of
+
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
                   "assistant": "assistant", "tool": "tool", "function_response": "tool"}
@@ -27,13 +29,6 @@ SEPARATOR = "\n\n"
 
 class BadConversation(ValueError):
     """A conversation value that is not a usable list of {role, content} turns."""
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {str: "a string", list: "a list", dict: "an object", bool: "a boolean", int: "a number",
-            float: "a number"}.get(type(value), type(value).__name__)
 
 
 def _short(value: Any) -> str:
@@ -45,13 +40,13 @@ def conversation(value: Any) -> list[dict]:
     """The turns of a conversation value, each `{"role": str, "content": str}`; raises BadConversation."""
     if not isinstance(value, (list, tuple)):
         hint = " (a JSON text? the column must hold the list itself)" if isinstance(value, str) else ""
-        raise BadConversation(f"is {_kind(value)}, not a list of {{role, content}} turns{hint}")
+        raise BadConversation(f"is {kind_of(value)}, not a list of {{role, content}} turns{hint}")
     if not value:
         raise BadConversation("is an empty list (a conversation needs at least one user turn)")
     turns = []
     for i, turn in enumerate(value):
         if not isinstance(turn, dict):
-            raise BadConversation(f"turn {i} is {_kind(turn)} {_short(turn)}, not a {{role, content}} object")
+            raise BadConversation(f"turn {i} is {kind_of(turn)} {_short(turn)}, not a {{role, content}} object")
         if turn.get("role") is None and turn.get("content") is None and ("from" in turn or "value" in turn):
             source = turn.get("from")
             role = SHAREGPT_ROLES.get(source) if isinstance(source, str) else None
@@ -67,7 +62,7 @@ def conversation(value: Any) -> list[dict]:
             if role not in ROLES:
                 raise BadConversation(f"turn {i} has role {_short(role)}; allowed: {', '.join(ROLES)}")
         if not isinstance(content, str):
-            raise BadConversation(f"turn {i} ({role}) has content {_kind(content)} {_short(content)}, not text")
+            raise BadConversation(f"turn {i} ({role}) has content {kind_of(content)} {_short(content)}, not text")
         turns.append({"role": role, "content": content})
     return turns
 

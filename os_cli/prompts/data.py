@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from os_cli.prompts.chat import BadConversation, conversation, prompt_turns
-from os_cli.errors import UserError
+from os_cli.errors import UserError, kind_of
 from os_cli.store.record_format import json_safe
 from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, local_path
 from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
@@ -107,7 +107,7 @@ def _json_lines(path: str, text: str) -> list[dict]:
             raise UserError(f"dataset {path}, line {lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
         if not isinstance(row, dict):
             raise UserError(f"dataset {path}, line {lineno}: a row must be a JSON object {{...}}, "
-                            f"got {type(row).__name__}")
+                            f"got {kind_of(row)}")
         rows.append(row)
     return rows
 

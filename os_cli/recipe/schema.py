@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from os_cli.mix.alpha_names import ALPHA_METHODS
 from os_cli.mix.distributions import DISTRIBUTIONS as LOGPROB_KEYS, TOPK_OF_DEFAULT
-from os_cli.limits import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
+from os_cli.limits import MAX_BATCH_SIZE, MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
 
 if TYPE_CHECKING:
     from os_cli.recipe.typed import Models
@@ -137,7 +137,11 @@ SCHEMA = Section(
                 "seed": Field("int", 0, min=0, max=MAX_SEED),
                 "num_samples": Field("int", 1, min=1, max=MAX_NUM_SAMPLES),
                 "stop": Field("str_list", []),
-                "draft_tokens": Field("int", 0, min=0, max=MAX_NEW_TOKENS),
+                "draft_tokens": Field(
+                    "int", 0, min=0, max=MAX_DRAFT_TOKENS,
+                    note="; a round runs k + 1 theta forwards and late drafts are rarely accepted, so a larger k only "
+                         "costs time (0 = off)",
+                ),
             }
         ),
         "dataset": Section(

@@ -169,10 +169,15 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
     from os_cli.report.answers import completion_matches
 
     if filters.where == "correct" and not answer_field:
+        if filters.answer_field == "":
+            raise UserError("--where correct needs a reference answer, but --answer-field '' turns answers off; name "
+                            "the row field with --answer-field FIELD, or leave the option out for the recipe's "
+                            "dataset.answer_field")
         raise UserError("--where correct needs a reference answer: the recipe has no dataset.answer_field; "
                         "name the row field with --answer-field")
     kept: list[dict] = []
     read = 0
+    row_fields: set = set()  # over every record read: is the answer field anywhere?
     dropped = {"where": 0, "min_ess": 0, "finish_reason": 0}
     seen: dict[tuple, int] = {}
     for record in records:
@@ -182,6 +187,8 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
             raise UserError(f"{describe_key(key)} appears more than once in the shards; exporting would weight it "
                             f"twice (`os-sample inspect` shows where)", exit_code=1)
         seen[key] = read
+        if filters.where == "correct" and isinstance(record.get("row"), dict):
+            row_fields.update(record["row"])
         if filters.finish_reasons and record.get("finish_reason") not in filters.finish_reasons:
             dropped["finish_reason"] += 1
             continue
@@ -196,6 +203,12 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
                 dropped["where"] += 1
                 continue
         kept.append(record)
+    if filters.where == "correct" and read and answer_field not in row_fields:
+        named = (f"--answer-field {answer_field}" if filters.answer_field
+                 else f"dataset.answer_field {answer_field} (the recipe's)")
+        have = ", ".join(sorted(map(str, row_fields))[:12]) or "none (records kept no row fields: dataset.keep_fields)"
+        raise UserError(f"--where correct: {named}: no record's row has this field, so no answer can be scored; "
+                        f"row fields: {have}; name the reference answer's field with --answer-field")
     return kept, read, {k: v for k, v in dropped.items() if v}
 
 

@@ -9,6 +9,7 @@ return.
 - `plan_rows(recipe) -> Planned`: the planned rows (`data.load_rows`), rendered (`data.render_prompts`)
   with the recipe's tokenizers and screened (`preflight.screen_prompts`), and their plan entries.
 - `nothing_planned(dataset) -> str`: the message for a plan without rows (`dataset` section).
+- `records_text(rows, samples, up_to=False) -> str`: "16 rows x 4 samples = 64 records" (a record is one sample of a row).
 - `dry_run_mode(out_dir, recipe, entries, overwrite) -> str`: what a run would do with its folder.
 """
 
@@ -33,6 +34,17 @@ def run_warnings(recipe: Recipe) -> list[str]:
 
     offline = hub_offline_note(recipe.models, recipe.dataset, recipe.places)
     return list(recipe.source.warnings) + ([offline] if offline else [])
+
+
+def records_text(rows: int | None, samples: int, up_to: bool = False) -> str:
+    """Records a plan makes: rows x samples ("16 rows x 4 samples = 64 records"); `rows` None: not known yet
+    (validate reads only the first rows), `up_to`: `rows` is a limit the dataset may not reach."""
+    each = f"{samples} sample" + ("s" if samples != 1 else "")
+    if rows is None:
+        return f"{samples} record{'s' if samples != 1 else ''} per row (sampling.num_samples: {samples})"
+    bound = "up to " if up_to else ""
+    total = rows * samples
+    return f"{bound}{rows} row{'s' if rows != 1 else ''} x {each} = {bound}{total} record{'s' if total != 1 else ''}"
 
 
 def nothing_planned(dataset: Dataset) -> str:
@@ -62,7 +74,8 @@ def plan_rows(recipe: Recipe) -> Planned:
     rendered = render_prompts(prompts, tokenizer, rows, tokenizer_t=tokenizer_t, models=models,
                               skip=recipe.dataset.skip)
     screen_prompts(prompts, rendered, tokenizer, tokenizer_t, model_contexts(models, places, tokenizer, tokenizer_t),
-                   models=models, max_new_tokens=recipe.sampling.max_new_tokens)
+                   models=models, max_new_tokens=recipe.sampling.max_new_tokens,
+                   draft_tokens=recipe.sampling.draft_tokens)
     entries = plan_entries([row_id for row_id, _ in rows], rendered.items, rendered.errors)
     return Planned(rows=rows, rendered=rendered, entries=entries)
 

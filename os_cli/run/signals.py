@@ -9,6 +9,8 @@ import threading
 import time
 from contextlib import contextmanager
 
+from os_cli.interrupts import EXIT_INTERRUPTED
+
 STOP_GRACE_S = 3.0  # after a stop signal, how long a model call may hold the main thread before a hard exit
 
 
@@ -72,7 +74,7 @@ class StopSignals:
                     elif time.monotonic() >= deadline:
                         os.write(2, (f"\nstopped by a signal while the models were busy; exiting now "
                                      f"(the rows in flight are redone when the same command is rerun)\n").encode())
-                        os._exit(130)
+                        os._exit(EXIT_INTERRUPTED)
                 return
         finally:
             os.close(read_fd)
