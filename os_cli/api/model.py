@@ -8,32 +8,23 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from os_cli.api import arguments
-
-from os_cli.engine import streams as engine
-
-from os_cli.models import hub
-
-from os_cli.models import loading as models
-
-from os_cli.models import preflight
-from os_cli.prompts import lengths
-
-from os_cli.mix import rng
-
-from os_cli.api import samples
-
-from os_cli.engine import scheduler
-
-from os_cli.engine import fixed_slots as static_stream
-from os_cli.mix.alpha import ALPHA_METHODS
+from os_cli.api import arguments, samples, static_loop
 from os_cli.api.arguments import CallSettings
-from os_cli.api.rows import RowOutput, SamplingOutput, StreamRow, assemble, rows_of_trace, stops
-from os_cli.mix.sampler import SamplerConfig, mixture_step
-from os_cli.engine.stop_strings import cut_at_stop, stop_checker
+from os_cli.api.rows import RowOutput, SamplingOutput, StreamRow, assemble, stops
+from os_cli.engine import fixed_slots as static_stream
+from os_cli.engine import scheduler
+from os_cli.engine import streams as engine
 from os_cli.engine.scheduler import InFlightLimit, SchedulerStats
 from os_cli.engine.settings import DecodeSettings
-from os_cli.mix.topk import DEFAULT_OF as TOPK_OF_DEFAULT, topk_spec
+from os_cli.engine.stop_strings import cut_at_stop, stop_checker
+from os_cli.mix import rng
+from os_cli.mix.alpha import ALPHA_METHODS
+from os_cli.mix.sampler import SamplerConfig, mixture_step
+from os_cli.mix.topk import DEFAULT_OF as TOPK_OF_DEFAULT
+from os_cli.mix.topk import topk_spec
+from os_cli.models import hub, preflight
+from os_cli.models import loading as models
+from os_cli.prompts import lengths
 
 __all__ = ["OptimalSamplingModel", "SamplingOutput", "StreamRow", "RowOutput", "InFlightLimit", "SchedulerStats"]
 
@@ -218,7 +209,9 @@ class OptimalSamplingModel:
             top_p=top_p, ignore_eos=ignore_eos, max_new_tokens=max(caps), draft_tokens=draft_tokens,
             keep_logits=return_logits, keep_q_star=return_q_star_probs, topk=topk)
         if loop == "static":
-            results = self._static(prompts, prompts_t, seeds, limit, settings)
+            step_fn = self._step_fn(settings.decode.config, settings.sample_from)
+            results = static_loop.decode_static(self, prompts, prompts_t if settings.two_streams else None, seeds,
+                                                limit, settings.decode, step_fn)
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             results = [None] * len(rows)
@@ -433,26 +426,6 @@ class OptimalSamplingModel:
         finally:
             if fixed is not None:
                 fixed.in_use = False
-
-    def _static(self, prompts, prompts_t, seeds, limit: int, settings: CallSettings) -> list[scheduler.RowResult]:
-        """The reference loop (engine.decode): fixed micro-batches of `limit` rows, each until its last row ends."""
-        two_streams = settings.two_streams
-        keys = rng.row_keys(torch.tensor(seeds, dtype=torch.int64)).to(self.device)
-        step_fn = self._step_fn(settings.decode.config, settings.sample_from)
-        results = []
-        for start in range(0, len(prompts), limit):
-            part_keys = keys[start:start + limit]
-            theta = engine.ModelStream(self.model_theta, self.vocab_size)
-            teacher = engine.ModelStream(self.model_t, self.vocab_size, output_device=self.device) if two_streams \
-                else None
-            trace = engine.decode(
-                theta, teacher, self.encode(prompts[start:start + limit]),
-                self.encode(prompts_t[start:start + limit], teacher=True) if two_streams else None,
-                lambda lt, lt_t, rows, step: step_fn(lt, lt_t, part_keys[rows], torch.full_like(rows, step)),
-                settings.decode,
-            )
-            results += rows_of_trace(trace, start, self.vocab_size)
-        return results
 
     def _stop_fn(self, stop: list[str]):
         return stop_checker(self.tokenizer.decode, stop)

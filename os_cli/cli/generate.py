@@ -100,7 +100,7 @@ def validate(
         for warning in meta.warnings:
             console.print(f"  warning: {warning}", markup=False, highlight=False)
         validate_rows(resolved, console)
-        console.print(f"[green]ok[/green]: {literal(meta['path'])} is a valid recipe", highlight=False)  # last: all passed
+        console.print(f"[green]ok[/green]: {literal(meta.path)} is a valid recipe", highlight=False)  # last: all passed
 
 
 def _records_note(output: Output) -> str:

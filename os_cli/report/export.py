@@ -36,18 +36,17 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from os_cli.errors import UserError
+from os_cli.report.weights import (TOKEN_WEIGHT_COLUMN, WEIGHT_COLUMNS, ess_fraction, log_weight,
+                                   normalized_weights, token_log_weights)
 from os_cli.store.record_format import IDS_FILE, MESSAGES_KEY, describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
 WHERE = ("correct",)
 FINISH_REASONS = ("eos", "length", "stop")
-WEIGHT_COLUMNS = ("log_weight", "weight")
-TOKEN_WEIGHT_COLUMN = "token_log_weights"
 TRL_COLUMNS = ("id", "sample", "prompt", "completion", "num_tokens", "finish_reason") + WEIGHT_COLUMNS
 FLAT_SEP = "_"
 
@@ -210,50 +209,6 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
         raise UserError(f"--where correct: {named}: no record's row has this field, so no answer can be scored; "
                         f"row fields: {have}; name the reference answer's field with --answer-field")
     return kept, read, {k: v for k, v in dropped.items() if v}
-
-
-def difference(a: float, b: float) -> float:
-    """a - b of two numbers as the record wrote them (float32 precision, `record_format.short_float`),
-    exact in decimal: -25.12345 - -23.86753 is -1.25592, not binary noise such as -1.2559197000000002."""
-    return float(Decimal(repr(float(a))) - Decimal(repr(float(b))))
-
-
-def log_weight(record: dict) -> float:
-    """log pi_theta(y) - log q*(y) of the record's completion."""
-    lp = value if isinstance(value := record.get("logprob"), dict) else {}
-    theta, q = lp.get("theta"), lp.get("q")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (theta, q)):
-        raise UserError(f"record {record.get('id')!r} has no logprob.theta / logprob.q, so it has no importance "
-                        f"weight; was it written by os-sample generate?", exit_code=1)
-    assert theta is not None and q is not None  # numbers, checked above
-    return difference(theta, q)
-
-
-def normalized_weights(log_weights: Sequence[float]) -> list[float]:
-    """exp(lw_i) / sum_j exp(lw_j), computed stably (max subtracted)."""
-    if not log_weights:
-        return []
-    top = max(log_weights)
-    w = [math.exp(x - top) for x in log_weights]
-    total = math.fsum(w)
-    return [x / total for x in w]
-
-
-def ess_fraction(weights: Sequence[float]) -> float | None:
-    """Kish effective sample size of normalised weights, divided by their number."""
-    if not weights:
-        return None
-    return 1.0 / (math.fsum(w * w for w in weights) * len(weights))
-
-
-def token_log_weights(record: dict) -> list[float | None] | None:
-    toks = record.get("tokens")
-    if not isinstance(toks, dict):
-        return None
-    theta, q = toks.get("logprob_theta"), toks.get("logprob_q")
-    if not (isinstance(theta, list) and isinstance(q, list) and len(theta) == len(q)):
-        return None
-    return [None if a is None or b is None else difference(a, b) for a, b in zip(theta, q)]
 
 
 # --------------------------------------------------------------------------------------------------
