@@ -22,6 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from os_cli.cli.generate import run_generate  # noqa: E402
+from os_cli.run.ray_backend import RayLaunch  # noqa: E402
 from os_cli.store.scan import scan_shards  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -89,7 +90,7 @@ def check_exactly_once(out: Path, single: dict) -> None:
 
 def test_two_actors_write_each_record_once_as_one_process_would(cluster, single, tmp_path):
     out = tmp_path / "out"
-    run_generate("demo", OVERRIDES, output=out, ray={"address": None, "actors": 2})
+    run_generate("demo", OVERRIDES, output=out, ray=RayLaunch(actors=2))
     check_exactly_once(out, single)
     writers = {p.name.split("-")[1] for p in out.glob("shard-r*.jsonl")}
     assert writers == {"r01", "r02"}, "both actors wrote records"
@@ -122,7 +123,7 @@ def test_an_actor_killed_mid_run_is_replaced_and_the_job_completes_exactly_once(
 
     watcher = threading.Thread(target=kill_an_actor, daemon=True)
     watcher.start()
-    run_generate("demo", OVERRIDES, output=out, ray={"address": None, "actors": 2})
+    run_generate("demo", OVERRIDES, output=out, ray=RayLaunch(actors=2))
     watcher.join(timeout=5)
     assert killed.get("pid"), "no actor was killed"
     assert killed["records_then"] < N_ROWS, "the kill came after the last record"

@@ -24,6 +24,7 @@ BACKENDS = ("local", "ray")
 
 if TYPE_CHECKING:
     from os_cli.recipe.typed import Output
+    from os_cli.run.ray_backend import RayLaunch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,7 +57,11 @@ def generate(
         overrides = list(set_ or [])
         if limit is not None:
             overrides.append(("dataset.limit", limit))
-        ray = {"address": ray_address, "actors": actors} if backend == "ray" else None
+        ray = None
+        if backend == "ray":
+            from os_cli.run.ray_backend import RayLaunch
+
+            ray = RayLaunch(address=ray_address, actors=actors)
         run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume,
                      repair=repair, ray=ray)
 
@@ -166,9 +171,9 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
 
 
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
-                 resume: bool = False, repair: bool = False, ray: dict | None = None) -> None:
+                 resume: bool = False, repair: bool = False, ray: RayLaunch | None = None) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt.
-    `ray`: {"address", "actors"} for --backend ray (run/ray_backend.py), None for this process."""
+    `ray`: --backend ray's launch settings (run/ray_backend.py), None for this process."""
     from os_cli.run.plan import dry_run_mode, plan_rows, run_warnings
     from os_cli.quiet import quiet_progress_bars
     from os_cli.recipe import load_recipe, output_dir
@@ -197,8 +202,7 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
     if ray is not None:
         from os_cli.run.ray_backend import run_ray
 
-        run_ray(recipe, out_dir, planned, events, address=ray["address"], actors=ray["actors"], overwrite=overwrite,
-                resume=resume, repair=repair)
+        run_ray(recipe, out_dir, planned, events, ray, overwrite=overwrite, resume=resume, repair=repair)
         return
     run_in_folder(recipe, out_dir, dist, planned, events, overwrite=overwrite, resume=resume, repair=repair)
 

@@ -8,20 +8,13 @@ actor takes more tasks). Each actor (`SampleActor`) loads both models once, on t
 (`actor_resources`: from the recipe's placement), and streams each task's units through the same
 refill loop as a single process (`loop.stream_units`), appending records as rows end.
 
-Writers. An actor takes the first free writer slot w >= 1 (`.os-sample-lock-rWW`, an exclusive
-flock held for the actor's life, dropped by the OS when it dies) and writes `shard-rWW-*` through
-an ordinary `RunWriter(rank=w)`. Two live actors never share a slot; an actor Ray restarts after a
-crash takes a free slot (often its predecessor's) and continues that slot's shards, dropping a torn
-tail as any rank does. The driver holds slot 0 (rank 0's lock), so a second run of the same folder,
-with any backend, is refused.
-
-Exactly once. Ray re-runs a task whose actor died, so a row may be handed out twice; and actors of
-a killed driver may still be finishing while a rerun starts. Every append therefore happens under
-one folder-wide lock (`APPEND_LOCK`, a blocking flock): the actor reads what the other writers
-appended since its last look (`ShardIndex`: new bytes of every shard), drops the records whose
-(id, sample) is already in any shard, and appends the rest. A row handed out twice is computed
-twice at worst, never written twice. Records do not depend on the actor (per-row seeds), so a
-dropped duplicate is the same record.
+Writers (store/shared_writers.py). The driver holds rank 0's lock, so a second run of the folder,
+with any backend, is refused. Each actor takes the first free writer slot w >= 1 and writes
+`shard-rWW-*`; an actor Ray restarts after a crash takes a free slot (often its predecessor's).
+Ray re-runs a task whose actor died, so a row may reach two actors, and actors of a killed driver
+may still be finishing while a rerun starts: every append is checked against all shards under one
+folder-wide lock (`DedupWriter`), so a row is computed twice at worst, never written twice. Records
+do not depend on the actor (per-row seeds), so a dropped duplicate is the same record.
 
 Ray's own output stays out of the console (no progress bars, logs at ERROR, worker output not
 forwarded); the driver reports through `RunEvents`, plus `actors(alive, total)`.
@@ -29,23 +22,36 @@ forwarded); the driver reports through `RunEvents`, plus `actors(alive, total)`.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
-import time
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from os_cli.errors import UserError
 from os_cli.recipe.typed import Recipe
 from os_cli.run.loop import RunEvents, StreamSettings, stream_units
 from os_cli.run.signals import StopSignals
+from os_cli.store.shared_writers import (
+    WRITER_SLOTS,
+    DedupWriter,
+    ShardIndex,
+    alive_writers,
+    append_lock,
+    take_writer_slot,
+)
 
 INSTALL_HINT = "pip install 'os-sample[ray]'"
-WRITER_SLOTS = 1000      # writer ids 1..999 for actors (shard-rWW-*); 0 is the driver's (rank 0's lock)
 TASK_ROWS_FACTOR = 4     # units per Ray task: this many times sampling.batch_size (the refill loop stays full)
 DRIVER_CPUS = 1          # the driver's Ray Data read/bookkeeping tasks need a CPU beside the actors'
+
+
+@dataclass(frozen=True)
+class RayLaunch:
+    """Where and how wide (`--ray-address`, `--actors`): launch settings, not part of the recipe or its hash."""
+
+    address: str | None = None   # None: a local Ray on this machine; "auto" or the head's HOST:PORT
+    actors: int | None = None    # None: one per placement's GPUs in the cluster (1 on CPU)
 
 
 def require_ray():
@@ -121,113 +127,6 @@ def default_actors(cluster: dict, gpus: float) -> int:
     return 1
 
 
-# ------------------------------------------------------------------------------------------------ writers
-
-
-def take_writer_slot(folder: Path):
-    """The first free writer slot >= 1 of `folder`: (slot, its held FolderLock)."""
-    from os_cli.store.folder import FolderLock
-
-    for slot in range(1, WRITER_SLOTS):
-        try:
-            return slot, FolderLock(folder, slot).acquire()
-        except UserError:
-            continue
-    raise UserError(f"{folder}: all {WRITER_SLOTS - 1} writer slots are held", exit_code=1)
-
-
-def alive_writers(folder: Path) -> int:
-    """How many writer slots >= 1 are held now (a live actor holds its slot's lock)."""
-    from os_cli.store.folder import lock_name
-
-    alive = 0
-    held = {lock_name(0)}
-    for path in Path(folder).glob(".os-sample-lock-r*"):
-        if path.name in held:
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            alive += 1
-        finally:
-            os.close(fd)  # drops the shared lock if it was taken
-    return alive
-
-
-@contextmanager
-def append_lock(folder: Path) -> Iterator[None]:
-    """The folder-wide lock every actor holds while it checks for and appends records (blocking)."""
-    from os_cli.store.folder import APPEND_LOCK
-
-    fd = os.open(Path(folder) / APPEND_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-class ShardIndex:
-    """The (id, sample) keys of the complete records in every shard of a folder, kept current by
-    reading only what was appended since the last look (a shard is only ever replaced by itself with
-    lines added; one that shrank or does not continue at a line boundary is read again whole)."""
-
-    def __init__(self, folder: Path, spec):
-        self.folder, self.spec = Path(folder), spec
-        self.keys: set[tuple[str, int]] = set()
-        self._offsets: dict[str, int] = {}
-
-    def refresh(self) -> set[tuple[str, int]]:
-        from os_cli.store.record_format import parse_record_line, record_key
-        from os_cli.store.scan import list_shards
-
-        for path in list_shards(self.folder):
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            start = self._offsets.get(path.name, 0)
-            if start > len(data) or (start and data[start - 1:start] != b"\n"):
-                start = 0
-            end = data.rfind(b"\n") + 1  # complete lines only
-            for raw in data[start:end].split(b"\n"):
-                if raw.strip():
-                    record, _ = parse_record_line(raw, self.spec)
-                    if record is not None:
-                        self.keys.add(record_key(record))
-            self._offsets[path.name] = max(end, start)
-        return self.keys
-
-
-class DedupWriter:
-    """A `RunWriter` whose appends skip the records already in any shard (under `append_lock`)."""
-
-    def __init__(self, writer, index: ShardIndex):
-        self.writer, self.index = writer, index
-        self.kept: list[bool] = []   # per record of the last append: written (True) or a duplicate
-        self.duplicates = 0
-
-    @property
-    def current_shard(self) -> str:
-        return self.writer.current_shard
-
-    def append(self, records) -> None:
-        from os_cli.store.record_format import record_key
-
-        with append_lock(self.writer.out_dir):
-            known = self.index.refresh()
-            self.kept = [record_key(r) not in known for r in records]
-            fresh = [r for r, keep in zip(records, self.kept) if keep]
-            if fresh:
-                self.writer.append(fresh)
-                known.update(record_key(r) for r in fresh)
-        self.duplicates += len(records) - len(fresh)
-
-
 # ------------------------------------------------------------------------------------------------ actors
 
 
@@ -254,17 +153,18 @@ class SampleActor:
         self.device = str(self.model.device)
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         import pickle
+
+        import numpy as np
 
         with append_lock(self.folder):
             known = set(self.index.refresh())
         wanted = [pickle.loads(payload) for payload in batch["unit"]]
         todo = [(item, k) for item, k in wanted if (item.id, k) not in known]
-        events = _PerAppend(self.writer)
+        events = _TaskEvents(self.writer)
+        self.writer.fates.clear()
         if todo:
-            stream_units(self.settings, self.model, events.writer_proxy, todo, len(todo), events, StopSignals())
+            stream_units(self.settings, self.model, self.writer, todo, len(todo), events, StopSignals())
         n = len(events.rows)
         return {
             "written": np.array([r[0] for r in events.rows], dtype=np.int64).reshape(n),
@@ -278,30 +178,15 @@ class SampleActor:
         }
 
 
-class _PerAppend(RunEvents):
-    """Pairs each `written` event with its record's fate in the last append (kept or a duplicate)."""
+class _TaskEvents(RunEvents):
+    """One task's per-record results for the driver, each paired with its fate in the append (written or a duplicate)."""
 
     def __init__(self, writer: DedupWriter):
         self.writer = writer
         self.rows: list[tuple[int, int, float, float, int]] = []
-        self._pos = 0
-        outer = self
-
-        class _Proxy:
-            @property
-            def current_shard(self) -> str:
-                return writer.current_shard
-
-            def append(self, records) -> None:
-                writer.append(records)
-                outer._pos = 0
-
-        self.writer_proxy = _Proxy()
 
     def written(self, tokens: int, alpha: list[float], ess: list[float], shard: str) -> None:
-        kept = self.writer.kept[self._pos] if self._pos < len(self.writer.kept) else True
-        self._pos += 1
-        self.rows.append((int(kept), tokens, float(sum(alpha)), float(sum(ess)), len(alpha)))
+        self.rows.append((int(self.writer.next_fate()), tokens, float(sum(alpha)), float(sum(ess)), len(alpha)))
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -349,8 +234,8 @@ def _user_error_in(exc: BaseException) -> UserError | None:
     return None
 
 
-def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, *, address: str | None = None,
-            actors: int | None = None, overwrite: bool = False, resume: bool = False, repair: bool = False) -> None:
+def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, launch: RayLaunch = RayLaunch(), *,
+            overwrite: bool = False, resume: bool = False, repair: bool = False) -> None:
     """The Ray backend of `generate`: the folder checked and locked by this driver, rows sampled by actors."""
     ray = require_ray()
     from os_cli.store.folder import FolderLock, check_writable, finish_swap, make_folder
@@ -365,8 +250,8 @@ def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, *, addres
     locks = [FolderLock(out_dir, 0).acquire()]
     joined = ray.is_initialized()
     try:
-        _run_locked(ray, recipe, Path(out_dir), planned, events, locks, address=address, actors=actors,
-                    overwrite=overwrite, resume=resume, repair=repair)
+        _run_locked(ray, recipe, Path(out_dir), planned, events, locks, launch, overwrite=overwrite, resume=resume,
+                    repair=repair)
     finally:
         for lock in locks:
             lock.release()
@@ -374,7 +259,7 @@ def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, *, addres
             ray.shutdown()
 
 
-def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, locks, *, address, actors,
+def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, locks, launch: RayLaunch, *,
                 overwrite: bool, resume: bool, repair: bool) -> None:
     from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
     from os_cli.store.writer import RunWriter, check_output, num_samples_of, scan_records, token_spec
@@ -408,7 +293,8 @@ def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, 
             events.started(total, total, 0, "-")
             events.note(f"nothing to do: all {total} records are already written")
         else:
-            where = _connect(ray, address, actors)
+            actors = launch.actors
+            where = _connect(ray, launch.address, actors)
             _quiet(ray)
             cluster = ray.cluster_resources()
             cpus, gpus = actor_resources(recipe, cluster, actors or 1)
