@@ -128,6 +128,8 @@ def test_an_actor_killed_mid_run_is_replaced_and_the_job_completes_exactly_once(
     assert killed.get("pid"), "no actor was killed"
     assert killed["records_then"] < N_ROWS, "the kill came after the last record"
     check_exactly_once(out, single)
+    holders = {_holder_pid(p) for p in out.glob(".os-sample-lock-r*") if p.name != ".os-sample-lock-r00"}
+    assert len(holders - {killed["pid"]}) >= 2, "a new actor process took over a writer slot"
 
 
 def test_the_driver_killed_then_the_command_rerun_resumes_exactly_once(cluster, single, tmp_path):
@@ -151,8 +153,8 @@ def test_the_driver_killed_then_the_command_rerun_resumes_exactly_once(cluster, 
             proc.kill()
     before = len(records(out))
     assert 2 <= before < N_ROWS
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "resuming" in rerun.stderr
+    # The rerun, in this process (the same command as a function; a second interpreter costs seconds).
+    # The killed driver's actors may still be finishing: the append lock keeps their rows single.
+    run_generate("demo", OVERRIDES, output=out, ray=RayLaunch(address=cluster, actors=2))
     check_exactly_once(out, single)
     assert json.loads((out / "manifest.json").read_text())["attempts"] == 2

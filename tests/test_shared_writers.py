@@ -120,3 +120,17 @@ def test_a_pool_the_cluster_cannot_hold_is_refused_before_ray_waits_forever():
     with pytest.raises(UserError, match="4 GPUs"):
         check_fits({"CPU": 16, "GPU": 2}, 2, 1.0, 2.0, "here")
     assert RayLaunch().address is None
+
+
+def test_an_actor_whose_models_cannot_load_reports_the_user_error_as_data(tmp_path, monkeypatch):
+    """A UserError does not survive Ray's exception wrapping: the actor returns it, the driver raises it."""
+    from os_cli.run.ray_backend import SampleActor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = recipe()  # theta "org/model": not on this machine, and the hub is offline
+    RunWriter(tmp_path, r).start(["0"], [])
+    actor = SampleActor(r, str(tmp_path))
+    assert isinstance(actor.error, UserError) and actor.slot == 1
+    result = actor({"unit": []})
+    assert list(result["written"]) == [0] and str(actor.error) == result["error"][0]
+    assert result["exit_code"][0] == actor.error.exit_code

@@ -140,41 +140,58 @@ class SampleActor:
         from os_cli.store.writer import RunWriter
 
         self.folder = Path(folder)
-        self.slot, self.lock = take_writer_slot(self.folder)
-        self.index = ShardIndex(self.folder, token_spec(recipe))
-        writer = RunWriter(self.folder, recipe, rank=self.slot, world_size=WRITER_SLOTS)
-        with append_lock(self.folder):  # nobody appends while this slot's shards are checked and opened
-            written_ids = sorted({row_id for row_id, _ in self.index.refresh()})
-            writer.start(written_ids, [])  # drops a torn tail of this slot's shards
-        self.writer = DedupWriter(writer, self.index)
-        self.settings = StreamSettings.of(recipe)
-        self.model = build_model(recipe)
-        testing_hooks.install_model_hooks(self.model)
-        self.device = str(self.model.device)
+        self.error: UserError | None = None  # a user error here is reported by the first task (`__call__`)
+        self.slot, self.device = 0, "-"
+        try:
+            self.slot, self.lock = take_writer_slot(self.folder)
+            self.index = ShardIndex(self.folder, token_spec(recipe))
+            writer = RunWriter(self.folder, recipe, rank=self.slot, world_size=WRITER_SLOTS)
+            with append_lock(self.folder):  # nobody appends while this slot's shards are checked and opened
+                written_ids = sorted({row_id for row_id, _ in self.index.refresh()})
+                writer.start(written_ids, [])  # drops a torn tail of this slot's shards
+            self.writer = DedupWriter(writer, self.index)
+            self.settings = StreamSettings.of(recipe)
+            self.model = build_model(recipe)
+            testing_hooks.install_model_hooks(self.model)
+            self.device = str(self.model.device)
+        except UserError as exc:
+            self.error = exc
 
     def __call__(self, batch: dict) -> dict:
+        """Sample a task's units; one result row per record (and one more with a user error's message: a
+        UserError does not survive Ray's exception wrapping, so it travels as data and the driver raises it)."""
         import pickle
 
-        import numpy as np
-
+        if self.error is not None:
+            return self._result([], self.error)
         with append_lock(self.folder):
             known = set(self.index.refresh())
         wanted = [pickle.loads(payload) for payload in batch["unit"]]
         todo = [(item, k) for item, k in wanted if (item.id, k) not in known]
         events = _TaskEvents(self.writer)
         self.writer.fates.clear()
-        if todo:
-            stream_units(self.settings, self.model, self.writer, todo, len(todo), events, StopSignals())
-        n = len(events.rows)
+        try:
+            if todo:
+                stream_units(self.settings, self.model, self.writer, todo, len(todo), events, StopSignals())
+        except UserError as exc:
+            return self._result(events.rows, exc)
+        return self._result(events.rows)
+
+    def _result(self, rows: list, error: UserError | None = None) -> dict:
+        import numpy as np
+
+        rows = list(rows) + ([(0, 0, 0.0, 0.0, 0)] if error is not None else [])
+        n = len(rows)
         return {
-            "written": np.array([r[0] for r in events.rows], dtype=np.int64).reshape(n),
-            "tokens": np.array([r[1] for r in events.rows], dtype=np.int64).reshape(n),
-            "alpha_sum": np.array([r[2] for r in events.rows], dtype=np.float64).reshape(n),
-            "ess_sum": np.array([r[3] for r in events.rows], dtype=np.float64).reshape(n),
-            "count": np.array([r[4] for r in events.rows], dtype=np.int64).reshape(n),
+            "written": np.array([r[0] for r in rows], dtype=np.int64).reshape(n),
+            "tokens": np.array([r[1] for r in rows], dtype=np.int64).reshape(n),
+            "alpha_sum": np.array([r[2] for r in rows], dtype=np.float64).reshape(n),
+            "ess_sum": np.array([r[3] for r in rows], dtype=np.float64).reshape(n),
+            "count": np.array([r[4] for r in rows], dtype=np.int64).reshape(n),
             "slot": np.full(n, self.slot, dtype=np.int64),
-            "skipped": np.full(n, len(wanted) - len(todo), dtype=np.int64),
             "device": np.array([self.device] * n, dtype=object),
+            "error": np.array([""] * (n - 1) + [str(error)] if error is not None else [""] * n, dtype=object),
+            "exit_code": np.full(n, error.exit_code if error is not None else 0, dtype=np.int64),
         }
 
 
@@ -221,17 +238,6 @@ def _connect(ray, address: str | None, actors: int | None) -> str:
     cpus = max(os.cpu_count() or 1, (actors or 1) + DRIVER_CPUS)  # logical CPUs may exceed the cores
     ray.init(num_cpus=cpus, **common)
     return "a local Ray (this machine)"
-
-
-def _user_error_in(exc: BaseException) -> UserError | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return exc
-        cause = getattr(exc, "cause", None)
-        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
-    return None
 
 
 def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, launch: RayLaunch = RayLaunch(), *,
@@ -320,11 +326,12 @@ def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, 
         message = str(exc)
         raise
     except Exception as exc:
-        found = _user_error_in(exc)
-        message = str(found) if found else f"{type(exc).__name__}: {exc}"
-        if found:
-            raise found from None
-        raise
+        if not isinstance(exc, ray.exceptions.RayError):
+            message = f"{type(exc).__name__}: {exc}"
+            raise
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        message = f"the Ray job failed: {type(exc).__name__}: {lines[-1] if lines else ''}"
+        raise UserError(message + " (run again with --debug for Ray's traceback)", exit_code=1) from exc
     finally:
         signals.restore()
         if devices:
@@ -359,6 +366,8 @@ def _dispatch(ray, recipe: Recipe, target: Path, pending, events: RunEvents, tot
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         events.actors(alive_writers(target), n_actors)
         for i in range(len(batch["written"])):
+            if batch["error"][i]:
+                raise UserError(str(batch["error"][i]), exit_code=int(batch["exit_code"][i]))
             if not batch["written"][i]:
                 continue
             count = int(batch["count"][i])
