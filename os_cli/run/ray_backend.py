@@ -360,7 +360,7 @@ def _dispatch(ray, recipe: Recipe, target: Path, pending, events: RunEvents, tot
         compute=ray.data.ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1),
         num_cpus=cpus, num_gpus=gpus or None,
     )
-    events.started(total, total - len(pending), task_rows, "ray")
+    events.started(total, total - len(pending), task_rows * n_actors, "ray")  # at most one task per actor in flight
     events.actors(alive_writers(target), n_actors)
     devices: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
