@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
@@ -25,7 +26,8 @@ from os_cli.cli.generate import run_generate  # noqa: E402
 from os_cli.run.ray_backend import RayLaunch  # noqa: E402
 from os_cli.store.scan import scan_shards  # noqa: E402
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # Ray Data's own context settings
 
 N_ROWS = 10
 DELAY_S = 0.3
@@ -88,7 +90,7 @@ def check_exactly_once(out: Path, single: dict) -> None:
     assert manifest["status"] == "complete" and manifest["counts"]["records"] == N_ROWS
 
 
-def test_two_actors_write_each_record_once_as_one_process_would(cluster, single, tmp_path):
+def test_two_actors_write_each_record_once_as_one_process_would(cluster, single, tmp_path, cli_app):
     out = tmp_path / "out"
     run_generate("demo", OVERRIDES, output=out, ray=RayLaunch(actors=2))
     check_exactly_once(out, single)
@@ -96,6 +98,8 @@ def test_two_actors_write_each_record_once_as_one_process_would(cluster, single,
     assert writers == {"r01", "r02"}, "both actors wrote records"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["ray"]["actors"] == 2 and manifest["ray"]["gpus_per_actor"] == 0
+    shown = CliRunner().invoke(cli_app, ["inspect", str(out), "--json"])  # read as any other folder
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["integrity"]["clean"] is True
 
 
 def _holder_pid(lock: Path) -> int | None:
