@@ -134,3 +134,14 @@ def test_an_actor_whose_models_cannot_load_reports_the_user_error_as_data(tmp_pa
     result = actor({"unit": []})
     assert list(result["written"]) == [0] and str(actor.error) == result["error"][0]
     assert result["exit_code"][0] == actor.error.exit_code
+
+
+def test_the_append_lock_is_a_lock_file_like_the_others(tmp_path):
+    """Never deleted (two runs would lock two files), never taken for someone else's file."""
+    from os_cli.store.writer import clear_outputs
+
+    (tmp_path / APPEND_LOCK).write_text("")
+    (tmp_path / ".os-sample-lock-r01").write_text("pid 1 on host h\n")
+    assert check_output(tmp_path, recipe()) == "new"  # only what a run killed before its first write leaves
+    clear_outputs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [APPEND_LOCK, ".os-sample-lock-r01"]
