@@ -83,6 +83,7 @@ class Dashboard:
         self.batch_size = 0  # the in-flight limit
         self.in_flight = 0
         self.shard = "-"
+        self.actors: str | None = None  # --backend ray: "alive/pool size"
         self.tokens = 0
         self.batches = 0
         self.errors = 0
@@ -114,6 +115,11 @@ class Dashboard:
 
     def rows_in_flight(self, rows: int, limit: int) -> None:
         self.in_flight, self.batch_size = rows, limit
+
+    def actors_alive(self, alive: int, total: int) -> None:
+        """--backend ray: sampling actors alive now, of the pool's size."""
+        self.actors = f"{alive}/{total}"
+        self._refresh()
 
     def batch_done(self, records: int, tokens: int, alpha: Sequence[float] = (), ess: Sequence[float] = (),
                    shard: str | None = None) -> None:
@@ -205,12 +211,14 @@ class Dashboard:
             "ess": _fmt(self.recent_ess),
             "memory": memory_usage(),
             "shard": self.shard,
+            **({"actors": self.actors} if self.actors is not None else {}),
         }
 
     def _progress_line(self) -> str:
         f = self.figures()
         return (f"records {f['records']} | eta {f['eta']} | {f['tokens/s']} tok/s | batch {f['batch']} ({f['in flight']} in flight) | "
-                f"alpha {f['alpha']} | ess {f['ess']} | {f['memory']} | {f['shard']}")
+                f"alpha {f['alpha']} | ess {f['ess']} | {f['memory']} | {f['shard']}"
+                + (f" | actors {f['actors']} alive" if "actors" in f else ""))
 
     def _log(self, message: str) -> None:
         self._last_log = time.monotonic()
@@ -234,6 +242,8 @@ class Dashboard:
         grid.add_row("ESS ratio (recent)", f["ess"])
         grid.add_row("memory", f["memory"])
         grid.add_row("shard", Text(f["shard"]))
+        if "actors" in f:
+            grid.add_row("actors alive", Text(str(f["actors"])))
         parts = [grid]
         if self.events:
             parts.append(Text("\n".join(self.events), style="yellow"))

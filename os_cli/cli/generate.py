@@ -20,8 +20,11 @@ from os_cli.run.loop import RunEvents
 from os_cli.cli.common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, err_console, literal, out_console
 from os_cli.cli.preview import validate_rows
 
+BACKENDS = ("local", "ray")
+
 if TYPE_CHECKING:
     from os_cli.recipe.typed import Output
+    from os_cli.run.ray_backend import RayLaunch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -39,6 +42,9 @@ def generate(
     repair: bool = typer.Option(False, "--repair", help="On resume, drop invalid record lines anywhere in the shards and generate their rows again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."),
     threads: Optional[int] = ThreadsOption,
+    backend: str = typer.Option("local", "--backend", help="local: this process (or torchrun/accelerate ranks); ray: a pool of Ray actors (pip install 'os-sample[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--backend ray: the cluster to join (auto, or the head's HOST:PORT); default: a local Ray on this machine."),
+    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--backend ray: sampling actors, each holding both models (default: one per recipe placement's GPUs in the cluster; 1 on CPU)."),
     debug: bool = DebugOption,
 ) -> None:
     """Sample a dataset from the mixture q* described by a recipe, into JSONL shards."""
@@ -46,11 +52,20 @@ def generate(
         if resume and overwrite:
             raise UserError("--resume and --overwrite exclude each other: choose one")
         apply_threads(threads, set_now=not dry_run)
+        if backend not in BACKENDS:
+            raise UserError(f"--backend {backend!r}: allowed: {', '.join(BACKENDS)}")
+        if backend != "ray" and (ray_address is not None or actors is not None):
+            raise UserError("--ray-address and --actors go with --backend ray")
         overrides = list(set_ or [])
         if limit is not None:
             overrides.append(("dataset.limit", limit))
+        ray = None
+        if backend == "ray":
+            from os_cli.run.ray_backend import RayLaunch
+
+            ray = RayLaunch(address=ray_address, actors=actors)
         run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume,
-                     repair=repair)
+                     repair=repair, ray=ray)
 
 
 def validate(
@@ -173,18 +188,25 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
 
 
 def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
-                 resume: bool = False, repair: bool = False) -> None:
-    """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt."""
+                 resume: bool = False, repair: bool = False, ray: RayLaunch | None = None) -> None:
+    """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt.
+    `ray`: --backend ray's launch settings (run/ray_backend.py), None for this process."""
     from os_cli.run.plan import dry_run_mode, plan_rows, run_warnings
     from os_cli.quiet import quiet_progress_bars
     from os_cli.recipe import load_recipe, output_dir
     from os_cli.run.loop import Distributed, check_draft_tokens, run_in_folder
 
     quiet_progress_bars()
+    if ray is not None:
+        from os_cli.run.ray_backend import require_ray
+
+        require_ray()  # before the recipe: exit 2 with the install line
     recipe = load_recipe(config, overrides)
     out_dir = output_dir(recipe, output)
     check_draft_tokens(recipe.sampling, recipe.prompts, recipe.places)
     dist = Distributed(recipe.models.device)
+    if ray is not None and dist.world_size > 1:
+        raise UserError("--backend ray runs one driver; launch it without torchrun / accelerate launch")
     warnings = run_warnings(recipe)
     if dist.is_main:
         for text in warnings:
@@ -194,6 +216,11 @@ def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = 
         _print_dry_run(recipe, out_dir, planned, dry_run_mode(out_dir, recipe, planned.entries, overwrite))
         return
     events = _DashboardEvents(dist, out_dir, len(planned.rendered.errors))
+    if ray is not None:
+        from os_cli.run.ray_backend import run_ray
+
+        run_ray(recipe, out_dir, planned, events, ray, overwrite=overwrite, resume=resume, repair=repair)
+        return
     run_in_folder(recipe, out_dir, dist, planned, events, overwrite=overwrite, resume=resume, repair=repair)
 
 
@@ -225,6 +252,10 @@ class _DashboardEvents(RunEvents):
 
     def written(self, tokens: int, alpha: list[float], ess: list[float], shard: str) -> None:
         self.dash.batch_done(1, tokens, alpha, ess, shard=shard)
+
+    def actors(self, alive: int, total: int) -> None:
+        if self.dash is not None:
+            self.dash.actors_alive(alive, total)
 
     def finished(self, status: str, manifest: dict, written: int) -> None:
         dash, self.dash = self.dash, None

@@ -76,6 +76,9 @@ class RunEvents:
     def written(self, tokens: int, alpha: list[float], ess: list[float], shard: str) -> None:
         """One record appended: its token count and its real tokens' alpha / ESS ratio (finite)."""
 
+    def actors(self, alive: int, total: int) -> None:
+        """--backend ray: sampling actors alive now, of the pool's size."""
+
     def finished(self, status: str, manifest: dict, written: int) -> None:
         """The run ended (complete | interrupted | failed); `written` records this run."""
 
@@ -250,6 +253,13 @@ def sample(settings: StreamSettings, model, writer, dist: Distributed, pending, 
         manifest = writer.finish(status, message=message, rescan=dist.world_size > 1 and status == "complete")
         events.finished(status, manifest, writer.written)
     return status
+
+
+def stream_units(settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents,
+                 signals: StopSignals) -> None:
+    """Stream `pending` (row, sample) units through `model`'s refill loop, `writer.append`ing records as rows
+    end (the loop of one process; also each Ray actor's, run/ray_backend.py)."""
+    _stream(settings, model, writer, pending, total_mine, events, signals)
 
 
 def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents,

@@ -7,7 +7,8 @@ dies, `kill -9` included, so no stale lock survives. Rank 0's lock guards the ma
 errors.jsonl and the single-process shards; rank RR's lock guards `shard-rRR-*`. A second run's
 rank 0 therefore always collides with the first run's rank 0 and exits 1 naming the holder's pid
 and host before it writes anything. Lock files are never deleted (deleting would let two runs lock
-two different files).
+two different files). With `--backend ray` the driver holds rank 0's lock and each actor the first
+free `.os-sample-lock-rWW` (W >= 1); `.os-sample-lock-append` serializes their appends (run/ray_backend.py).
 
 Overwrite. `--overwrite` writes the new run into a hidden sibling folder `.NAME.overwrite` and
 swaps it in only when it is complete (one `renameat2(RENAME_EXCHANGE)` where the OS has it, else
@@ -35,7 +36,8 @@ from os_cli.errors import UserError
 from os_cli.store.record_format import ERRORS_FILE, IDS_FILE, MANIFEST, PLAN_FILE
 
 MIN_FREE_BYTES = 16 * 2**20
-LOCK_RE = re.compile(r"^\.os-sample-lock-r\d{2,}$")
+APPEND_LOCK = ".os-sample-lock-append"  # --backend ray: held by an actor while it checks for and appends records
+LOCK_RE = re.compile(r"^\.os-sample-lock-(?:r\d{2,}|append)$")
 SHARD_RE = re.compile(r"^shard-(?:r(\d{2,})-)?(\d{5,})\.jsonl$")
 TMP_RE = re.compile(r"^\.(?:shard-.*\.jsonl|manifest\.json|ids\.txt|errors\.jsonl|plan\.jsonl)\.tmp-\d+$")
 OWN_FILES = (MANIFEST, IDS_FILE, ERRORS_FILE, PLAN_FILE)

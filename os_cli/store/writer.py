@@ -41,7 +41,7 @@ from os_cli.errors import UserError
 from os_cli.store.plan_digest import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
 from os_cli.machine import versions
 from os_cli.models.fingerprint import check_models, model_fingerprints
-from os_cli.store.folder import SHARD_RE, TMP_RE, fsync_dir, atomic_write, is_own_file  # noqa: F401
+from os_cli.store.folder import LOCK_RE, SHARD_RE, TMP_RE, fsync_dir, atomic_write, is_own_file  # noqa: F401
 from os_cli.store.record_format import (  # noqa: F401 - re-exported
     ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
     num_samples_of, parse_record_line, read_ids, record_key, record_problem, token_spec,
@@ -106,8 +106,7 @@ def check_output(out_dir: Path, recipe: Recipe, *, overwrite: bool = False,
         except UserError as exc:
             why = str(exc)
     if manifest is None or why:
-        others = [p.name for p in out_dir.iterdir() if not (p.name.startswith(".os-sample-lock-r")
-                                                               or TMP_RE.match(p.name))]
+        others = [p.name for p in out_dir.iterdir() if not (LOCK_RE.match(p.name) or TMP_RE.match(p.name))]
         if not others:
             return "new"  # empty, or only what a run killed before its first write leaves
         listed = ", ".join(sorted(others)[:5]) + (", ..." if len(others) > 5 else "")
@@ -168,7 +167,7 @@ def clear_outputs(out_dir: Path) -> None:
     if not out_dir.is_dir():
         return
     for path in out_dir.iterdir():
-        if is_own_file(path.name) and not path.name.startswith(".os-sample-lock-r") and path.is_file():
+        if is_own_file(path.name) and not LOCK_RE.match(path.name) and path.is_file():
             path.unlink()
     fsync_dir(out_dir)
 
