@@ -32,8 +32,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from os_cli.models.loading import input_device
 
 if TYPE_CHECKING:
-    from os_cli.engine.streams import ModelStream
     from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin
+
+    from os_cli.engine.streams import ModelStream
 from os_cli.recipe.schema import COMPILE_CHOICES  # False (dynamic caches), True (compiled step), "static" (eager step)
 
 ATTENTION = ("sdpa", "eager")  # implementations whose masks this module builds
