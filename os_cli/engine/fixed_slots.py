@@ -30,12 +30,12 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from os_cli.models.loading import input_device
+from os_cli.recipe.schema import COMPILE_CHOICES  # False (dynamic caches), True (compiled step), "static" (eager step)
 
 if TYPE_CHECKING:
     from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin
 
     from os_cli.engine.streams import ModelStream
-from os_cli.recipe.schema import COMPILE_CHOICES  # False (dynamic caches), True (compiled step), "static" (eager step)
 
 ATTENTION = ("sdpa", "eager")  # implementations whose masks this module builds
 
