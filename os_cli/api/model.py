@@ -14,8 +14,9 @@ from os_cli.api.rows import RowOutput, SamplingOutput, StreamRow, assemble, stop
 from os_cli.engine import fixed_slots as static_stream
 from os_cli.engine import scheduler
 from os_cli.engine import streams as engine
+from os_cli.engine.requests import RowResult
 from os_cli.engine.scheduler import InFlightLimit, SchedulerStats
-from os_cli.engine.settings import DecodeSettings
+from os_cli.engine.settings import DecodeSettings, StopFn
 from os_cli.engine.stop_strings import cut_at_stop, stop_checker
 from os_cli.mix import rng
 from os_cli.mix.alpha import ALPHA_METHODS
@@ -91,6 +92,7 @@ class OptimalSamplingModel:
                 raise ValueError(f"{name} must be a dict of from_pretrained keyword arguments, got {extra!r}")
         requested_attn = kwargs.pop("attn_implementation", None)
         static_stream.check_compile(compile, attn_implementation=requested_attn)
+        self._slot_pool: dict[tuple[bool, int, bool], static_stream.FixedSlots]  # by fixed_slots()
         self.compile, self._slot_pool = compile, {}  # fixed-slot decoding (os_cli/static_stream.py)
         if compile and requested_attn is None:
             requested_attn = "sdpa"  # the fixed-slot step builds sdpa/eager masks (not flash-attn's)
@@ -214,10 +216,11 @@ class OptimalSamplingModel:
                                                 limit, settings.decode, step_fn)
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
-            results = [None] * len(rows)
+            done: dict[int, RowResult] = {}
             stats = SchedulerStats()
             for result, _ in self._decode(rows, settings, limit, stats):
-                results[result.index] = result
+                done[result.index] = result
+            results = [done[i] for i in range(len(rows))]  # every row ends (decode_rows)
         out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
                        lambda ids, reason: self._text(ids, reason, settings.stop), return_diagnostics, skip_decode)
         if loop == "refill":
@@ -279,7 +282,7 @@ class OptimalSamplingModel:
     def _sampler_config(self, temperature: float, top_k: int, top_p: float,
                         alpha: Mapping[str, Any] | None = None) -> SamplerConfig:
         """The validated config of one call: the model's attributes, `alpha` (per call) over them."""
-        chosen = {"method": self.alpha_method, "fixed": self.fixed_alpha, "min": self.alpha_min,
+        chosen: dict[str, Any] = {"method": self.alpha_method, "fixed": self.fixed_alpha, "min": self.alpha_min,
                   "max": self.alpha_max}  # by the keys of `alpha` (the recipe's alpha section)
         if alpha is not None:
             unknown = sorted(set(alpha) - set(chosen)) if isinstance(alpha, Mapping) else None
@@ -320,7 +323,7 @@ class OptimalSamplingModel:
         return not self.same_model or list(prompts_t) != list(prompts)
 
     def _eos_ids(self) -> list[int]:
-        ids: set[int] = set()
+        ids: set[int | None] = set()
         for model, tokenizer in ((self.model_theta, self.tokenizer), (self.model_t, self.tokenizer_t)):
             configured = getattr(model.generation_config, "eos_token_id", None)
             ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
@@ -427,9 +430,9 @@ class OptimalSamplingModel:
             if fixed is not None:
                 fixed.in_use = False
 
-    def _stop_fn(self, stop: list[str]):
+    def _stop_fn(self, stop: Sequence[str]) -> StopFn:
         return stop_checker(self.tokenizer.decode, stop)
 
-    def _text(self, ids: list[int], reason: str, stop: list[str]) -> str:
+    def _text(self, ids: list[int], reason: str, stop: Sequence[str]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return cut_at_stop(text, stop) if reason == "stop" else text

@@ -102,9 +102,11 @@ def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, re
     topk_ids = topk = None
     if results[0].topk_ids is not None:
         k = results[0].topk_ids.shape[1]
+        assert results[0].topk_logprobs is not None  # recorded with topk_ids
         topk_ids = torch.full((len(results), width, k), -1, dtype=torch.long)
         topk = {name: torch.full((len(results), width, k), float("nan")) for name in results[0].topk_logprobs}
         for i, r in enumerate(results):
+            assert r.topk_ids is not None and r.topk_logprobs is not None  # every row of the call has them
             topk_ids[i, : len(r.tokens)] = r.topk_ids
             for name in topk:
                 topk[name][i, : len(r.tokens)] = r.topk_logprobs[name]

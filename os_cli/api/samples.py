@@ -22,7 +22,7 @@ from os_cli.mix.rng import sample_seed
 
 
 def check_num_samples(value) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 1 <= value <= MAX_NUM_SAMPLES:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 1 <= int(value) <= MAX_NUM_SAMPLES:
         raise ValueError(f"num_samples must be an integer in 1..{MAX_NUM_SAMPLES}, got {value!r}")
     return int(value)
 

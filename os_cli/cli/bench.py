@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
@@ -13,6 +13,9 @@ from os_cli.errors import UserError
 from os_cli.limits import MAX_NEW_TOKENS
 from os_cli.cli.common import (DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, followup_batch_size,
                                literal, note, out_console, percent, point_status)
+
+if TYPE_CHECKING:
+    from os_cli.bench.measure import BenchRow
 
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
@@ -182,8 +185,8 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
                       + (f", {row.tokens_per_s:.1f} tokens/s ({percent(row.spread)} spread)" if row.ok else ""))
 
     total = B.device_memory(model)
-    limit = min(total.values()) * (1 - headroom) if total else None
-    sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress, memory_limit=limit)
+    memory_limit = min(total.values()) * (1 - headroom) if total else None
+    sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress, memory_limit=memory_limit)
     rec = B.recommend(sweep_rows, headroom, total)
     console.print(_rows_table(f"Batch-size sweep (median of {repeats} runs)", sweep_rows, compare=False))
     note(console, f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
@@ -217,6 +220,7 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
                 if not r.ok:
                     note(console, f"[red]{r.label}:[/] {r.error}")
 
+    spec_rows: list[BenchRow]
     speculative, spec_rows = None, []
     if ks:
         speculative, spec_rows = speculative_section(console, model, prompts, prompts_t, settings, ks, rec, sweep_rows)
@@ -292,7 +296,7 @@ def _rows_table(title: str, rows, compare: bool):
 
 
 def _memory_note(rows, device: dict) -> str:
-    metric = next((r.memory_metric for r in rows if r.memory_metric), None)
+    metric = next((r.memory_metric for r in rows if r.memory_metric), "")
     notes = {
         "cuda_max_memory_allocated": "peak memory: torch.cuda.max_memory_allocated, max over devices, reset per "
                                      "point (rsv: max_memory_reserved, used for the headroom check)",

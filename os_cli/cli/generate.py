@@ -23,6 +23,7 @@ from os_cli.cli.preview import validate_rows
 BACKENDS = ("local", "ray")
 
 if TYPE_CHECKING:
+    from os_cli.cli.dashboard import Dashboard
     from os_cli.recipe.typed import Output
     from os_cli.run.ray_backend import RayLaunch
 
@@ -56,7 +57,7 @@ def generate(
             raise UserError(f"--backend {backend!r}: allowed: {', '.join(BACKENDS)}")
         if backend != "ray" and (ray_address is not None or actors is not None):
             raise UserError("--ray-address and --actors go with --backend ray")
-        overrides = list(set_ or [])
+        overrides: list[str | tuple[str, object]] = list(set_ or [])  # --set items, then (key, value) pairs
         if limit is not None:
             overrides.append(("dataset.limit", limit))
         ray = None
@@ -97,7 +98,7 @@ def validate(
         hub = f"split {ds.split}, " + (f"config {ds.config}, " if ds.config else "") if on_hub else ""
         n_rows = len(ds.inline) if ds.inline is not None else ds.limit
         if ds.inline is not None and ds.limit is not None:
-            n_rows = min(n_rows, ds.limit)
+            n_rows = min(len(ds.inline), ds.limit)
         records = records_text(n_rows, resolved.sampling.num_samples, up_to=ds.inline is None)
         lines = [
             ("models", f"theta={models.theta}  teacher={models.teacher or '(same as theta)'}"),
@@ -229,7 +230,7 @@ class _DashboardEvents(RunEvents):
 
     def __init__(self, dist, out_dir, n_errors: int):
         self.dist, self.out_dir, self.n_errors = dist, out_dir, n_errors
-        self.dash = None
+        self.dash: Dashboard | None = None
         # Under torchrun every rank prints its own progress and summary: each line says whose it is.
         self.rank = f"rank {dist.rank}/{dist.world_size}" if dist.world_size > 1 else ""
 
@@ -248,9 +249,11 @@ class _DashboardEvents(RunEvents):
         self.dash.batch_started(limit, shard)
 
     def in_flight(self, rows: int, limit: int) -> None:
+        assert self.dash is not None  # started() comes first
         self.dash.rows_in_flight(rows, limit)
 
     def written(self, tokens: int, alpha: list[float], ess: list[float], shard: str) -> None:
+        assert self.dash is not None  # started() comes first
         self.dash.batch_done(1, tokens, alpha, ess, shard=shard)
 
     def actors(self, alive: int, total: int) -> None:

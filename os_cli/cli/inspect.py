@@ -6,7 +6,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 import typer
 
@@ -194,18 +194,26 @@ def _drawn_width(console, table) -> int:
 FULL_STATS = ("n", "mean", "std", "min", "p05", "p50", "p95", "max", "histogram")
 MEDIUM_STATS = ("n", "mean", "std", "p05", "p50", "p95", "histogram")
 COMPACT_STATS = ("n", "mean", "p05", "p50", "p95")
-_LAYOUT = {"stats": FULL_STATS, "spark": 20, "digits": 4}
+
+
+class _Layout(TypedDict):
+    stats: tuple[str, ...]  # which statistics, in order
+    spark: int  # histogram width
+    digits: int  # significant digits (_fmt)
+
+
+_LAYOUT: _Layout = {"stats": FULL_STATS, "spark": 20, "digits": 4}
 
 
 def _choose_layout(width: int, split: bool) -> None:
     """Fewer statistics per row in narrower terminals (--json always has all of them)."""
     extra = 12 if split else 0
     if width >= 150 + extra:
-        _LAYOUT.update(stats=FULL_STATS, spark=20, digits=4)
+        _LAYOUT.update({"stats": FULL_STATS, "spark": 20, "digits": 4})
     elif width >= 110 + extra:
-        _LAYOUT.update(stats=MEDIUM_STATS, spark=10, digits=4)
+        _LAYOUT.update({"stats": MEDIUM_STATS, "spark": 10, "digits": 4})
     else:
-        _LAYOUT.update(stats=COMPACT_STATS, spark=10, digits=3)
+        _LAYOUT.update({"stats": COMPACT_STATS, "spark": 10, "digits": 3})
 
 
 def _dist_columns() -> list[tuple[str, str]]:

@@ -14,10 +14,12 @@ position. Pure bookkeeping: no torch, no models.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Generic, Iterator, TypeVar
 
 ADMISSIONS = ("longest_first", "input_order")
 LOOKAHEAD_PER_SLOT = 4  # default window: this many waiting rows per in-flight slot
+
+R = TypeVar("R")  # a request (the scheduler's RowRequest)
 
 
 def check(admission: str, lookahead: int | None) -> None:
@@ -27,17 +29,18 @@ def check(admission: str, lookahead: int | None) -> None:
         raise ValueError(f"lookahead must be a positive integer (rows read ahead), got {lookahead!r}")
 
 
-class Waiting:
+class Waiting(Generic[R]):
     """Rows read but not in flight, as (input position, request); `take()` picks by the policy.
 
     `cap(request)` is the row's token cap; `accept(request)` checks (and returns) a request as it
     is read. Holds at most `lookahead` rows read ahead (plus rows sent back)."""
 
-    def __init__(self, source: Iterator, admission: str, lookahead: int, cap: Callable, accept: Callable):
+    def __init__(self, source: Iterator[R], admission: str, lookahead: int, cap: Callable[[R], int],
+                 accept: Callable[[R], R]):
         self.source, self.cap, self.accept = source, cap, accept
         self.longest_first = admission == "longest_first"
         self.window = lookahead if self.longest_first else 1
-        self.rows: list[tuple[int, object]] = []
+        self.rows: list[tuple[int, R]] = []
         self.read = 0  # requests taken from the source
         self.exhausted = False
 
@@ -53,7 +56,7 @@ class Waiting:
                 self.rows.append((self.read, self.accept(request)))
                 self.read += 1
 
-    def take(self) -> tuple[int, object] | None:
+    def take(self) -> tuple[int, R] | None:
         """The next row to admit, (input position, request), or None when none is left (for now)."""
         self._fill()
         if not self.rows:
@@ -64,7 +67,7 @@ class Waiting:
             pick = min(range(len(self.rows)), key=lambda i: self.rows[i][0])
         return self.rows.pop(pick)
 
-    def send_back(self, rows: list[tuple[int, object]]) -> None:
+    def send_back(self, rows: list[tuple[int, R]]) -> None:
         self.rows += rows
 
     @property

@@ -24,12 +24,18 @@ row's logits already vary in the last bit with its batch-mates; sampled tokens a
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from os_cli.models.loading import input_device
 from os_cli.recipe.schema import COMPILE_CHOICES  # False (dynamic caches), True (compiled step), "static" (eager step)
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin
+
+    from os_cli.engine.streams import ModelStream
 
 ATTENTION = ("sdpa", "eager")  # implementations whose masks this module builds
 
@@ -56,6 +62,8 @@ class _SlotLayer(CacheLayerMixin):
 
     is_compileable = True
     is_sliding = False
+    keys: torch.Tensor  # allocated up front (the base class allows None)
+    values: torch.Tensor
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, column: torch.Tensor):
         super().__init__()
@@ -85,7 +93,7 @@ class SlotStream:
     """One model's rows in `slots` fixed cache slots; rows are kept in the caller's (batch) order."""
 
     def __init__(self, model, vocab_size: int, slots: int, max_new_tokens: int, *, pad_id: int = 0,
-                 output_device=None, compiled: bool = False):
+                 output_device: torch.device | str | None = None, compiled: bool = False):
         self.model, self.vocab_size, self.slots, self.max_new_tokens = model, vocab_size, slots, max_new_tokens
         self.input_device = input_device(model)
         self.output_device = torch.device(output_device) if output_device is not None else self.input_device
@@ -95,12 +103,15 @@ class SlotStream:
             raise ValueError(f"compile needs attn_implementation sdpa or eager, this model runs {attn!r}")
         self._additive_mask = attn == "eager"
         self.pad_id = pad_id
-        self.cache: Cache | None = None
+        self._cache: Cache | None = None
         self.width = 0  # columns per slot
         self.column = 0  # where the next step writes, shared by every slot
         self.row_slots: list[int] = []  # batch order -> slot
         self.rows = torch.empty(0, dtype=torch.long, device=self.input_device)
-        self.mask = self.positions = self.start = None  # [slots, width] bool, [slots] next position, first column
+        # [slots, width] bool, [slots] next position, first column; allocated with the cache (`_allocate`)
+        self._mask: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._start: torch.Tensor | None = None
         self._columns: dict[torch.device, torch.Tensor] = {}
         self.compiled = compiled
         self._step = self._decode
@@ -115,6 +126,43 @@ class SlotStream:
     def batch_size(self) -> int:
         return len(self.row_slots)
 
+    # The buffers exist from the first `join` on (`_allocate`); nothing reads them before.
+    @property
+    def cache(self) -> Cache:
+        assert self._cache is not None
+        return self._cache
+
+    @property
+    def slot_layers(self) -> list[_SlotLayer]:
+        return cast("list[_SlotLayer]", self.cache.layers)  # `_allocate` builds the cache from _SlotLayers
+
+    @property
+    def mask(self) -> torch.Tensor:
+        assert self._mask is not None
+        return self._mask
+
+    @mask.setter
+    def mask(self, value: torch.Tensor) -> None:
+        self._mask = value
+
+    @property
+    def positions(self) -> torch.Tensor:
+        assert self._positions is not None
+        return self._positions
+
+    @positions.setter
+    def positions(self, value: torch.Tensor) -> None:
+        self._positions = value
+
+    @property
+    def start(self) -> torch.Tensor:
+        assert self._start is not None
+        return self._start
+
+    @start.setter
+    def start(self, value: torch.Tensor) -> None:
+        self._start = value
+
     # ------------------------------------------------------------------ rows in and out
 
     def clear(self) -> None:
@@ -127,13 +175,13 @@ class SlotStream:
         self.row_slots = [self.row_slots[i] for i in rows.tolist()]
         self.rows = torch.tensor(self.row_slots, dtype=torch.long, device=self.input_device)
 
-    def join(self, other) -> None:
+    def join(self, other: ModelStream) -> None:
         """Append the rows of a freshly prefilled `engine.ModelStream` (left-padded) to free slots."""
         new, width = other.batch_size, other.attention_mask.shape[1]
         free = sorted(set(range(self.slots)) - set(self.row_slots))[:new]
         if len(free) < new:
             raise ValueError(f"{new} rows join {self.batch_size} in flight, but there are only {self.slots} slots")
-        if self.cache is None or width + self.max_new_tokens > self.width:
+        if self._cache is None or width + self.max_new_tokens > self.width:
             self._allocate(other, width + self.max_new_tokens)
         if self.column < width:
             self._move(width)
@@ -144,7 +192,7 @@ class SlotStream:
         self.mask[slots, c - width:c] = other.attention_mask.to(self.input_device).bool()
         self.positions[slots] = counts
         self.start[slots] = c - counts
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+        for mine, theirs in zip(self.slot_layers, other.kv_layers):
             index = slots.to(mine.keys.device)
             mine.keys[index, :, c - width:c] = theirs.keys.to(mine.keys.device)
             mine.values[index, :, c - width:c] = theirs.values.to(mine.keys.device)
@@ -179,7 +227,7 @@ class SlotStream:
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         mask4 = mask[:, None, None, :]
         if self._additive_mask:
-            dtype = self.cache.layers[0].keys.dtype
+            dtype = self.slot_layers[0].keys.dtype
             mask4 = torch.where(mask4, 0.0, torch.finfo(dtype).min).to(dtype)
         out = self.model(input_ids=ids, attention_mask=mask4, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **{self._cache_kwarg: self.cache})
@@ -187,12 +235,13 @@ class SlotStream:
 
     # ------------------------------------------------------------------ buffers
 
-    def _allocate(self, like, needed: int) -> None:
+    def _allocate(self, like: ModelStream, needed: int) -> None:
         """(Re)allocate `needed` columns plus a margin; live rows keep their columns."""
         width = -(-(needed + max(16, needed // 4)) // 8) * 8
-        old = self.cache
-        layers, self._columns = [], {}
-        for i, theirs in enumerate(like.cache.layers):
+        old = self.slot_layers if self._cache is not None else None
+        layers: list[CacheLayerMixin | LinearAttentionCacheLayerMixin | DummyLayer] = []
+        self._columns = {}
+        for i, theirs in enumerate(like.kv_layers):
             if getattr(theirs, "is_sliding", False):
                 raise NotImplementedError("compile does not support sliding-window attention layers")
             device = theirs.keys.device
@@ -201,8 +250,8 @@ class SlotStream:
             keys = torch.zeros(shape(theirs.keys), dtype=theirs.keys.dtype, device=device)
             values = torch.zeros(shape(theirs.values), dtype=theirs.values.dtype, device=device)
             if old is not None:
-                keys[:, :, : self.width] = old.layers[i].keys
-                values[:, :, : self.width] = old.layers[i].values
+                keys[:, :, : self.width] = old[i].keys
+                values[:, :, : self.width] = old[i].values
             for t in (keys, values, column):
                 torch._dynamo.mark_static_address(t)
             layers.append(_SlotLayer(keys, values, column))
@@ -212,7 +261,7 @@ class SlotStream:
         else:
             self.positions = torch.zeros(self.slots, dtype=torch.long, device=self.input_device)
             self.start = torch.zeros(self.slots, dtype=torch.long, device=self.input_device)
-        self.cache, self.mask, self.width = Cache(layers=layers), mask, width
+        self._cache, self.mask, self.width = Cache(layers=layers), mask, width
         self._set_column(self.column)
 
     def _move(self, column: int) -> None:
@@ -224,7 +273,7 @@ class SlotStream:
             return
         n = self.width - abs(shift)
         src, dst = (slice(-shift, None), slice(0, n)) if shift < 0 else (slice(0, n), slice(shift, None))
-        for layer in self.cache.layers:
+        for layer in self.slot_layers:
             for t in (layer.keys, layer.values):
                 t[:, :, dst] = t[:, :, src].clone()
         self.mask[:, dst] = self.mask[:, src].clone()
@@ -249,12 +298,13 @@ class FixedSlots:
         self.theta, self.teacher = theta, teacher
         self.in_use = False  # a decode loop holds them (two interleaved streams must not share slots)
 
-    def adopt(self, theta, teacher):
+    def adopt(self, theta: ModelStream, teacher: ModelStream | None) -> tuple[SlotStream, SlotStream | None]:
         """A group starting with no rows in flight: its prefilled streams move into the slots."""
         self.theta.clear()
         self.theta.join(theta)
         if self.teacher is not None:
             self.teacher.clear()
+            assert teacher is not None  # slots for a teacher are made for a group with one (`fixed_slots`)
             self.teacher.join(teacher)
         return self.theta, self.teacher
 

@@ -15,18 +15,23 @@ class RowRequest:
     """One row to decode: prompt token ids per model (ids_t None when one stream serves both),
     its key from `rng.row_keys`, and an optional token cap below the run's `max_new_tokens`."""
 
-    index: object
+    index: int  # the row's position in the caller's input, returned as RowResult.index
     ids_theta: Sequence[int]
     ids_t: Sequence[int] | None
     key: int
     max_new_tokens: int | None = None
+
+    def teacher_ids(self) -> Sequence[int]:
+        """`ids_t`, in a two-stream run (where the scheduler requires them)."""
+        assert self.ids_t is not None
+        return self.ids_t
 
 
 @dataclass
 class RowResult:
     """A finished row, on the CPU. `traces[name]` is [n] float32 for each name in TRACE_FIELDS."""
 
-    index: object
+    index: int  # RowRequest.index
     tokens: Tensor  # [n] long, EOS included
     finish_reason: str  # "eos" | "length" | "stop"
     traces: dict[str, Tensor]

@@ -28,7 +28,7 @@ join, and per speculative round (accepted counts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -36,13 +36,16 @@ from torch import Tensor
 from os_cli.engine import admission as admission_policy
 from os_cli.engine import speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
-from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_columns
+from os_cli.engine.streams import TRACE_FIELDS, DecodeStream, ModelStream, left_pad, trace_columns
 from os_cli.models.loading import input_device
 from os_cli.mix.sampler import StepOutput
 from os_cli.engine.requests import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
 from os_cli.engine.settings import DecodeSettings
 from os_cli.engine.slot_buffers import SlotBuffers
 from os_cli.mix.topk import topk_columns
+
+if TYPE_CHECKING:
+    from os_cli.engine.fixed_slots import FixedSlots
 
 # step_fn(logits_theta [n, V], logits_t [n, V], row_keys [n], steps [n], alpha_init=None) -> StepOutput: the
 # q* step. `alpha_init` [n] float (NaN: none) is each row's previous `alpha_solved`, the solver's warm start:
@@ -65,10 +68,11 @@ class _Group:
     """Rows decoding together: their streams and per-row state tensors, in batch order.
     `alphas`: each row's last solved alpha (NaN: none yet), the solver's warm start."""
 
-    def __init__(self, rows, theta, teacher, keys, steps, caps, slots, alphas):
+    def __init__(self, rows: list[_Row], theta: DecodeStream, teacher: DecodeStream | None, keys: Tensor, steps: Tensor,
+                 caps: Tensor, slots: Tensor, alphas: Tensor):
         self.rows: list[_Row] = rows
-        self.theta: ModelStream = theta
-        self.teacher: ModelStream | None = teacher
+        self.theta: DecodeStream = theta  # a ModelStream, or a fixed_slots.SlotStream once adopted (compile)
+        self.teacher: DecodeStream | None = teacher
         self.keys, self.steps, self.caps, self.slots, self.alphas = keys, steps, caps, slots, alphas
         self.pending: Tensor | None = None
 
@@ -78,8 +82,18 @@ class _Group:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def streams(self) -> list[ModelStream]:
+    def streams(self) -> list[DecodeStream]:
         return [self.theta] + ([self.teacher] if self.teacher is not None else [])
+
+    def prefilled(self) -> tuple[ModelStream, ModelStream | None]:
+        """theta and teacher where they are ModelStreams: a fresh prefill's, or any group's without fixed slots."""
+        theta, teacher = self.theta, self.teacher
+        assert isinstance(theta, ModelStream) and (teacher is None or isinstance(teacher, ModelStream))
+        return theta, teacher
+
+    def model_streams(self) -> list[ModelStream]:
+        theta, teacher = self.prefilled()
+        return [theta] + ([teacher] if teacher is not None else [])
 
     def keep(self, index: list[int]) -> None:
         if not index:  # every row ended: the streams go
@@ -95,7 +109,8 @@ class _Group:
             self.pending = self.pending[idx]
 
     def join(self, other: "_Group") -> None:
-        for mine, theirs in zip(self.streams(), other.streams()):
+        assert self.pending is not None and other.pending is not None  # both have emitted (_emit)
+        for mine, theirs in zip(self.streams(), other.model_streams()):  # joining rows: a fresh prefill
             mine.join(theirs)
             mine.compact()
         self.rows += other.rows
@@ -114,7 +129,7 @@ def decode_rows(
     *,
     limit: int | InFlightLimit,
     stats: SchedulerStats | None = None,
-    fixed_slots=None,
+    fixed_slots: FixedSlots | None = None,
 ) -> Iterator[RowResult]:
     """Decode `requests` (any iterable, read lazily) with continuous refill; yield each row as it ends.
 
@@ -163,11 +178,12 @@ class _Loop:
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
-        self.waiting: admission_policy.Waiting | None = None  # rows read, not in flight (admission.py)
+        self.waiting: admission_policy.Waiting[RowRequest] | None = None  # rows read, not in flight (admission.py)
+        self.fixed: FixedSlots | None = None  # set by decode_rows
 
     # ------------------------------------------------------------------ driver
 
-    def run(self, waiting: admission_policy.Waiting) -> Iterator[RowResult]:
+    def run(self, waiting: admission_policy.Waiting[RowRequest]) -> Iterator[RowResult]:
         self.waiting = waiting
         while True:
             self._enforce_limit()
@@ -175,7 +191,7 @@ class _Loop:
             room = self.limit.value - in_flight
             if in_flight and room < min(self.admit_min, self.limit.value):
                 room = 0  # wait for a few free slots: one prefill for several rows costs about one for one
-            batch = []
+            batch: list[tuple[int, RowRequest]] = []
             while len(batch) < room:
                 row = waiting.take()
                 if row is None:
@@ -205,18 +221,21 @@ class _Loop:
         if not self.main or len(self.main) <= self.limit.value:
             return
         evicted = self.main.rows[self.limit.value:]
+        assert self.waiting is not None  # set by run()
         self.waiting.send_back([(row.position, row.request) for row in evicted])  # same input position
         self.free.extend(row.slot for row in evicted)
         self.main.keep(list(range(self.limit.value)))
 
-    def _guarded(self, advance) -> Iterator[RowResult]:
+    def _guarded(self, advance: Callable[[], Iterator[RowResult]]) -> Iterator[RowResult]:
         """Run one iteration; on OOM (with oom_backoff) restore the streams, halve the limit, retry later."""
+        assert self.main is not None  # run() advances only with rows in flight
         saved = [s.checkpoint() for s in self.main.streams()] if self.settings.oom_backoff else None
         try:
             results = advance()
         except torch.OutOfMemoryError as exc:
             if not self.settings.oom_backoff or len(self.main) <= 1:
                 raise
+            assert saved is not None  # taken with oom_backoff
             for stream, state in zip(self.main.streams(), saved):
                 stream.restore(state)
             self._back_off(len(self.main), exc)
@@ -239,13 +258,14 @@ class _Loop:
             in_flight = len(self.main) if self.main else 0
             if not self.settings.oom_backoff or in_flight + len(batch) <= 1:
                 raise
+            assert self.waiting is not None  # set by run()
             self.waiting.send_back(batch)
             self._back_off(in_flight + len(batch), exc)
             return
         if len(group):
             if self.main is None:
                 if self.fixed is not None:  # compile: the rows move into the fixed slots (static_stream.py)
-                    group.theta, group.teacher = self.fixed.adopt(group.theta, group.teacher)
+                    group.theta, group.teacher = self.fixed.adopt(*group.prefilled())
                 self.main = group
             else:
                 self.main.join(group)
@@ -258,7 +278,7 @@ class _Loop:
         teacher, logits_t = None, logits_theta
         if self.model_t is not None:
             teacher = ModelStream(self.model_t, self.vocab_size, output_device=device)
-            logits_t = teacher.prefill(*left_pad([r.ids_t for r in batch], self.settings.pad_id, device))
+            logits_t = teacher.prefill(*left_pad([r.teacher_ids() for r in batch], self.settings.pad_id, device))
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = _Group(
@@ -279,8 +299,15 @@ class _Loop:
 
     # ------------------------------------------------------------------ one iteration
 
+    @property
+    def group(self) -> _Group:
+        """The rows in flight (`_step` and `_round` run only while there are some)."""
+        assert self.main is not None
+        return self.main
+
     def _step(self) -> Iterator[RowResult]:
-        g = self.main
+        g = self.group
+        assert g.pending is not None  # set by _emit for every row in flight
         logits_theta = g.theta.step(g.pending)
         logits_t = g.teacher.step(g.pending) if g.teacher is not None else logits_theta
         self.stats.theta_forwards += 1
@@ -295,7 +322,9 @@ class _Loop:
 
     def _round(self) -> Iterator[RowResult]:
         """One exact speculative round (os_cli/speculative.py) for every row in flight."""
-        g = self.main
+        g = self.group
+        # Drafts: two ModelStreams (decode_rows rules out fixed slots and a missing teacher); pending as in _step.
+        assert isinstance(g.theta, ModelStream) and isinstance(g.teacher, ModelStream) and g.pending is not None
         self.stats.steps += 1
         self.stats.row_steps += len(g)
         # No row emits more than it has left, so drafting past the most any row has left is waste (and feeds
@@ -308,7 +337,7 @@ class _Loop:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
         self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])
         results = list(self._emit(g, r.emitted, r.counts, r.traces))
-        for stream in g.streams():  # holes left by rejected drafts: repack once they are worth a copy
+        for stream in g.model_streams():  # holes left by rejected drafts: repack once they are worth a copy
             stream.compact(min_waste=max(8, stream.attention_mask.shape[1] // 8))
         return iter(results)
 
@@ -330,6 +359,7 @@ class _Loop:
                     row.logits_theta.append(logits_theta[i, j].float().cpu())
                     row.logits_t.append(logits_t[i, j].float().cpu())
                 if self.settings.keep_q_star:
+                    assert q_star is not None  # computed above when keep_q_star
                     row.q_star.append(q_star[i, j].float().cpu())
 
     def _keep_topk(self, g: _Group, logits_theta, logits_t, logq, fallback) -> None:
@@ -361,6 +391,7 @@ class _Loop:
         rows_tokens = emitted.tolist() if self.settings.stop_fn is not None else None
         for r, row in enumerate(g.rows):
             if rows_tokens is not None:
+                assert self.settings.stop_fn is not None  # rows_tokens are read only for it
                 for i in range(n_list[r]):
                     row.history.append(rows_tokens[r][i])
                     if i == first_eos_list[r]:

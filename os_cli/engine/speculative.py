@@ -110,7 +110,9 @@ def run_round(theta: ModelStream, teacher: ModelStream, pending: Tensor, keys: T
         logits = theta.step(token)
         logp = draft_logprobs(logits, temperature)
         token = draft(logp, keys, positions[:, i])
-        theta_logits.append(logits), draft_logp.append(logp), drafts.append(token)
+        theta_logits.append(logits)
+        draft_logp.append(logp)
+        drafts.append(token)
     drafts_t = torch.stack(drafts, 1)  # [B, k]
     theta_logits.append(theta.step(token))  # after d_k: the bonus position's q* needs it
     teacher_logits = teacher.extend(torch.cat([pending[:, None], drafts_t], 1))  # [B, k+1, V]

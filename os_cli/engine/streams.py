@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 import torch
 
 from os_cli.engine.settings import DecodeSettings, StopFn
 from os_cli.mix.sampler import StepOutput
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
 
 # Per-token float traces recorded for every row (NaN after the row ended).
 TRACE_FIELDS = ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t",
@@ -29,6 +32,30 @@ TRACE_FIELDS = ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t",
 def trace_columns(out: StepOutput) -> torch.Tensor:
     """[F, n] float32: a StepOutput's per-token fields in TRACE_FIELDS order, for one write per step."""
     return torch.stack([getattr(out, name).to(torch.float32) for name in TRACE_FIELDS])
+
+
+class KVLayer(Protocol):
+    """A cache layer as the streams use it. transformers types a layer's keys/values Optional (None before
+    its first update) and its layers may be linear-attention ones; a prefilled DynamicCache of the models
+    these streams run (full or sliding attention) holds keys and values in every layer."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    is_sliding: bool
+    is_initialized: bool
+
+
+class DecodeStream(Protocol):
+    """What the scheduler's plain loop asks of a stream: a ModelStream, or a SlotStream (fixed_slots.py) under
+    compile. Rows join from a fresh prefill's ModelStream. `checkpoint()` returns an opaque state that only the
+    same stream's `restore` reads (a ModelStream's and a SlotStream's differ)."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def keep_rows(self, rows: torch.Tensor) -> None: ...
+    def join(self, other: ModelStream) -> None: ...
+    def compact(self, min_waste: int = 1) -> None: ...
+    def checkpoint(self) -> Any: ...
+    def restore(self, saved: Any) -> None: ...
 
 
 class ModelStream:
@@ -50,18 +77,36 @@ class ModelStream:
         self._rows_device = self.input_device if len(_devices(model)) <= 1 else torch.device("cpu")
         # transformers >= 5.2x renamed `past_key_values` to `cache`; speak whichever this version knows.
         self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.cache = None
-        self.attention_mask: torch.Tensor | None = None
+        self._cache: DynamicCache | None = None
+        self._attention_mask: torch.Tensor | None = None
+
+    @property
+    def cache(self) -> DynamicCache:
+        assert self._cache is not None, "prefill() first"
+        return self._cache
+
+    @property
+    def kv_layers(self) -> list[KVLayer]:
+        return cast("list[KVLayer]", self.cache.layers)  # see KVLayer
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        assert self._attention_mask is not None, "prefill() first"
+        return self._attention_mask
+
+    @attention_mask.setter
+    def attention_mask(self, mask: torch.Tensor) -> None:
+        self._attention_mask = mask
 
     @property
     def batch_size(self) -> int:
-        return 0 if self.attention_mask is None else self.attention_mask.shape[0]
+        return 0 if self._attention_mask is None else self._attention_mask.shape[0]
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Run the prompts; return next-token logits [B, vocab_size] of the last position."""
         from transformers import DynamicCache
 
-        self.cache = DynamicCache(config=self.model.config)
+        self._cache = DynamicCache(config=self.model.config)
         input_ids, attention_mask = input_ids.to(self.input_device), attention_mask.to(self.input_device)
         self.attention_mask = attention_mask
         # Left padding: real tokens are numbered from 0 whatever the pad count, as in an unpadded run.
@@ -86,7 +131,7 @@ class ModelStream:
         width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
         pad_mask = lambda m: torch.nn.functional.pad(m, (width - m.shape[1], 0))  # noqa: E731
         self.attention_mask = torch.cat([pad_mask(self.attention_mask), pad_mask(other.attention_mask)])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+        for mine, theirs in zip(self.kv_layers, other.kv_layers):
             if mine.is_sliding or theirs.is_sliding:
                 raise NotImplementedError("joining sliding-window caches is not supported")
             pad_kv = lambda t: torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))  # noqa: E731
@@ -121,7 +166,7 @@ class ModelStream:
             return
         if not self.attention_mask[:, :dead].any():  # leading pad columns only: a slice, no copy
             self.attention_mask = self.attention_mask[:, dead:]
-            for layer in self.cache.layers:
+            for layer in self.kv_layers:
                 layer.keys, layer.values = layer.keys[:, :, dead:], layer.values[:, :, dead:]
             return
         if dead < min_waste:
@@ -130,7 +175,7 @@ class ModelStream:
         # Stable sort puts each row's pad columns first and its real tokens after, in order.
         order = torch.argsort(self.attention_mask, dim=-1, stable=True)[:, width - needed:]
         self.attention_mask = self.attention_mask.gather(1, order)
-        for layer in self.cache.layers:
+        for layer in self.kv_layers:
             index = order.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
@@ -141,7 +186,7 @@ class ModelStream:
     def restore(self, saved: tuple[torch.Tensor, int]) -> None:
         mask, width = saved
         self.attention_mask = mask
-        for layer in self.cache.layers:  # layers an interrupted forward already extended
+        for layer in self.kv_layers:  # layers an interrupted forward already extended
             if layer.is_initialized and layer.keys.shape[-2] > width:
                 layer.keys, layer.values = layer.keys[:, :, :width], layer.values[:, :, :width]
 
@@ -231,7 +276,10 @@ def decode(
 
     active = torch.arange(batch, device=device)
     logits_theta = theta.prefill(*prompt_theta)
-    logits_t = teacher.prefill(*prompt_t) if teacher is not None else logits_theta
+    logits_t = logits_theta
+    if teacher is not None:
+        assert prompt_t is not None  # a teacher comes with its prompts
+        logits_t = teacher.prefill(*prompt_t)
     for step in range(max_new_tokens):
         out = step_fn(logits_theta, logits_t, active, step)
         tokens[active, step] = out.tokens

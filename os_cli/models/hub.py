@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from os_cli.recipe.typed import Models
 
 TOKENIZER_KWARGS = ("revision", "trust_remote_code", "cache_dir", "token", "local_files_only", "subfolder")
@@ -32,7 +34,7 @@ def recipe_load_kwargs(models: Models) -> dict:
     return kwargs
 
 
-def load_tokenizers(models: Models, places):
+def load_tokenizers(models: Models, places) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
     """(theta's tokenizer, the teacher's) of a recipe; one object when the teacher is theta."""
     from os_cli.models.loading import load_tokenizer
 

@@ -16,15 +16,19 @@ return.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 from os_cli.errors import UserError
 from os_cli.recipe.typed import Dataset, Recipe
+
+if TYPE_CHECKING:
+    from os_cli.prompts.data import Rendered
 
 
 @dataclass
 class Planned:
     rows: list       # [(id, row)] in dataset order (data.load_rows)
-    rendered: object  # data.Rendered: the rows that can be sampled, and the bad ones (errors.jsonl)
+    rendered: Rendered  # the rows that can be sampled, and the bad ones (errors.jsonl)
     entries: list    # plan.jsonl entries, one per planned row (writer.plan_entries)
 
 

@@ -230,8 +230,8 @@ def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
     try:
         data = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise IdsFileError(f"{path}:{line}: not UTF-8 (byte {exc.start})", line) from None
+        lineno = raw[:exc.start].count(b"\n") + 1
+        raise IdsFileError(f"{path}:{lineno}: not UTF-8 (byte {exc.start})", lineno) from None
     lines = data.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
