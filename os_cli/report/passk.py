@@ -34,7 +34,7 @@ def ks_for(n_max: int) -> list[int]:
 class PerRow:
     """Whether each (row, sample) with a reference answer is correct; a duplicated pair counts once."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows: dict[str, dict[int, bool]] = {}
 
     def add(self, row_id: str, sample: int, correct: bool) -> None:

@@ -24,7 +24,7 @@ class StopSignals:
     (files are replaced whole, the rows in flight are redone on resume).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.pending: int | None = None
         self.deferring = False
         self._old: dict = {}
