@@ -10,9 +10,11 @@ BIN     := $(VENV)/bin
 # The default (no index) is what works on the project's machines, whose pip finds a CPU wheel on disk.
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
+# The extras setup installs: dev (pytest, ruff, mypy, ...); CI adds ray (`make test EXTRAS=dev,ray`).
+EXTRAS      ?= dev
 TORCH_PIP_ARGS = $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)),)
 
-.PHONY: setup demo demo-models test clean
+.PHONY: setup demo demo-models lint test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +22,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -32,6 +34,12 @@ demo: setup
 # Retrain the built-in demo pair (deterministic, about 7 minutes on 2 CPU cores).
 demo-models: setup
 	$(BIN)/python scripts/train_demo.py
+
+# Lint, format check and type check of the package (seconds); `make test` runs them first.
+lint: setup
+	$(BIN)/ruff check os_cli optimal_sampling_hf
+	$(BIN)/ruff format --check os_cli optimal_sampling_hf
+	$(BIN)/mypy
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
