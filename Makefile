@@ -10,8 +10,6 @@ BIN     := $(VENV)/bin
 # The default (no index) is what works on the project's machines, whose pip finds a CPU wheel on disk.
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-# The extras setup installs: dev (pytest, ruff, mypy, ...); CI adds ray (`make test EXTRAS=dev,ray`).
-EXTRAS      ?= dev
 TORCH_PIP_ARGS = $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)),)
 
 .PHONY: setup demo demo-models lint test clean
@@ -22,7 +20,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
