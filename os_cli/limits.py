@@ -15,3 +15,6 @@ MAX_ALIAS_EXPANSION = 100_000
 # Samples per prompt (sampling.num_samples, generate(num_samples=)): far below the 2**23 up to which
 # rng.sample_seed keeps every (row, sample) seed of a run distinct.
 MAX_NUM_SAMPLES = 1 << 16
+# sampling.draft_tokens / generate(draft_tokens=): this value instead of an integer k lets the engine pick
+# k as it runs (engine/draft_policy.py).
+DRAFT_TOKENS_AUTO = "auto"

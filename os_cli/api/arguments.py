@@ -14,7 +14,7 @@ import torch
 from os_cli.engine.settings import DecodeSettings
 from os_cli.mix import rng
 from os_cli.mix.sampler import SAMPLE_FROM
-from os_cli.limits import MAX_NEW_TOKENS, MAX_SEED
+from os_cli.limits import DRAFT_TOKENS_AUTO, MAX_NEW_TOKENS, MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,9 @@ def check_sample_from(sample_from) -> None:
 
 
 def check_draft_tokens(draft_tokens, two_streams: bool) -> None:
-    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0:
-        raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off), got {draft_tokens!r}")
+    if draft_tokens != DRAFT_TOKENS_AUTO and (
+            isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 0):
+        raise ValueError(f"draft_tokens must be an integer >= 0 (0 = off) or {DRAFT_TOKENS_AUTO!r}, got {draft_tokens!r}")
     if draft_tokens and not two_streams:
         raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
                          "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")

@@ -4,7 +4,7 @@ caller may lower while it runs, and the counters benchmarks read. Plain data; th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from torch import Tensor
@@ -63,6 +63,8 @@ class SchedulerStats:
     drafted: int = 0  # draft positions verified
     accepted: int = 0  # drafts accepted
     tokens: int = 0  # tokens emitted (after truncation at EOS / cap / stop)
+    draft_lengths: dict[int, int] = field(default_factory=dict)  # iterations per draft length k (0: plain steps)
+    cost_probes: int = 0  # forward-cost probes of draft_tokens="auto" (engine/auto_draft.py)
 
     def occupancy(self, limit: int) -> float:
         return self.row_steps / (self.steps * limit) if self.steps else 0.0

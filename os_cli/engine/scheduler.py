@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
-from os_cli.engine import speculative
+from os_cli.engine import auto_draft, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
+from os_cli.engine.draft_policy import AUTO, AUTO_MAX_DRAFT_TOKENS, AutoDraft
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from os_cli.models.loading import input_device
 from os_cli.mix.sampler import StepOutput
@@ -156,9 +157,11 @@ class _Loop:
         self.admit_min = settings.admit_min if settings.admit_min is not None else max(1, limit.value // 4)
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
+        # draft_tokens="auto": k chosen per iteration (draft_policy.py, auto_draft.py); `draft_policy.choices`.
+        self.draft_policy = AutoDraft() if settings.draft_tokens == AUTO else None
         # One slot per row the initial limit lets in (the limit only ever goes down), each with room for
         # max_new_tokens plus a speculative round's overshoot.
-        width = settings.max_new_tokens + settings.draft_tokens + 1
+        width = settings.max_new_tokens + (AUTO_MAX_DRAFT_TOKENS if self.draft_policy else settings.draft_tokens) + 1
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
@@ -186,7 +189,7 @@ class _Loop:
                 if waiting.done:
                     return
                 continue
-            yield from self._guarded(self._round if self.settings.draft_tokens else self._step)
+            yield from self._guarded(self._iteration)
             if self.main is not None and not len(self.main):
                 self.main = None
 
@@ -278,6 +281,19 @@ class _Loop:
 
     # ------------------------------------------------------------------ one iteration
 
+    def _iteration(self) -> Iterator[RowResult]:
+        """A plain step or a speculative round at the fixed or chosen (auto) draft length."""
+        g, k, stats = self.main, self.settings.draft_tokens, self.stats
+        if self.draft_policy is not None:
+            k = auto_draft.choose(self.draft_policy, g.theta, g.teacher, g.pending, g.keys, g.steps, self.step_fn,
+                                  stats)
+        stats.draft_lengths[k] = stats.draft_lengths.get(k, 0) + 1
+        accepted, drafted = stats.accepted, stats.drafted
+        results = self._round(k) if k else self._step()
+        if self.draft_policy is not None:
+            self.draft_policy.record(stats.accepted - accepted, stats.drafted - drafted)
+        return results
+
     def _step(self) -> Iterator[RowResult]:
         g = self.main
         logits_theta = g.theta.step(g.pending)
@@ -292,12 +308,12 @@ class _Loop:
         self._keep_topk(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
 
-    def _round(self) -> Iterator[RowResult]:
-        """One exact speculative round (os_cli/speculative.py) for every row in flight."""
+    def _round(self, k: int) -> Iterator[RowResult]:
+        """One exact speculative round (os_cli/speculative.py) at draft length k for every row in flight."""
         g = self.main
         self.stats.steps += 1
         self.stats.row_steps += len(g)
-        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.settings.draft_tokens,
+        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, k,
                                   self.settings.config.temperature, self.step_fn, self.stats)
         if self.settings.keep_logits or self.settings.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)

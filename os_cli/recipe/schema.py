@@ -137,7 +137,7 @@ SCHEMA = Section(
                 "seed": Field("int", 0, min=0, max=MAX_SEED),
                 "num_samples": Field("int", 1, min=1, max=MAX_NUM_SAMPLES),
                 "stop": Field("str_list", []),
-                "draft_tokens": Field("int", 0, min=0, max=MAX_NEW_TOKENS),
+                "draft_tokens": Field("draft_tokens", 0, min=0, max=MAX_NEW_TOKENS),
             }
         ),
         "dataset": Section(
