@@ -51,6 +51,8 @@ def test_interpolated_costs_are_piecewise_linear():
     out = interpolate_costs(measured, 8)
     assert out["teacher_2"] == pytest.approx(3.0) and out["teacher_4"] == pytest.approx(4.5)
     assert out["teacher_9"] == pytest.approx(7.0)  # the last slope carried on
+    noisy = interpolate_costs({"theta": 1.0, "teacher": 9.0, "teacher_3": 4.0, "q_step": 1.0}, 3)
+    assert noisy["teacher"] == 4.0 and noisy["teacher_2"] == 4.0 and noisy["teacher_4"] == 4.0
     assert out["q_step_5"] == pytest.approx(5.0)
     with pytest.raises(ValueError, match="'teacher' at one position"):
         interpolate_costs({"theta": 1.0, "teacher_2": 1.0, "q_step": 1.0}, 8)
@@ -60,7 +62,7 @@ def test_policy_probes_again_when_the_batch_changes_and_forgets_old_rounds():
     policy = AutoDraft()
     assert policy.needs_costs(16, 40) and policy.choose() == 0  # no costs yet: plain
     policy.set_costs(_costs(1.0, 10.0, 0.05), 16, 40)
-    assert not policy.needs_costs(9, 70) and policy.needs_costs(8, 40) and policy.needs_costs(16, 104)
+    assert not policy.needs_costs(9, 551) and policy.needs_costs(8, 40) and policy.needs_costs(16, 552)
     assert policy.choose() > 0  # the prior says drafts pay here
     policy.record(0, 200)  # nothing accepted: drafting stops
     assert policy.choose() == 0
@@ -160,3 +162,19 @@ def test_recipe_accepts_auto_and_names_it_in_errors(tmp_path):
         assert info.value.exit_code == 2
     with pytest.raises(UserError, match="needs sampling.draft_tokens: 0 \\(got auto\\)"):
         load_recipe(path, ["sampling.draft_tokens=auto", "models.compile=true"])
+
+
+def test_phase_clock_splits_the_call_and_changes_no_token(pair):
+    from os_cli.engine.phase_clock import PHASES, PhaseClock
+
+    rows = lambda: [StreamRow(p, pt, seed=i, max_new_tokens=3 + 2 * i)  # noqa: E731
+                    for i, (p, pt) in enumerate(zip(PROMPTS, PROMPTS_T))]
+    plain = {o.index: o.token_ids.tolist() for o in pair.generate_stream(rows(), max_new_tokens=16, limit=2)}
+    clock = PhaseClock()
+    stats = SchedulerStats(clock=clock)
+    timed = {o.index: o.token_ids.tolist() for o in pair.generate_stream(rows(), max_new_tokens=16, limit=2,
+                                                                         stats=stats)}
+    assert timed == plain
+    assert set(clock.seconds) == set(PHASES) and all(clock.seconds[p] > 0 for p in PHASES)
+    assert sum(clock.seconds.values()) == pytest.approx(clock.total)
+    assert not pair.model_theta._forward_hooks and not pair.model_t._forward_pre_hooks  # hooks removed

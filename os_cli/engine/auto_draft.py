@@ -18,7 +18,7 @@ from os_cli.engine.draft_policy import PROBE_POSITIONS, AutoDraft
 from os_cli.engine.streams import ModelStream
 from os_cli.memory import sync
 
-PROBE_REPEATS = 2
+PROBE_REPEATS = 3
 
 
 def probe_costs(theta: ModelStream, teacher: ModelStream, pending: torch.Tensor, keys: torch.Tensor,

@@ -15,7 +15,7 @@ The acceptance estimate starts at PRIOR_ACCEPTANCE (worth PRIOR_WEIGHT drafts) a
 (weights halve every HALF_LIFE iterations), so a batch whose composition changed is re-tried: once the
 evidence that made k = 0 win has faded, the prior may make a round pay again, and that round measures
 the acceptance anew. Costs are measured again when the rows in flight or the cached width change by a
-factor of two (`needs_costs`), since a forward's cost depends on both.
+factor of two (the width also by WIDTH_STEP columns; `needs_costs`), since a forward's cost depends on both.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ AUTO_MAX_DRAFT_TOKENS = 8  # the largest k `auto` considers; a^k vanishes long b
 PROBE_POSITIONS = (1, 2, 3, 5, 9)  # teacher / q* positions per row timed per cost probe (k + 1 for k = 0, 1, 2, 4, 8)
 PRIOR_ACCEPTANCE = 0.7
 PRIOR_WEIGHT = 4.0  # drafts' worth of the prior
+WIDTH_STEP = 512  # costs are measured again once the cache is twice as wide and this many columns wider
 HALF_LIFE = 128  # iterations after which a round's evidence counts half
 _DECAY = 0.5 ** (1.0 / HALF_LIFE)
 
@@ -54,13 +55,19 @@ def expected_speedup(acceptance: float, k: int, costs: Mapping[str, float]) -> f
 
 def interpolate_costs(measured: Mapping[str, float], k_max: int) -> dict[str, float]:
     """`measured` ("theta" and "teacher"/"q_step" at some positions m, at least m = 1) completed for every m in
-    1..k_max + 1: piecewise linear between measured m, the last slope carried on beyond them."""
+    1..k_max + 1: piecewise linear between measured m, the last slope carried on beyond them. A measured cost
+    above that of more positions is lowered to it (a forward of fewer positions does no more work; timing
+    noise only ever adds time)."""
     out = dict(measured)
     for name in ("teacher", "q_step"):
         points = sorted((1 if key == name else int(key.rsplit("_", 1)[1]), value) for key, value in measured.items()
                         if key == name or (key.startswith(name + "_") and key.rsplit("_", 1)[1].isdigit()))
         if not points or points[0][0] != 1:
             raise ValueError(f"costs need {name!r} at one position, got {sorted(measured)}")
+        for i in range(len(points) - 2, -1, -1):
+            points[i] = (points[i][0], min(points[i][1], points[i + 1][1]))
+        for m, value in points:
+            out[name if m == 1 else f"{name}_{m}"] = value
         for m in range(2, k_max + 2):
             if f"{name}_{m}" in out:
                 continue
@@ -104,7 +111,7 @@ class AutoDraft:
         if self.cost_key is None:
             return True
         rows0, width0 = self.cost_key
-        return not (rows0 / 2 < rows < rows0 * 2) or width >= max(2 * width0, width0 + 64)
+        return not (rows0 / 2 < rows < rows0 * 2) or width >= max(2 * width0, width0 + WIDTH_STEP)
 
     def set_costs(self, measured: Mapping[str, float], rows: int, width: int) -> None:
         self.costs = interpolate_costs(measured, self.k_max)

@@ -65,6 +65,7 @@ class SchedulerStats:
     tokens: int = 0  # tokens emitted (after truncation at EOS / cap / stop)
     draft_lengths: dict[int, int] = field(default_factory=dict)  # iterations per draft length k (0: plain steps)
     cost_probes: int = 0  # forward-cost probes of draft_tokens="auto" (engine/auto_draft.py)
+    clock: object = None  # a phase_clock.PhaseClock: the call's wall time split by phase (benchmarks)
 
     def occupancy(self, limit: int) -> float:
         return self.row_steps / (self.steps * limit) if self.steps else 0.0

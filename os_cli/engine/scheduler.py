@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
-from os_cli.engine import auto_draft, speculative
+from os_cli.engine import auto_draft, phase_clock, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from os_cli.engine.draft_policy import AUTO, AUTO_MAX_DRAFT_TOKENS, AutoDraft
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_columns
@@ -146,7 +146,8 @@ def decode_rows(
     lookahead = settings.lookahead if settings.lookahead is not None else LOOKAHEAD_PER_SLOT * loop.limit.value
     waiting = admission_policy.Waiting(iter(requests), settings.admission, lookahead,
                                        cap=lambda r: r.max_new_tokens or settings.max_new_tokens, accept=loop._check)
-    yield from loop.run(waiting)
+    with phase_clock.attached(loop.clock, [model_theta, model_t]):  # where the time goes (benchmarks)
+        yield from loop.run(waiting)
 
 
 class _Loop:
@@ -154,6 +155,8 @@ class _Loop:
                  stats: SchedulerStats):
         self.model_theta, self.model_t, self.vocab_size, self.step_fn = model_theta, model_t, vocab_size, step_fn
         self.settings, self.limit, self.stats = settings, limit, stats
+        self.clock = stats.clock
+        self.step_fn = step_fn if self.clock is None else self.clock.wrap_step(step_fn)
         self.admit_min = settings.admit_min if settings.admit_min is not None else max(1, limit.value // 4)
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
@@ -184,7 +187,9 @@ class _Loop:
                     break
                 batch.append(row)
             if batch:
-                yield from self._admit(batch)
+                with phase_clock.timed(self.clock, "prefill/join"):  # the admission's work, not the caller's
+                    admitted = list(self._admit(batch))
+                yield from admitted
             if not self.main:
                 if waiting.done:
                     return
