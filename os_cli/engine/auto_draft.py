@@ -62,7 +62,11 @@ def probe_costs(theta: ModelStream, teacher: ModelStream, pending: torch.Tensor,
 
 
 def choose(policy: AutoDraft, theta: ModelStream, teacher: ModelStream, pending, keys, steps, step_fn, stats) -> int:
-    """k for the next iteration of these rows, probing the costs first when the policy needs them."""
+    """k for the next iteration of these rows, probing the costs first when the policy needs them. Without a
+    teacher stream of its own (one model's stacked pairs, engine/stacked.py) every drafting step already runs
+    the teacher rows, so a round of k costs about k + 1 plain steps and never pays: 0."""
+    if teacher is None:
+        return 0
     width = int(theta.attention_mask.shape[1])
     if policy.needs_costs(len(keys), width):
         policy.set_costs(probe_costs(theta, teacher, pending, keys, steps, step_fn), len(keys), width)
