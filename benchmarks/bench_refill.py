@@ -235,7 +235,9 @@ def main() -> None:
         print("|---" * (len(PHASES) + 1) + "|")
         for name in variants:
             if split[name]["decode"]:
-                print(f"| {name} | " + " | ".join(f"{statistics.median(split[name][p]):.2f}" for p in PHASES) + " |")
+                shares = [f"{statistics.median(split[name][p]):.2f}" for p in PHASES]
+                print(f"| {name} | " + " | ".join(shares) + " |")
+                summary.append(("3", f"{name} time split {' / '.join(PHASES)}", " / ".join(shares), ""))
         for row in summary:
             print("SUMMARY\t" + "\t".join(row))
 

@@ -46,6 +46,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'available', torch.cuda.is_available(), 'transformers', transformers.__version__)"
+mkdir -p "$WORK"
 echo "logs in $WORK"
 
 run() {  # run N SCRIPT ARGS...: the benchmark's output to $WORK/N.log (and a status line here)

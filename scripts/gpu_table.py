@@ -27,7 +27,7 @@ def rows_of(section: str, text: str) -> list[tuple[str, str, str, str]]:
         for m in re.finditer(r"(prefill per (?:sample|prompt))\s*: (\S+ \([^)]*\)) records/s; prompt tokens per "
                              r"prompt: theta (\S+), teacher (\S+)", text):
             rows.append((section, f"{m[1]}: records/s (prompt tokens per prompt theta {m[3]}, teacher {m[4]})",
-                         m[2], "1.00x each (per prompt)"))
+                         m[2], "1.00x each" if m[1].endswith("prompt") else "(today's path)"))
         for m in re.finditer(r"speed-up \(shared / per sample\): (\S+ \([^)]*\)).*?same tokens: (\w+)", text):
             rows.append((section, f"records/s, shared / per sample (same tokens: {m[2]})", m[1], ">= 1.5"))
     for line in text.splitlines():
