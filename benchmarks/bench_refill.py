@@ -25,7 +25,9 @@ Timed, interleaved in each repeat (after one warm-up), the floor first, then --v
 Reported: generated tokens/s, ratio to the floor of the same repeat (median and min-max over
 repeats) in wall time and in this process's CPU time (with --threads 1 the CPU time counts the
 work done and is much less sensitive to other jobs on a shared machine), and slot occupancy
-(mean rows in flight / batch) from the engine's counters.
+(mean rows in flight / batch) from the engine's counters; then each refill loop's time split (decode,
+mixing, prefill/join, host: engine/phase_clock.py) and `SUMMARY` lines for scripts/gpu_check.sh.
+--device / --dtype / --theta-shape / --teacher-shape size the pair for a GPU.
 """
 
 from __future__ import annotations
