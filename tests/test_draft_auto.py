@@ -62,8 +62,11 @@ def test_policy_probes_again_when_the_batch_changes_and_forgets_old_rounds():
     policy = AutoDraft()
     assert policy.needs_costs(16, 40) and policy.choose() == 0  # no costs yet: plain
     policy.set_costs(_costs(1.0, 10.0, 0.05), 16, 40)
-    assert not policy.needs_costs(9, 551) and policy.needs_costs(8, 40) and policy.needs_costs(16, 552)
+    assert not policy.needs_costs(8, 40)  # not within PROBE_GAP iterations of the last probe
     assert policy.choose() > 0  # the prior says drafts pay here
+    for _ in range(draft_policy.PROBE_GAP):
+        policy.choose()
+    assert not policy.needs_costs(9, 551) and policy.needs_costs(8, 40) and policy.needs_costs(16, 552)
     policy.record(0, 200)  # nothing accepted: drafting stops
     assert policy.choose() == 0
     for _ in range(10 * draft_policy.HALF_LIFE):  # plain steps: the evidence fades, the prior tries again

@@ -4,6 +4,7 @@ policy (draft_policy.AutoDraft) for k before each iteration, tell it what the ro
 Costs are timed on the group's own streams (a step, or a forward of m positions, then rolled back, so
 the caches are as before: nothing emitted depends on a probe) and with the call's q* step on the probe's
 logits, every cost PROBE_REPEATS times interleaved, the minimum kept (a busy spell only ever adds time).
+Each probe runs about a theta forward and ten teacher positions' worth of forwards (draft_policy.PROBE_POSITIONS).
 A probe runs when the policy asks (the first iteration, then when the rows in flight or the cache width
 changed by a factor of two): a few forwards' worth of work each time, logarithmically many times per call.
 """
@@ -18,7 +19,7 @@ from os_cli.engine.draft_policy import PROBE_POSITIONS, AutoDraft
 from os_cli.engine.streams import ModelStream
 from os_cli.memory import sync
 
-PROBE_REPEATS = 3
+PROBE_REPEATS = 1  # each cost timed once per probe (costs are made monotone in positions)
 
 
 def probe_costs(theta: ModelStream, teacher: ModelStream, pending: torch.Tensor, keys: torch.Tensor,

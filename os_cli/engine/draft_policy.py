@@ -15,7 +15,8 @@ The acceptance estimate starts at PRIOR_ACCEPTANCE (worth PRIOR_WEIGHT drafts) a
 (weights halve every HALF_LIFE iterations), so a batch whose composition changed is re-tried: once the
 evidence that made k = 0 win has faded, the prior may make a round pay again, and that round measures
 the acceptance anew. Costs are measured again when the rows in flight or the cached width change by a
-factor of two (the width also by WIDTH_STEP columns; `needs_costs`), since a forward's cost depends on both.
+factor of two (the width also by WIDTH_STEP columns; `needs_costs`), since a forward's cost depends on both,
+but not within PROBE_GAP iterations of the last probe (a probe costs about ten teacher positions).
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from typing import Mapping
 from os_cli.limits import DRAFT_TOKENS_AUTO as AUTO  # noqa: F401  (the draft_tokens value that asks for this policy)
 
 AUTO_MAX_DRAFT_TOKENS = 8  # the largest k `auto` considers; a^k vanishes long before
-PROBE_POSITIONS = (1, 2, 3, 5, 9)  # teacher / q* positions per row timed per cost probe (k + 1 for k = 0, 1, 2, 4, 8)
+# Teacher / q* positions per row timed per cost probe (k + 1 for k = 0 and 8; linear between): a probe costs
+# about a theta forward and ten positions of the teacher, so few points, and few probes (PROBE_GAP).
+PROBE_POSITIONS = (1, AUTO_MAX_DRAFT_TOKENS + 1)
+PROBE_GAP = 32  # iterations at least between two probes of one call
 PRIOR_ACCEPTANCE = 0.7
 PRIOR_WEIGHT = 4.0  # drafts' worth of the prior
 WIDTH_STEP = 512  # costs are measured again once the cache is twice as wide and this many columns wider
@@ -106,10 +110,13 @@ class AutoDraft:
         self.drafted = 0.0
         self.choices: list[int] = []  # k per iteration (benchmarks, tests)
         self.probes = 0
+        self.since_probe = 0  # iterations since the last probe
 
     def needs_costs(self, rows: int, width: int) -> bool:
         if self.cost_key is None:
             return True
+        if self.since_probe < PROBE_GAP:
+            return False
         rows0, width0 = self.cost_key
         return not (rows0 / 2 < rows < rows0 * 2) or width >= max(2 * width0, width0 + WIDTH_STEP)
 
@@ -117,6 +124,7 @@ class AutoDraft:
         self.costs = interpolate_costs(measured, self.k_max)
         self.cost_key = (rows, width)
         self.probes += 1
+        self.since_probe = 0
 
     @property
     def acceptance(self) -> float:
@@ -125,6 +133,7 @@ class AutoDraft:
     def choose(self) -> int:
         k = 0 if self.costs is None else choose_draft_tokens(self.acceptance, self.costs, self.k_max)
         self.choices.append(k)
+        self.since_probe += 1
         return k
 
     def record(self, accepted: int, drafted: int) -> None:
