@@ -25,7 +25,9 @@ Timed, interleaved in each repeat (after one warm-up), the floor first, then --v
 Reported: generated tokens/s, ratio to the floor of the same repeat (median and min-max over
 repeats) in wall time and in this process's CPU time (with --threads 1 the CPU time counts the
 work done and is much less sensitive to other jobs on a shared machine), and slot occupancy
-(mean rows in flight / batch) from the engine's counters.
+(mean rows in flight / batch) from the engine's counters; then each refill loop's time split (decode,
+mixing, prefill/join, host: engine/phase_clock.py) and `SUMMARY` lines for scripts/gpu_check.sh.
+--device / --dtype / --theta-shape / --teacher-shape size the pair for a GPU.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from os_cli import OptimalSamplingModel  # noqa: E402
 from os_cli.engine import scheduler, streams as engine  # noqa: E402
+from os_cli.engine.phase_clock import PHASES, PhaseClock  # noqa: E402
 from os_cli.engine.settings import DecodeSettings  # noqa: E402
+from os_cli.memory import model_devices, sync  # noqa: E402
 from os_cli.mix import rng  # noqa: E402
 from os_cli.toy import build_tokenizer, save_tiny_model, tiny_qwen2_config  # noqa: E402
 
@@ -114,6 +118,7 @@ def timed_refill(model, prompts, caps, batch, sample_from="mixture", draft_token
                  admit_min=None, admission="longest_first") -> tuple[int, float, float]:
     """`run_refill` plus this process's CPU seconds."""
     config = model._sampler_config(1.0, -1, 1.0)
+    sync(model_devices(model))
     start, cpu = time.perf_counter(), time.process_time()
     tokens = 0
     settings = DecodeSettings(max_new_tokens=max(caps), eos_ids=(), pad_id=model.tokenizer.pad_token_id,
@@ -123,6 +128,7 @@ def timed_refill(model, prompts, caps, batch, sample_from="mixture", draft_token
         model._step_fn(config, sample_from), settings, limit=batch, stats=stats,
     ):
         tokens += len(result.tokens)
+    sync(model_devices(model))
     return tokens, time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -167,6 +173,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=360)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--theta-shape", default="128x2x384", help="hidden x layers x intermediate")
+    parser.add_argument("--teacher-shape", default="256x4x768")
     parser.add_argument("--variants", default="refill,refill-input,refill-admit1",
                         help=f"comma-separated, of {', '.join(VARIANTS)} (the floor always runs)")
     args = parser.parse_args()
@@ -178,11 +188,12 @@ def main() -> None:
     caps = long_tail_caps(args.rows, args.max_new_tokens)
     prompts = [CORPUS[i % len(CORPUS)][: 20 + (7 * i) % 40] for i in range(args.rows)]
     with tempfile.TemporaryDirectory() as tmp:
-        theta, teacher = build_pair(Path(tmp), args.vocab)
-        model = OptimalSamplingModel(theta, teacher, device="cpu", dtype=torch.float32)
+        shapes = [tuple(int(x) for x in text.split("x")) for text in (args.theta_shape, args.teacher_shape)]
+        theta, teacher = build_pair(Path(tmp), args.vocab, *shapes)
+        model = OptimalSamplingModel(theta, teacher, device=args.device, dtype=getattr(torch, args.dtype))
         print(f"workload: {args.rows} rows, caps mean {statistics.mean(caps):.1f}, median "
               f"{statistics.median(caps)}, max {max(caps)}, at cap {sum(c == args.max_new_tokens for c in caps)}; "
-              f"batch {args.batch}; vocab {args.vocab}; threads {torch.get_num_threads()}")
+              f"batch {args.batch}; vocab {args.vocab}; threads {torch.get_num_threads()}; {args.device} {args.dtype}")
         floor_prompts = prompts[: args.batch]
         full = [args.max_new_tokens] * args.batch
         run_refill(model, floor_prompts, [8] * args.batch, args.batch, "theta")  # warm-up
@@ -190,21 +201,25 @@ def main() -> None:
         rates = {name: [] for name in ["floor"] + variants}
         cpu_rates = {name: [] for name in ["floor"] + variants}  # tokens per CPU second of this process
         occupancy = {name: [] for name in variants}
+        split = {name: {phase: [] for phase in PHASES} for name in variants}  # share of the call's time
         for repeat in range(args.repeats):
             n, s, c = timed_refill(model, floor_prompts, full, args.batch, "theta")
             rates["floor"].append(n / s)
             cpu_rates["floor"].append(n / c)
             for name in variants:
-                stats = scheduler.SchedulerStats()
+                stats = scheduler.SchedulerStats(clock=PhaseClock(model_devices(model)))
                 if name == "static":
                     n, s, c = run_static(model, prompts, caps, args.batch)
                 else:
                     n, s, c = timed_refill(model, prompts, caps, args.batch, stats=stats, **VARIANTS[name])
                     occupancy[name].append(stats.occupancy(args.batch))
+                    for phase, share in stats.clock.shares().items():
+                        split[name][phase].append(share)
                 rates[name].append(n / s)
                 cpu_rates[name].append(n / c)
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()), flush=True)
         print()
+        summary = []
         print("| loop | tokens/s (wall) | / floor (wall) | / floor (CPU time) | occupancy |")
         print("|---|---|---|---|---|")
         print(f"| floor (full batch) | {spread(rates['floor'], 0)} | 1 | 1 | 1 |")
@@ -213,6 +228,20 @@ def main() -> None:
             cpu_ratios = [a / b for a, b in zip(cpu_rates[name], cpu_rates["floor"])]
             occ = spread(occupancy[name]) if occupancy[name] else "-"
             print(f"| {name} | {spread(rates[name], 0)} | {spread(ratios)} | {spread(cpu_ratios)} | {occ} |")
+            summary.append(("3", f"{name} / floor (wall), threads {torch.get_num_threads()}", spread(ratios),
+                            ">= 0.80"))
+            summary.append(("3", f"{name} occupancy", occ, ""))
+        print("\ntime split of the refill loops (share of each call's wall time, median over repeats; phases: "
+              "engine/phase_clock.py)")
+        print("| loop | " + " | ".join(PHASES) + " |")
+        print("|---" * (len(PHASES) + 1) + "|")
+        for name in variants:
+            if split[name]["decode"]:
+                shares = [f"{statistics.median(split[name][p]):.2f}" for p in PHASES]
+                print(f"| {name} | " + " | ".join(shares) + " |")
+                summary.append(("3", f"{name} time split {' / '.join(PHASES)}", " / ".join(shares), ""))
+        for row in summary:
+            print("SUMMARY\t" + "\t".join(row))
 
 
 if __name__ == "__main__":

@@ -19,3 +19,8 @@ MAX_NUM_SAMPLES = 1 << 16
 # and a draft is accepted only if every one before it was, so past a few dozen the late drafts are pure cost;
 # larger values are typos, not plans.
 MAX_DRAFT_TOKENS = 64
+# sampling.draft_tokens / generate(draft_tokens=): this value instead of an integer k lets the engine pick
+# k as it runs (engine/draft_policy.py).
+DRAFT_TOKENS_AUTO = "auto"
+# The largest k `auto` considers (engine/draft_policy.py); the context check counts it for `auto`.
+AUTO_MAX_DRAFT_TOKENS = 8

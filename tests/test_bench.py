@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -298,6 +299,12 @@ def test_per_row_caps_in_generate_and_long_tail_bench(runner_app, recipe_file, t
     doc = json.loads(path.read_text())
     assert doc["settings"]["lengths"] == "long-tail" and "long-tail" in doc["rows"][0]["lengths"]
     assert doc["rows"][0]["new_tokens"] <= sum(B.long_tail_caps(4, 6, 0))
+    split = doc["rows"][0]["time_split"]  # where the time went (engine/phase_clock.py), printed with occupancy
+    assert set(split) == {"decode", "mixing", "prefill/join", "host"} and sum(split.values()) == pytest.approx(1.0)
+    assert split["decode"] > 0 and 0 < doc["rows"][0]["slot_occupancy"] <= 1
+    assert "occupancy (mean rows in flight / batch) and time split" in result.output
+    assert re.search(r"batch 2: occupancy [01]\.\d\d; decode \d+%, mixing \d+%, prefill/join \d+%, host \d+%",
+                     result.output), result.output
     bad = invoke(runner_app, "--config", recipe_file, "--lengths", "short")
     assert bad.exit_code == 2 and "--lengths" in bad.stderr
 

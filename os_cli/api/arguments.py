@@ -14,7 +14,7 @@ import torch
 from os_cli.engine.settings import DecodeSettings
 from os_cli.mix import rng
 from os_cli.mix.sampler import SAMPLE_FROM
-from os_cli.limits import MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_SEED
+from os_cli.limits import DRAFT_TOKENS_AUTO, MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,14 @@ def checked_cap(value, name: str = "max_new_tokens") -> int:
     return int(value)
 
 
-def checked_draft_tokens(value) -> int:
-    """draft_tokens: an integer in 0..MAX_DRAFT_TOKENS (0 = off; not bool, not float)."""
+def checked_draft_tokens(value) -> int | str:
+    """draft_tokens: an integer in 0..MAX_DRAFT_TOKENS (0 = off; not bool, not float), or "auto"."""
+    if value == DRAFT_TOKENS_AUTO:
+        return DRAFT_TOKENS_AUTO
     if not is_int(value) or not 0 <= value <= MAX_DRAFT_TOKENS:
         raise ValueError(f"draft_tokens must be an integer in 0..{MAX_DRAFT_TOKENS} (0 = off; a round runs k + 1 theta "
-                         f"forwards and late drafts are rarely accepted), got {type(value).__name__} {value!r}")
+                         f"forwards and late drafts are rarely accepted) or {DRAFT_TOKENS_AUTO!r}, got "
+                         f"{type(value).__name__} {value!r}")
     return int(value)
 
 

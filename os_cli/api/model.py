@@ -157,7 +157,7 @@ class OptimalSamplingModel:
         seed: int | Sequence[int] | None = None,
         stop: Sequence[str] | None = None,
         sample_from: str = "mixture",
-        draft_tokens: int = 0,
+        draft_tokens: int | str = 0,
         loop: str = "refill",
         num_samples: int | None = None,
         alpha: Mapping[str, Any] | None = None,
@@ -173,9 +173,9 @@ class OptimalSamplingModel:
         or `"theta"` skips mixing and samples one model while both still run (baselines, floors).
         `max_new_tokens` may be one cap per prompt. `batch_size` rows decode at once; a finished
         row's slot is refilled with the next prompt at once (continuous batching). `draft_tokens=k`
-        samples by exact speculative rounds: theta drafts k tokens, q* verifies them (same
-        distribution, fewer teacher forwards). `loop="static"` runs the reference loop instead
-        (fixed micro-batches, one token per step), kept for tests and benchmarks.
+        samples by exact speculative rounds: theta drafts k tokens, q* verifies them (same distribution,
+        fewer teacher forwards; "auto" picks k per round, engine/draft_policy.py). `loop="static"` runs the
+        reference loop instead (fixed micro-batches, one token per step), kept for tests and benchmarks.
         `num_samples=n` samples n completions per prompt: rows prompt-major (prompt 0's n samples
         first), sample 0 of each prompt is what a call without num_samples draws (os_cli/samples.py).
         `alpha={"method": ..., "fixed": ..., "min": ..., "max": ...}` (any of these keys, the recipe's
@@ -238,7 +238,7 @@ class OptimalSamplingModel:
         top_k: int = -1,
         stop: Sequence[str] | None = None,
         sample_from: str = "mixture",
-        draft_tokens: int = 0,
+        draft_tokens: int | str = 0,
         limit: int | InFlightLimit = 8,
         return_logits: bool = False,
         return_q_star_probs: bool = False,

@@ -38,7 +38,7 @@ from os_cli.bench.measure import BenchRow, Point, measure
 from os_cli.memory import model_devices, sync
 from os_cli.engine.requests import SchedulerStats
 from os_cli.api.rows import StreamRow
-from os_cli.engine.speculative import expected_tokens_per_round
+from os_cli.engine.draft_policy import expected_speedup, expected_tokens_per_round
 
 if TYPE_CHECKING:
     from os_cli.bench.sweep import BenchSettings
@@ -117,11 +117,9 @@ def ideal_speedup(acceptance: float, k: int, costs: dict[str, float]) -> float:
 
 def ideal_plus_speedup(acceptance: float, k: int, costs: dict[str, float]) -> float:
     """The ideal counting what a round runs: k + 1 theta forwards and one q* step over k + 1 positions,
-    against t_theta + t_T(1) + one q* step per plain token."""
-    e = expected_tokens_per_round(acceptance, k)
-    plain = costs["theta"] + costs["teacher"] + costs["q_step"]
-    spec = (k + 1) * costs["theta"] + costs[f"teacher_{k + 1}"] + costs[f"q_step_{k + 1}"]
-    return e * plain / spec
+    against t_theta + t_T(1) + one q* step per plain token: the formula `draft_tokens: auto` maximises
+    (engine/draft_policy.expected_speedup)."""
+    return expected_speedup(acceptance, k, costs)
 
 
 # --------------------------------------------------------------------------------------------------

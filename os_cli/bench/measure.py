@@ -48,6 +48,7 @@ class BenchRow:
     noisy: bool = False  # spread > NOISY_SPREAD: do not trust small differences
     lengths: str | None = None  # how completion lengths were set (see BenchSettings)
     slot_occupancy: float | None = None  # mean rows in flight / batch size, where the engine reports it
+    time_split: dict | None = None  # share of the last timed run per phase (engine/phase_clock.py), long-tail
 
     @property
     def ok(self) -> bool:
@@ -92,7 +93,8 @@ def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
 
 
 class Point:
-    """One row to measure: `warmup()` (untimed) then `run() -> (new tokens, steps[, occupancy])` per round."""
+    """One row to measure: `warmup()` (untimed) then `run() -> (new tokens, steps[, occupancy[, time split]])`
+    per round."""
 
     def __init__(self, row: BenchRow, run: Callable[[], tuple], warmup: Callable[[], Any] | None = None):
         self.row, self.run, self.warmup = row, run, warmup
@@ -131,6 +133,8 @@ def _time_once(point: Point, devices) -> None:
     point.steps = int(result[1])
     if len(result) > 2 and result[2] is not None:
         point.occupancy = float(result[2])
+    if len(result) > 3 and result[3] is not None:
+        row.time_split = dict(result[3])
     row.peak_memory = max(row.peak_memory or 0, peak) if peak is not None else row.peak_memory
     if reserved is not None:
         row.peak_reserved = max(row.peak_reserved or 0, reserved)

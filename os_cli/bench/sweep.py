@@ -120,6 +120,8 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
                               ignore_eos=settings.fixed_length, **kw)
 
     def run() -> tuple:
+        if settings.lengths == "long-tail":  # through the row stream, to see where the time goes
+            return _long_tail_run(model, batch, batch_t, batch_size, settings, kwargs, sample_from, alpha_method)
         out = generate(batch, batch_t, **kwargs)
         return int(out.lengths.sum()), _steps(out.lengths, batch_size), getattr(out, "slot_occupancy", None)
 
@@ -128,6 +130,30 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
         generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None, **warm_kwargs)
 
     return Point(row, run, warm)
+
+
+def _long_tail_run(model, batch, batch_t, batch_size: int, settings: BenchSettings, kwargs: dict, sample_from: str,
+                   alpha_method: str | None) -> tuple:
+    """What `generate` runs for the long-tail point (the same rows, seeds and caps), through `generate_stream`
+    with a PhaseClock: (tokens, steps, slot occupancy, each phase's share of the time)."""
+    from os_cli.api import arguments
+    from os_cli.api.rows import StreamRow
+    from os_cli.engine.phase_clock import PhaseClock
+    from os_cli.engine.requests import SchedulerStats
+
+    seeds = arguments.row_seeds(kwargs["seed"], len(batch)).tolist()
+    teacher = batch_t or [None] * len(batch)
+    rows = [StreamRow(p, t, seed=s, max_new_tokens=c)
+            for p, t, s, c in zip(batch, teacher, seeds, kwargs["max_new_tokens"])]
+    separate = model.same_model and any(t is not None and t != p for p, t in zip(batch, teacher))
+    stats = SchedulerStats(clock=PhaseClock(model_devices(model)))
+    tokens = sum(len(out.token_ids) for out in model.generate_stream(
+        rows, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
+        top_k=settings.top_k, stop=kwargs["stop"], sample_from=sample_from, limit=batch_size, skip_decode=True,
+        stats=stats, separate_teacher_prompts=separate, ignore_eos=settings.fixed_length,
+        alpha=None if alpha_method is None else {"method": alpha_method}))
+    assert stats.clock is not None  # set above
+    return tokens, stats.steps, stats.occupancy(batch_size), stats.clock.shares()
 
 
 def _lengths_label(settings: BenchSettings) -> str:

@@ -192,6 +192,8 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
     note(console, f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
                   "runs, * when over 10%[/]")
     note(console, _memory_note(sweep_rows, device))
+    for line in _split_notes(sweep_rows):
+        note(console, line)
     if rec["batch_size"] is not None:
         note(console, f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
                       f"{rec['tokens_per_s']:.1f} tokens/s):")
@@ -293,6 +295,18 @@ def _rows_table(title: str, rows, compare: bool):
                 cells += ["–"] * 6 + [failed]
             table.add_row(*cells)
     return table
+
+
+def _split_notes(rows) -> list[str]:
+    """Long-tail points: slot occupancy and where each point's time went (engine/phase_clock.py)."""
+    split = [r for r in rows if r.ok and r.time_split]
+    if not split:
+        return []
+    lines = ["[dim]occupancy (mean rows in flight / batch) and time split of the last timed run:[/]"]
+    for r in split:
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in r.time_split.items())
+        lines.append(f"[dim]  batch {r.batch_size}: occupancy {r.slot_occupancy:.2f}; {shares}[/]")
+    return lines
 
 
 def _memory_note(rows, device: dict) -> str:

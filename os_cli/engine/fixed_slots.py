@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 ATTENTION = ("sdpa", "eager")  # implementations whose masks this module builds
 
 
-def check_compile(value, *, draft_tokens: int = 0, oom_backoff: bool = False, attn_implementation: str | None = None
+def check_compile(value, *, draft_tokens: int | str = 0, oom_backoff: bool = False, attn_implementation: str | None = None
                   ) -> None:
     """A ValueError naming what `compile` does not combine with (before anything runs)."""
     if not isinstance(value, (bool, str)) or value not in COMPILE_CHOICES:

@@ -4,10 +4,12 @@ caller may lower while it runs, and the counters benchmarks read. Plain data; th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from torch import Tensor
+
+from os_cli.engine.phase_clock import PhaseClock
 
 
 @dataclass
@@ -68,6 +70,9 @@ class SchedulerStats:
     drafted: int = 0  # draft positions verified
     accepted: int = 0  # drafts accepted
     tokens: int = 0  # tokens emitted (after truncation at EOS / cap / stop)
+    draft_lengths: dict[int, int] = field(default_factory=dict)  # iterations per draft length k (0: plain steps)
+    cost_probes: int = 0  # forward-cost probes of draft_tokens="auto" (engine/auto_draft.py)
+    clock: PhaseClock | None = None  # the call's wall time split by phase (benchmarks)
 
     def occupancy(self, limit: int) -> float:
         return self.row_steps / (self.steps * limit) if self.steps else 0.0

@@ -34,8 +34,10 @@ import torch
 from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
-from os_cli.engine import speculative
+from os_cli.engine import auto_draft, phase_clock, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
+from os_cli.engine.draft_policy import AUTO, AutoDraft
+from os_cli.prompts.lengths import draft_overrun
 from os_cli.engine.streams import TRACE_FIELDS, DecodeStream, ModelStream, left_pad, trace_columns
 from os_cli.models.loading import input_device
 from os_cli.mix.sampler import StepOutput
@@ -160,7 +162,8 @@ def decode_rows(
     lookahead = settings.lookahead if settings.lookahead is not None else LOOKAHEAD_PER_SLOT * loop.limit.value
     waiting = admission_policy.Waiting(iter(requests), settings.admission, lookahead,
                                        cap=lambda r: r.max_new_tokens or settings.max_new_tokens, accept=loop._check)
-    yield from loop.run(waiting)
+    with phase_clock.attached(loop.clock, [model_theta, model_t]):  # where the time goes (benchmarks)
+        yield from loop.run(waiting)
 
 
 class _Loop:
@@ -168,13 +171,17 @@ class _Loop:
                  stats: SchedulerStats):
         self.model_theta, self.model_t, self.vocab_size, self.step_fn = model_theta, model_t, vocab_size, step_fn
         self.settings, self.limit, self.stats = settings, limit, stats
+        self.clock = stats.clock
+        self.step_fn = step_fn if self.clock is None else self.clock.wrap_step(step_fn)
         self.admit_min = settings.admit_min if settings.admit_min is not None else max(1, limit.value // 4)
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
         self.eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
+        # draft_tokens="auto": k chosen per iteration (draft_policy.py, auto_draft.py); `draft_policy.choices`.
+        self.draft_policy = AutoDraft() if settings.draft_tokens == AUTO else None
         # One slot per row the initial limit lets in (the limit only ever goes down), each with room for
         # max_new_tokens plus a speculative round's overshoot (k + 1 columns from a row's step; k never
         # exceeds the tokens left, _round).
-        width = settings.max_new_tokens + min(settings.draft_tokens, settings.max_new_tokens) + 1
+        width = settings.max_new_tokens + draft_overrun(settings.draft_tokens, settings.max_new_tokens) + 1
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
@@ -198,12 +205,14 @@ class _Loop:
                     break
                 batch.append(row)
             if batch:
-                yield from self._admit(batch)
+                with phase_clock.timed(self.clock, "prefill/join"):  # the admission's work, not the caller's
+                    admitted = list(self._admit(batch))
+                yield from admitted
             if not self.main:
                 if waiting.done:
                     return
                 continue
-            yield from self._guarded(self._round if self.settings.draft_tokens else self._step)
+            yield from self._guarded(self._iteration)
             if self.main is not None and not len(self.main):
                 self.main = None
 
@@ -305,6 +314,24 @@ class _Loop:
         assert self.main is not None
         return self.main
 
+    def _iteration(self) -> Iterator[RowResult]:
+        """A plain step or a speculative round at the fixed or chosen (auto) draft length."""
+        g, stats = self.group, self.stats
+        if self.draft_policy is not None:
+            theta, teacher = g.prefilled()  # speculative rounds run on ModelStreams (no fixed slots)
+            assert teacher is not None and g.pending is not None
+            k = auto_draft.choose(self.draft_policy, theta, teacher, g.pending, g.keys, g.steps, self.step_fn, stats)
+        else:
+            fixed = self.settings.draft_tokens
+            assert isinstance(fixed, int)  # "auto" has a draft policy
+            k = fixed
+        stats.draft_lengths[k] = stats.draft_lengths.get(k, 0) + 1
+        accepted, drafted = stats.accepted, stats.drafted
+        results = self._round(k) if k else self._step()
+        if self.draft_policy is not None:
+            self.draft_policy.record(stats.accepted - accepted, stats.drafted - drafted)
+        return results
+
     def _step(self) -> Iterator[RowResult]:
         g = self.group
         assert g.pending is not None  # set by _emit for every row in flight
@@ -320,8 +347,8 @@ class _Loop:
         self._keep_topk(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
 
-    def _round(self) -> Iterator[RowResult]:
-        """One exact speculative round (os_cli/speculative.py) for every row in flight."""
+    def _round(self, k: int) -> Iterator[RowResult]:
+        """One exact speculative round (os_cli/speculative.py) at draft length k for every row in flight."""
         g = self.group
         # Drafts: two ModelStreams (decode_rows rules out fixed slots and a missing teacher); pending as in _step.
         assert isinstance(g.theta, ModelStream) and isinstance(g.teacher, ModelStream) and g.pending is not None
@@ -330,7 +357,7 @@ class _Loop:
         # No row emits more than it has left, so drafting past the most any row has left is waste (and feeds
         # positions beyond the context). Exact and output-preserving: a row's first n tokens are the same for
         # every k >= n (draws are keyed by position), so capping k at max(left) >= n changes no row's tokens.
-        k = min(self.settings.draft_tokens, int((g.caps - g.steps).max()))
+        k = min(k, int((g.caps - g.steps).max()))
         r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, k,
                                   self.settings.config.temperature, self.step_fn, self.stats)
         if self.settings.keep_logits or self.settings.keep_q_star:

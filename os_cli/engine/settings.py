@@ -43,7 +43,7 @@ class DecodeSettings:
     stop_fn: StopFn | None = None
     keep_logits: bool = False
     keep_q_star: bool = False
-    draft_tokens: int = 0
+    draft_tokens: int | str = 0  # k, or "auto" (limits.DRAFT_TOKENS_AUTO: k chosen as it runs, draft_policy.py)
     oom_backoff: bool = False
     topk: TopK | None = None
     admission: str = ADMISSIONS[0]

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from os_cli.mix import rng
+from os_cli.engine.draft_policy import expected_tokens_per_round  # noqa: F401  (one formula: draft_policy.py)
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, trace_columns
 
 DRAFT, ACCEPT, RESIDUAL = 1, 2, 3  # keyed-randomness streams (0 is the plain loop's draw)
@@ -73,13 +74,6 @@ def residual_draw(logq: Tensor, logp: Tensor, keys: Tensor, steps: Tensor) -> Te
     usable = residual.sum(dim=-1, keepdim=True) > 0
     log_residual = torch.where(usable, residual.log(), logq.double())
     return rng.keyed_categorical(log_residual, keys, steps, stream=RESIDUAL)
-
-
-def expected_tokens_per_round(acceptance: float, k: int) -> float:
-    """(1 - a^(k+1)) / (1 - a): tokens one round emits when each draft is accepted with probability a."""
-    if acceptance >= 1.0:
-        return float(k + 1)
-    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
 
 
 @dataclass

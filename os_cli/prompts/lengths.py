@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from os_cli.errors import UserError
+from os_cli.limits import AUTO_MAX_DRAFT_TOKENS, DRAFT_TOKENS_AUTO
 from os_cli.recipe.typed import Models, Prompts
 from os_cli.store.record_format import json_safe
 
@@ -36,11 +37,12 @@ def _lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     return [len(ids) if text else 0 for text, ids in zip(texts, prompt_token_ids(tokenizer, texts))]
 
 
-def draft_overrun(draft_tokens: int, max_new_tokens: int) -> int:
+def draft_overrun(draft_tokens: int | str, max_new_tokens: int) -> int:
     """Positions past a row's last new token that speculative rounds may feed: a round drafts up to
     min(k, the most tokens any row in flight has left) for every row, so a row near its cap can be fed
     up to min(k, max_new_tokens) drafted tokens beyond it (they are never emitted, but take positions)."""
-    return min(draft_tokens, max_new_tokens) if draft_tokens else 0
+    k = AUTO_MAX_DRAFT_TOKENS if draft_tokens == DRAFT_TOKENS_AUTO else int(draft_tokens)
+    return min(k, max_new_tokens)
 
 
 def length_problem(n_tokens: int, max_new_tokens: int, context: int | None, drafts: int = 0) -> str | None:
@@ -55,7 +57,7 @@ def length_problem(n_tokens: int, max_new_tokens: int, context: int | None, draf
 
 
 def screen_prompts(prompts: Prompts, rendered, tokenizer, tokenizer_t, contexts: Mapping[str, int | None], *,
-                   models: Models, max_new_tokens: int, draft_tokens: int = 0) -> None:
+                   models: Models, max_new_tokens: int, draft_tokens: int | str = 0) -> None:
     """Check every rendered row's two prompts (empty, too long for the context) in place; see module doc."""
     max_new, drafts = max_new_tokens, draft_overrun(draft_tokens, max_new_tokens)
     names = {"theta": models.theta, "teacher": models.teacher or models.theta}

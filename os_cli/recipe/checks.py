@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from os_cli.errors import UserError
+from os_cli.limits import DRAFT_TOKENS_AUTO as AUTO
 from os_cli.recipe.places import (
     BUILTIN_PREFIX, DATA_SUFFIXES, HUB_NAME, builtin_datasets, builtin_models, local_candidate as _local_candidate,
     looks_local as _looks_local,
@@ -82,6 +83,16 @@ def _check_float(spec, value, path, ctx):
     value = float(value)
     if value != value or value in (float("inf"), float("-inf")):
         ctx.fail(path, f"must be a finite number, got {value}")
+    _check_range(spec, value, path, ctx)
+    return value
+
+
+def _check_draft_tokens(spec, value, path, ctx):
+    """sampling.draft_tokens: an integer k in range, or "auto" (engine/draft_policy.py picks k as it runs)."""
+    if value == AUTO:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        ctx.fail(path, f"must be an integer or {AUTO!r}, got {type_name(value)} {show_value(value)}")
     _check_range(spec, value, path, ctx)
     return value
 
@@ -247,5 +258,5 @@ CHECKERS = {
     "choice": _check_choice, "choice_list": _check_choice_list, "device": _check_device, "device_map": _check_device_map,
     "max_memory": _check_max_memory, "top_k": _check_top_k, "str_list": _check_str_list,
     "keep_fields": _check_keep_fields, "rows": _check_rows, "template": _check_template,
-    "model": _check_model, "source": _check_source, "compile": _check_compile,
+    "model": _check_model, "source": _check_source, "compile": _check_compile, "draft_tokens": _check_draft_tokens,
 }

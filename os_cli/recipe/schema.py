@@ -138,7 +138,7 @@ SCHEMA = Section(
                 "num_samples": Field("int", 1, min=1, max=MAX_NUM_SAMPLES),
                 "stop": Field("str_list", []),
                 "draft_tokens": Field(
-                    "int", 0, min=0, max=MAX_DRAFT_TOKENS,
+                    "draft_tokens", 0, min=0, max=MAX_DRAFT_TOKENS,
                     note="; a round runs k + 1 theta forwards and late drafts are rarely accepted, so a larger k only "
                          "costs time (0 = off)",
                 ),

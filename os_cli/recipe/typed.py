@@ -117,7 +117,7 @@ class Sampling(_Section):
     seed: int = 0
     num_samples: int = 1
     stop: tuple[str, ...] = ()
-    draft_tokens: int = 0
+    draft_tokens: int | str = 0  # k, or "auto"
 
 
 @dataclass(frozen=True)
