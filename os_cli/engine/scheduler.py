@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
-from os_cli.engine import speculative
+from os_cli.engine import prefix, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from os_cli.models.loading import input_device
@@ -162,6 +162,10 @@ class _Loop:
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
+        # Prefilled prompts kept for the next rows with the same prompt (num_samples; engine/prefix.py).
+        share = settings.share_prompts
+        self.stores = [prefix.PromptStore() if share and m is not None and prefix.shareable(m) else None
+                       for m in (model_theta, model_t)]
         self.waiting: admission_policy.Waiting | None = None  # rows read, not in flight (admission.py)
 
     # ------------------------------------------------------------------ driver
@@ -252,12 +256,10 @@ class _Loop:
 
     def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> _Group:
         device, batch = self.device, [r for _, r in waiting]
-        theta = ModelStream(self.model_theta, self.vocab_size)
-        logits_theta = theta.prefill(*left_pad([r.ids_theta for r in batch], self.settings.pad_id, device))
+        theta, logits_theta = self._prefill_side(self.model_theta, [r.ids_theta for r in batch], 0)
         teacher, logits_t = None, logits_theta
         if self.model_t is not None:
-            teacher = ModelStream(self.model_t, self.vocab_size, output_device=device)
-            logits_t = teacher.prefill(*left_pad([r.ids_t for r in batch], self.settings.pad_id, device))
+            teacher, logits_t = self._prefill_side(self.model_t, [r.ids_t for r in batch], 1)
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = _Group(
@@ -275,6 +277,21 @@ class _Loop:
         self._keep_topk(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
         return group
+
+    def _prefill_side(self, model, rows: list, side: int):
+        """One model's stream over `rows`, each distinct prompt run once (engine/prefix.py); the last row's
+        prompt is kept for the next admission (the next sample of that prompt may come then)."""
+        stream, logits, ran = prefix.prefill_rows(
+            model, self.vocab_size, rows, self.settings.pad_id, self.device, self.stores[side],
+            keep={tuple(rows[-1])}, output_device=self.device)
+        if self.stores[side] is not None:
+            self.stores[side].retain({tuple(rows[-1])})
+        counted = sum(map(len, ran))
+        if side == 0:
+            self.stats.prompt_tokens_theta += counted
+        else:
+            self.stats.prompt_tokens_t += counted
+        return stream, logits
 
     # ------------------------------------------------------------------ one iteration
 
