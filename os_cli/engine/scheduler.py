@@ -35,6 +35,7 @@ from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
 from os_cli.engine import prefix, speculative
+from os_cli.engine.stacked import StackedPair
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_columns
 from os_cli.models.loading import input_device
@@ -80,6 +81,13 @@ class _Group:
 
     def streams(self) -> list[ModelStream]:
         return [self.theta] + ([self.teacher] if self.teacher is not None else [])
+
+    def step(self) -> tuple[Tensor, Tensor]:
+        """Feed the pending tokens: (theta's logits, the teacher's), one forward when the pair is stacked."""
+        if isinstance(self.theta, StackedPair):
+            return self.theta.step_both(self.pending)
+        logits_theta = self.theta.step(self.pending)
+        return logits_theta, self.teacher.step(self.pending) if self.teacher is not None else logits_theta
 
     def keep(self, index: list[int]) -> None:
         if not index:  # every row ended: the streams go
@@ -162,6 +170,8 @@ class _Loop:
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
+        # One model with teacher prompts of its own: one stream of interleaved pairs (stacked.py).
+        self.stacked = model_t is model_theta and settings.stack_one_model
         # Prefilled prompts kept for the next rows with the same prompt (num_samples; engine/prefix.py).
         share = settings.share_prompts
         self.stores = [prefix.PromptStore() if share and m is not None and prefix.shareable(m) else None
@@ -247,7 +257,9 @@ class _Loop:
             return
         if len(group):
             if self.main is None:
-                if self.fixed is not None:  # compile: the rows move into the fixed slots (static_stream.py)
+                if self.fixed is not None and self.stacked:  # compile: 2 slots per pair (fixed_slots.py)
+                    group.theta = StackedPair(self.fixed.adopt(group.theta.inner, None)[0])
+                elif self.fixed is not None:  # compile: the rows move into the fixed slots (fixed_slots.py)
                     group.theta, group.teacher = self.fixed.adopt(group.theta, group.teacher)
                 self.main = group
             else:
@@ -256,9 +268,13 @@ class _Loop:
 
     def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> _Group:
         device, batch = self.device, [r for _, r in waiting]
-        theta, logits_theta = self._prefill_side(self.model_theta, [r.ids_theta for r in batch], 0)
-        teacher, logits_t = None, logits_theta
-        if self.model_t is not None:
+        if self.stacked:  # one stream, theta's and the teacher's prompt of each row interleaved (stacked.py)
+            theta, logits = self._prefill_side(self.model_theta, [ids for r in batch for ids in (r.ids_theta, r.ids_t)])
+            theta, teacher, logits_theta, logits_t = StackedPair(theta), None, logits[0::2], logits[1::2]
+        else:
+            theta, logits_theta = self._prefill_side(self.model_theta, [r.ids_theta for r in batch])
+            teacher, logits_t = None, logits_theta
+        if self.model_t is not None and not self.stacked:
             teacher, logits_t = self._prefill_side(self.model_t, [r.ids_t for r in batch], 1)
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
@@ -278,27 +294,28 @@ class _Loop:
         self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
         return group
 
-    def _prefill_side(self, model, rows: list, side: int):
+    def _prefill_side(self, model, rows: list, side: int = 0):
         """One model's stream over `rows`, each distinct prompt run once (engine/prefix.py); the last row's
-        prompt is kept for the next admission (the next sample of that prompt may come then)."""
-        stream, logits, ran = prefix.prefill_rows(
-            model, self.vocab_size, rows, self.settings.pad_id, self.device, self.stores[side],
-            keep={tuple(rows[-1])}, output_device=self.device)
+        prompts are kept for the next admission (the next sample of that prompt may come then). Stacked
+        rows alternate theta's prompt and the teacher's: the prompt tokens are counted per side."""
+        last = {tuple(rows[-1])} | ({tuple(rows[-2])} if self.stacked else set())
+        stream, logits, ran = prefix.prefill_rows(model, self.vocab_size, rows, self.settings.pad_id, self.device,
+                                                  self.stores[side], keep=last, output_device=self.device)
         if self.stores[side] is not None:
-            self.stores[side].retain({tuple(rows[-1])})
-        counted = sum(map(len, ran))
-        if side == 0:
-            self.stats.prompt_tokens_theta += counted
-        else:
-            self.stats.prompt_tokens_t += counted
+            self.stores[side].retain(last)
+        theta_rows = {tuple(r) for r in rows[::2]} if self.stacked else None
+        for key in ran:
+            if side == 1 or (theta_rows is not None and key not in theta_rows):
+                self.stats.prompt_tokens_t += len(key)
+            else:
+                self.stats.prompt_tokens_theta += len(key)
         return stream, logits
 
     # ------------------------------------------------------------------ one iteration
 
     def _step(self) -> Iterator[RowResult]:
         g = self.main
-        logits_theta = g.theta.step(g.pending)
-        logits_t = g.teacher.step(g.pending) if g.teacher is not None else logits_theta
+        logits_theta, logits_t = g.step()
         self.stats.theta_forwards += 1
         self.stats.teacher_forwards += g.teacher is not None
         self.stats.steps += 1
@@ -314,8 +331,10 @@ class _Loop:
         g = self.main
         self.stats.steps += 1
         self.stats.row_steps += len(g)
-        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, self.settings.draft_tokens,
+        theta, teacher = g.theta.round_views() if self.stacked else (g.theta, g.teacher)
+        r = speculative.run_round(theta, teacher, g.pending, g.keys, g.steps, self.settings.draft_tokens,
                                   self.settings.config.temperature, self.step_fn, self.stats)
+        self.stats.teacher_forwards -= self.stacked  # the teacher rows rode along theta's k + 1 forwards
         if self.settings.keep_logits or self.settings.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
         self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])

@@ -35,6 +35,8 @@ class DecodeSettings:
     Refill loop only: `admission` / `lookahead` (admission.py) and `admit_min` (waiting rows are
     prefilled once that many slots are free; None: a quarter of the limit, at least 1). `share_prompts`:
     rows with the same prompt ids share one prefill (engine/prefix.py; False: one prefill per row, for comparison).
+    `stack_one_model`: when theta is also the teacher (the same model object, its own prompts), one forward of
+    2B stacked rows per step instead of two streams (engine/stacked.py; False: two streams, for comparison).
     """
 
     max_new_tokens: int
@@ -51,3 +53,4 @@ class DecodeSettings:
     lookahead: int | None = None
     admit_min: int | None = None
     share_prompts: bool = True
+    stack_one_model: bool = True
