@@ -57,6 +57,12 @@ def main() -> None:
               f"teacher {s.prompt_tokens_t / len(prompts) / (args.prompt_len + 16):.2f}x")
     print(f"  speed-up (shared / per sample): {engine_rows.spread(ratios, 2)}, {len(ratios)} rounds; "
           f"same tokens: {outputs[True] == outputs[False]}")
+    engine_rows.write_json(args.json, {
+        "records_per_s": {"per_sample": rate[False], "per_prompt": rate[True]}, "speedup": ratios,
+        "prompt_tokens_per_prompt": {str(share): [stats[share].prompt_tokens_theta / len(prompts) / args.prompt_len,
+                                                  stats[share].prompt_tokens_t / len(prompts) / (args.prompt_len + 16)]
+                                     for share in (False, True)},
+        "same_tokens": outputs[True] == outputs[False], "args": vars(args)})
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def main() -> None:
     print(f"one model, hinted teacher: stacked / two models; prompt {args.prompt_len}, {args.max_new_tokens} new, "
           f"hidden {args.hidden}, layers {args.layers}, vocab {args.vocab}, {args.device}/{args.dtype}, "
           f"threads {torch.get_num_threads()}, draft_tokens {args.draft_tokens}")
+    results = []
     for batch in args.batches:
         n = batch * args.rows_per_batch
         lengths = torch.randint(args.prompt_len // 2, args.prompt_len + 1, (n,), generator=gen).tolist()
@@ -56,6 +57,8 @@ def main() -> None:
         print(f"  batch {batch:3d}: stacked {engine_rows.spread(times['stacked'], 2)} s, two models "
               f"{engine_rows.spread(times['two'], 2)} s; ratio {engine_rows.spread(ratios)} ({len(ratios)} rounds); "
               f"same tokens: {out['stacked'] == out['two']}")
+        results.append({"batch": batch, "ratio": ratios, "seconds": times, "same_tokens": out["stacked"] == out["two"]})
+    engine_rows.write_json(args.json, {"results": results, "args": vars(args)})
 
 
 if __name__ == "__main__":

@@ -26,6 +26,14 @@ def add_model_args(ap) -> None:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--json", default=None, help="also write the results here (for scripts/gpu_check.sh)")
+
+
+def write_json(path, payload) -> None:
+    if path:
+        import json
+
+        Path(path).write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def build(args, seed: int = 0):
