@@ -100,3 +100,26 @@ def test_store_keeps_only_what_it_is_told(pair):
                                                          store)
     assert ran_again == [] and again.attention_mask.tolist() == [[1, 1]]
     torch.testing.assert_close(logits_again[0], logits[2])
+
+
+def test_one_model_stacked_rows_share_prefills_too(tiny_models):
+    """One model with its own teacher prompts (stacked pairs, engine/stacked.py): each distinct prompt runs once,
+    counted on its side, and the samples give what the same weights loaded twice (no stacking) give."""
+    import shutil
+    import tempfile
+
+    one = OptimalSamplingModel(tiny_models["theta"], device="cpu", dtype=torch.float32)
+    copy = shutil.copytree(tiny_models["theta"], tempfile.mkdtemp() + "/copy")
+    two = OptimalSamplingModel(tiny_models["theta"], copy, device="cpu", dtype=torch.float32)
+    rows = [StreamRow(p, t, seed=s) for p, t in zip(PROMPTS, HINTED) for s in (1, 2, 3)]
+    got, stats = {}, {}
+    for name, model in (("one", one), ("two", two)):
+        stats[name] = SchedulerStats()
+        got[name] = {o.index: o.token_ids.tolist() for o in model.generate_stream(
+            rows, max_new_tokens=5, limit=2, stats=stats[name], separate_teacher_prompts=True)}
+    assert got["one"] == got["two"]
+    lengths = sum(len(one._token_ids(p, "prompts", 0)) for p in PROMPTS)
+    lengths_t = sum(len(one._token_ids(p, "prompts_t", 0, teacher=True)) for p in HINTED)
+    for s in stats.values():
+        assert (s.prompt_tokens_theta, s.prompt_tokens_t) == (lengths, lengths_t)
+    assert stats["one"].teacher_forwards == 0 < stats["two"].teacher_forwards
