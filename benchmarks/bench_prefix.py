@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import engine_rows
+import torch
 
 
 def main() -> None:

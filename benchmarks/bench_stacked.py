@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 import copy
 
-import torch
-
 import engine_rows
+import torch
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
         lengths = torch.randint(args.prompt_len // 2, args.prompt_len + 1, (n,), generator=gen).tolist()
         prompts = [torch.randint(0, args.vocab, (m,), generator=gen).tolist() for m in lengths]
         hinted = [p + torch.randint(0, args.vocab, (16,), generator=gen).tolist() for p in prompts]
-        rows = lambda: engine_rows.requests(prompts, hinted, range(n))  # noqa: E731
+        rows = lambda prompts=prompts, hinted=hinted, n=n: engine_rows.requests(prompts, hinted, range(n))  # noqa: E731
         times = {"stacked": [], "two": []}
         out = {}
         for round_ in range(args.repeats + 1):

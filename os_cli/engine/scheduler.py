@@ -21,6 +21,9 @@ requests ahead and admits the largest token cap first, so a long-tailed workload
 a few long rows decoding alone; "input_order" admits rows as they come. Each row carries its last
 solved alpha (`_Group.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
 
+Rows with the same prompt ids share one prefill (engine/prefix.py: num_samples' repeated prompts); one
+model with teacher prompts of its own decodes as stacked pairs, one forward of 2B rows (engine/stacked.py).
+
 One host sync per iteration (the end check) when nothing ends; a few more when rows end or
 join, and per speculative round (accepted counts).
 """
@@ -37,7 +40,7 @@ from os_cli.engine import admission as admission_policy
 from os_cli.engine import prefix, speculative
 from os_cli.engine.stacked import StackedPair
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
-from os_cli.engine.streams import TRACE_FIELDS, ModelStream, left_pad, trace_columns
+from os_cli.engine.streams import TRACE_FIELDS, ModelStream, trace_columns
 from os_cli.models.loading import input_device
 from os_cli.mix.sampler import StepOutput
 from os_cli.engine.requests import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
@@ -274,8 +277,8 @@ class _Loop:
         else:
             theta, logits_theta = self._prefill_side(self.model_theta, [r.ids_theta for r in batch])
             teacher, logits_t = None, logits_theta
-        if self.model_t is not None and not self.stacked:
-            teacher, logits_t = self._prefill_side(self.model_t, [r.ids_t for r in batch], 1)
+            if self.model_t is not None:
+                teacher, logits_t = self._prefill_side(self.model_t, [r.ids_t for r in batch], 1)
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = _Group(

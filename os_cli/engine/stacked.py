@@ -46,7 +46,7 @@ class StackedPair:
     def keep_rows(self, rows: Tensor) -> None:
         self.inner.keep_rows(pairs(rows))
 
-    def join(self, other: "StackedPair") -> None:
+    def join(self, other: StackedPair) -> None:
         self.inner.join(other.inner)
 
     def compact(self, min_waste: int = 1) -> None:
@@ -61,7 +61,7 @@ class StackedPair:
     def restore(self, saved) -> None:
         self.inner.restore(saved)
 
-    def round_views(self) -> tuple["_ThetaView", "_TeacherView"]:
+    def round_views(self) -> tuple[_ThetaView, _TeacherView]:
         """The (theta, teacher) streams `speculative.run_round` drives, over this pair's stacked forwards."""
         teacher = _TeacherView()
         return _ThetaView(self, teacher), teacher
