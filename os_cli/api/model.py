@@ -39,7 +39,7 @@ class OptimalSamplingModel:
 
     `model_t_path=None` (or the same path as theta) loads the weights once. With identical prompts that
     model runs one forward per step; with distinct teacher prompts (`prompts_t`, e.g. a hint only the
-    teacher sees) it keeps two streams over the same weights, each with its own KV cache.
+    teacher sees) each row keeps two KV caches, stacked in one forward per step (engine/stacked.py).
     Keyword arguments go to `from_pretrained` of both models; `load_in_4bit` / `load_in_8bit` / `bnb_*`
     become a BitsAndBytesConfig, `device_map` (a strategy such as "auto", or {module: device}) with
     `max_memory` places a model instead of `device`. Per model: `device_t` / `dtype_t` (the teacher;
@@ -319,7 +319,7 @@ class OptimalSamplingModel:
 
     def _two_streams(self, prompts, prompts_t) -> bool:
         """One model and identical prompts: pi_t = pi_theta at every step, so one stream serves both.
-        One model with its own teacher prompts (a hint) still needs a second stream and KV cache."""
+        One model with its own teacher prompts (a hint) needs a second KV cache (stacked: engine/stacked.py)."""
         return not self.same_model or list(prompts_t) != list(prompts)
 
     def _eos_ids(self) -> list[int]:

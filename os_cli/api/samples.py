@@ -6,8 +6,8 @@ of prompt i gets `rng.sample_seed(seed_i, k)`, where seed_i is the seed prompt i
 `num_samples` (from the int seed, the per-prompt list, or torch's global RNG). Sample 0 is therefore
 exactly what a call without `num_samples` draws, and the CLI's `sampling.num_samples` seeds its
 (row, sample) pairs the same way. The output gains `prompt_indices` and `sample_indices` ([batch]
-int64) saying which prompt and sample each row is. Prompts are prefilled once per sample (no
-prefix sharing): n samples cost n rows of work, and `batch_size` splits the repeated rows.
+int64) saying which prompt and sample each row is. Each prompt is prefilled once (engine/prefix.py):
+its n samples decode as n rows on copies of its KV cache, and `batch_size` splits the repeated rows.
 """
 
 from __future__ import annotations

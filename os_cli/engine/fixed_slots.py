@@ -314,7 +314,10 @@ def fixed_slots(pool: dict, model_theta, model_t, vocab_size: int, slots: int, m
     """The fixed slots of this model pair and slot count, from `pool` (a dict the caller keeps, e.g. per
     `OptimalSamplingModel`) when an earlier call built them: new buffers would give the compiled step
     new addresses, i.e. a recompile per call. The caller sets `in_use = False` when its loop ends; only
-    the latest shape is kept (each holds a whole static cache)."""
+    the latest shape is kept (each holds a whole static cache). `model_t` the same model as theta (its own
+    teacher prompts): one stream of 2 x `slots` slots, the scheduler's stacked pairs (stacked.py)."""
+    if model_t is model_theta:
+        model_t, slots = None, 2 * slots
     key = (model_t is not None, slots, compiled)
     found = pool.get(key)
     if found is None or found.in_use:

@@ -65,6 +65,8 @@ class SchedulerStats:
     steps: int = 0  # decode iterations (plain steps or speculative rounds)
     row_steps: int = 0  # sum over iterations of rows in flight
     prefills: int = 0
+    prompt_tokens_theta: int = 0  # prompt tokens run through theta's prefills (each distinct prompt once)
+    prompt_tokens_t: int = 0  # ... through the teacher's (0 when one stream serves both)
     theta_forwards: int = 0  # decode forwards (prefills not counted)
     teacher_forwards: int = 0
     drafted: int = 0  # draft positions verified

@@ -21,6 +21,9 @@ requests ahead and admits the largest token cap first, so a long-tailed workload
 a few long rows decoding alone; "input_order" admits rows as they come. Each row carries its last
 solved alpha (`_Group.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
 
+Rows with the same prompt ids share one prefill (engine/prefix.py: num_samples' repeated prompts); one
+model with teacher prompts of its own decodes as stacked pairs, one forward of 2B rows (engine/stacked.py).
+
 One host sync per iteration (the end check) when nothing ends; a few more when rows end or
 join, and per speculative round (accepted counts).
 """
@@ -28,17 +31,18 @@ join, and per speculative round (accepted counts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import Callable, cast, Iterable, Iterator, TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
-from os_cli.engine import auto_draft, phase_clock, speculative
+from os_cli.engine import auto_draft, phase_clock, prefix, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from os_cli.engine.draft_policy import AUTO, AutoDraft
-from os_cli.prompts.lengths import draft_overrun
+from os_cli.engine.stacked import StackedPair
 from os_cli.engine.streams import TRACE_FIELDS, DecodeStream, ModelStream, left_pad, trace_columns
+from os_cli.prompts.lengths import draft_overrun
 from os_cli.models.loading import input_device
 from os_cli.mix.sampler import StepOutput
 from os_cli.engine.requests import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
@@ -70,10 +74,10 @@ class _Group:
     """Rows decoding together: their streams and per-row state tensors, in batch order.
     `alphas`: each row's last solved alpha (NaN: none yet), the solver's warm start."""
 
-    def __init__(self, rows: list[_Row], theta: DecodeStream, teacher: DecodeStream | None, keys: Tensor, steps: Tensor,
+    def __init__(self, rows: list[_Row], theta: DecodeStream | StackedPair, teacher: DecodeStream | None, keys: Tensor, steps: Tensor,
                  caps: Tensor, slots: Tensor, alphas: Tensor):
         self.rows: list[_Row] = rows
-        self.theta: DecodeStream = theta  # a ModelStream, or a fixed_slots.SlotStream once adopted (compile)
+        self.theta: DecodeStream | StackedPair = theta  # a ModelStream, a SlotStream once adopted (compile), or a stacked pair
         self.teacher: DecodeStream | None = teacher
         self.keys, self.steps, self.caps, self.slots, self.alphas = keys, steps, caps, slots, alphas
         self.pending: Tensor | None = None
@@ -84,18 +88,27 @@ class _Group:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def streams(self) -> list[DecodeStream]:
+    def streams(self) -> list[DecodeStream | StackedPair]:
         return [self.theta] + ([self.teacher] if self.teacher is not None else [])
 
-    def prefilled(self) -> tuple[ModelStream, ModelStream | None]:
-        """theta and teacher where they are ModelStreams: a fresh prefill's, or any group's without fixed slots."""
+    def prefilled(self) -> tuple[ModelStream | StackedPair, ModelStream | None]:
+        """theta (or a stacked pair) and teacher where they are ModelStreams: a fresh prefill's, or any group's
+        without fixed slots."""
         theta, teacher = self.theta, self.teacher
-        assert isinstance(theta, ModelStream) and (teacher is None or isinstance(teacher, ModelStream))
+        assert isinstance(theta, (ModelStream, StackedPair)) and (teacher is None or isinstance(teacher, ModelStream))
         return theta, teacher
 
-    def model_streams(self) -> list[ModelStream]:
+    def model_streams(self) -> list[ModelStream | StackedPair]:
         theta, teacher = self.prefilled()
         return [theta] + ([teacher] if teacher is not None else [])
+
+    def step(self) -> tuple[Tensor, Tensor]:
+        """Feed the pending tokens: (theta's logits, the teacher's), one forward when the pair is stacked."""
+        assert self.pending is not None  # set by _emit for every row in flight
+        if isinstance(self.theta, StackedPair):
+            return self.theta.step_both(self.pending)
+        logits_theta = self.theta.step(self.pending)
+        return logits_theta, self.teacher.step(self.pending) if self.teacher is not None else logits_theta
 
     def keep(self, index: list[int]) -> None:
         if not index:  # every row ended: the streams go
@@ -185,6 +198,12 @@ class _Loop:
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
         self.main: _Group | None = None
+        # One model with teacher prompts of its own: one stream of interleaved pairs (stacked.py).
+        self.stacked = model_t is model_theta and settings.stack_one_model
+        # Prefilled prompts kept for the next rows with the same prompt (num_samples; engine/prefix.py).
+        share = settings.share_prompts
+        self.stores = [prefix.PromptStore() if share and m is not None and prefix.shareable(m) else None
+                       for m in (model_theta, model_t)]
         self.waiting: admission_policy.Waiting[RowRequest] | None = None  # rows read, not in flight (admission.py)
         self.fixed: FixedSlots | None = None  # set by decode_rows
 
@@ -273,8 +292,13 @@ class _Loop:
             return
         if len(group):
             if self.main is None:
-                if self.fixed is not None:  # compile: the rows move into the fixed slots (static_stream.py)
-                    group.theta, group.teacher = self.fixed.adopt(*group.prefilled())
+                if self.fixed is not None and self.stacked:  # compile: 2 slots per pair (fixed_slots.py)
+                    assert isinstance(group.theta, StackedPair)
+                    group.theta = StackedPair(self.fixed.adopt(group.theta.inner, None)[0])
+                elif self.fixed is not None:  # compile: the rows move into the fixed slots (fixed_slots.py)
+                    theta, teacher = group.prefilled()
+                    assert isinstance(theta, ModelStream)
+                    group.theta, group.teacher = self.fixed.adopt(theta, teacher)
                 self.main = group
             else:
                 self.main.join(group)
@@ -282,12 +306,14 @@ class _Loop:
 
     def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> _Group:
         device, batch = self.device, [r for _, r in waiting]
-        theta = ModelStream(self.model_theta, self.vocab_size)
-        logits_theta = theta.prefill(*left_pad([r.ids_theta for r in batch], self.settings.pad_id, device))
-        teacher, logits_t = None, logits_theta
-        if self.model_t is not None:
-            teacher = ModelStream(self.model_t, self.vocab_size, output_device=device)
-            logits_t = teacher.prefill(*left_pad([r.teacher_ids() for r in batch], self.settings.pad_id, device))
+        if self.stacked:  # one stream, theta's and the teacher's prompt of each row interleaved (stacked.py)
+            theta, logits = self._prefill_side(self.model_theta, [ids for r in batch for ids in (r.ids_theta, r.teacher_ids())])
+            theta, teacher, logits_theta, logits_t = StackedPair(theta), None, logits[0::2], logits[1::2]
+        else:
+            theta, logits_theta = self._prefill_side(self.model_theta, [r.ids_theta for r in batch])
+            teacher, logits_t = None, logits_theta
+            if self.model_t is not None:
+                teacher, logits_t = self._prefill_side(self.model_t, [r.teacher_ids() for r in batch], 1)
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = _Group(
@@ -306,6 +332,24 @@ class _Loop:
         self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
         return group
 
+    def _prefill_side(self, model, rows: list, side: int = 0):
+        """One model's stream over `rows`, each distinct prompt run once (engine/prefix.py); the last row's
+        prompts are kept for the next admission (the next sample of that prompt may come then). Stacked
+        rows alternate theta's prompt and the teacher's: the prompt tokens are counted per side."""
+        last = {tuple(rows[-1])} | ({tuple(rows[-2])} if self.stacked else set())
+        stream, logits, ran = prefix.prefill_rows(model, self.vocab_size, rows, self.settings.pad_id, self.device,
+                                                  self.stores[side], keep=last, output_device=self.device)
+        store = self.stores[side]
+        if store is not None:
+            store.retain(last)
+        theta_rows = {tuple(r) for r in rows[::2]} if self.stacked else None
+        for key in ran:
+            if side == 1 or (theta_rows is not None and key not in theta_rows):
+                self.stats.prompt_tokens_t += len(key)
+            else:
+                self.stats.prompt_tokens_theta += len(key)
+        return stream, logits
+
     # ------------------------------------------------------------------ one iteration
 
     @property
@@ -317,9 +361,11 @@ class _Loop:
     def _iteration(self) -> Iterator[RowResult]:
         """A plain step or a speculative round at the fixed or chosen (auto) draft length."""
         g, stats = self.group, self.stats
-        if self.draft_policy is not None:
+        if self.draft_policy is not None and self.stacked:
+            k = 0  # no teacher stream to time, and a stacked round costs about k + 1 plain steps
+        elif self.draft_policy is not None:
             theta, teacher = g.prefilled()  # speculative rounds run on ModelStreams (no fixed slots)
-            assert teacher is not None and g.pending is not None
+            assert isinstance(theta, ModelStream) and teacher is not None and g.pending is not None
             k = auto_draft.choose(self.draft_policy, theta, teacher, g.pending, g.keys, g.steps, self.step_fn, stats)
         else:
             fixed = self.settings.draft_tokens
@@ -334,9 +380,7 @@ class _Loop:
 
     def _step(self) -> Iterator[RowResult]:
         g = self.group
-        assert g.pending is not None  # set by _emit for every row in flight
-        logits_theta = g.theta.step(g.pending)
-        logits_t = g.teacher.step(g.pending) if g.teacher is not None else logits_theta
+        logits_theta, logits_t = g.step()
         self.stats.theta_forwards += 1
         self.stats.teacher_forwards += g.teacher is not None
         self.stats.steps += 1
@@ -350,16 +394,19 @@ class _Loop:
     def _round(self, k: int) -> Iterator[RowResult]:
         """One exact speculative round (os_cli/speculative.py) at draft length k for every row in flight."""
         g = self.group
-        # Drafts: two ModelStreams (decode_rows rules out fixed slots and a missing teacher); pending as in _step.
-        assert isinstance(g.theta, ModelStream) and isinstance(g.teacher, ModelStream) and g.pending is not None
+        # Drafts: ModelStreams, or a stacked pair (decode_rows rules out fixed slots); pending as in _step.
+        assert g.pending is not None
         self.stats.steps += 1
         self.stats.row_steps += len(g)
         # No row emits more than it has left, so drafting past the most any row has left is waste (and feeds
         # positions beyond the context). Exact and output-preserving: a row's first n tokens are the same for
         # every k >= n (draws are keyed by position), so capping k at max(left) >= n changes no row's tokens.
         k = min(k, int((g.caps - g.steps).max()))
-        r = speculative.run_round(g.theta, g.teacher, g.pending, g.keys, g.steps, k,
+        # A stacked pair's views drive run_round with the ModelStream methods it calls (stacked.py).
+        theta, teacher = g.theta.round_views() if isinstance(g.theta, StackedPair) else (g.theta, g.teacher)
+        r = speculative.run_round(cast(ModelStream, theta), cast(ModelStream, teacher), g.pending, g.keys, g.steps, k,
                                   self.settings.config.temperature, self.step_fn, self.stats)
+        self.stats.teacher_forwards -= self.stacked  # the teacher rows rode along theta's k + 1 forwards
         if self.settings.keep_logits or self.settings.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
         self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])

@@ -33,7 +33,10 @@ class DecodeSettings:
     decodes by exact speculative rounds (speculative.py); `oom_backoff` halves the in-flight limit on
     an out-of-memory error instead of failing; `topk` records the teacher's top-K per token (topk.py).
     Refill loop only: `admission` / `lookahead` (admission.py) and `admit_min` (waiting rows are
-    prefilled once that many slots are free; None: a quarter of the limit, at least 1).
+    prefilled once that many slots are free; None: a quarter of the limit, at least 1). `share_prompts`:
+    rows with the same prompt ids share one prefill (engine/prefix.py; False: one prefill per row, for comparison).
+    `stack_one_model`: when theta is also the teacher (the same model object, its own prompts), one forward of
+    2B stacked rows per step instead of two streams (engine/stacked.py; False: two streams, for comparison).
     """
 
     max_new_tokens: int
@@ -49,3 +52,5 @@ class DecodeSettings:
     admission: str = ADMISSIONS[0]
     lookahead: int | None = None
     admit_min: int | None = None
+    share_prompts: bool = True
+    stack_one_model: bool = True

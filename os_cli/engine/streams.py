@@ -52,7 +52,7 @@ class DecodeStream(Protocol):
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor: ...
     def keep_rows(self, rows: torch.Tensor) -> None: ...
-    def join(self, other: ModelStream) -> None: ...
+    def join(self, other: Any) -> None: ...  # a fresh stream of the same kind (ModelStream or StackedPair)
     def compact(self, min_waste: int = 1) -> None: ...
     def checkpoint(self) -> Any: ...
     def restore(self, saved: Any) -> None: ...
@@ -84,6 +84,10 @@ class ModelStream:
     def cache(self) -> DynamicCache:
         assert self._cache is not None, "prefill() first"
         return self._cache
+
+    @cache.setter
+    def cache(self, cache: DynamicCache) -> None:
+        self._cache = cache
 
     @property
     def kv_layers(self) -> list[KVLayer]:
