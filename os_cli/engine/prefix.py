@@ -43,7 +43,7 @@ class _Entry:
 class PromptStore:
     """Prefilled prompts kept for rows still to come: `retain` says which keys stay (the caller's policy)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.entries: dict[Key, _Entry] = {}
 
     def __len__(self) -> int:

@@ -19,7 +19,7 @@ one (`settings.draft_tokens=k`, os_cli/speculative.py) emits 1..k+1 tokens per r
 Admission (`settings.admission`, os_cli/admission.py): by default the loop reads a bounded window of
 requests ahead and admits the largest token cap first, so a long-tailed workload does not end with
 a few long rows decoding alone; "input_order" admits rows as they come. Each row carries its last
-solved alpha (`_Group.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
+solved alpha (`RowGroup.alphas`) into the next plain step as the solver's warm start (`alpha_init`).
 
 Rows with the same prompt ids share one prefill (engine/prefix.py: num_samples' repeated prompts); one
 model with teacher prompts of its own decodes as stacked pairs, one forward of 2B rows (engine/stacked.py).
@@ -30,8 +30,7 @@ join, and per speculative round (accepted counts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, cast, Iterable, Iterator, TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, cast
 
 import torch
 from torch import Tensor
@@ -40,15 +39,16 @@ from os_cli.engine import admission as admission_policy
 from os_cli.engine import auto_draft, phase_clock, prefix, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from os_cli.engine.draft_policy import AUTO, AutoDraft
-from os_cli.engine.stacked import StackedPair
-from os_cli.engine.streams import TRACE_FIELDS, DecodeStream, ModelStream, left_pad, trace_columns
-from os_cli.prompts.lengths import draft_overrun
-from os_cli.models.loading import input_device
-from os_cli.mix.sampler import StepOutput
+from os_cli.engine.group import InFlightRow, RowGroup
 from os_cli.engine.requests import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
 from os_cli.engine.settings import DecodeSettings
 from os_cli.engine.slot_buffers import SlotBuffers
+from os_cli.engine.stacked import StackedPair
+from os_cli.engine.streams import TRACE_FIELDS, ModelStream, trace_columns
+from os_cli.mix.sampler import StepOutput
 from os_cli.mix.topk import topk_columns
+from os_cli.models.loading import input_device
+from os_cli.prompts.lengths import draft_overrun
 
 if TYPE_CHECKING:
     from os_cli.engine.fixed_slots import FixedSlots
@@ -57,81 +57,6 @@ if TYPE_CHECKING:
 # q* step. `alpha_init` [n] float (NaN: none) is each row's previous `alpha_solved`, the solver's warm start:
 # plain steps pass it, prefills and speculative rounds leave it out.
 RowStepFn = Callable[..., StepOutput]
-
-
-@dataclass
-class _Row:
-    request: RowRequest
-    slot: int
-    position: int  # in the caller's iterator (ties in admission; evicted rows keep it)
-    history: list[int] = field(default_factory=list)  # emitted ids, kept only for stop strings
-    logits_theta: list[Tensor] = field(default_factory=list)
-    logits_t: list[Tensor] = field(default_factory=list)
-    q_star: list[Tensor] = field(default_factory=list)
-
-
-class _Group:
-    """Rows decoding together: their streams and per-row state tensors, in batch order.
-    `alphas`: each row's last solved alpha (NaN: none yet), the solver's warm start."""
-
-    def __init__(self, rows: list[_Row], theta: DecodeStream | StackedPair, teacher: DecodeStream | None, keys: Tensor, steps: Tensor,
-                 caps: Tensor, slots: Tensor, alphas: Tensor):
-        self.rows: list[_Row] = rows
-        self.theta: DecodeStream | StackedPair = theta  # a ModelStream, a SlotStream once adopted (compile), or a stacked pair
-        self.teacher: DecodeStream | None = teacher
-        self.keys, self.steps, self.caps, self.slots, self.alphas = keys, steps, caps, slots, alphas
-        self.pending: Tensor | None = None
-
-    def state(self) -> tuple[Tensor, ...]:
-        return self.keys, self.steps, self.caps, self.slots, self.alphas
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def streams(self) -> list[DecodeStream | StackedPair]:
-        return [self.theta] + ([self.teacher] if self.teacher is not None else [])
-
-    def prefilled(self) -> tuple[ModelStream | StackedPair, ModelStream | None]:
-        """theta (or a stacked pair) and teacher where they are ModelStreams: a fresh prefill's, or any group's
-        without fixed slots."""
-        theta, teacher = self.theta, self.teacher
-        assert isinstance(theta, (ModelStream, StackedPair)) and (teacher is None or isinstance(teacher, ModelStream))
-        return theta, teacher
-
-    def model_streams(self) -> list[ModelStream | StackedPair]:
-        theta, teacher = self.prefilled()
-        return [theta] + ([teacher] if teacher is not None else [])
-
-    def step(self) -> tuple[Tensor, Tensor]:
-        """Feed the pending tokens: (theta's logits, the teacher's), one forward when the pair is stacked."""
-        assert self.pending is not None  # set by _emit for every row in flight
-        if isinstance(self.theta, StackedPair):
-            return self.theta.step_both(self.pending)
-        logits_theta = self.theta.step(self.pending)
-        return logits_theta, self.teacher.step(self.pending) if self.teacher is not None else logits_theta
-
-    def keep(self, index: list[int]) -> None:
-        if not index:  # every row ended: the streams go
-            self.rows = []
-            return
-        idx = torch.tensor(index, dtype=torch.long, device=self.keys.device)
-        for stream in self.streams():
-            stream.keep_rows(idx)
-            stream.compact()  # rows left: trim the pad columns only they needed
-        self.rows = [self.rows[i] for i in index]
-        self.keys, self.steps, self.caps, self.slots, self.alphas = (t[idx] for t in self.state())
-        if self.pending is not None:
-            self.pending = self.pending[idx]
-
-    def join(self, other: "_Group") -> None:
-        assert self.pending is not None and other.pending is not None  # both have emitted (_emit)
-        for mine, theirs in zip(self.streams(), other.model_streams()):  # joining rows: a fresh prefill
-            mine.join(theirs)
-            mine.compact()
-        self.rows += other.rows
-        self.keys, self.steps, self.caps, self.slots, self.alphas, self.pending = (
-            torch.cat([a, b]) for a, b in zip(self.state() + (self.pending,), other.state() + (other.pending,))
-        )
 
 
 def decode_rows(
@@ -197,7 +122,7 @@ class _Loop:
         width = settings.max_new_tokens + draft_overrun(settings.draft_tokens, settings.max_new_tokens) + 1
         self.free = list(range(limit.value - 1, -1, -1))
         self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
-        self.main: _Group | None = None
+        self.main: RowGroup | None = None
         # One model with teacher prompts of its own: one stream of interleaved pairs (stacked.py).
         self.stacked = model_t is model_theta and settings.stack_one_model
         # Prefilled prompts kept for the next rows with the same prompt (num_samples; engine/prefix.py).
@@ -304,7 +229,7 @@ class _Loop:
                 self.main.join(group)
         yield from self.finished
 
-    def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> _Group:
+    def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> RowGroup:
         device, batch = self.device, [r for _, r in waiting]
         if self.stacked:  # one stream, theta's and the teacher's prompt of each row interleaved (stacked.py)
             theta, logits = self._prefill_side(self.model_theta, [ids for r in batch for ids in (r.ids_theta, r.teacher_ids())])
@@ -316,8 +241,8 @@ class _Loop:
                 teacher, logits_t = self._prefill_side(self.model_t, [r.teacher_ids() for r in batch], 1)
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
-        group = _Group(
-            [_Row(r, s, p) for (p, r), s in zip(waiting, slots)], theta, teacher,
+        group = RowGroup(
+            [InFlightRow(r, s, p) for (p, r), s in zip(waiting, slots)], theta, teacher,
             torch.tensor([r.key for r in batch], dtype=torch.int64, device=device),
             torch.zeros(len(batch), dtype=torch.long, device=device),
             torch.tensor([r.max_new_tokens or self.settings.max_new_tokens for r in batch], dtype=torch.long,
@@ -353,7 +278,7 @@ class _Loop:
     # ------------------------------------------------------------------ one iteration
 
     @property
-    def group(self) -> _Group:
+    def group(self) -> RowGroup:
         """The rows in flight (`_step` and `_round` run only while there are some)."""
         assert self.main is not None
         return self.main
@@ -418,11 +343,11 @@ class _Loop:
     # ------------------------------------------------------------------ recording and ends
 
     @staticmethod
-    def _carry_alpha(g: _Group, out: StepOutput) -> None:
+    def _carry_alpha(g: RowGroup, out: StepOutput) -> None:
         if out.alpha_solved is not None:
             g.alphas = out.alpha_solved.to(g.alphas.device, g.alphas.dtype)
 
-    def _keep_distributions(self, g: _Group, logits_theta, logits_t, logq, counts=None) -> None:
+    def _keep_distributions(self, g: RowGroup, logits_theta, logits_t, logq, counts=None) -> None:
         if not (self.settings.keep_logits or self.settings.keep_q_star):
             return  # nothing kept: not even q* = exp(log q*) is computed
         q_star = logq.exp() if self.settings.keep_q_star else None
@@ -436,7 +361,7 @@ class _Loop:
                     assert q_star is not None  # computed above when keep_q_star
                     row.q_star.append(q_star[i, j].float().cpu())
 
-    def _keep_topk(self, g: _Group, logits_theta, logits_t, logq, fallback) -> None:
+    def _keep_topk(self, g: RowGroup, logits_theta, logits_t, logq, fallback) -> None:
         """Write the top-K of m positions per row [B, m, ...] at the rows' slots and steps (before `_emit`)."""
         if self.settings.topk is None:
             return
@@ -444,7 +369,7 @@ class _Loop:
                                    fallback)
         self.buffers.write_topk(g.slots, g.steps[:, None] + torch.arange(ids.shape[1], device=self.device), ids, values)
 
-    def _emit(self, g: _Group, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
+    def _emit(self, g: RowGroup, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
         """Record up to counts[r] tokens per row, end rows (EOS, cap, stop), drop them, set `pending`."""
         m = emitted.shape[1]
         pos = torch.arange(m, device=self.device)
@@ -486,7 +411,7 @@ class _Loop:
         g.keep([r for r, reason in enumerate(reasons) if reason is None])
         return iter(results)
 
-    def _results(self, g: _Group, done: list[int], reasons: list) -> list[RowResult]:
+    def _results(self, g: RowGroup, done: list[int], reasons: list) -> list[RowResult]:
         idx = torch.tensor(done, dtype=torch.long, device=self.device)
         slots = g.slots[idx]
         lengths = g.steps[idx].tolist()
