@@ -233,3 +233,33 @@ def test_an_older_recipe_without_the_key_shows_its_default(work):
     old = json.loads(json.dumps(new.to_dict()))
     del old["output"]["topk_logprobs"], old["output"]["topk_of"]
     assert recipe_diff(old, new) == [("output.topk_logprobs", 0, 3)]
+
+
+def test_csv_integer_ids_past_64_bits(tmp_path):
+    """A CSV whose id column is all integers, one of them 30 digits: the ids stay exact (docs/cli.md), instead
+    of 'could not read dataset: DatasetGenerationError' (pyarrow cannot hold the int in int64)."""
+    from os_cli.prompts.data import load_rows
+    from os_cli.recipe import load_recipe
+
+    src = tmp_path / "big.csv"
+    src.write_text("id,question\n123456789012345678901234567890,a\n123456789012345678901234567891,b\n0012,c\n")
+    r = load_recipe(data={"models": {"theta": "org/model"}, "prompts": {"theta": {"template": "{question}"}},
+                          "dataset": {"source": str(src), "id_field": "id"}})
+    rows = load_rows(r.dataset)
+    assert [i for i, _ in rows] == ["123456789012345678901234567890", "123456789012345678901234567891", "0012"]
+    assert [row["question"] for _, row in rows] == ["a", "b", "c"]
+
+
+def test_unreadable_csv_names_the_cause(tmp_path):
+    """A CSV that datasets cannot read: the message carries the root cause, not only DatasetGenerationError."""
+    import pytest
+    from os_cli.errors import UserError
+    from os_cli.prompts.data import load_rows
+    from os_cli.recipe import load_recipe
+
+    src = tmp_path / "big.csv"
+    src.write_text("id,n,question\n1,123456789012345678901234567890,a\n2,3,b\n")
+    r = load_recipe(data={"models": {"theta": "org/model"}, "prompts": {"theta": {"template": "{question}"}},
+                          "dataset": {"source": str(src), "id_field": "id"}})
+    with pytest.raises(UserError, match=r"could not read dataset .*\(OverflowError: "):
+        load_rows(r.dataset)

@@ -142,7 +142,7 @@ def _csv_ids(files: list[str], id_field: str) -> list[str] | None:
     return ids
 
 
-def _load_local(builder: str, files: list[str], label: str):
+def _load_local(builder: str, files: list[str], label: str, id_field: str | None = None):
     if builder == "json":
         return [row for f in files for row in _read_json_file(f)]
     from datasets import load_dataset
@@ -154,10 +154,30 @@ def _load_local(builder: str, files: list[str], label: str):
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
-        raise UserError(f"could not read dataset {label}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        if builder == "csv" and id_field:
+            # An integer id column with a value past 64 bits (a 30-digit id) fails in pyarrow; the ids are
+            # read as written anyway (_csv_ids), so read that column as text.
+            try:
+                return load_dataset(builder, data_files=files, split="train", converters={id_field: str})
+            except Exception:  # noqa: BLE001 - report the first failure
+                pass
+        cause = _root_cause(exc)
+        why = f"{type(exc).__name__}: {_first_line(exc)}"
+        if cause is not exc:
+            why += f" ({type(cause).__name__}: {_first_line(cause)})"
+        raise UserError(f"could not read dataset {label}: {why}") from exc
 
 
-def _first_line(exc: Exception) -> str:
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (datasets wraps the real reason in DatasetGenerationError)."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -194,7 +214,7 @@ def _open_dataset(ds_cfg: Dataset, base_dir: Path | None):
     local = local_path(source, base_dir)
     if local is not None:
         builder, files = _local_files(local)
-        data = _load_local(builder, files, str(source))
+        data = _load_local(builder, files, str(source), ds_cfg.id_field)
         raw_ids = _csv_ids(files, ds_cfg.id_field) if builder == "csv" and ds_cfg.id_field else None
         if raw_ids is not None and len(raw_ids) != len(data):
             raw_ids = None
