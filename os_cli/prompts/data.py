@@ -154,27 +154,16 @@ def _load_local(builder: str, files: list[str], label: str, id_field: str | None
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
-        if builder == "csv" and id_field:
-            # An integer id column with a value past 64 bits (a 30-digit id) fails in pyarrow; the ids are
-            # read as written anyway (_csv_ids), so read that column as text.
-            try:
+        if builder == "csv" and id_field:  # a 30-digit integer id overflows pyarrow's int64: read it as text
+            try:  # (the ids themselves come as written from _csv_ids)
                 return load_dataset(builder, data_files=files, split="train", converters={id_field: str})
             except Exception:  # noqa: BLE001 - report the first failure
                 pass
-        cause = _root_cause(exc)
-        why = f"{type(exc).__name__}: {_first_line(exc)}"
-        if cause is not exc:
-            why += f" ({type(cause).__name__}: {_first_line(cause)})"
-        raise UserError(f"could not read dataset {label}: {why}") from exc
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain (datasets wraps the real reason in DatasetGenerationError)."""
-    seen = {id(exc)}
-    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
-        seen.add(id(inner))
-        exc = inner
-    return exc
+        cause: BaseException = exc  # datasets wraps the real reason in DatasetGenerationError: name it too
+        for _ in range(20):  # the innermost exception of the chain (bounded: a chain can loop)
+            cause = cause.__cause__ or cause.__context__ or cause
+        inner = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not exc else ""
+        raise UserError(f"could not read dataset {label}: {type(exc).__name__}: {_first_line(exc)}{inner}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
