@@ -5,6 +5,7 @@ effective values in a refused resume's message."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,28 @@ def test_unreadable_csv_names_the_cause(tmp_path):
                           "dataset": {"source": str(src), "id_field": "id"}})
     with pytest.raises(UserError, match=r"could not read dataset .*\(OverflowError: "):
         load_rows(r.dataset)
+
+
+def test_export_removes_copies_left_by_a_killed_export(tmp_path):
+    """kill -9 during `export --overwrite` leaves `.NAME.tmp-PID` (for hf a whole dataset copy) beside --to; the
+    next export of the same target removes those of dead processes and keeps a live one's."""
+    import subprocess
+    import sys
+
+    import datasets
+
+    from os_cli.report.export import write_dataset
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    to = tmp_path / "hf out"
+    stale = tmp_path / f".hf out.tmp-{dead.pid}"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "x.arrow").write_text("old")
+    live = tmp_path / f".hf out.tmp-{os.getppid()}"
+    live.mkdir()
+    other = tmp_path / f".other.tmp-{dead.pid}"
+    other.write_text("not ours")
+    write_dataset(datasets.Dataset.from_dict({"id": ["1"]}), "hf", to)
+    assert datasets.load_from_disk(str(to))["id"] == ["1"]
+    assert not stale.exists() and live.exists() and other.exists()
