@@ -5,6 +5,7 @@ effective values in a refused resume's message."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,58 @@ def test_an_older_recipe_without_the_key_shows_its_default(work):
     old = json.loads(json.dumps(new.to_dict()))
     del old["output"]["topk_logprobs"], old["output"]["topk_of"]
     assert recipe_diff(old, new) == [("output.topk_logprobs", 0, 3)]
+
+
+def test_csv_integer_ids_past_64_bits(tmp_path):
+    """A CSV whose id column is all integers, one of them 30 digits: the ids stay exact (docs/cli.md), instead
+    of 'could not read dataset: DatasetGenerationError' (pyarrow cannot hold the int in int64)."""
+    from os_cli.prompts.data import load_rows
+    from os_cli.recipe import load_recipe
+
+    src = tmp_path / "big.csv"
+    src.write_text("id,question\n123456789012345678901234567890,a\n123456789012345678901234567891,b\n0012,c\n")
+    r = load_recipe(data={"models": {"theta": "org/model"}, "prompts": {"theta": {"template": "{question}"}},
+                          "dataset": {"source": str(src), "id_field": "id"}})
+    rows = load_rows(r.dataset)
+    assert [i for i, _ in rows] == ["123456789012345678901234567890", "123456789012345678901234567891", "0012"]
+    assert [row["question"] for _, row in rows] == ["a", "b", "c"]
+
+
+def test_unreadable_csv_names_the_cause(tmp_path):
+    """A CSV that datasets cannot read: the message carries the root cause, not only DatasetGenerationError."""
+    import pytest
+    from os_cli.errors import UserError
+    from os_cli.prompts.data import load_rows
+    from os_cli.recipe import load_recipe
+
+    src = tmp_path / "big.csv"
+    src.write_text("id,n,question\n1,123456789012345678901234567890,a\n2,3,b\n")
+    r = load_recipe(data={"models": {"theta": "org/model"}, "prompts": {"theta": {"template": "{question}"}},
+                          "dataset": {"source": str(src), "id_field": "id"}})
+    with pytest.raises(UserError, match=r"could not read dataset .*\(OverflowError: "):
+        load_rows(r.dataset)
+
+
+def test_export_removes_copies_left_by_a_killed_export(tmp_path):
+    """kill -9 during `export --overwrite` leaves `.NAME.tmp-PID` (for hf a whole dataset copy) beside --to; the
+    next export of the same target removes those of dead processes and keeps a live one's."""
+    import subprocess
+    import sys
+
+    import datasets
+
+    from os_cli.report.export import write_dataset
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    to = tmp_path / "hf out"
+    stale = tmp_path / f".hf out.tmp-{dead.pid}"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "x.arrow").write_text("old")
+    live = tmp_path / f".hf out.tmp-{os.getppid()}"
+    live.mkdir()
+    other = tmp_path / f".other.tmp-{dead.pid}"
+    other.write_text("not ours")
+    write_dataset(datasets.Dataset.from_dict({"id": ["1"]}), "hf", to)
+    assert datasets.load_from_disk(str(to))["id"] == ["1"]
+    assert not stale.exists() and live.exists() and other.exists()

@@ -142,7 +142,7 @@ def _csv_ids(files: list[str], id_field: str) -> list[str] | None:
     return ids
 
 
-def _load_local(builder: str, files: list[str], label: str):
+def _load_local(builder: str, files: list[str], label: str, id_field: str | None = None):
     if builder == "json":
         return [row for f in files for row in _read_json_file(f)]
     from datasets import load_dataset
@@ -154,10 +154,19 @@ def _load_local(builder: str, files: list[str], label: str):
     try:
         return load_dataset(builder, data_files=files, split="train")
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a malformed file
-        raise UserError(f"could not read dataset {label}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        if builder == "csv" and id_field:  # a 30-digit integer id overflows pyarrow's int64: read it as text
+            try:  # (the ids themselves come as written from _csv_ids)
+                return load_dataset(builder, data_files=files, split="train", converters={id_field: str})
+            except Exception:  # noqa: BLE001 - report the first failure
+                pass
+        cause: BaseException = exc  # datasets wraps the real reason in DatasetGenerationError: name it too
+        for _ in range(20):  # the innermost exception of the chain (bounded: a chain can loop)
+            cause = cause.__cause__ or cause.__context__ or cause
+        inner = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not exc else ""
+        raise UserError(f"could not read dataset {label}: {type(exc).__name__}: {_first_line(exc)}{inner}") from exc
 
 
-def _first_line(exc: Exception) -> str:
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -194,7 +203,7 @@ def _open_dataset(ds_cfg: Dataset, base_dir: Path | None):
     local = local_path(source, base_dir)
     if local is not None:
         builder, files = _local_files(local)
-        data = _load_local(builder, files, str(source))
+        data = _load_local(builder, files, str(source), ds_cfg.id_field)
         raw_ids = _csv_ids(files, ds_cfg.id_field) if builder == "csv" and ds_cfg.id_field else None
         if raw_ids is not None and len(raw_ids) != len(data):
             raw_ids = None

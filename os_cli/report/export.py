@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -339,6 +340,27 @@ def check_target(to: Path, fmt: str, overwrite: bool) -> Path:
     return real
 
 
+def _remove_stale_tmps(to: Path) -> None:
+    """Remove `.NAME.tmp-PID` copies that a killed export of `to` left beside it (its process is gone);
+    a live export's copy is left alone."""
+    prefix = f".{to.name}.tmp-"
+    for path in to.parent.glob(f"{glob_escape(prefix)}*"):
+        pid = path.name[len(prefix):]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except OSError:
+            pass
+
+
 def write_dataset(dataset, fmt: str, to: Path) -> None:
     """Write to a temporary sibling, then move it over `to` (a crash leaves the old export whole): a
     file by os.replace, a saved dataset's folder by `outfolder.exchange_folders`, the old one removed
@@ -349,6 +371,7 @@ def write_dataset(dataset, fmt: str, to: Path) -> None:
     to = Path(to)
     make_parents(to, "--to")
     tmp = to.parent / f".{to.name}.tmp-{os.getpid()}"
+    _remove_stale_tmps(to)
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
     old = None
