@@ -12,8 +12,14 @@ class UserError(ValueError):
         self.exit_code = exit_code
 
 
-_KINDS = ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a number"), ((list, tuple), "a list"),
-          (dict, "an object"))
+_KINDS = (
+    (bool, "a boolean"),
+    (str, "a string"),
+    (int, "an integer"),
+    (float, "a number"),
+    ((list, tuple), "a list"),
+    (dict, "an object"),
+)
 
 
 def kind_of(value) -> str:

@@ -10,8 +10,13 @@ import os
 import platform
 
 # (distribution name, key in `versions()`)
-PACKAGES = (("os-sample", "os_sample"), ("torch", "torch"), ("transformers", "transformers"),
-            ("datasets", "datasets"), ("accelerate", "accelerate"))
+PACKAGES = (
+    ("os-sample", "os_sample"),
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("datasets", "datasets"),
+    ("accelerate", "accelerate"),
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -57,8 +62,13 @@ def machine_info(model=None) -> dict:
     cuda = [d for d in devices if d.type == "cuda"]
     if cuda:
         props = torch.cuda.get_device_properties(cuda[0].index or 0)
-        device = {"type": "cuda", "name": props.name, "count": len(cuda), "devices": [str(d) for d in cuda],
-                  "total_memory": props.total_memory}
+        device = {
+            "type": "cuda",
+            "name": props.name,
+            "count": len(cuda),
+            "devices": [str(d) for d in cuda],
+            "total_memory": props.total_memory,
+        }
     else:
         mem_kb = None
         try:
@@ -66,11 +76,21 @@ def machine_info(model=None) -> dict:
                 mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
         except (OSError, StopIteration, ValueError):
             pass
-        device = {"type": "cpu", "name": cpu_name(), "count": 1, "devices": ["cpu"],
-                  "total_memory": mem_kb * 1024 if mem_kb else None}
+        device = {
+            "type": "cpu",
+            "name": cpu_name(),
+            "count": 1,
+            "devices": ["cpu"],
+            "total_memory": mem_kb * 1024 if mem_kb else None,
+        }
     return {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "cpu_usable": usable, "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "cpu_usable": usable,
+            "torch_threads": torch.get_num_threads(),
+        },
         "device": device,
         "dtype": str(getattr(model, "dtype", "")).replace("torch.", "") or None,
         "versions": {**versions(), "cuda": torch.version.cuda},
@@ -98,5 +118,7 @@ def busy_note() -> str | None:
     cores = os.cpu_count() or 1
     if load <= cores:
         return None
-    return (f"this machine is busy (1-minute load average {load:.1f} on {cores} cores): other processes compete "
-            f"for the CPU, so these timings are slower and noisier than on an idle machine")
+    return (
+        f"this machine is busy (1-minute load average {load:.1f} on {cores} cores): other processes compete "
+        f"for the CPU, so these timings are slower and noisier than on an idle machine"
+    )

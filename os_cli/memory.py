@@ -85,7 +85,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._sampled_kb = 0
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.cuda:
             for d in self.cuda:
                 torch.cuda.synchronize(d)

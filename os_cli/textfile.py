@@ -18,5 +18,7 @@ def read_text(path: str | os.PathLike, what: str = "dataset", label: str | None 
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{what} {label} is not UTF-8 text: byte offset {exc.start} "
-                        f"({data[exc.start:exc.start + 4]!r}: {exc.reason}); convert it to UTF-8") from None
+        raise UserError(
+            f"{what} {label} is not UTF-8 text: byte offset {exc.start} "
+            f"({data[exc.start : exc.start + 4]!r}: {exc.reason}); convert it to UTF-8"
+        ) from None

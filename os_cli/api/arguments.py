@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from os_cli.engine.settings import DecodeSettings
+from os_cli.limits import DRAFT_TOKENS_AUTO, MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_SEED
 from os_cli.mix import rng
 from os_cli.mix.sampler import SAMPLE_FROM
-from os_cli.limits import DRAFT_TOKENS_AUTO, MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,10 @@ def check_sample_from(sample_from) -> None:
 def check_draft_tokens(draft_tokens, two_streams: bool) -> None:
     checked_draft_tokens(draft_tokens)
     if draft_tokens and not two_streams:
-        raise ValueError("draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
-                         "of its own): with one model on the same prompts q* is pi_theta, nothing to draft")
+        raise ValueError(
+            "draft_tokens needs a teacher that differs from theta (another model, or teacher prompts "
+            "of its own): with one model on the same prompts q* is pi_theta, nothing to draft"
+        )
 
 
 def is_int(value) -> bool:
@@ -67,7 +69,9 @@ def check_prompts(prompts, prompts_t) -> tuple[list[str], list[str]]:
         raise ValueError("prompts is empty: pass a list of at least one prompt string")
     prompts_t = prompts if prompts_t is None else list(prompts_t)
     if len(prompts_t) != len(prompts):
-        raise ValueError(f"prompts_t has {len(prompts_t)} prompts but prompts has {len(prompts)}; they pair up row by row")
+        raise ValueError(
+            f"prompts_t has {len(prompts_t)} prompts but prompts has {len(prompts)}; they pair up row by row"
+        )
     for name, batch in (("prompts", prompts), ("prompts_t", prompts_t)):
         for i, text in enumerate(batch):
             if not isinstance(text, str) or not text:
@@ -87,21 +91,28 @@ def checked_draft_tokens(value) -> int | str:
     if value == DRAFT_TOKENS_AUTO:
         return DRAFT_TOKENS_AUTO
     if not is_int(value) or not 0 <= value <= MAX_DRAFT_TOKENS:
-        raise ValueError(f"draft_tokens must be an integer in 0..{MAX_DRAFT_TOKENS} (0 = off; a round runs k + 1 theta "
-                         f"forwards and late drafts are rarely accepted) or {DRAFT_TOKENS_AUTO!r}, got "
-                         f"{type(value).__name__} {value!r}")
+        raise ValueError(
+            f"draft_tokens must be an integer in 0..{MAX_DRAFT_TOKENS} (0 = off; a round runs k + 1 theta "
+            f"forwards and late drafts are rarely accepted) or {DRAFT_TOKENS_AUTO!r}, got "
+            f"{type(value).__name__} {value!r}"
+        )
     return int(value)
 
 
 def check_caps(max_new_tokens, count: int) -> list[int]:
     """One token cap per row, from an int or a list of `count` ints."""
     listed = isinstance(max_new_tokens, (list, tuple)) or (
-        not is_int(max_new_tokens) and hasattr(max_new_tokens, "__iter__") and getattr(max_new_tokens, "ndim", 1) > 0
-        and not isinstance(max_new_tokens, (str, bytes, dict)))
+        not is_int(max_new_tokens)
+        and hasattr(max_new_tokens, "__iter__")
+        and getattr(max_new_tokens, "ndim", 1) > 0
+        and not isinstance(max_new_tokens, (str, bytes, dict))
+    )
     caps = list(max_new_tokens) if listed else [max_new_tokens] * count
     if len(caps) != count or not all(is_int(c) and 1 <= c <= MAX_NEW_TOKENS for c in caps):
-        raise ValueError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS} or a list of {count} such "
-                         f"integers, got {type(max_new_tokens).__name__} {max_new_tokens!r}")
+        raise ValueError(
+            f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS} or a list of {count} such "
+            f"integers, got {type(max_new_tokens).__name__} {max_new_tokens!r}"
+        )
     return [int(c) for c in caps]
 
 
@@ -116,8 +127,10 @@ def row_seeds(seed, count: int) -> torch.Tensor:
         base = checked_seed(seed, "seed")
         return torch.tensor([rng.row_seed(base, i) for i in range(count)], dtype=torch.int64)
     if isinstance(seed, (str, bytes, float)) or not hasattr(seed, "__iter__"):
-        raise ValueError(f"seed must be an integer in 0..{MAX_SEED} (or a list of {count}, one per prompt), "
-                         f"got {type(seed).__name__} {seed!r}")
+        raise ValueError(
+            f"seed must be an integer in 0..{MAX_SEED} (or a list of {count}, one per prompt), "
+            f"got {type(seed).__name__} {seed!r}"
+        )
     seeds = list(seed)
     if len(seeds) != count:
         raise ValueError(f"seed must be an int or a list of {count} ints (one per prompt), got {len(seeds)}")

@@ -13,10 +13,11 @@ Beside the API (the recipe package itself is data only and imports neither torch
 from __future__ import annotations
 
 import copy
+
 from os_cli.errors import UserError
 from os_cli.models.hub import recipe_load_kwargs
-from os_cli.recipe.places import Places, hub_offline
 from os_cli.recipe import Models, Recipe, model_settings
+from os_cli.recipe.places import Places, hub_offline
 
 
 def model_kwargs(recipe: Recipe) -> dict:
@@ -26,8 +27,13 @@ def model_kwargs(recipe: Recipe) -> dict:
     kwargs: dict = dict(
         model_theta_path=places.theta,
         model_t_path=places.teacher,
-        alpha_method=a.method, fixed_alpha=a.fixed, alpha_min=a.min, alpha_max=a.max,
-        constraint_to_target=c.to_target, target_top_k=c.top_k, target_top_p=c.top_p,
+        alpha_method=a.method,
+        fixed_alpha=a.fixed,
+        alpha_min=a.min,
+        alpha_max=a.max,
+        constraint_to_target=c.to_target,
+        target_top_k=c.top_k,
+        target_top_p=c.top_p,
         force_target_for_first_token=c.force_first_token,
         force_target_for_special_tokens=c.force_special_tokens,
     )

@@ -97,37 +97,56 @@ class OptimalSamplingModel:
         if compile and requested_attn is None:
             requested_attn = "sdpa"  # the fixed-slot step builds sdpa/eager masks (not flash-attn's)
         spec_theta = models.load_spec("theta", device, dtype, {**kwargs, **(theta_kwargs or {})})
-        spec_t = models.load_spec("teacher", device if device_t is None else device_t,
-                                  dtype if dtype_t is None else dtype_t, {**kwargs, **(teacher_kwargs or {})})
+        spec_t = models.load_spec(
+            "teacher",
+            device if device_t is None else device_t,
+            dtype if dtype_t is None else dtype_t,
+            {**kwargs, **(teacher_kwargs or {})},
+        )
         self.attn_implementation = models.choose_attn_implementation(requested_attn, spec_theta.device)
         attn_t = models.choose_attn_implementation(requested_attn, spec_t.device)
 
         self.model_theta_path = models.resolve_model_path(model_theta_path)
         self.model_t_path = models.resolve_model_path(model_t_path) if model_t_path else self.model_theta_path
         # One set of weights serves both parts when the paths and the ways of loading them agree.
-        self.same_model = self.model_t_path == self.model_theta_path and spec_theta.same_load(spec_t) \
+        self.same_model = (
+            self.model_t_path == self.model_theta_path
+            and spec_theta.same_load(spec_t)
             and attn_t == self.attn_implementation
+        )
         tokenizer_kwargs = hub.tokenizer_kwargs(kwargs)
         theta_role = "theta (also the teacher)" if self.same_model else "theta"
         self.tokenizer = models.load_tokenizer(self.model_theta_path, role=theta_role, **tokenizer_kwargs)
-        self.tokenizer_t = self.tokenizer if self.same_model else models.load_tokenizer(
-            self.model_t_path, role="teacher", **tokenizer_kwargs)
+        self.tokenizer_t = (
+            self.tokenizer
+            if self.same_model
+            else models.load_tokenizer(self.model_t_path, role="teacher", **tokenizer_kwargs)
+        )
         if not self.same_model:
             models.check_same_vocabulary(self.tokenizer, self.tokenizer_t, self.model_theta_path, self.model_t_path)
         # Distributions live on the tokenizer's ids; model embeddings may have padding rows beyond them.
         self.vocab_size = len(self.tokenizer)
 
-        self.model_theta = models.load_causal_lm(self.model_theta_path, spec_theta, role=theta_role,
-                                                 attn_implementation=self.attn_implementation)
-        self.model_t = self.model_theta if self.same_model else models.load_causal_lm(
-            self.model_t_path, spec_t, role="teacher", attn_implementation=attn_t)
+        self.model_theta = models.load_causal_lm(
+            self.model_theta_path, spec_theta, role=theta_role, attn_implementation=self.attn_implementation
+        )
+        self.model_t = (
+            self.model_theta
+            if self.same_model
+            else models.load_causal_lm(self.model_t_path, spec_t, role="teacher", attn_implementation=attn_t)
+        )
         # Mixing happens on theta's input device; each model takes its prompt ids on its own input device.
         self.device = models.input_device(self.model_theta)
         self.device_t = models.input_device(self.model_t)
         self.dtype, self.dtype_t = spec_theta.dtype, spec_t.dtype
-        log.info("theta on %s, teacher on %s, dtype %s / %s, attention %s", models.describe_placement(self.model_theta, self.device),
-                 models.describe_placement(self.model_t, self.device_t), str(self.dtype).replace("torch.", ""),
-                 str(self.dtype_t).replace("torch.", ""), self.attn_implementation)
+        log.info(
+            "theta on %s, teacher on %s, dtype %s / %s, attention %s",
+            models.describe_placement(self.model_theta, self.device),
+            models.describe_placement(self.model_t, self.device_t),
+            str(self.dtype).replace("torch.", ""),
+            str(self.dtype_t).replace("torch.", ""),
+            self.attn_implementation,
+        )
         for path, model in ((self.model_theta_path, self.model_theta), (self.model_t_path, self.model_t)):
             rows = model.get_output_embeddings().weight.shape[0]
             if rows < self.vocab_size:
@@ -192,7 +211,9 @@ class OptimalSamplingModel:
         caps = arguments.check_caps(max_new_tokens, len(prompts))
         drafts = lengths.draft_overrun(arguments.checked_draft_tokens(draft_tokens), max(caps))
         self._check_lengths(prompts, prompts_t, caps, drafts)
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
             raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         if loop not in _LOOPS:
             raise ValueError(f"loop must be one of {', '.join(_LOOPS)}, got {loop!r}")
@@ -207,13 +228,25 @@ class OptimalSamplingModel:
             if len(set(caps)) != 1:
                 raise ValueError("per-row max_new_tokens needs loop='refill'")
         settings = self._call_settings(
-            sample_from, stop, self._two_streams(prompts, prompts_t), alpha, temperature=temperature, top_k=top_k,
-            top_p=top_p, ignore_eos=ignore_eos, max_new_tokens=max(caps), draft_tokens=draft_tokens,
-            keep_logits=return_logits, keep_q_star=return_q_star_probs, topk=topk)
+            sample_from,
+            stop,
+            self._two_streams(prompts, prompts_t),
+            alpha,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            ignore_eos=ignore_eos,
+            max_new_tokens=max(caps),
+            draft_tokens=draft_tokens,
+            keep_logits=return_logits,
+            keep_q_star=return_q_star_probs,
+            topk=topk,
+        )
         if loop == "static":
             step_fn = self._step_fn(settings.decode.config, settings.sample_from)
-            results = static_loop.decode_static(self, prompts, prompts_t if settings.two_streams else None, seeds,
-                                                limit, settings.decode, step_fn)
+            results = static_loop.decode_static(
+                self, prompts, prompts_t if settings.two_streams else None, seeds, limit, settings.decode, step_fn
+            )
         else:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             done: dict[int, RowResult] = {}
@@ -221,8 +254,14 @@ class OptimalSamplingModel:
             for result, _ in self._decode(rows, settings, limit, stats):
                 done[result.index] = result
             results = [done[i] for i in range(len(rows))]  # every row ends (decode_rows)
-        out = assemble(results, self.tokenizer.pad_token_id, self.vocab_size,
-                       lambda ids, reason: self._text(ids, reason, settings.stop), return_diagnostics, skip_decode)
+        out = assemble(
+            results,
+            self.tokenizer.pad_token_id,
+            self.vocab_size,
+            lambda ids, reason: self._text(ids, reason, settings.stop),
+            return_diagnostics,
+            skip_decode,
+        )
         if loop == "refill":
             out.slot_occupancy = stats.occupancy(limit)
         return out
@@ -267,23 +306,48 @@ class OptimalSamplingModel:
         topk = topk_spec(topk_logprobs, topk_of, self.vocab_size)
         cap = arguments.checked_cap(max_new_tokens)
         settings = self._call_settings(
-            sample_from, stop, not self.same_model or separate_teacher_prompts, alpha, temperature=temperature,
-            top_k=top_k, top_p=top_p, ignore_eos=ignore_eos, max_new_tokens=cap, draft_tokens=draft_tokens,
-            keep_logits=return_logits, keep_q_star=return_q_star_probs, oom_backoff=oom_backoff, topk=topk)
+            sample_from,
+            stop,
+            not self.same_model or separate_teacher_prompts,
+            alpha,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            ignore_eos=ignore_eos,
+            max_new_tokens=cap,
+            draft_tokens=draft_tokens,
+            keep_logits=return_logits,
+            keep_q_star=return_q_star_probs,
+            oom_backoff=oom_backoff,
+            topk=topk,
+        )
         for result, row in self._decode(rows, settings, limit, stats):
             text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, settings.stop)
-            yield RowOutput(index=result.index, id=row.id, text=text, token_ids=result.tokens,
-                            finish_reason=result.finish_reason, traces=result.traces, logits=result.logits,
-                            q_star_probs=result.q_star, topk_ids=result.topk_ids,
-                            topk_logprobs=result.topk_logprobs)
+            yield RowOutput(
+                index=result.index,
+                id=row.id,
+                text=text,
+                token_ids=result.tokens,
+                finish_reason=result.finish_reason,
+                traces=result.traces,
+                logits=result.logits,
+                q_star_probs=result.q_star,
+                topk_ids=result.topk_ids,
+                topk_logprobs=result.topk_logprobs,
+            )
 
     # ------------------------------------------------------------------ internals
 
-    def _sampler_config(self, temperature: float, top_k: int, top_p: float,
-                        alpha: Mapping[str, Any] | None = None) -> SamplerConfig:
+    def _sampler_config(
+        self, temperature: float, top_k: int, top_p: float, alpha: Mapping[str, Any] | None = None
+    ) -> SamplerConfig:
         """The validated config of one call: the model's attributes, `alpha` (per call) over them."""
-        chosen: dict[str, Any] = {"method": self.alpha_method, "fixed": self.fixed_alpha, "min": self.alpha_min,
-                  "max": self.alpha_max}  # by the keys of `alpha` (the recipe's alpha section)
+        chosen: dict[str, Any] = {
+            "method": self.alpha_method,
+            "fixed": self.fixed_alpha,
+            "min": self.alpha_min,
+            "max": self.alpha_max,
+        }  # by the keys of `alpha` (the recipe's alpha section)
         if alpha is not None:
             unknown = sorted(set(alpha) - set(chosen)) if isinstance(alpha, Mapping) else None
             if unknown is None or unknown:
@@ -293,9 +357,15 @@ class OptimalSamplingModel:
         if alpha_method not in ALPHA_METHODS:
             raise ValueError(f"alpha_method {alpha_method!r} is unknown; choose one of {', '.join(ALPHA_METHODS)}")
         return SamplerConfig(
-            alpha_method=alpha_method, fixed_alpha=chosen["fixed"], alpha_min=chosen["min"],
-            alpha_max=chosen["max"], temperature=temperature, top_k=top_k, top_p=top_p,
-            constraint_to_target=self.constraint_to_target, target_top_k=self.target_top_k,
+            alpha_method=alpha_method,
+            fixed_alpha=chosen["fixed"],
+            alpha_min=chosen["min"],
+            alpha_max=chosen["max"],
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            constraint_to_target=self.constraint_to_target,
+            target_top_k=self.target_top_k,
             target_top_p=self.target_top_p,
         )
 
@@ -310,8 +380,9 @@ class OptimalSamplingModel:
                 self._check_length(name, i, len(ids), caps[i], drafts)
 
     def _check_length(self, name: str, index: int, length: int, cap: int, drafts: int = 0) -> None:
-        context, path = ((self.context_t, self.model_t_path) if name == "prompts_t"
-                         else (self.context_theta, self.model_theta_path))
+        context, path = (
+            (self.context_t, self.model_t_path) if name == "prompts_t" else (self.context_theta, self.model_theta_path)
+        )
         problem = lengths.length_problem(length, cap, context, drafts)
         if problem is not None:
             lower = "max_new_tokens" + (" or draft_tokens" if drafts else "")
@@ -356,15 +427,32 @@ class OptimalSamplingModel:
 
         def step_fn(logits_theta, logits_t, keys, steps, alpha_init=None):
             return mixture_step(
-                logits_theta, logits_t, config, row_keys=keys, step=steps, force_teacher_tokens=special,
-                force_teacher_rows=(steps == 0) if force_first else None, sample_from=sample_from,
+                logits_theta,
+                logits_t,
+                config,
+                row_keys=keys,
+                step=steps,
+                force_teacher_tokens=special,
+                force_teacher_rows=(steps == 0) if force_first else None,
+                sample_from=sample_from,
                 alpha_init=alpha_init,
             )
 
         return step_fn
 
-    def _call_settings(self, sample_from: str, stop, two_streams: bool, alpha, *, temperature: float, top_k: int,
-                       top_p: float, ignore_eos: bool, **decode) -> CallSettings:
+    def _call_settings(
+        self,
+        sample_from: str,
+        stop,
+        two_streams: bool,
+        alpha,
+        *,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        ignore_eos: bool,
+        **decode,
+    ) -> CallSettings:
         """The checked settings of one call, built once: `decode` are DecodeSettings fields taken as they are
         (max_new_tokens, draft_tokens, keep_logits, ...); the rest come from this model and the arguments."""
         arguments.check_sample_from(sample_from)
@@ -372,13 +460,21 @@ class OptimalSamplingModel:
         config = self._sampler_config(temperature, top_k, top_p, alpha)
         stop = tuple(stops(stop))
         return CallSettings(
-            DecodeSettings(config=config, eos_ids=() if ignore_eos else tuple(self.eos_token_ids),
-                           pad_id=self.tokenizer.pad_token_id, stop_fn=self._stop_fn(stop) if stop else None,
-                           **decode),
-            sample_from=sample_from, stop=stop, two_streams=two_streams)
+            DecodeSettings(
+                config=config,
+                eos_ids=() if ignore_eos else tuple(self.eos_token_ids),
+                pad_id=self.tokenizer.pad_token_id,
+                stop_fn=self._stop_fn(stop) if stop else None,
+                **decode,
+            ),
+            sample_from=sample_from,
+            stop=stop,
+            two_streams=two_streams,
+        )
 
-    def _decode(self, rows, settings: CallSettings, limit: int | InFlightLimit,
-                stats: SchedulerStats | None) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
+    def _decode(
+        self, rows, settings: CallSettings, limit: int | InFlightLimit, stats: SchedulerStats | None
+    ) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
         """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
 
         Without `settings.two_streams` (one model, no teacher prompts of its own) a row whose `prompt_t`
@@ -389,9 +485,15 @@ class OptimalSamplingModel:
         if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
             static_stream.check_compile(self.compile, draft_tokens=decode.draft_tokens, oom_backoff=decode.oom_backoff)
             fixed = static_stream.fixed_slots(
-                self._slot_pool, self.model_theta, self.model_t if two_streams else None, self.vocab_size,
-                limit.value if isinstance(limit, InFlightLimit) else limit, decode.max_new_tokens,
-                self.tokenizer.pad_token_id, compiled=self.compile is True)
+                self._slot_pool,
+                self.model_theta,
+                self.model_t if two_streams else None,
+                self.vocab_size,
+                limit.value if isinstance(limit, InFlightLimit) else limit,
+                decode.max_new_tokens,
+                self.tokenizer.pad_token_id,
+                compiled=self.compile is True,
+            )
         in_flight: dict[int, StreamRow] = {}
 
         def requests():
@@ -403,26 +505,42 @@ class OptimalSamplingModel:
                     if not isinstance(text, str) or not text:
                         raise ValueError(f"{name}[{index}] must be a non-empty string, got {text!r}")
                 if not two_streams and prompt_t != row.prompt:
-                    raise ValueError(f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
-                                     f"theta's prompts; pass separate_teacher_prompts=True")
+                    raise ValueError(
+                        f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
+                        f"theta's prompts; pass separate_teacher_prompts=True"
+                    )
                 seed = arguments.checked_seed(row.seed, f"row {index}: seed")
-                cap = decode.max_new_tokens if row.max_new_tokens is None else arguments.checked_cap(
-                    row.max_new_tokens, f"row {index}: max_new_tokens")
+                cap = (
+                    decode.max_new_tokens
+                    if row.max_new_tokens is None
+                    else arguments.checked_cap(row.max_new_tokens, f"row {index}: max_new_tokens")
+                )
                 ids = self._token_ids(row.prompt, "prompts", index)
                 self._check_length("prompts", index, len(ids), cap, drafts)
                 ids_t = None
                 if two_streams:
                     ids_t = self._token_ids(prompt_t, "prompts_t", index, teacher=True)
                     self._check_length("prompts_t", index, len(ids_t), cap, drafts)
-                request = scheduler.RowRequest(index, ids, ids_t, int(rng.row_keys(torch.tensor([seed]))[0]),
-                                               None if row.max_new_tokens is None else cap)
+                request = scheduler.RowRequest(
+                    index,
+                    ids,
+                    ids_t,
+                    int(rng.row_keys(torch.tensor([seed]))[0]),
+                    None if row.max_new_tokens is None else cap,
+                )
                 in_flight[index] = row
                 yield request
 
         try:
             for result in scheduler.decode_rows(
-                requests(), self.model_theta, self.model_t if two_streams else None, self.vocab_size,
-                self._step_fn(decode.config, settings.sample_from), decode, limit=limit, stats=stats,
+                requests(),
+                self.model_theta,
+                self.model_t if two_streams else None,
+                self.vocab_size,
+                self._step_fn(decode.config, settings.sample_from),
+                decode,
+                limit=limit,
+                stats=stats,
                 fixed_slots=fixed,
             ):
                 yield result, in_flight.pop(result.index)

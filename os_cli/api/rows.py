@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from os_cli.engine.streams import TRACE_FIELDS, DecodeTrace
 from os_cli.engine.requests import RowResult
+from os_cli.engine.streams import TRACE_FIELDS, DecodeTrace
 
 
 @dataclass
@@ -67,8 +67,9 @@ class SamplingOutput:
     topk_logprobs: dict[str, torch.Tensor] | None = None  # name -> [batch, len, K]
 
 
-def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, return_diagnostics: bool,
-             skip_decode: bool) -> SamplingOutput:
+def assemble(
+    results: list[RowResult], pad_id: int, vocab_size: int, text_of, return_diagnostics: bool, skip_decode: bool
+) -> SamplingOutput:
     """Per-row results (in input order) as one SamplingOutput; `text_of(ids, finish_reason)` decodes."""
     lengths = torch.tensor([len(r.tokens) for r in results], dtype=torch.long)
     width = int(lengths.max())
@@ -86,8 +87,9 @@ def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, re
         texts = [text_of(ids[i, : lengths[i]].tolist(), reasons[i]) for i in range(len(reasons))]
     diagnostics = None
     if return_diagnostics:
-        diagnostics = {name: traces[name] for name in
-                       ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t", "fallback")}
+        diagnostics = {
+            name: traces[name] for name in ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t", "fallback")
+        }
 
     def stack(values_of) -> torch.Tensor:
         out = torch.full((len(results), width, vocab_size), float("nan"))
@@ -97,7 +99,7 @@ def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, re
 
     logits = None
     if results[0].logits is not None:
-        logits = {side: stack(lambda r: r.logits[side]) for side in ("theta", "t")}
+        logits = {side: stack(lambda r, side=side: r.logits[side]) for side in ("theta", "t")}
     q_star = stack(lambda r: r.q_star) if results[0].q_star is not None else None
     topk_ids = topk = None
     if results[0].topk_ids is not None:
@@ -111,10 +113,19 @@ def assemble(results: list[RowResult], pad_id: int, vocab_size: int, text_of, re
             for name in topk:
                 topk[name][i, : len(r.tokens)] = r.topk_logprobs[name]
     return SamplingOutput(
-        generated_texts=texts, generated_ids=ids, alpha_values=traces["alpha"], ess_ratios=traces["ess_ratio"],
-        diagnostics=diagnostics, lengths=lengths, finish_reasons=reasons, mask=mask,
+        generated_texts=texts,
+        generated_ids=ids,
+        alpha_values=traces["alpha"],
+        ess_ratios=traces["ess_ratio"],
+        diagnostics=diagnostics,
+        lengths=lengths,
+        finish_reasons=reasons,
+        mask=mask,
         logprobs={"theta": traces["logprob_theta"], "t": traces["logprob_t"], "q": traces["logprob_q"]},
-        logits=logits, q_star_probs=q_star, topk_ids=topk_ids, topk_logprobs=topk,
+        logits=logits,
+        q_star_probs=q_star,
+        topk_ids=topk_ids,
+        topk_logprobs=topk,
     )
 
 
@@ -137,7 +148,10 @@ def rows_of_trace(trace: DecodeTrace, offset: int, vocab_size: int) -> list[RowR
     q_star = per_row(trace.q_star) if trace.q_star else None
     return [
         RowResult(
-            offset + i, tokens[i, :n], trace.finish_reasons[i], {k: v[i, :n] for k, v in values.items()},
+            offset + i,
+            tokens[i, :n],
+            trace.finish_reasons[i],
+            {k: v[i, :n] for k, v in values.items()},
             {side: logits[side][i, :n] for side in logits} if logits else None,
             q_star[i, :n] if q_star is not None else None,
         )

@@ -20,15 +20,24 @@ def decode_static(model, prompts, prompts_t, seeds, limit: int, settings: Decode
     keys = rng.row_keys(torch.tensor(seeds, dtype=torch.int64)).to(model.device)
     results = []
     for start in range(0, len(prompts), limit):
-        part_keys = keys[start:start + limit]
+        part_keys = keys[start : start + limit]
         theta = streams.ModelStream(model.model_theta, model.vocab_size)
-        teacher = streams.ModelStream(model.model_t, model.vocab_size, output_device=model.device) if two_streams \
-            else None
+        teacher = (
+            streams.ModelStream(model.model_t, model.vocab_size, output_device=model.device) if two_streams else None
+        )
         trace = streams.decode(
-            theta, teacher, model.encode(prompts[start:start + limit]),
-            model.encode(prompts_t[start:start + limit], teacher=True) if two_streams else None,
-            lambda lt, lt_t, rows, step: step_fn(lt, lt_t, part_keys[rows], torch.full_like(rows, step)),
+            theta,
+            teacher,
+            model.encode(prompts[start : start + limit]),
+            model.encode(prompts_t[start : start + limit], teacher=True) if two_streams else None,
+            _keyed(step_fn, part_keys),
             settings,
         )
         results += rows_of_trace(trace, start, model.vocab_size)
     return results
+
+
+def _keyed(step_fn, keys: torch.Tensor):
+    """The reference loop's step function (logits, rows, one step for all) over the batching loop's
+    (logits, per-row keys, per-row steps)."""
+    return lambda lt, lt_t, rows, step: step_fn(lt, lt_t, keys[rows], torch.full_like(rows, step))

@@ -30,15 +30,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from os_cli.api import arguments
-
-from os_cli.engine import streams as engine
-
-from os_cli.mix import rng
-from os_cli.bench.measure import BenchRow, Point, measure
-from os_cli.memory import model_devices, sync
-from os_cli.engine.requests import SchedulerStats
 from os_cli.api.rows import StreamRow
+from os_cli.bench.measure import BenchRow, Point, measure
+from os_cli.engine import streams as engine
 from os_cli.engine.draft_policy import expected_speedup, expected_tokens_per_round
+from os_cli.engine.requests import SchedulerStats
+from os_cli.memory import model_devices, sync
+from os_cli.mix import rng
 
 if TYPE_CHECKING:
     from os_cli.bench.sweep import BenchSettings
@@ -51,8 +49,9 @@ COST_REPEATS = 30  # interleaved rounds of forward-cost timing (each cost once p
 # Forward costs
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int = COST_REPEATS,
-                        devices: Sequence[torch.device] = ()) -> dict[str, float]:
+def interleaved_medians(
+    calls: dict[str, Callable[[], object]], repeats: int = COST_REPEATS, devices: Sequence[torch.device] = ()
+) -> dict[str, float]:
     """Median milliseconds of each call over `repeats` rounds that time every call once (after one untimed
     call each), starting one further along each round; CUDA devices synchronised around each call."""
     for fn in calls.values():
@@ -61,7 +60,7 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int = C
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(max(1, repeats)):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             calls[name]()
             sync(devices)
@@ -69,15 +68,24 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int = C
     return {name: statistics.median(times[name]) for name in names}
 
 
-def forward_costs(model, prompt: str, context: int, ks: Sequence[int], *, batch_size: int = 1,
-                  temperature: float = 1.0, top_k: int = -1, top_p: float = 1.0,
-                  repeats: int = COST_REPEATS) -> dict[str, float]:
+def forward_costs(
+    model,
+    prompt: str,
+    context: int,
+    ks: Sequence[int],
+    *,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    top_k: int = -1,
+    top_p: float = 1.0,
+    repeats: int = COST_REPEATS,
+) -> dict[str, float]:
     """Median ms at `batch_size` rows with `context` tokens cached (theta's ids of `prompt`, repeated):
     "theta" (one position), "teacher" (one position), "teacher_{k+1}" (k + 1 positions in one forward),
     "q_step" (one q* step) and "q_step_{k+1}" (one q* step over k + 1 positions per row); all timed in
     the same interleaved rounds (interleaved_medians)."""
     ids = model._token_ids(prompt, "prompts", 0)
-    ids = (ids * (context // len(ids) + 1))[:max(1, context)]
+    ids = (ids * (context // len(ids) + 1))[: max(1, context)]
     devices = model_devices(model)
     calls: dict[str, Callable[[], object]] = {}
     for name, m in (("theta", model.model_theta), ("teacher", model.model_t)):
@@ -169,18 +177,36 @@ def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSett
     seeds = arguments.row_seeds(settings.seed, n).tolist()
     separate = model.same_model and any(t is not None and t != p for p, t in zip(batch, batch_t))
     label = "plain loop (k=0)" if k == 0 else f"draft_tokens={k}"
-    row = BenchRow(mode="speculative", label=label, batch_size=batch_size, prompts=n,
-                   alpha_method=model.alpha_method, sample_from="mixture", lengths=lengths_label(settings))
+    row = BenchRow(
+        mode="speculative",
+        label=label,
+        batch_size=batch_size,
+        prompts=n,
+        alpha_method=model.alpha_method,
+        sample_from="mixture",
+        lengths=lengths_label(settings),
+    )
     runs: list[SchedulerStats] = []
 
     def go(count: int, cap_limit: int | None, stats: SchedulerStats) -> int:
-        rows = [StreamRow(p, t, seed=s, max_new_tokens=c if cap_limit is None else min(c, cap_limit))
-                for p, t, s, c in zip(batch[:count], batch_t[:count], seeds[:count], caps[:count])]
+        rows = [
+            StreamRow(p, t, seed=s, max_new_tokens=c if cap_limit is None else min(c, cap_limit))
+            for p, t, s, c in zip(batch[:count], batch_t[:count], seeds[:count], caps[:count])
+        ]
         tokens = 0
-        for out in model.generate_stream(rows, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                         top_p=settings.top_p, top_k=settings.top_k, draft_tokens=k, limit=batch_size,
-                                         skip_decode=True, stats=stats, separate_teacher_prompts=separate,
-                                         ignore_eos=True):
+        for out in model.generate_stream(
+            rows,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            draft_tokens=k,
+            limit=batch_size,
+            skip_decode=True,
+            stats=stats,
+            separate_teacher_prompts=separate,
+            ignore_eos=True,
+        ):
             tokens += len(out.token_ids)
         return tokens
 
@@ -200,14 +226,24 @@ def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSett
 
 def lengths_label(settings: BenchSettings) -> str:
     if settings.lengths == "long-tail":
-        return (f"long-tail per-row caps (max {settings.max_new_tokens}, seed {settings.seed}), EOS and stop "
-                f"strings ignored")
+        return (
+            f"long-tail per-row caps (max {settings.max_new_tokens}, seed {settings.seed}), EOS and stop "
+            f"strings ignored"
+        )
     return f"fixed: {settings.max_new_tokens} tokens per row, EOS and stop strings ignored"
 
 
-def measure_draft_tokens(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
-                         ks: Sequence[int], settings: BenchSettings, *, cost_repeats: int = COST_REPEATS,
-                         on_row: Callable[[DraftRow], None] | None = None) -> tuple[list[DraftRow], dict]:
+def measure_draft_tokens(
+    model,
+    prompts: Sequence[str],
+    prompts_t: Sequence[str] | None,
+    batch_size: int,
+    ks: Sequence[int],
+    settings: BenchSettings,
+    *,
+    cost_repeats: int = COST_REPEATS,
+    on_row: Callable[[DraftRow], None] | None = None,
+) -> tuple[list[DraftRow], dict]:
     """The plain loop and each k at `batch_size` on the same rows (the same caps, EOS and stop strings
     ignored), warmed up, then timed in `settings.repeats` interleaved rounds; then the forward costs.
     Returns (rows, k = 0 first; forward costs in ms, empty when a point failed: then no ideals).
@@ -219,8 +255,11 @@ def measure_draft_tokens(model, prompts: Sequence[str], prompts_t: Sequence[str]
         row = DraftRow(k=k, timing=timing)
         if runs:
             last = runs[-1]
-            row.rounds_per_run, row.theta_forwards, row.teacher_forwards = last.steps, last.theta_forwards, \
-                last.teacher_forwards
+            row.rounds_per_run, row.theta_forwards, row.teacher_forwards = (
+                last.steps,
+                last.theta_forwards,
+                last.teacher_forwards,
+            )
             row.drafted, row.accepted = sum(s.drafted for s in runs), sum(s.accepted for s in runs)
         rows.append(row)
     plain = rows[0].timing
@@ -229,9 +268,17 @@ def measure_draft_tokens(model, prompts: Sequence[str], prompts_t: Sequence[str]
     cost_error = None
     if all(r.ok for r in rows):  # a point that ran out of memory would again: no costs, no ideals
         try:
-            costs = forward_costs(model, prompts[0], context, list(ks), batch_size=batch_size,
-                                  temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                                  repeats=cost_repeats)
+            costs = forward_costs(
+                model,
+                prompts[0],
+                context,
+                list(ks),
+                batch_size=batch_size,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                repeats=cost_repeats,
+            )
         except Exception as exc:  # noqa: BLE001 - recorded on the plain loop's row (below), never raised
             cost_error = f"forward costs: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
     for row in rows:
@@ -261,9 +308,17 @@ def recommend_draft_tokens(rows: Sequence[DraftRow]) -> dict:
     """The k with the best median speed-up among those that beat the plain loop: faster in every round
     (speedup_min > 1) and by more than the spread (speedup - 1 > speedup_spread); else 0.
     Returns {"draft_tokens", "set", "speedup", "reason"}."""
-    wins = [r for r in rows if r.k and r.ok and r.speedup is not None and r.speedup_min is not None
-            and r.speedup_spread is not None  # set together with speedup
-            and r.speedup_min > 1 and r.speedup - 1 > r.speedup_spread]
+    wins = [
+        r
+        for r in rows
+        if r.k
+        and r.ok
+        and r.speedup is not None
+        and r.speedup_min is not None
+        and r.speedup_spread is not None  # set together with speedup
+        and r.speedup_min > 1
+        and r.speedup - 1 > r.speedup_spread
+    ]
     if not wins:
         tried = [r for r in rows if r.k and r.speedup is not None]
 
@@ -272,17 +327,25 @@ def recommend_draft_tokens(rows: Sequence[DraftRow]) -> dict:
             return r.speedup
 
         best = max(tried, key=speedup, default=None)
-        reason = ("no k beats the plain loop by more than its spread" if best is None else
-                  f"no k beats the plain loop by more than its spread (best: k={best.k}, {best.speedup:.2f}x, "
-                  f"{best.speedup_min:.2f}-{best.speedup_max:.2f})")
+        reason = (
+            "no k beats the plain loop by more than its spread"
+            if best is None
+            else f"no k beats the plain loop by more than its spread (best: k={best.k}, {best.speedup:.2f}x, "
+            f"{best.speedup_min:.2f}-{best.speedup_max:.2f})"
+        )
         return {"draft_tokens": 0, "set": "--set sampling.draft_tokens=0", "speedup": 1.0, "reason": reason}
     best = max(wins, key=lambda r: (r.speedup, -r.k))
-    return {"draft_tokens": best.k, "set": f"--set sampling.draft_tokens={best.k}", "speedup": best.speedup,
-            "reason": "best measured speed-up that beats the plain loop in every round by more than its spread"}
+    return {
+        "draft_tokens": best.k,
+        "set": f"--set sampling.draft_tokens={best.k}",
+        "speedup": best.speedup,
+        "reason": "best measured speed-up that beats the plain loop in every round by more than its spread",
+    }
 
 
 def report(rows: Sequence[DraftRow], costs: dict[str, float], recommendation: dict, batch_size: int) -> dict:
     """The `speculative` section of the bench JSON document (finite numbers or null)."""
+
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -292,6 +355,12 @@ def report(rows: Sequence[DraftRow], costs: dict[str, float], recommendation: di
             return [clean(v) for v in value]
         return value
 
-    return clean({"batch_size": batch_size, "ks": [r.k for r in rows if r.k], "forward_costs_ms": dict(costs),
-                  "rows": [r.to_dict() for r in rows], "recommendation": dict(recommendation)})
-
+    return clean(
+        {
+            "batch_size": batch_size,
+            "ks": [r.k for r in rows if r.k],
+            "forward_costs_ms": dict(costs),
+            "rows": [r.to_dict() for r in rows],
+            "recommendation": dict(recommendation),
+        }
+    )

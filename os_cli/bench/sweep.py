@@ -32,10 +32,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from os_cli.mix.alpha import ALPHA_METHODS
-from os_cli.machine import machine_info
 from os_cli.bench.measure import BenchRow, Point, measure, overlaps
+from os_cli.machine import machine_info
 from os_cli.memory import device_memory, model_devices  # noqa: F401 - device_memory: cli/bench
+from os_cli.mix.alpha import ALPHA_METHODS
 
 AUTO_MAX_BATCH = 1024
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8)  # the sweep without --batch-sizes, plus the recipe's own batch size
@@ -61,8 +61,14 @@ class BenchSettings:
     fixed_length: bool = False  # every row runs exactly max_new_tokens (EOS and stop strings ignored)
 
     def generate_kwargs(self) -> dict:
-        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                    top_k=self.top_k, seed=self.seed, stop=None if self.fixed_length else (list(self.stop) or None))
+        return dict(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=None if self.fixed_length else (list(self.stop) or None),
+        )
 
 
 LENGTHS = ("natural", "long-tail")
@@ -94,20 +100,36 @@ def cycle_order(items: Sequence[str], n: int) -> list[str]:
 
 def _steps(lengths: torch.Tensor, batch_size: int) -> int:
     counts = lengths.tolist()
-    return int(sum(max(counts[i:i + batch_size]) for i in range(0, len(counts), batch_size)))
+    return int(sum(max(counts[i : i + batch_size]) for i in range(0, len(counts), batch_size)))
 
 
-def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, *, mode: str,
-                  label: str | None, sample_from: str, alpha_method: str | None) -> Point:
+def _engine_point(
+    model,
+    prompts,
+    prompts_t,
+    batch_size: int,
+    settings: BenchSettings,
+    *,
+    mode: str,
+    label: str | None,
+    sample_from: str,
+    alpha_method: str | None,
+) -> Point:
     n = max(settings.num_prompts, batch_size)
     batch = cycle_order(prompts, n)
     batch_t = cycle_order(prompts_t, n) if prompts_t is not None else None
     method = alpha_method or getattr(model, "alpha_method", None)
     name = label or (method if sample_from == "mixture" else f"sample_from={sample_from}")
     assert name is not None  # the sampler's alpha_method is always set (one of ALPHA_METHODS)
-    row = BenchRow(mode=mode, label=name,
-                   batch_size=batch_size, prompts=n, alpha_method=method if sample_from == "mixture" else None,
-                   sample_from=sample_from, lengths=_lengths_label(settings))
+    row = BenchRow(
+        mode=mode,
+        label=name,
+        batch_size=batch_size,
+        prompts=n,
+        alpha_method=method if sample_from == "mixture" else None,
+        sample_from=sample_from,
+        lengths=_lengths_label(settings),
+    )
     kwargs = settings.generate_kwargs()
     if settings.lengths == "long-tail":
         kwargs["max_new_tokens"] = long_tail_caps(n, settings.max_new_tokens, settings.seed)
@@ -115,9 +137,15 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
     def generate(prompts_, prompts_t_, **kw):
         # Per-call settings, the model untouched: fixed_length runs every row to its cap (the same work
         # for every compared run).
-        return model.generate(prompts_, prompts_t_, batch_size=batch_size, sample_from=sample_from,
-                              alpha=None if alpha_method is None else {"method": alpha_method},
-                              ignore_eos=settings.fixed_length, **kw)
+        return model.generate(
+            prompts_,
+            prompts_t_,
+            batch_size=batch_size,
+            sample_from=sample_from,
+            alpha=None if alpha_method is None else {"method": alpha_method},
+            ignore_eos=settings.fixed_length,
+            **kw,
+        )
 
     def run() -> tuple:
         if settings.lengths == "long-tail":  # through the row stream, to see where the time goes
@@ -132,8 +160,16 @@ def _engine_point(model, prompts, prompts_t, batch_size: int, settings: BenchSet
     return Point(row, run, warm)
 
 
-def _long_tail_run(model, batch, batch_t, batch_size: int, settings: BenchSettings, kwargs: dict, sample_from: str,
-                   alpha_method: str | None) -> tuple:
+def _long_tail_run(
+    model,
+    batch,
+    batch_t,
+    batch_size: int,
+    settings: BenchSettings,
+    kwargs: dict,
+    sample_from: str,
+    alpha_method: str | None,
+) -> tuple:
     """What `generate` runs for the long-tail point (the same rows, seeds and caps), through `generate_stream`
     with a PhaseClock: (tokens, steps, slot occupancy, each phase's share of the time)."""
     from os_cli.api import arguments
@@ -143,15 +179,29 @@ def _long_tail_run(model, batch, batch_t, batch_size: int, settings: BenchSettin
 
     seeds = arguments.row_seeds(kwargs["seed"], len(batch)).tolist()
     teacher = batch_t or [None] * len(batch)
-    rows = [StreamRow(p, t, seed=s, max_new_tokens=c)
-            for p, t, s, c in zip(batch, teacher, seeds, kwargs["max_new_tokens"])]
+    rows = [
+        StreamRow(p, t, seed=s, max_new_tokens=c) for p, t, s, c in zip(batch, teacher, seeds, kwargs["max_new_tokens"])
+    ]
     separate = model.same_model and any(t is not None and t != p for p, t in zip(batch, teacher))
     stats = SchedulerStats(clock=PhaseClock(model_devices(model)))
-    tokens = sum(len(out.token_ids) for out in model.generate_stream(
-        rows, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-        top_k=settings.top_k, stop=kwargs["stop"], sample_from=sample_from, limit=batch_size, skip_decode=True,
-        stats=stats, separate_teacher_prompts=separate, ignore_eos=settings.fixed_length,
-        alpha=None if alpha_method is None else {"method": alpha_method}))
+    tokens = sum(
+        len(out.token_ids)
+        for out in model.generate_stream(
+            rows,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            stop=kwargs["stop"],
+            sample_from=sample_from,
+            limit=batch_size,
+            skip_decode=True,
+            stats=stats,
+            separate_teacher_prompts=separate,
+            ignore_eos=settings.fixed_length,
+            alpha=None if alpha_method is None else {"method": alpha_method},
+        )
+    )
     assert stats.clock is not None  # set above
     return tokens, stats.steps, stats.occupancy(batch_size), stats.clock.shares()
 
@@ -164,14 +214,33 @@ def _lengths_label(settings: BenchSettings) -> str:
     return "natural (EOS, stop strings, max_new_tokens)"
 
 
-def run_engine(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
-               settings: BenchSettings, *, mode: str = "sweep", label: str | None = None,
-               sample_from: str = "mixture", alpha_method: str | None = None, warmup: bool = False) -> BenchRow:
+def run_engine(
+    model,
+    prompts: Sequence[str],
+    prompts_t: Sequence[str] | None,
+    batch_size: int,
+    settings: BenchSettings,
+    *,
+    mode: str = "sweep",
+    label: str | None = None,
+    sample_from: str = "mixture",
+    alpha_method: str | None = None,
+    warmup: bool = False,
+) -> BenchRow:
     """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`,
     `settings.repeats` times. `alpha_method` is passed per call (the model's own setting is untouched).
     `warmup` first runs one untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens)."""
-    point = _engine_point(model, prompts, prompts_t, batch_size, settings, mode=mode, label=label,
-                          sample_from=sample_from, alpha_method=alpha_method)
+    point = _engine_point(
+        model,
+        prompts,
+        prompts_t,
+        batch_size,
+        settings,
+        mode=mode,
+        label=label,
+        sample_from=sample_from,
+        alpha_method=alpha_method,
+    )
     return measure([point], model_devices(model), settings.repeats, warmup=warmup)[0]
 
 
@@ -185,13 +254,24 @@ def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchS
     tokenizer = model.tokenizer_t
     eos = list(model.eos_token_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    gen = dict(do_sample=True, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-               top_p=settings.top_p, top_k=settings.top_k if settings.top_k > 0 else 0,
-               eos_token_id=eos, pad_token_id=pad)
+    gen = dict(
+        do_sample=True,
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k if settings.top_k > 0 else 0,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     if settings.fixed_length:
         gen["min_new_tokens"] = settings.max_new_tokens
-    row = BenchRow(mode="hf_generate", label="HF generate (teacher)", batch_size=batch_size, prompts=n,
-                   lengths=_lengths_label(settings) if settings.lengths != "long-tail" else "natural (HF: EOS only)")
+    row = BenchRow(
+        mode="hf_generate",
+        label="HF generate (teacher)",
+        batch_size=batch_size,
+        prompts=n,
+        lengths=_lengths_label(settings) if settings.lengths != "long-tail" else "natural (HF: EOS only)",
+    )
     eos_t = torch.tensor(eos)
 
     def one_pass(limit: int | None = None) -> tuple[int, int]:
@@ -199,11 +279,11 @@ def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchS
         tokens = steps = 0
         chunks = range(0, n, batch_size) if limit is None else range(0, min(n, batch_size), batch_size)
         for start in chunks:
-            ids, mask = model.encode(texts[start:start + batch_size], teacher=True)  # the engine's ids
+            ids, mask = model.encode(texts[start : start + batch_size], teacher=True)  # the engine's ids
             kwargs = dict(gen, max_new_tokens=limit, min_new_tokens=0) if limit else gen
             with torch.inference_mode():
                 out = teacher.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            new = out[:, ids.shape[1]:].cpu()
+            new = out[:, ids.shape[1] :].cpu()
             steps += new.shape[1]
             is_eos = torch.isin(new, eos_t)
             has = is_eos.any(dim=1)
@@ -215,10 +295,12 @@ def _hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchS
     return Point(row, one_pass, lambda: one_pass(limit=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS)))
 
 
-def run_hf_generate(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings,
-                    *, warmup: bool = True) -> BenchRow:
-    return measure([_hf_point(model, prompts_t, batch_size, settings)], model_devices(model), settings.repeats,
-                   warmup=warmup)[0]
+def run_hf_generate(
+    model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings, *, warmup: bool = True
+) -> BenchRow:
+    return measure(
+        [_hf_point(model, prompts_t, batch_size, settings)], model_devices(model), settings.repeats, warmup=warmup
+    )[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,9 +320,17 @@ def auto_batch_sizes(limit: int = AUTO_MAX_BATCH) -> list[int]:
     return sizes
 
 
-def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_sizes: Sequence[int] | str,
-          settings: BenchSettings, *, on_row: Callable[[BenchRow], None] | None = None,
-          auto_limit: int = AUTO_MAX_BATCH, memory_limit: float | None = None) -> list[BenchRow]:
+def sweep(
+    model,
+    prompts: Sequence[str],
+    prompts_t: Sequence[str] | None,
+    batch_sizes: Sequence[int] | str,
+    settings: BenchSettings,
+    *,
+    on_row: Callable[[BenchRow], None] | None = None,
+    auto_limit: int = AUTO_MAX_BATCH,
+    memory_limit: float | None = None,
+) -> list[BenchRow]:
     """Measure the engine (the model's alpha method) at each batch size; one warm-up before the first.
 
     `batch_sizes="auto"` doubles from 1 and stops at out of memory, at `auto_limit`, at a point whose
@@ -273,9 +363,16 @@ def sweep(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_
     return rows
 
 
-def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batch_size: int,
-            settings: BenchSettings, *, methods: Sequence[str] | None = None,
-            on_row: Callable[[BenchRow], None] | None = None) -> list[BenchRow]:
+def compare(
+    model,
+    prompts: Sequence[str],
+    prompts_t: Sequence[str] | None,
+    batch_size: int,
+    settings: BenchSettings,
+    *,
+    methods: Sequence[str] | None = None,
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
     """Same prompts, settings, batch size and lengths: HF `generate` of the teacher alone, the
     two-model floor (`sample_from="teacher"`: both forwards, no alpha solve or mixing), then the engine
     with each alpha method. All are warmed up, then timed in `settings.repeats` interleaved rounds.
@@ -283,12 +380,34 @@ def compare(model, prompts: Sequence[str], prompts_t: Sequence[str] | None, batc
     (ratio_min / ratio_max: the range). Unless `settings.lengths` is long-tail, the caller should set
     `settings.fixed_length` so every run does the same work (q* and the teacher end rows at other times)."""
     devices = model_devices(model)
-    points = [_hf_point(model, prompts_t if prompts_t is not None else prompts, batch_size, settings),
-              _engine_point(model, prompts, prompts_t, batch_size, settings, mode="floor", sample_from="teacher",
-                            label="floor (teacher draws)", alpha_method=None)]
+    points = [
+        _hf_point(model, prompts_t if prompts_t is not None else prompts, batch_size, settings),
+        _engine_point(
+            model,
+            prompts,
+            prompts_t,
+            batch_size,
+            settings,
+            mode="floor",
+            sample_from="teacher",
+            label="floor (teacher draws)",
+            alpha_method=None,
+        ),
+    ]
     for method in methods or ALPHA_METHODS:
-        points.append(_engine_point(model, prompts, prompts_t, batch_size, settings, mode="method",
-                                    alpha_method=method, label=method, sample_from="mixture"))
+        points.append(
+            _engine_point(
+                model,
+                prompts,
+                prompts_t,
+                batch_size,
+                settings,
+                mode="method",
+                alpha_method=method,
+                label=method,
+                sample_from="mixture",
+            )
+        )
     rows = measure(points, devices, settings.repeats)
     floor = rows[1]
     for r in rows:
@@ -314,6 +433,7 @@ def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str,
         return {**none, "reason": "no batch size ran to completion (see the rows' oom/error fields)"}
     fits = ok
     if total_memory:
+
         def within(r: BenchRow) -> bool:
             peak = r.peak_reserved if r.peak_reserved is not None else r.peak_memory
             return peak is not None and all(peak <= (1 - headroom) * total for total in total_memory.values())
@@ -321,32 +441,51 @@ def recommend(rows: Sequence[BenchRow], headroom: float, total_memory: dict[str,
         fits = [r for r in ok if within(r)]
         if not fits:
             smallest = min(ok, key=lambda r: r.batch_size)
-            return {**none, "reason": f"no batch size leaves {headroom:.0%} of device memory free "
-                                      f"(batch size {smallest.batch_size} peaked at {_gib(smallest.peak_reserved)})"}
+            return {
+                **none,
+                "reason": f"no batch size leaves {headroom:.0%} of device memory free "
+                f"(batch size {smallest.batch_size} peaked at {_gib(smallest.peak_reserved)})",
+            }
     best = max(fits, key=lambda r: (r.tokens_per_s, -r.batch_size))
     tied = sorted({best.batch_size} | {r.batch_size for r in fits if r is not best and overlaps(r, best)})
     if len(tied) > 1:
         sizes = ", ".join(map(str, tied[:-1])) + f" and {tied[-1]}"
-        return {**none, "fastest": best.batch_size, "tied": tied,
-                "reason": f"no measurable difference between batch sizes {sizes}: their tokens/s ranges over "
-                          f"the timed runs (slowest to fastest) overlap"}
+        return {
+            **none,
+            "fastest": best.batch_size,
+            "tied": tied,
+            "reason": f"no measurable difference between batch sizes {sizes}: their tokens/s ranges over "
+            f"the timed runs (slowest to fastest) overlap",
+        }
     if total_memory:
         reason = f"best throughput with at least {headroom:.0%} of device memory left free"
     else:
         reason = "best throughput (CPU: no memory headroom check)"
     if len(fits) > 1:
         reason += "; its slowest timed run beats every other batch size's fastest"
-    return {"batch_size": best.batch_size, "set": f"--set sampling.batch_size={best.batch_size}",
-            "tokens_per_s": best.tokens_per_s, "reason": reason, "fastest": best.batch_size, "tied": []}
+    return {
+        "batch_size": best.batch_size,
+        "set": f"--set sampling.batch_size={best.batch_size}",
+        "tokens_per_s": best.tokens_per_s,
+        "reason": reason,
+        "fastest": best.batch_size,
+        "tied": [],
+    }
 
 
 def _gib(n: int | None) -> str:
     return "?" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def report(model, settings: BenchSettings, rows: Sequence[BenchRow], compare_rows: Sequence[BenchRow] | None,
-           recommendation: dict, extra_settings: dict[str, Any] | None = None,
-           speculative: dict | None = None) -> dict:
+def report(
+    model,
+    settings: BenchSettings,
+    rows: Sequence[BenchRow],
+    compare_rows: Sequence[BenchRow] | None,
+    recommendation: dict,
+    extra_settings: dict[str, Any] | None = None,
+    speculative: dict | None = None,
+) -> dict:
     """The JSON document `os-sample bench --json FILE` writes (`speculative`: draft_bench.report's section)."""
     info = machine_info(model)
     return {

@@ -5,14 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from os_cli.cli.common import (
+    DebugOption,
+    SetOption,
+    ThreadsOption,
+    apply_threads,
+    cli_errors,
+    followup_batch_size,
+    literal,
+    note,
+    out_console,
+    percent,
+    point_status,
+)
 from os_cli.errors import UserError
 from os_cli.limits import MAX_NEW_TOKENS
-from os_cli.cli.common import (DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, followup_batch_size,
-                               literal, note, out_console, percent, point_status)
 
 if TYPE_CHECKING:
     from os_cli.bench.measure import BenchRow
@@ -56,34 +67,68 @@ def register(app: typer.Typer) -> None:
 
 def bench_command(
     config: str = typer.Option(..., "--config", "-c", help="Recipe file or bundled recipe name."),
-    overrides: Optional[List[str]] = SetOption,
-    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes, or "
-                                              "'auto' (default: 1,2,4,8 and the recipe's sampling.batch_size)."),
+    overrides: Optional[list[str]] = SetOption,
+    batch_sizes: Optional[str] = typer.Option(
+        None,
+        "--batch-sizes",
+        help="Comma-separated batch sizes, or 'auto' (default: 1,2,4,8 and the recipe's sampling.batch_size).",
+    ),
     prompts: int = typer.Option(16, "--prompts", min=1, help="Prompts per point (at least the batch size is run)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS,
-                                                 help="Tokens per completion (default: the recipe's)."),
-    compare: bool = typer.Option(False, "--compare", help="Also run HF generate, the two-model floor and every "
-                                 "alpha method at the recommended batch size, interleaved, each row generating "
-                                 "the same number of tokens (EOS and stop strings ignored)."),
-    repeats: int = typer.Option(3, "--repeats", min=3, help="Timed runs per point after the warm-up (median and "
-                                "min-max spread are reported; spread over 10% is flagged)."),
-    lengths: str = typer.Option("natural", "--lengths", help="natural: rows end at EOS, a stop string or "
-                                "--max-new-tokens. long-tail: each row gets its own cap drawn from a Pareto(1.5) "
-                                "distribution (scale max/8, capped at max; deterministic from the recipe's seed)."),
-    draft_tokens: Optional[str] = typer.Option(None, "--draft-tokens", help="Comma-separated draft lengths k "
-                                               "(e.g. 1,2,3): also measure speculative sampling against the plain "
-                                               "loop at the recommended batch size, and recommend k."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS, help="Tokens per completion (default: the recipe's)."
+    ),
+    compare: bool = typer.Option(
+        False,
+        "--compare",
+        help="Also run HF generate, the two-model floor and every "
+        "alpha method at the recommended batch size, interleaved, each row generating "
+        "the same number of tokens (EOS and stop strings ignored).",
+    ),
+    repeats: int = typer.Option(
+        3,
+        "--repeats",
+        min=3,
+        help="Timed runs per point after the warm-up (median and "
+        "min-max spread are reported; spread over 10% is flagged).",
+    ),
+    lengths: str = typer.Option(
+        "natural",
+        "--lengths",
+        help="natural: rows end at EOS, a stop string or "
+        "--max-new-tokens. long-tail: each row gets its own cap drawn from a Pareto(1.5) "
+        "distribution (scale max/8, capped at max; deterministic from the recipe's seed).",
+    ),
+    draft_tokens: Optional[str] = typer.Option(
+        None,
+        "--draft-tokens",
+        help="Comma-separated draft lengths k "
+        "(e.g. 1,2,3): also measure speculative sampling against the plain "
+        "loop at the recommended batch size, and recommend k.",
+    ),
     json_file: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON to this file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --json file."),
-    headroom: float = typer.Option(0.1, "--headroom", help="Fraction of device memory the recommendation leaves "
-                                   "free (CUDA)."),
+    headroom: float = typer.Option(
+        0.1, "--headroom", help="Fraction of device memory the recommendation leaves free (CUDA)."
+    ),
     threads: Optional[int] = ThreadsOption,
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
         apply_threads(threads)
-        _bench(config, overrides or [], batch_sizes, prompts, max_new_tokens, compare, json_file, headroom,
-               repeats, lengths, draft_tokens, overwrite=overwrite)
+        _bench(
+            config,
+            overrides or [],
+            batch_sizes,
+            prompts,
+            max_new_tokens,
+            compare,
+            json_file,
+            headroom,
+            repeats,
+            lengths,
+            draft_tokens,
+            overwrite=overwrite,
+        )
 
 
 def parse_batch_sizes(text: str) -> list[int] | str:
@@ -99,23 +144,37 @@ def parse_batch_sizes(text: str) -> list[int] | str:
         if not part.isdigit() or int(part) < 1:
             raise UserError(f"--batch-sizes {text!r}: give positive integers separated by commas (1,2,4,8) or 'auto'")
         if int(part) > MAX_BATCH_SIZE:
-            raise UserError(f"--batch-sizes: {part} is more than the largest batch size, {MAX_BATCH_SIZE}; "
-                            f"use 'auto' to find the largest that fits in memory")
+            raise UserError(
+                f"--batch-sizes: {part} is more than the largest batch size, {MAX_BATCH_SIZE}; "
+                f"use 'auto' to find the largest that fits in memory"
+            )
         if int(part) not in sizes:
             sizes.append(int(part))
     return sizes
 
 
-def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_prompts: int,
-           max_new_tokens: int | None, do_compare: bool, json_file: Path | None, headroom: float, repeats: int = 3,
-           lengths: str = "natural", draft_tokens_text: str | None = None, *, overwrite: bool = False) -> None:
+def _bench(
+    config: str,
+    overrides: list[str],
+    batch_sizes_text: str | None,
+    num_prompts: int,
+    max_new_tokens: int | None,
+    do_compare: bool,
+    json_file: Path | None,
+    headroom: float,
+    repeats: int = 3,
+    lengths: str = "natural",
+    draft_tokens_text: str | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
+    from os_cli.api.build import build_model
     from os_cli.bench import sweep as B
+    from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
+    from os_cli.limits import MAX_BATCH_SIZE
     from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.quiet import quiet_progress_bars
-    from os_cli.limits import MAX_BATCH_SIZE
-    from os_cli.api.build import build_model
     from os_cli.recipe import load_recipe
-    from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
 
     quiet_progress_bars()
     if not 0 <= headroom < 1:
@@ -140,9 +199,15 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
     if sizes is None:
         sizes = B.default_batch_sizes(sampling.batch_size)
     settings = B.BenchSettings(
-        max_new_tokens=max_new_tokens or sampling.max_new_tokens, temperature=sampling.temperature,
-        top_p=sampling.top_p, top_k=sampling.top_k, seed=sampling.seed, stop=list(sampling.stop),
-        num_prompts=num_prompts, repeats=repeats, lengths=lengths,
+        max_new_tokens=max_new_tokens or sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        seed=sampling.seed,
+        stop=list(sampling.stop),
+        num_prompts=num_prompts,
+        repeats=repeats,
+        lengths=lengths,
     )
     ks = parse_draft_tokens(draft_tokens_text, settings.max_new_tokens) if draft_tokens_text is not None else []
     if ks:
@@ -156,16 +221,25 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
 
     with console.status("loading models"):
         model = build_model(recipe)
-    rendered = render_prompts(recipe.prompts, model.tokenizer, rows, tokenizer_t=getattr(model, "tokenizer_t", None),
-                              on_bad_row="skip", models=recipe.models, skip=dataset.skip)
+    rendered = render_prompts(
+        recipe.prompts,
+        model.tokenizer,
+        rows,
+        tokenizer_t=getattr(model, "tokenizer_t", None),
+        on_bad_row="skip",
+        models=recipe.models,
+        skip=dataset.skip,
+    )
     if not rendered.items:
         reason = rendered.errors[0]["reason"] if rendered.errors else "no rows"
         raise UserError(f"no prompt could be rendered from the recipe's dataset ({reason})")
     prompts = [p.prompt for p in rendered.items]
     prompts_t = [p.prompt_t for p in rendered.items]
     if ks and model.same_model and prompts_t == prompts:
-        raise UserError("--draft-tokens needs a teacher that differs from theta: this recipe runs one model and its "
-                        "teacher prompts render exactly as theta's, so q* is pi_theta and there is nothing to draft")
+        raise UserError(
+            "--draft-tokens needs a teacher that differs from theta: this recipe runs one model and its "
+            "teacher prompts render exactly as theta's, so q* is pi_theta and there is nothing to draft"
+        )
 
     info = B.machine_info(model)
     device = info["device"]
@@ -181,26 +255,36 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
         console.print(f"note: {busy}", markup=False, highlight=False)
 
     def progress(row) -> None:
-        console.print(f"  {row.label} @ batch {row.batch_size}: {point_status(row)}"
-                      + (f", {row.tokens_per_s:.1f} tokens/s ({percent(row.spread)} spread)" if row.ok else ""))
+        console.print(
+            f"  {row.label} @ batch {row.batch_size}: {point_status(row)}"
+            + (f", {row.tokens_per_s:.1f} tokens/s ({percent(row.spread)} spread)" if row.ok else "")
+        )
 
     total = B.device_memory(model)
     memory_limit = min(total.values()) * (1 - headroom) if total else None
     sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress, memory_limit=memory_limit)
     rec = B.recommend(sweep_rows, headroom, total)
     console.print(_rows_table(f"Batch-size sweep (median of {repeats} runs)", sweep_rows, compare=False))
-    note(console, f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
-                  "runs, * when over 10%[/]")
+    note(
+        console,
+        f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
+        "runs, * when over 10%[/]",
+    )
     note(console, _memory_note(sweep_rows, device))
     for line in _split_notes(sweep_rows):
         note(console, line)
     if rec["batch_size"] is not None:
-        note(console, f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
-                      f"{rec['tokens_per_s']:.1f} tokens/s):")
+        note(
+            console,
+            f"Recommended batch size: [bold]{rec['batch_size']}[/] ({rec['reason']}, "
+            f"{rec['tokens_per_s']:.1f} tokens/s):",
+        )
         note(console, f"  [bold green]{rec['set']}[/]")
     elif rec["tied"]:
-        note(console, f"[yellow]No recommendation:[/] {rec['reason']}; more --repeats or a quieter machine may "
-                      f"separate them")
+        note(
+            console,
+            f"[yellow]No recommendation:[/] {rec['reason']}; more --repeats or a quieter machine may separate them",
+        )
     else:
         note(console, f"[red]No recommendation:[/] {rec['reason']}")
 
@@ -214,10 +298,18 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
             same_work = dataclasses.replace(settings, fixed_length=settings.lengths != "long-tail")
             compare_rows = B.compare(model, prompts, prompts_t, at, same_work, on_row=progress)
             n = max(num_prompts, at)
-            console.print(_rows_table(f"Comparison at batch size {at}, {n} prompts, {repeats} interleaved rounds",
-                                      compare_rows, compare=True))
-            note(console, f"[dim]lengths: {compare_rows[1].lengths}; × floor: median over rounds of tokens/s "
-                          "over the same round's floor (min-max); spread * over 10%[/]")
+            console.print(
+                _rows_table(
+                    f"Comparison at batch size {at}, {n} prompts, {repeats} interleaved rounds",
+                    compare_rows,
+                    compare=True,
+                )
+            )
+            note(
+                console,
+                f"[dim]lengths: {compare_rows[1].lengths}; × floor: median over rounds of tokens/s "
+                "over the same round's floor (min-max); spread * over 10%[/]",
+            )
             for r in compare_rows:
                 if not r.ok:
                     note(console, f"[red]{r.label}:[/] {r.error}")
@@ -228,12 +320,27 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
         speculative, spec_rows = speculative_section(console, model, prompts, prompts_t, settings, ks, rec, sweep_rows)
 
     if json_file is not None:
-        doc = B.report(model, settings, sweep_rows, compare_rows, rec, speculative=speculative, extra_settings={
-            "config": config, "recipe": recipe.source.name, "overrides": list(overrides),
-            "batch_sizes": sizes, "headroom": headroom, "alpha_method": model.alpha_method,
-            "models": {"theta": recipe.models.theta, "teacher": recipe.models.teacher},
-            "distinct_prompts": len(prompts), "repeats": repeats, "lengths": lengths, "draft_tokens": ks,
-        })
+        doc = B.report(
+            model,
+            settings,
+            sweep_rows,
+            compare_rows,
+            rec,
+            speculative=speculative,
+            extra_settings={
+                "config": config,
+                "recipe": recipe.source.name,
+                "overrides": list(overrides),
+                "batch_sizes": sizes,
+                "headroom": headroom,
+                "alpha_method": model.alpha_method,
+                "models": {"theta": recipe.models.theta, "teacher": recipe.models.teacher},
+                "distinct_prompts": len(prompts),
+                "repeats": repeats,
+                "lengths": lengths,
+                "draft_tokens": ks,
+            },
+        )
         try:
             from os_cli.store.folder import atomic_write
             from os_cli.store.targets import make_parents
@@ -246,8 +353,11 @@ def _bench(config: str, overrides: list[str], batch_sizes_text: str | None, num_
 
     failed = [r for r in sweep_rows + (compare_rows or []) + spec_rows if r.error and not r.oom]
     if failed:
-        raise UserError(f"{len(failed)} run(s) failed (not out of memory): {failed[0].label} at batch size "
-                        f"{failed[0].batch_size}: {failed[0].error}", exit_code=1)
+        raise UserError(
+            f"{len(failed)} run(s) failed (not out of memory): {failed[0].label} at batch size "
+            f"{failed[0].batch_size}: {failed[0].error}",
+            exit_code=1,
+        )
 
 
 def _mem(n: int | None) -> str:
@@ -289,8 +399,15 @@ def _rows_table(title: str, rows, compare: bool):
         else:
             cells = [str(r.batch_size)]
             if r.ok:
-                cells += [f"{r.new_tokens:,}", f"{r.steps:,}", f"{r.tokens_per_s:,.1f}", spread,
-                          f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–", mem, "ok"]
+                cells += [
+                    f"{r.new_tokens:,}",
+                    f"{r.steps:,}",
+                    f"{r.tokens_per_s:,.1f}",
+                    spread,
+                    f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–",
+                    mem,
+                    "ok",
+                ]
             else:
                 cells += ["–"] * 6 + [failed]
             table.add_row(*cells)
@@ -313,12 +430,11 @@ def _memory_note(rows, device: dict) -> str:
     metric = next((r.memory_metric for r in rows if r.memory_metric), "")
     notes = {
         "cuda_max_memory_allocated": "peak memory: torch.cuda.max_memory_allocated, max over devices, reset per "
-                                     "point (rsv: max_memory_reserved, used for the headroom check)",
+        "point (rsv: max_memory_reserved, used for the headroom check)",
         "cpu_peak_rss": "peak memory: the process's peak resident set size during each point (VmHWM, reset per "
-                        "point), models included",
-        "cpu_peak_rss_sampled": "peak memory: the highest resident set size sampled during each point, models "
-                                "included",
+        "point), models included",
+        "cpu_peak_rss_sampled": "peak memory: the highest resident set size sampled during each point, models included",
         "cpu_ru_maxrss_process": "peak memory: ru_maxrss, the process's high-water mark so far (never goes down), "
-                                 "models included",
+        "models included",
     }
     return f"[dim]{notes.get(metric, 'peak memory: not measured')}[/]"

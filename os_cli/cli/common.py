@@ -34,14 +34,19 @@ EXIT_INVALID = 2
 
 DebugOption = typer.Option(False, "--debug", help="Show full tracebacks and the library's log messages.")
 SetOption = typer.Option(
-    None, "--set", "-s", metavar="KEY=VALUE",
+    None,
+    "--set",
+    "-s",
+    metavar="KEY=VALUE",
     help="Override a recipe key, value parsed as YAML (repeatable): --set sampling.batch_size=4",
 )
 ThreadsOption = typer.Option(
-    None, "--threads", metavar="N",
+    None,
+    "--threads",
+    metavar="N",
     help="CPU only: torch threads for this process's CPU work (intra-op, and inter-op unless already started); "
-         "default: torch's, one per core, which oversubscribes a machine other processes keep busy. No effect on "
-         "GPU kernels.",
+    "default: torch's, one per core, which oversubscribes a machine other processes keep busy. No effect on "
+    "GPU kernels.",
 )
 
 
@@ -52,8 +57,10 @@ def apply_threads(threads: int | None, *, set_now: bool = True) -> None:
         return
     cores = os.cpu_count() or 1
     if not 1 <= threads <= cores:
-        raise UserError(f"--threads {threads}: give a number of CPU threads from 1 to {cores} (this machine's cores; "
-                        f"more only oversubscribes them)")
+        raise UserError(
+            f"--threads {threads}: give a number of CPU threads from 1 to {cores} (this machine's cores; "
+            f"more only oversubscribes them)"
+        )
     if set_now:
         from os_cli.machine import set_cpu_threads
 

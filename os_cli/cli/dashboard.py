@@ -22,9 +22,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-RECENT_TOKENS = 4096       # window of the "recent" alpha / ESS means
+RECENT_TOKENS = 4096  # window of the "recent" alpha / ESS means
 SUMMARY_MEAN_SCOPE = "(over tokens, this run)"
-LOG_INTERVAL_S = 10.0      # plain mode: at most one progress line per interval (and one per batch at first)
+LOG_INTERVAL_S = 10.0  # plain mode: at most one progress line per interval (and one per batch at first)
 # The ETA's rate: records this process finished over about the last minute, counted from a record's end (not
 # from the start, when the first rows are all still in flight: a rate from there underestimates a continuous
 # batch by its size), over at least ETA_MIN_SPAN_S (a burst of rows ending together is not a rate).
@@ -70,8 +70,17 @@ class Dashboard:
     one by one under continuous batching), `rows_in_flight()` as rows come and go and `note()` for
     events, then `stop()`."""
 
-    def __init__(self, total: int, done: int = 0, *, title: str = "os-sample generate", console: Console,
-                 live: bool | None = None, log_interval: float = LOG_INTERVAL_S, label: str = ""):
+    def __init__(
+        self,
+        total: int,
+        done: int = 0,
+        *,
+        title: str = "os-sample generate",
+        console: Console,
+        live: bool | None = None,
+        log_interval: float = LOG_INTERVAL_S,
+        label: str = "",
+    ):
         self.console = console
         self.label = label  # starts every plain log line (the rank under torchrun)
         self.live_mode = self.console.is_terminal if live is None else live
@@ -100,7 +109,7 @@ class Dashboard:
 
     # ------------------------------------------------------------------ events
 
-    def start(self) -> "Dashboard":
+    def start(self) -> Dashboard:
         self.started = time.monotonic()
         if self.live_mode:
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
@@ -121,8 +130,14 @@ class Dashboard:
         self.actors = f"{alive}/{total}"
         self._refresh()
 
-    def batch_done(self, records: int, tokens: int, alpha: Sequence[float] = (), ess: Sequence[float] = (),
-                   shard: str | None = None) -> None:
+    def batch_done(
+        self,
+        records: int,
+        tokens: int,
+        alpha: Sequence[float] = (),
+        ess: Sequence[float] = (),
+        shard: str | None = None,
+    ) -> None:
         """`alpha`/`ess`: per-token values of the batch's real tokens (NaN-free)."""
         self.done += records
         self.tokens += tokens
@@ -216,15 +231,18 @@ class Dashboard:
 
     def _progress_line(self) -> str:
         f = self.figures()
-        return (f"records {f['records']} | eta {f['eta']} | {f['tokens/s']} tok/s | batch {f['batch']} ({f['in flight']} in flight) | "
-                f"alpha {f['alpha']} | ess {f['ess']} | {f['memory']} | {f['shard']}"
-                + (f" | actors {f['actors']} alive" if "actors" in f else ""))
+        return (
+            f"records {f['records']} | eta {f['eta']} | {f['tokens/s']} tok/s | batch {f['batch']} ({f['in flight']} in flight) | "
+            f"alpha {f['alpha']} | ess {f['ess']} | {f['memory']} | {f['shard']}"
+            + (f" | actors {f['actors']} alive" if "actors" in f else "")
+        )
 
     def _log(self, message: str) -> None:
         self._last_log = time.monotonic()
         label = f"{self.label} | " if self.label else ""
-        self.console.print(f"[{time.strftime('%H:%M:%S')}] {label}{message}", markup=False, highlight=False,
-                           soft_wrap=True)
+        self.console.print(
+            f"[{time.strftime('%H:%M:%S')}] {label}{message}", markup=False, highlight=False, soft_wrap=True
+        )
 
     def _render(self):
         f = self.figures()

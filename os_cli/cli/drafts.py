@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from os_cli.cli.common import followup_batch_size, note, percent, point_status
 from os_cli.errors import UserError
 from os_cli.recipe.typed import Recipe
-from os_cli.cli.common import followup_batch_size, note, percent, point_status
 
 
 def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
@@ -25,10 +25,14 @@ def parse_draft_tokens(text: str, max_new_tokens: int) -> list[int]:
             elif part.isdigit() and top == max_new_tokens:
                 why = f" (longer than the {max_new_tokens} new tokens per row: --max-new-tokens or sampling.max_new_tokens)"
             elif part.isdigit():
-                why = (f" (more than {top} is a typo, not a plan: a round runs k + 1 theta forwards and late drafts "
-                       f"are rarely accepted)")
-            raise UserError(f"--draft-tokens {text!r}: {part!r} is not allowed{why}; give draft lengths from 1 to "
-                            f"{top} separated by commas, e.g. 1,2,3")
+                why = (
+                    f" (more than {top} is a typo, not a plan: a round runs k + 1 theta forwards and late drafts "
+                    f"are rarely accepted)"
+                )
+            raise UserError(
+                f"--draft-tokens {text!r}: {part!r} is not allowed{why}; give draft lengths from 1 to "
+                f"{top} separated by commas, e.g. 1,2,3"
+            )
         if int(part) not in ks:
             ks.append(int(part))
     return ks
@@ -40,14 +44,18 @@ def check_speculative(recipe: Recipe, ks: list[int]) -> None:
     from os_cli.run.loop import check_draft_tokens
 
     if recipe.models.compile:
-        raise UserError(f"--draft-tokens needs models.compile: false (got {recipe.models.compile!r}): "
-                        f"speculative rounds roll caches back, which the fixed-slot decode step does not do; "
-                        f"add --set models.compile=false")
+        raise UserError(
+            f"--draft-tokens needs models.compile: false (got {recipe.models.compile!r}): "
+            f"speculative rounds roll caches back, which the fixed-slot decode step does not do; "
+            f"add --set models.compile=false"
+        )
     try:
         check_draft_tokens(dataclasses.replace(recipe.sampling, draft_tokens=max(ks)), recipe.prompts, recipe.places)
     except UserError as exc:
-        raise UserError(f"--draft-tokens: {exc}".replace("Set sampling.draft_tokens: 0", "Drop --draft-tokens"),
-                        exit_code=exc.exit_code) from None
+        raise UserError(
+            f"--draft-tokens: {exc}".replace("Set sampling.draft_tokens: 0", "Drop --draft-tokens"),
+            exit_code=exc.exit_code,
+        ) from None
 
 
 def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, sweep_rows) -> tuple[dict | None, list]:
@@ -59,22 +67,31 @@ def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, s
     if at is None:
         console.print("[red]--draft-tokens skipped:[/] no batch size ran to completion")
         return None, []
-    note(console, f"[bold]speculative[/] at batch size {at} (speculative decoding pays off mostly at small "
-                  f"batches; --batch-sizes 1 measures batch 1)")
+    note(
+        console,
+        f"[bold]speculative[/] at batch size {at} (speculative decoding pays off mostly at small "
+        f"batches; --batch-sizes 1 measures batch 1)",
+    )
 
     def progress(row) -> None:
         t = row.timing
-        console.print(f"  {t.label} @ batch {at}: {point_status(t)}"
-                      + (f", {t.tokens_per_s:.1f} tokens/s ({percent(t.spread)} spread)" if t.ok else ""))
+        console.print(
+            f"  {t.label} @ batch {at}: {point_status(t)}"
+            + (f", {t.tokens_per_s:.1f} tokens/s ({percent(t.spread)} spread)" if t.ok else "")
+        )
 
     rows, costs = D.measure_draft_tokens(model, prompts, prompts_t, at, ks, settings, on_row=progress)
     pick = D.recommend_draft_tokens(rows)
     n = max(settings.num_prompts, at)
-    console.print(_draft_table(f"Speculative at batch size {at}, {n} prompts, {settings.repeats} interleaved rounds",
-                               rows))
-    note(console, f"[dim]lengths: {rows[0].timing.lengths}; × plain: median over rounds of tokens/s over the "
-                  f"same round's k=0 (min-max); spread * over 10%; forward costs (ms, batch {at}, medians over "
-                  f"interleaved rounds): " + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()) + "[/]")
+    console.print(
+        _draft_table(f"Speculative at batch size {at}, {n} prompts, {settings.repeats} interleaved rounds", rows)
+    )
+    note(
+        console,
+        f"[dim]lengths: {rows[0].timing.lengths}; × plain: median over rounds of tokens/s over the "
+        f"same round's k=0 (min-max); spread * over 10%; forward costs (ms, batch {at}, medians over "
+        f"interleaved rounds): " + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()) + "[/]",
+    )
     for r in rows:
         if not r.ok:
             note(console, f"[red]{r.timing.label}:[/] {r.timing.error}")
@@ -101,6 +118,15 @@ def _draft_table(title: str, rows):
             table.add_row(str(r.k), *(["–"] * 6), "[red]OOM[/]" if t.oom else "[red]error[/]", "–")
             continue
         rng = "–" if r.speedup_min is None else f"{r.speedup_min:.2f}-{r.speedup_max:.2f}"
-        table.add_row(str(r.k), num(r.acceptance, 3), num(r.expected_tokens), num(r.ideal), num(r.ideal_plus),
-                      num(r.speedup), rng, f"{t.tokens_per_s:,.1f}", percent(t.spread) + ("*" if t.noisy else ""))
+        table.add_row(
+            str(r.k),
+            num(r.acceptance, 3),
+            num(r.expected_tokens),
+            num(r.ideal),
+            num(r.ideal_plus),
+            num(r.speedup),
+            rng,
+            f"{t.tokens_per_s:,.1f}",
+            percent(t.spread) + ("*" if t.noisy else ""),
+        )
     return table

@@ -11,14 +11,23 @@ implemented here on the dashboard (os_cli/dashboard.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import typer
 
+from os_cli.cli.common import (
+    DebugOption,
+    SetOption,
+    ThreadsOption,
+    apply_threads,
+    cli_errors,
+    err_console,
+    literal,
+    out_console,
+)
+from os_cli.cli.preview import validate_rows
 from os_cli.errors import UserError
 from os_cli.run.loop import RunEvents
-from os_cli.cli.common import DebugOption, SetOption, ThreadsOption, apply_threads, cli_errors, err_console, literal, out_console
-from os_cli.cli.preview import validate_rows
 
 BACKENDS = ("local", "ray")
 
@@ -35,17 +44,44 @@ if TYPE_CHECKING:
 
 def generate(
     config: str = typer.Option(..., "--config", "-c", help="Recipe file (.yaml) or the name of a bundled recipe."),
-    set_: Optional[List[str]] = SetOption,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default: output.dir, else outputs/<run_name>)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Use at most N rows (same as --set dataset.limit=N)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder (the default when its recipe matches)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start over: the new run replaces the folder's run only once it completes."),
-    repair: bool = typer.Option(False, "--repair", help="On resume, drop invalid record lines anywhere in the shards and generate their rows again."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."),
+    set_: Optional[list[str]] = SetOption,
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Output folder (default: output.dir, else outputs/<run_name>)."
+    ),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", min=0, help="Use at most N rows (same as --set dataset.limit=N)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in the output folder (the default when its recipe matches)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start over: the new run replaces the folder's run only once it completes."
+    ),
+    repair: bool = typer.Option(
+        False,
+        "--repair",
+        help="On resume, drop invalid record lines anywhere in the shards and generate their rows again.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate, load the rows, render the first prompts; load no model."
+    ),
     threads: Optional[int] = ThreadsOption,
-    backend: str = typer.Option("local", "--backend", help="local: this process (or torchrun/accelerate ranks); ray: a pool of Ray actors (pip install 'os-sample[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--backend ray: the cluster to join (auto, or the head's HOST:PORT); default: a local Ray on this machine."),
-    actors: Optional[int] = typer.Option(None, "--actors", min=1, help="--backend ray: sampling actors, each holding both models (default: one per recipe placement's GPUs in the cluster; 1 on CPU)."),
+    backend: str = typer.Option(
+        "local",
+        "--backend",
+        help="local: this process (or torchrun/accelerate ranks); ray: a pool of Ray actors (pip install 'os-sample[ray]').",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="--backend ray: the cluster to join (auto, or the head's HOST:PORT); default: a local Ray on this machine.",
+    ),
+    actors: Optional[int] = typer.Option(
+        None,
+        "--actors",
+        min=1,
+        help="--backend ray: sampling actors, each holding both models (default: one per recipe placement's GPUs in the cluster; 1 on CPU).",
+    ),
     debug: bool = DebugOption,
 ) -> None:
     """Sample a dataset from the mixture q* described by a recipe, into JSONL shards."""
@@ -65,13 +101,21 @@ def generate(
             from os_cli.run.ray_backend import RayLaunch
 
             ray = RayLaunch(address=ray_address, actors=actors)
-        run_generate(config, overrides, output=output, overwrite=overwrite, dry_run=dry_run, resume=resume,
-                     repair=repair, ray=ray)
+        run_generate(
+            config,
+            overrides,
+            output=output,
+            overwrite=overwrite,
+            dry_run=dry_run,
+            resume=resume,
+            repair=repair,
+            ray=ray,
+        )
 
 
 def validate(
     recipe: str = typer.Argument(..., help="Recipe file (.yaml) or the name of a bundled recipe."),
-    set_: Optional[List[str]] = SetOption,
+    set_: Optional[list[str]] = SetOption,
     debug: bool = DebugOption,
 ) -> None:
     """Check a recipe (schema, fragments, overrides, local files), then read its first few rows and render their
@@ -79,10 +123,10 @@ def validate(
     config.json). No model weights are loaded and nothing is written; a dataset or tokenizer on an
     unreachable hub is a note, not a failure."""
     with cli_errors(debug):
-        from os_cli.run.plan import records_text
-        from os_cli.recipe.prompt_syntax import prompt_fields
         from os_cli.recipe import fragment_label, load_recipe, output_dir, recipe_hash
+        from os_cli.recipe.prompt_syntax import prompt_fields
         from os_cli.run.loop import check_draft_tokens
+        from os_cli.run.plan import records_text
 
         resolved = load_recipe(recipe, set_ or [])
         check_draft_tokens(resolved.sampling, resolved.prompts, resolved.places)
@@ -147,7 +191,9 @@ def recipes(debug: bool = DebugOption) -> None:
         console.print(table)
         fragments = list_fragments()
         if fragments:
-            console.print("fragments for `defaults:` (configs/): " + ", ".join(fragments), markup=False, highlight=False)
+            console.print(
+                "fragments for `defaults:` (configs/): " + ", ".join(fragments), markup=False, highlight=False
+            )
 
 
 def register(app) -> None:
@@ -164,8 +210,8 @@ def register(app) -> None:
 def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     from rich.rule import Rule
 
-    from os_cli.run.plan import records_text
     from os_cli.recipe import dump_recipe, recipe_hash
+    from os_cli.run.plan import records_text
 
     rows, rendered = planned.rows, planned.rendered
     console = out_console()
@@ -173,29 +219,52 @@ def _print_dry_run(recipe, out_dir, planned, mode_text) -> None:
     console.print(dump_recipe(recipe), markup=False, highlight=False, end="")
     console.print(Rule("plan"))
     console.print(f"recipe hash: {recipe_hash(recipe)}", markup=False, highlight=False)
-    console.print(f"rows: {len(rows)} planned, {len(rendered.items)} renderable, {len(rendered.errors)} bad "
-                  f"(on_bad_row: {recipe.prompts.on_bad_row})", markup=False, highlight=False)
-    console.print(f"records: {records_text(len(rendered.items), recipe.sampling.num_samples)} "
-                  f"(one per sample of each renderable row)", markup=False, highlight=False)
+    console.print(
+        f"rows: {len(rows)} planned, {len(rendered.items)} renderable, {len(rendered.errors)} bad "
+        f"(on_bad_row: {recipe.prompts.on_bad_row})",
+        markup=False,
+        highlight=False,
+    )
+    console.print(
+        f"records: {records_text(len(rendered.items), recipe.sampling.num_samples)} "
+        f"(one per sample of each renderable row)",
+        markup=False,
+        highlight=False,
+    )
     for err in rendered.errors[:3]:
         console.print(f"  bad row {err['id']!r}: {err['reason']}", markup=False, highlight=False)
     console.print(f"output: {out_dir} ({mode_text})", markup=False, highlight=False)
     for item in rendered.items[:2]:
         console.print(Rule(literal(f"row {item.id!r}: theta prompt")))
         console.print(item.prompt, markup=False, highlight=False)
-        console.print(Rule(literal(f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe.prompts.teacher is None else ""))))
+        console.print(
+            Rule(
+                literal(
+                    f"row {item.id!r}: teacher prompt" + (" (same as theta)" if recipe.prompts.teacher is None else "")
+                )
+            )
+        )
         console.print(item.prompt_t, markup=False, highlight=False)
     console.print(Rule("dry run: no model loaded, nothing written"))
 
 
-def run_generate(config, overrides: Sequence, *, output=None, overwrite: bool = False, dry_run: bool = False,
-                 resume: bool = False, repair: bool = False, ray: RayLaunch | None = None) -> None:
+def run_generate(
+    config,
+    overrides: Sequence,
+    *,
+    output=None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    resume: bool = False,
+    repair: bool = False,
+    ray: RayLaunch | None = None,
+) -> None:
     """The whole command (also callable from Python); raises `UserError` / KeyboardInterrupt.
     `ray`: --backend ray's launch settings (run/ray_backend.py), None for this process."""
-    from os_cli.run.plan import dry_run_mode, plan_rows, run_warnings
     from os_cli.quiet import quiet_progress_bars
     from os_cli.recipe import load_recipe, output_dir
     from os_cli.run.loop import Distributed, check_draft_tokens, run_in_folder
+    from os_cli.run.plan import dry_run_mode, plan_rows, run_warnings
 
     quiet_progress_bars()
     if ray is not None:
@@ -266,12 +335,21 @@ class _DashboardEvents(RunEvents):
             return
         dash.stop()
         if self.dist.is_main or self.dist.world_size > 1:
-            err_console().print(dash.summary_table(status, str(self.out_dir),
-                                                   errors=self.n_errors if self.dist.is_main else 0))
+            err_console().print(
+                dash.summary_table(status, str(self.out_dir), errors=self.n_errors if self.dist.is_main else 0)
+            )
         if status == "interrupted":
-            err_console().print(f"{self.rank + ': ' if self.rank else ''}interrupted: {written} records written this "
-                                f"run; rerun the same command to resume", markup=False, highlight=False)
+            err_console().print(
+                f"{self.rank + ': ' if self.rank else ''}interrupted: {written} records written this "
+                f"run; rerun the same command to resume",
+                markup=False,
+                highlight=False,
+            )
         if status == "complete" and self.dist.is_main:
             counts = manifest.get("counts", {})
-            out_console().print(f"wrote {self.out_dir}: {counts.get('records')} records, {counts.get('errors')} "
-                                f"skipped rows, {counts.get('planned')} planned", markup=False, highlight=False)
+            out_console().print(
+                f"wrote {self.out_dir}: {counts.get('records')} records, {counts.get('errors')} "
+                f"skipped rows, {counts.get('planned')} planned",
+                markup=False,
+                highlight=False,
+            )

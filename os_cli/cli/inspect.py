@@ -10,28 +10,23 @@ from typing import Any, Optional, TypedDict
 
 import typer
 
-from os_cli.errors import UserError
 from os_cli.cli.common import DebugOption, cli_errors, literal, out_console
+from os_cli.errors import UserError
 from os_cli.report.summary import summary_groups
 
 HELP = (
-    'Summarise an output folder of `os-sample generate`.\n\n'
-    'Reads manifest.json, ids.txt, errors.jsonl and every shard-*.jsonl (all ranks) and reports: records, '
-    'tokens, finish reasons and lengths; alpha, ESS ratio, KL(q||pi_theta) and KL(q||pi_t) over the '
+    "Summarise an output folder of `os-sample generate`.\n\n"
+    "Reads manifest.json, ids.txt, errors.jsonl and every shard-*.jsonl (all ranks) and reports: records, "
+    "tokens, finish reasons and lengths; alpha, ESS ratio, KL(q||pi_theta) and KL(q||pi_t) over the "
     "records' per-record means (and per token when records carry `tokens`); sequence log-probabilities "
-    'under pi_theta, pi_t and q* and the log importance weight log pi_theta - log q*; integrity (missing, '
-    'duplicated or unexpected ids, torn or invalid lines, error rows); and, when rows carry a reference '
-    'answer, the share of completions whose final answer (last \\boxed{...}, else last number) matches. '
-    'Every valid record line counts, duplicates included. Exit 2 for a missing, empty or foreign folder.'
+    "under pi_theta, pi_t and q* and the log importance weight log pi_theta - log q*; integrity (missing, "
+    "duplicated or unexpected ids, torn or invalid lines, error rows); and, when rows carry a reference "
+    "answer, the share of completions whose final answer (last \\boxed{...}, else last number) matches. "
+    "Every valid record line counts, duplicates included. Exit 2 for a missing, empty or foreign folder."
 )
 
 SPARK = " ▁▂▃▄▅▆▇█"
-DIAG_LABELS = {
-    "alpha": "alpha",
-    "ess_ratio": "ESS ratio",
-    "kl_theta": "KL(q||pi_theta)",
-    "kl_t": "KL(q||pi_t)",
-}
+DIAG_LABELS = {"alpha": "alpha", "ess_ratio": "ESS ratio", "kl_theta": "KL(q||pi_theta)", "kl_t": "KL(q||pi_t)"}
 
 
 def register(app: typer.Typer) -> None:
@@ -40,15 +35,25 @@ def register(app: typer.Typer) -> None:
 
 def inspect_command(
     output_dir: Path = typer.Argument(..., help="Output folder of `os-sample generate` (e.g. outputs/<run>)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON document on stdout, "
-                                  "nothing else."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG: alpha histogram, alpha and ESS ratio by "
-                                        "token position (needs per-token data), length histogram. Needs matplotlib."),
-    by: Optional[str] = typer.Option(None, "--by", help="Split every table by a record field: a top-level key such "
-                                     "as alpha_method, else row.FIELD."),
-    answer_field: Optional[str] = typer.Option(None, "--answer-field", help="Row field with the reference answer "
-                                               "(default: the recipe's dataset.answer_field). '' switches "
-                                               "matching off."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON document on stdout, nothing else."
+    ),
+    plot: Optional[Path] = typer.Option(
+        None,
+        "--plot",
+        help="Write a PNG: alpha histogram, alpha and ESS ratio by "
+        "token position (needs per-token data), length histogram. Needs matplotlib.",
+    ),
+    by: Optional[str] = typer.Option(
+        None, "--by", help="Split every table by a record field: a top-level key such as alpha_method, else row.FIELD."
+    ),
+    answer_field: Optional[str] = typer.Option(
+        None,
+        "--answer-field",
+        help="Row field with the reference answer "
+        "(default: the recipe's dataset.answer_field). '' switches "
+        "matching off.",
+    ),
     debug: bool = DebugOption,
 ) -> None:
     with cli_errors(debug):
@@ -56,8 +61,8 @@ def inspect_command(
 
 
 def _inspect(output_dir: Path, json_out: bool, plot: Path | None, by: str | None, answer_field: str | None) -> None:
-    from os_cli.report.summary import summarize_dir
     from os_cli.cli.plot import require_matplotlib, write_plot
+    from os_cli.report.summary import summarize_dir
 
     if plot is not None:
         require_matplotlib()
@@ -131,7 +136,7 @@ def sparkline(hist: dict | None, width: int = 20) -> str:
         return ""
     counts = hist["counts"]
     step = max(1, -(-len(counts) // width))
-    counts = [sum(counts[i:i + step]) for i in range(0, len(counts), step)]
+    counts = [sum(counts[i : i + step]) for i in range(0, len(counts), step)]
     top = max(counts) or 1
     return "".join(SPARK[0 if c == 0 else max(1, round(c / top * (len(SPARK) - 1)))] for c in counts)
 
@@ -140,8 +145,14 @@ def _table(title: str, summary: dict, columns: list[tuple[str, str]]):
     from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1),
-                  collapse_padding=True)
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     # Labels wrap (never vanish) in a narrow terminal; numbers and histograms stay on one line.
     if summary.get("by"):
         table.add_column(summary["by"], style="cyan", overflow="fold", min_width=LABEL_MIN_WIDTH)
@@ -168,8 +179,12 @@ def _whole_words(table, width: int):
 
     labels = [c for c in table.columns if c.overflow == "fold"]
     for column in labels:
-        words = [w for t in [column.header, *column.cells] if isinstance(t, (str, Text))
-                 for w in (Text.from_markup(t) if isinstance(t, str) else t).plain.split()]
+        words = [
+            w
+            for t in [column.header, *column.cells]
+            if isinstance(t, (str, Text))
+            for w in (Text.from_markup(t) if isinstance(t, str) else t).plain.split()
+        ]
         column.min_width = max(column.min_width or 0, max((len(w) for w in words), default=0))
     console = Console(width=width, file=io.StringIO())
     for column in labels:
@@ -225,9 +240,17 @@ def _dist_cells(dist: dict | None) -> list[str]:
         empty = {"n": str((dist or {}).get("count", 0)), "histogram": ""}
         return [empty.get(c, "–") for c in _LAYOUT["stats"]]
     q = dist["quantiles"]
-    values = {"n": _fmt(dist["count"]), "mean": _fmt(dist["mean"]), "std": _fmt(dist["std"]),
-              "min": _fmt(dist["min"]), "p05": _fmt(q["p05"]), "p50": _fmt(q["p50"]), "p95": _fmt(q["p95"]),
-              "max": _fmt(dist["max"]), "histogram": sparkline(dist["histogram"], _LAYOUT["spark"])}
+    values = {
+        "n": _fmt(dist["count"]),
+        "mean": _fmt(dist["mean"]),
+        "std": _fmt(dist["std"]),
+        "min": _fmt(dist["min"]),
+        "p05": _fmt(q["p05"]),
+        "p50": _fmt(q["p50"]),
+        "p95": _fmt(q["p95"]),
+        "max": _fmt(dist["max"]),
+        "histogram": sparkline(dist["histogram"], _LAYOUT["spark"]),
+    }
     return [values[c] for c in _LAYOUT["stats"]]
 
 
@@ -256,8 +279,11 @@ def render(summary: dict, console) -> None:
             overview.add_row("manifest counts", ", ".join(f"{k} {v}" for k, v in counts.items()))
     else:
         overview.add_row("manifest", "none (shards only)")
-    overview.add_row("shards", f"{len(summary['shards'])} ({', '.join(s['file'] for s in summary['shards'][:4])}"
-                     f"{', ...' if len(summary['shards']) > 4 else ''})")
+    overview.add_row(
+        "shards",
+        f"{len(summary['shards'])} ({', '.join(s['file'] for s in summary['shards'][:4])}"
+        f"{', ...' if len(summary['shards']) > 4 else ''})",
+    )
     if summary.get("by"):
         overview.add_row("split by", literal(summary["by"]))
     console.print(overview)
@@ -270,8 +296,12 @@ def render(summary: dict, console) -> None:
         cols.append((f"{ANSWERS_COLUMN} ({summary.get('answer_field')})", "right"))
     table = _table("Records", summary, cols)
     for name, g in summary_groups(summary):
-        cells = [_fmt(g["records"]), _fmt(g["tokens"]["total"]), _fmt(g["tokens"]["mean"]),
-                 ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items()) or "–"]
+        cells = [
+            _fmt(g["records"]),
+            _fmt(g["tokens"]["total"]),
+            _fmt(g["tokens"]["mean"]),
+            ", ".join(f"{k} {v}" for k, v in g["finish_reasons"].items()) or "–",
+        ]
         if has_answers:
             a = g.get("answers")
             cells.append(f"{a['correct']}/{a['with_reference']} = {_pct(a['accuracy'])}" if a else "–")
@@ -295,8 +325,11 @@ def render(summary: dict, console) -> None:
                 _add(table, summary, name, [label, "tokens"] + _dist_cells(d["per_token"]))
     console.print(_whole_words(table, console.width))
 
-    table = _table("Log-probabilities and importance weights (log w = log pi_theta - log q*)", summary,
-                   [("quantity", "left")] + _dist_columns())
+    table = _table(
+        "Log-probabilities and importance weights (log w = log pi_theta - log q*)",
+        summary,
+        [("quantity", "left")] + _dist_columns(),
+    )
     for name, g in summary_groups(summary):
         for key, label in (("theta", "log pi_theta(y)"), ("t", "log pi_t(y)"), ("q", "log q*(y)")):
             _add(table, summary, name, [label] + _dist_cells(g["logprob"][key]))
@@ -327,8 +360,11 @@ def _render_pass_at_k(summary: dict, console) -> None:
     if not any(p for _, p in per_row):
         return
     n = max(p["samples_per_row"]["max"] for _, p in per_row if p)
-    table = _table(f"Per row over its samples (up to {n} per row; pass@k: unbiased estimate)", summary,
-                   [("quantity", "left"), ("value", "right"), ("rows", "right")])
+    table = _table(
+        f"Per row over its samples (up to {n} per row; pass@k: unbiased estimate)",
+        summary,
+        [("quantity", "left"), ("value", "right"), ("rows", "right")],
+    )
     for name, p in per_row:
         if not p:
             _add(table, summary, name, ["(one sample per row)", "–", "–"])
@@ -343,8 +379,10 @@ def _render_pass_at_k(summary: dict, console) -> None:
 
 def _render_histograms(summary: dict, console) -> None:
     g = summary["overall"]
-    for title, dist in (("Length histogram (tokens)", g["tokens"]["distribution"]),
-                        ("alpha histogram (record means)", g["diagnostics"]["alpha"]["per_record"])):
+    for title, dist in (
+        ("Length histogram (tokens)", g["tokens"]["distribution"]),
+        ("alpha histogram (record means)", g["diagnostics"]["alpha"]["per_record"]),
+    ):
         if not dist or not dist.get("histogram"):
             continue
         console.print(f"[bold]{title}[/]" + ("  (reservoir sample)" if dist.get("sampled") else ""))
@@ -359,11 +397,11 @@ def text_histogram(hist: dict, width: int = 40, max_rows: int = 10) -> str:
     nonzero = [i for i, c in enumerate(counts) if c]
     if nonzero:  # trim empty bins at both ends
         lo_i, hi_i = nonzero[0], nonzero[-1] + 1
-        edges, counts = edges[lo_i:hi_i + 1], counts[lo_i:hi_i]
+        edges, counts = edges[lo_i : hi_i + 1], counts[lo_i:hi_i]
     step = max(1, -(-len(counts) // max_rows))
     rows = []
     for i in range(0, len(counts), step):
-        c = sum(counts[i:i + step])
+        c = sum(counts[i : i + step])
         rows.append((edges[i], edges[min(i + step, len(edges) - 1)], c))
     top = max(c for _, _, c in rows) or 1
     out = []
@@ -394,9 +432,11 @@ def _render_integrity(summary: dict, console) -> None:
     table.add_row("planned ids (ids.txt)", _fmt(it["planned"]), f"status {it['status']}" if it["status"] else "")
     several = (it.get("num_samples") or 1) > 1
     if several:  # exactly once per (id, sample): counts and lists are of pairs, written id#sample
-        table.add_row("records / unique (id, sample) / ids",
-                      f"{it['records']:,} / {it['unique_records']:,} / {it['unique_ids']:,}",
-                      f"{it['num_samples']} samples per row")
+        table.add_row(
+            "records / unique (id, sample) / ids",
+            f"{it['records']:,} / {it['unique_records']:,} / {it['unique_ids']:,}",
+            f"{it['num_samples']} samples per row",
+        )
     else:
         table.add_row("records / unique ids", f"{it['records']:,} / {it['unique_ids']:,}", "")
     unit = "(id, sample)" if several else "ids"
@@ -406,14 +446,28 @@ def _render_integrity(summary: dict, console) -> None:
 
     table.add_row(f"missing {unit}", mark(it["missing"]["count"]), _list(keys(it["missing"]), it["missing"]["count"]))
     dups = it["duplicates"]
-    table.add_row(f"duplicated {unit}", mark(dups["count"]), _list(
-        [f"{d['id']}{'#' + str(d['sample']) if several else ''} ×{d['count']} ({', '.join(d['locations'][:3])})"
-         for d in dups["ids"]], dups["count"]))
-    table.add_row(f"{unit} not planned" if several else "ids not in ids.txt", mark(it["unexpected"]["count"]),
-                  _list(keys(it["unexpected"]), it["unexpected"]["count"]))
+    table.add_row(
+        f"duplicated {unit}",
+        mark(dups["count"]),
+        _list(
+            [
+                f"{d['id']}{'#' + str(d['sample']) if several else ''} ×{d['count']} ({', '.join(d['locations'][:3])})"
+                for d in dups["ids"]
+            ],
+            dups["count"],
+        ),
+    )
+    table.add_row(
+        f"{unit} not planned" if several else "ids not in ids.txt",
+        mark(it["unexpected"]["count"]),
+        _list(keys(it["unexpected"]), it["unexpected"]["count"]),
+    )
     bad = it["invalid_lines"]
-    table.add_row("torn / invalid lines", mark(bad["count"]), _list(
-        [f"{p['file']}:{p['line']} {p['kind']}: {p['error']}" for p in bad["lines"]], bad["count"], sep="\n"))
+    table.add_row(
+        "torn / invalid lines",
+        mark(bad["count"]),
+        _list([f"{p['file']}:{p['line']} {p['kind']}: {p['error']}" for p in bad["lines"]], bad["count"], sep="\n"),
+    )
     errs = it["errors"]
     reasons = "; ".join(f"{k}: {v}" for k, v in errs["reasons"].items())
     ids = _list([r["id"] for r in errs["rows"]], errs["count"], limit=5)

@@ -14,8 +14,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UserError(f"--plot needs matplotlib, which is not installed; install it with: {PLOT_HINT}",
-                        exit_code=1) from None
+        raise UserError(
+            f"--plot needs matplotlib, which is not installed; install it with: {PLOT_HINT}", exit_code=1
+        ) from None
 
 
 def write_plot(summary: dict, path: Path) -> None:
@@ -50,8 +51,14 @@ def write_plot(summary: dict, path: Path) -> None:
                 xs = [i for i, v in enumerate(pos["mean"]) if v is not None]
                 ax.plot(xs, [pos["mean"][i] for i in xs], label=name, lw=1.2)
                 drawn = True
-        _finish(ax, title, "token position", "mean", drawn,
-                empty=f"no per-token {key} in the records\n(records carry `tokens` with output.per_token: true)")
+        _finish(
+            ax,
+            title,
+            "token position",
+            "mean",
+            drawn,
+            empty=f"no per-token {key} in the records\n(records carry `tokens` with output.per_token: true)",
+        )
 
     hist(ax_alpha, lambda g: g["diagnostics"]["alpha"]["per_record"], "alpha (record means)", "alpha")
     by_position(ax_alpha_pos, "alpha", "alpha by token position")

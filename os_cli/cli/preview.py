@@ -19,12 +19,12 @@ def validate_rows(recipe: Recipe, console) -> None:
     """Render the first rows' prompts (as --dry-run does), so a template field typo fails here. A dataset or
     tokenizer this machine cannot reach (hub) is a note, not a failure: the recipe itself is valid."""
     from os_cli.api.build import check_models_reachable
-    from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.models.hub import load_tokenizers
-    from os_cli.run.plan import nothing_planned
     from os_cli.models.preflight import hub_offline_note, model_contexts
+    from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.prompts.lengths import screen_prompts
     from os_cli.run.loop import check_topk_logprobs
+    from os_cli.run.plan import nothing_planned
 
     def note(text):
         console.print(f"  {'note':<15} {text}", markup=False, highlight=False)
@@ -56,20 +56,34 @@ def validate_rows(recipe: Recipe, console) -> None:
         check_topk_logprobs(recipe.output, models.theta, len(tokenizers[0]))  # as --dry-run / generate do
     if tokenizers is None:
         plain = dataclasses.replace(
-            prompts, theta=dataclasses.replace(prompts.theta, chat_template=False),
-            teacher=None if prompts.teacher is None else dataclasses.replace(prompts.teacher, chat_template=False))
+            prompts,
+            theta=dataclasses.replace(prompts.theta, chat_template=False),
+            teacher=None if prompts.teacher is None else dataclasses.replace(prompts.teacher, chat_template=False),
+        )
         rendered = render_prompts(plain, None, rows, models=models, skip=dataset.skip)
     else:
-        rendered = render_prompts(prompts, tokenizers[0], rows, tokenizer_t=tokenizers[1], models=models,
-                                  skip=dataset.skip)
-        screen_prompts(prompts, rendered, *tokenizers, model_contexts(models, places, *tokenizers), models=models,
-                       max_new_tokens=recipe.sampling.max_new_tokens,
-                       draft_tokens=recipe.sampling.draft_tokens)
+        rendered = render_prompts(
+            prompts, tokenizers[0], rows, tokenizer_t=tokenizers[1], models=models, skip=dataset.skip
+        )
+        screen_prompts(
+            prompts,
+            rendered,
+            *tokenizers,
+            model_contexts(models, places, *tokenizers),
+            models=models,
+            max_new_tokens=recipe.sampling.max_new_tokens,
+            draft_tokens=recipe.sampling.draft_tokens,
+        )
     if not rendered.items:
-        raise UserError(f"none of the first {len(rows)} rows can be sampled: row {rendered.errors[0]['id']!r}: "
-                        f"{rendered.errors[0]['reason']}")
-    console.print(f"  {'rows':<15} the first {len(rows)} render ({len(rendered.errors)} bad, "
-                  f"on_bad_row: {prompts.on_bad_row})", markup=False, highlight=False)
+        raise UserError(
+            f"none of the first {len(rows)} rows can be sampled: row {rendered.errors[0]['id']!r}: "
+            f"{rendered.errors[0]['reason']}"
+        )
+    console.print(
+        f"  {'rows':<15} the first {len(rows)} render ({len(rendered.errors)} bad, on_bad_row: {prompts.on_bad_row})",
+        markup=False,
+        highlight=False,
+    )
     for err in rendered.errors:
         note(f"bad row {err['id']!r}: {err['reason']}")
     item = rendered.items[0]

@@ -35,8 +35,9 @@ class Waiting(Generic[R]):
     `cap(request)` is the row's token cap; `accept(request)` checks (and returns) a request as it
     is read. Holds at most `lookahead` rows read ahead (plus rows sent back)."""
 
-    def __init__(self, source: Iterator[R], admission: str, lookahead: int, cap: Callable[[R], int],
-                 accept: Callable[[R], R]):
+    def __init__(
+        self, source: Iterator[R], admission: str, lookahead: int, cap: Callable[[R], int], accept: Callable[[R], R]
+    ):
         self.source, self.cap, self.accept = source, cap, accept
         self.longest_first = admission == "longest_first"
         self.window = lookahead if self.longest_first else 1

@@ -12,7 +12,6 @@ changed by a factor of two): a few forwards' worth of work each time, logarithmi
 from __future__ import annotations
 
 import functools
-
 import time
 
 import torch
@@ -24,9 +23,16 @@ from os_cli.memory import sync
 PROBE_REPEATS = 1  # each cost timed once per probe (costs are made monotone in positions)
 
 
-def probe_costs(theta: ModelStream, teacher: ModelStream, pending: torch.Tensor, keys: torch.Tensor,
-                steps: torch.Tensor, step_fn, positions=PROBE_POSITIONS, repeats: int = PROBE_REPEATS
-                ) -> dict[str, float]:
+def probe_costs(
+    theta: ModelStream,
+    teacher: ModelStream,
+    pending: torch.Tensor,
+    keys: torch.Tensor,
+    steps: torch.Tensor,
+    step_fn,
+    positions=PROBE_POSITIONS,
+    repeats: int = PROBE_REPEATS,
+) -> dict[str, float]:
     """Milliseconds, keyed as draft_policy names them: "theta" (one position), "teacher" / "teacher_{m}" and
     "q_step" / "q_step_{m}" for each m in `positions`, at the streams' batch and cache."""
     devices = list({torch.device(d) for d in (theta.input_device, teacher.input_device, teacher.output_device)})

@@ -64,8 +64,11 @@ def interpolate_costs(measured: Mapping[str, float], k_max: int) -> dict[str, fl
     noise only ever adds time)."""
     out = dict(measured)
     for name in ("teacher", "q_step"):
-        points = sorted((1 if key == name else int(key.rsplit("_", 1)[1]), value) for key, value in measured.items()
-                        if key == name or (key.startswith(name + "_") and key.rsplit("_", 1)[1].isdigit()))
+        points = sorted(
+            (1 if key == name else int(key.rsplit("_", 1)[1]), value)
+            for key, value in measured.items()
+            if key == name or (key.startswith(name + "_") and key.rsplit("_", 1)[1].isdigit())
+        )
         if not points or points[0][0] != 1:
             raise ValueError(f"costs need {name!r} at one position, got {sorted(measured)}")
         for i in range(len(points) - 2, -1, -1):

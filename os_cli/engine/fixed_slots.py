@@ -40,19 +40,24 @@ if TYPE_CHECKING:
 ATTENTION = ("sdpa", "eager")  # implementations whose masks this module builds
 
 
-def check_compile(value, *, draft_tokens: int | str = 0, oom_backoff: bool = False, attn_implementation: str | None = None
-                  ) -> None:
+def check_compile(
+    value, *, draft_tokens: int | str = 0, oom_backoff: bool = False, attn_implementation: str | None = None
+) -> None:
     """A ValueError naming what `compile` does not combine with (before anything runs)."""
     if not isinstance(value, (bool, str)) or value not in COMPILE_CHOICES:
         raise ValueError(f"compile must be False, True or 'static', got {value!r}")
     if not value:
         return
     if draft_tokens:
-        raise ValueError("compile needs draft_tokens=0: speculative rounds feed several tokens per row and roll "
-                         "caches back, which the fixed-slot decode step does not do")
+        raise ValueError(
+            "compile needs draft_tokens=0: speculative rounds feed several tokens per row and roll "
+            "caches back, which the fixed-slot decode step does not do"
+        )
     if oom_backoff:
-        raise ValueError("compile fixes the decode step's memory at `limit` slots, so an out-of-memory back-off "
-                         "cannot lower it: pass oom_backoff=False and a limit that fits")
+        raise ValueError(
+            "compile fixes the decode step's memory at `limit` slots, so an out-of-memory back-off "
+            "cannot lower it: pass oom_backoff=False and a limit that fits"
+        )
     if attn_implementation is not None and attn_implementation not in ATTENTION:
         raise ValueError(f"compile needs attn_implementation sdpa or eager, got {attn_implementation!r}")
 
@@ -92,8 +97,17 @@ class _SlotLayer(CacheLayerMixin):
 class SlotStream:
     """One model's rows in `slots` fixed cache slots; rows are kept in the caller's (batch) order."""
 
-    def __init__(self, model, vocab_size: int, slots: int, max_new_tokens: int, *, pad_id: int = 0,
-                 output_device: torch.device | str | None = None, compiled: bool = False):
+    def __init__(
+        self,
+        model,
+        vocab_size: int,
+        slots: int,
+        max_new_tokens: int,
+        *,
+        pad_id: int = 0,
+        output_device: torch.device | str | None = None,
+        compiled: bool = False,
+    ):
         self.model, self.vocab_size, self.slots, self.max_new_tokens = model, vocab_size, slots, max_new_tokens
         self.input_device = input_device(model)
         self.output_device = torch.device(output_device) if output_device is not None else self.input_device
@@ -189,13 +203,13 @@ class SlotStream:
         slots = torch.tensor(free, dtype=torch.long, device=self.input_device)
         counts = other.attention_mask.sum(-1).to(self.input_device)
         self.mask[slots] = False
-        self.mask[slots, c - width:c] = other.attention_mask.to(self.input_device).bool()
+        self.mask[slots, c - width : c] = other.attention_mask.to(self.input_device).bool()
         self.positions[slots] = counts
         self.start[slots] = c - counts
         for mine, theirs in zip(self.slot_layers, other.kv_layers):
             index = slots.to(mine.keys.device)
-            mine.keys[index, :, c - width:c] = theirs.keys.to(mine.keys.device)
-            mine.values[index, :, c - width:c] = theirs.values.to(mine.keys.device)
+            mine.keys[index, :, c - width : c] = theirs.keys.to(mine.keys.device)
+            mine.values[index, :, c - width : c] = theirs.values.to(mine.keys.device)
         self.row_slots += free
         self.rows = torch.tensor(self.row_slots, dtype=torch.long, device=self.input_device)
 
@@ -229,8 +243,14 @@ class SlotStream:
         if self._additive_mask:
             dtype = self.slot_layers[0].keys.dtype
             mask4 = torch.where(mask4, 0.0, torch.finfo(dtype).min).to(dtype)
-        out = self.model(input_ids=ids, attention_mask=mask4, position_ids=positions, use_cache=True,
-                         logits_to_keep=1, **{self._cache_kwarg: self.cache})
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask4,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: self.cache},
+        )
         return out.logits[:, -1, : self.vocab_size]
 
     # ------------------------------------------------------------------ buffers
@@ -309,8 +329,9 @@ class FixedSlots:
         return self.theta, self.teacher
 
 
-def fixed_slots(pool: dict, model_theta, model_t, vocab_size: int, slots: int, max_new_tokens: int, pad_id: int,
-                compiled: bool) -> FixedSlots:
+def fixed_slots(
+    pool: dict, model_theta, model_t, vocab_size: int, slots: int, max_new_tokens: int, pad_id: int, compiled: bool
+) -> FixedSlots:
     """The fixed slots of this model pair and slot count, from `pool` (a dict the caller keeps, e.g. per
     `OptimalSamplingModel`) when an earlier call built them: new buffers would give the compiled step
     new addresses, i.e. a recompile per call. The caller sets `in_use = False` when its loop ends; only
@@ -324,9 +345,19 @@ def fixed_slots(pool: dict, model_theta, model_t, vocab_size: int, slots: int, m
         for other in [k for k, v in pool.items() if not v.in_use]:
             del pool[other]
         theta = SlotStream(model_theta, vocab_size, slots, max_new_tokens, pad_id=pad_id, compiled=compiled)
-        teacher = None if model_t is None else SlotStream(
-            model_t, vocab_size, slots, max_new_tokens, pad_id=pad_id, output_device=theta.input_device,
-            compiled=compiled)
+        teacher = (
+            None
+            if model_t is None
+            else SlotStream(
+                model_t,
+                vocab_size,
+                slots,
+                max_new_tokens,
+                pad_id=pad_id,
+                output_device=theta.input_device,
+                compiled=compiled,
+            )
+        )
         found = pool[key] = FixedSlots(theta, teacher)
     for stream in (found.theta, found.teacher):
         if stream is not None:

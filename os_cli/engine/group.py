@@ -29,10 +29,21 @@ class RowGroup:
     """Rows decoding together: their streams and per-row state tensors, in batch order.
     `alphas`: each row's last solved alpha (NaN: none yet), the solver's warm start."""
 
-    def __init__(self, rows: list[InFlightRow], theta: DecodeStream | StackedPair, teacher: DecodeStream | None, keys: Tensor, steps: Tensor,
-                 caps: Tensor, slots: Tensor, alphas: Tensor):
+    def __init__(
+        self,
+        rows: list[InFlightRow],
+        theta: DecodeStream | StackedPair,
+        teacher: DecodeStream | None,
+        keys: Tensor,
+        steps: Tensor,
+        caps: Tensor,
+        slots: Tensor,
+        alphas: Tensor,
+    ):
         self.rows: list[InFlightRow] = rows
-        self.theta: DecodeStream | StackedPair = theta  # a ModelStream, a SlotStream once adopted (compile), or a stacked pair
+        self.theta: DecodeStream | StackedPair = (
+            theta  # a ModelStream, a SlotStream once adopted (compile), or a stacked pair
+        )
         self.teacher: DecodeStream | None = teacher
         self.keys, self.steps, self.caps, self.slots, self.alphas = keys, steps, caps, slots, alphas
         self.pending: Tensor | None = None
@@ -78,7 +89,7 @@ class RowGroup:
         if self.pending is not None:
             self.pending = self.pending[idx]
 
-    def join(self, other: "RowGroup") -> None:
+    def join(self, other: RowGroup) -> None:
         assert self.pending is not None and other.pending is not None  # both have emitted (_emit)
         for mine, theirs in zip(self.streams(), other.model_streams()):  # joining rows: a fresh prefill
             mine.join(theirs)

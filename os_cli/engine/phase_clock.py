@@ -22,13 +22,13 @@ import torch
 PHASES = ("decode", "mixing", "prefill/join", "host")
 
 
-def timed(clock: "PhaseClock | None", phase: str):
+def timed(clock: PhaseClock | None, phase: str):
     """`clock.timed(phase)`, or nothing without a clock."""
     return nullcontext() if clock is None else clock.timed(phase)
 
 
 @contextmanager
-def attached(clock: "PhaseClock | None", models) -> Iterator[None]:
+def attached(clock: PhaseClock | None, models) -> Iterator[None]:
     """The clock runs (and its hooks stay on `models`) for the block; nothing without a clock."""
     if clock is None:
         yield

@@ -53,9 +53,16 @@ class PromptStore:
         self.entries = {k: v for k, v in self.entries.items() if k in keys}
 
 
-def prefill_rows(model, vocab_size: int, rows: Sequence[Sequence[int]], pad_id: int, device,
-                 store: PromptStore | None = None, keep: AbstractSet[Key] = frozenset(),
-                 output_device=None) -> tuple[ModelStream, Tensor, list[Key]]:
+def prefill_rows(
+    model,
+    vocab_size: int,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    device,
+    store: PromptStore | None = None,
+    keep: AbstractSet[Key] = frozenset(),
+    output_device=None,
+) -> tuple[ModelStream, Tensor, list[Key]]:
     """A stream holding `rows` (prompt ids per row, in order) prefilled, their next-token logits [B, V], and the
     distinct prompts actually run through the model (the others came from `store` or an earlier equal row).
 
@@ -94,10 +101,10 @@ def prefill_rows(model, vocab_size: int, rows: Sequence[Sequence[int]], pad_id: 
     fresh_width = 0
     if fresh is not None:
         fresh_width = fresh.attention_mask.shape[1]
-        mask[rows_fresh, width - fresh_width:] = fresh.attention_mask[index_fresh]
+        mask[rows_fresh, width - fresh_width :] = fresh.attention_mask[index_fresh]
     for r, k in enumerate(keys):
         if k in entries:
-            mask[r, width - len(k):] = 1
+            mask[r, width - len(k) :] = 1
     for i in range(num_layers):
         like = template[i].keys if template is not None else first_keys[i][None]
         shape = lambda t: (batch, t.shape[1], width, t.shape[-1])  # noqa: E731
@@ -105,32 +112,40 @@ def prefill_rows(model, vocab_size: int, rows: Sequence[Sequence[int]], pad_id: 
         layer_values = torch.zeros(shape(like), dtype=like.dtype, device=like.device)
         if template is not None:
             at = rows_fresh.to(like.device)
-            layer_keys[at, :, width - fresh_width:] = template[i].keys[index_fresh.to(like.device)]
-            layer_values[at, :, width - fresh_width:] = template[i].values[index_fresh.to(like.device)]
+            layer_keys[at, :, width - fresh_width :] = template[i].keys[index_fresh.to(like.device)]
+            layer_values[at, :, width - fresh_width :] = template[i].values[index_fresh.to(like.device)]
         for r, k in enumerate(keys):
             if k in entries:
-                layer_keys[r, :, width - len(k):] = entries[k].keys[i]
-                layer_values[r, :, width - len(k):] = entries[k].values[i]
+                layer_keys[r, :, width - len(k) :] = entries[k].keys[i]
+                layer_values[r, :, width - len(k) :] = entries[k].values[i]
         layers.append((layer_keys, layer_values))
     from transformers import DynamicCache
 
     stream.cache = DynamicCache(ddp_cache_data=layers, config=model.config)
     stream.attention_mask = mask
-    logits = torch.stack([entries[k].logits.to(stream.output_device) if k in entries
-                          else _fresh_row(fresh_logits, source[k]) for k in keys])
+    logits = torch.stack(
+        [
+            entries[k].logits.to(stream.output_device) if k in entries else _fresh_row(fresh_logits, source[k])
+            for k in keys
+        ]
+    )
     return stream, logits, missing
 
 
-def _put(store: PromptStore | None, stream: ModelStream, logits: Tensor, keys: list[Key], keep: AbstractSet[Key]) -> None:
+def _put(
+    store: PromptStore | None, stream: ModelStream, logits: Tensor, keys: list[Key], keep: AbstractSet[Key]
+) -> None:
     """Copy the prompts of `keys` that are in `keep` (row i of `stream` holds keys[i]) into `store`."""
     if store is None:
         return
     for i, k in enumerate(keys):
         if k in keep and k not in store.entries:
             n = len(k)
-            store.entries[k] = _Entry([layer.keys[i, :, -n:].clone() for layer in stream.kv_layers],
-                                      [layer.values[i, :, -n:].clone() for layer in stream.kv_layers],
-                                      logits[i].clone())
+            store.entries[k] = _Entry(
+                [layer.keys[i, :, -n:].clone() for layer in stream.kv_layers],
+                [layer.values[i, :, -n:].clone() for layer in stream.kv_layers],
+                logits[i].clone(),
+            )
 
 
 def _fresh_row(fresh_logits: Tensor | None, index: int) -> Tensor:

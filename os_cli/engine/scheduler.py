@@ -93,20 +93,39 @@ def decode_rows(
     if settings.draft_tokens and fixed_slots is not None:
         raise ValueError("fixed slots (compile) decode one token per step: draft_tokens must be 0")
     admission_policy.check(settings.admission, settings.lookahead)
-    loop = _Loop(model_theta, model_t, vocab_size, step_fn, settings,
-                 limit if isinstance(limit, InFlightLimit) else InFlightLimit(limit),
-                 stats if stats is not None else SchedulerStats())
+    loop = _Loop(
+        model_theta,
+        model_t,
+        vocab_size,
+        step_fn,
+        settings,
+        limit if isinstance(limit, InFlightLimit) else InFlightLimit(limit),
+        stats if stats is not None else SchedulerStats(),
+    )
     loop.fixed = fixed_slots
     lookahead = settings.lookahead if settings.lookahead is not None else LOOKAHEAD_PER_SLOT * loop.limit.value
-    waiting = admission_policy.Waiting(iter(requests), settings.admission, lookahead,
-                                       cap=lambda r: r.max_new_tokens or settings.max_new_tokens, accept=loop._check)
+    waiting = admission_policy.Waiting(
+        iter(requests),
+        settings.admission,
+        lookahead,
+        cap=lambda r: r.max_new_tokens or settings.max_new_tokens,
+        accept=loop._check,
+    )
     with phase_clock.attached(loop.clock, [model_theta, model_t]):  # where the time goes (benchmarks)
         yield from loop.run(waiting)
 
 
 class _Loop:
-    def __init__(self, model_theta, model_t, vocab_size, step_fn, settings: DecodeSettings, limit: InFlightLimit,
-                 stats: SchedulerStats):
+    def __init__(
+        self,
+        model_theta,
+        model_t,
+        vocab_size,
+        step_fn,
+        settings: DecodeSettings,
+        limit: InFlightLimit,
+        stats: SchedulerStats,
+    ):
         self.model_theta, self.model_t, self.vocab_size, self.step_fn = model_theta, model_t, vocab_size, step_fn
         self.settings, self.limit, self.stats = settings, limit, stats
         self.clock = stats.clock
@@ -127,8 +146,10 @@ class _Loop:
         self.stacked = model_t is model_theta and settings.stack_one_model
         # Prefilled prompts kept for the next rows with the same prompt (num_samples; engine/prefix.py).
         share = settings.share_prompts
-        self.stores = [prefix.PromptStore() if share and m is not None and prefix.shareable(m) else None
-                       for m in (model_theta, model_t)]
+        self.stores = [
+            prefix.PromptStore() if share and m is not None and prefix.shareable(m) else None
+            for m in (model_theta, model_t)
+        ]
         self.waiting: admission_policy.Waiting[RowRequest] | None = None  # rows read, not in flight (admission.py)
         self.fixed: FixedSlots | None = None  # set by decode_rows
 
@@ -165,15 +186,16 @@ class _Loop:
             raise ValueError(f"row {request.index!r}: a prompt with no tokens")
         cap = request.max_new_tokens
         if cap is not None and not (isinstance(cap, int) and 1 <= cap <= self.settings.max_new_tokens):
-            raise ValueError(f"row {request.index!r}: max_new_tokens must be in 1..{self.settings.max_new_tokens}, "
-                             f"got {cap!r}")
+            raise ValueError(
+                f"row {request.index!r}: max_new_tokens must be in 1..{self.settings.max_new_tokens}, got {cap!r}"
+            )
         return request
 
     def _enforce_limit(self) -> None:
         """Rows beyond the limit (the most recently admitted) wait again, at their input position."""
         if not self.main or len(self.main) <= self.limit.value:
             return
-        evicted = self.main.rows[self.limit.value:]
+        evicted = self.main.rows[self.limit.value :]
         assert self.waiting is not None  # set by run()
         self.waiting.send_back([(row.position, row.request) for row in evicted])  # same input position
         self.free.extend(row.slot for row in evicted)
@@ -198,7 +220,9 @@ class _Loop:
     def _back_off(self, rows: int, exc: BaseException) -> None:
         new = max(1, rows // 2)
         self.limit.lower(new)
-        self.limit.backoffs.append((rows, self.limit.value, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        self.limit.backoffs.append(
+            (rows, self.limit.value, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        )
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -232,7 +256,9 @@ class _Loop:
     def _prefill(self, waiting: list[tuple[int, RowRequest]]) -> RowGroup:
         device, batch = self.device, [r for _, r in waiting]
         if self.stacked:  # one stream, theta's and the teacher's prompt of each row interleaved (stacked.py)
-            theta, logits = self._prefill_side(self.model_theta, [ids for r in batch for ids in (r.ids_theta, r.teacher_ids())])
+            theta, logits = self._prefill_side(
+                self.model_theta, [ids for r in batch for ids in (r.ids_theta, r.teacher_ids())]
+            )
             theta, teacher, logits_theta, logits_t = StackedPair(theta), None, logits[0::2], logits[1::2]
         else:
             theta, logits_theta = self._prefill_side(self.model_theta, [r.ids_theta for r in batch])
@@ -242,11 +268,14 @@ class _Loop:
         self.stats.prefills += 1
         slots = [self.free.pop() for _ in batch]
         group = RowGroup(
-            [InFlightRow(r, s, p) for (p, r), s in zip(waiting, slots)], theta, teacher,
+            [InFlightRow(r, s, p) for (p, r), s in zip(waiting, slots)],
+            theta,
+            teacher,
             torch.tensor([r.key for r in batch], dtype=torch.int64, device=device),
             torch.zeros(len(batch), dtype=torch.long, device=device),
-            torch.tensor([r.max_new_tokens or self.settings.max_new_tokens for r in batch], dtype=torch.long,
-                         device=device),
+            torch.tensor(
+                [r.max_new_tokens or self.settings.max_new_tokens for r in batch], dtype=torch.long, device=device
+            ),
             torch.tensor(slots, dtype=torch.long, device=device),
             torch.full((len(batch),), float("nan"), device=device),
         )
@@ -254,7 +283,9 @@ class _Loop:
         self._carry_alpha(group, out)
         self._keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
         self._keep_topk(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
-        self.finished = list(self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None]))
+        self.finished = list(
+            self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None])
+        )
         return group
 
     def _prefill_side(self, model, rows: list, side: int = 0):
@@ -262,8 +293,16 @@ class _Loop:
         prompts are kept for the next admission (the next sample of that prompt may come then). Stacked
         rows alternate theta's prompt and the teacher's: the prompt tokens are counted per side."""
         last = {tuple(rows[-1])} | ({tuple(rows[-2])} if self.stacked else set())
-        stream, logits, ran = prefix.prefill_rows(model, self.vocab_size, rows, self.settings.pad_id, self.device,
-                                                  self.stores[side], keep=last, output_device=self.device)
+        stream, logits, ran = prefix.prefill_rows(
+            model,
+            self.vocab_size,
+            rows,
+            self.settings.pad_id,
+            self.device,
+            self.stores[side],
+            keep=last,
+            output_device=self.device,
+        )
         store = self.stores[side]
         if store is not None:
             store.retain(last)
@@ -329,8 +368,17 @@ class _Loop:
         k = min(k, int((g.caps - g.steps).max()))
         # A stacked pair's views drive run_round with the ModelStream methods it calls (stacked.py).
         theta, teacher = g.theta.round_views() if isinstance(g.theta, StackedPair) else (g.theta, g.teacher)
-        r = speculative.run_round(cast(ModelStream, theta), cast(ModelStream, teacher), g.pending, g.keys, g.steps, k,
-                                  self.settings.config.temperature, self.step_fn, self.stats)
+        r = speculative.run_round(
+            cast(ModelStream, theta),
+            cast(ModelStream, teacher),
+            g.pending,
+            g.keys,
+            g.steps,
+            k,
+            self.settings.config.temperature,
+            self.step_fn,
+            self.stats,
+        )
         self.stats.teacher_forwards -= self.stacked  # the teacher rows rode along theta's k + 1 forwards
         if self.settings.keep_logits or self.settings.keep_q_star:
             self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
@@ -365,8 +413,9 @@ class _Loop:
         """Write the top-K of m positions per row [B, m, ...] at the rows' slots and steps (before `_emit`)."""
         if self.settings.topk is None:
             return
-        ids, values = topk_columns(self.settings.topk, self.settings.config.temperature, logits_theta, logits_t, logq,
-                                   fallback)
+        ids, values = topk_columns(
+            self.settings.topk, self.settings.config.temperature, logits_theta, logits_t, logq, fallback
+        )
         self.buffers.write_topk(g.slots, g.steps[:, None] + torch.arange(ids.shape[1], device=self.device), ids, values)
 
     def _emit(self, g: RowGroup, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
@@ -420,16 +469,21 @@ class _Loop:
         results = []
         for j, r in enumerate(done):
             row, n = g.rows[r], lengths[j]
-            result = RowResult(row.request.index, tokens[j, :n].clone(), reasons[r],
-                               {name: traces[f, j, :n].clone() for f, name in enumerate(TRACE_FIELDS)})
+            result = RowResult(
+                row.request.index,
+                tokens[j, :n].clone(),
+                reasons[r],
+                {name: traces[f, j, :n].clone() for f, name in enumerate(TRACE_FIELDS)},
+            )
             if self.settings.keep_logits:
                 result.logits = {"theta": torch.stack(row.logits_theta[:n]), "t": torch.stack(row.logits_t[:n])}
             if self.settings.keep_q_star:
                 result.q_star = torch.stack(row.q_star[:n])
             if self.settings.topk is not None:
                 result.topk_ids = read["topk_ids"][j, :n].long()
-                result.topk_logprobs = {name: read["topk_values"][d, j, :n].clone()
-                                        for d, name in enumerate(self.settings.topk.of)}
+                result.topk_logprobs = {
+                    name: read["topk_values"][d, j, :n].clone() for d, name in enumerate(self.settings.topk.of)
+                }
             results.append(result)
             self.free.append(row.slot)
         return results

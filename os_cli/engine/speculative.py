@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from os_cli.mix import rng
 from os_cli.engine.draft_policy import expected_tokens_per_round  # noqa: F401  (one formula: draft_policy.py)
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, trace_columns
+from os_cli.mix import rng
 
 DRAFT, ACCEPT, RESIDUAL = 1, 2, 3  # keyed-randomness streams (0 is the plain loop's draw)
 
@@ -91,8 +91,17 @@ class Round:
     logq: Tensor
 
 
-def run_round(theta: ModelStream, teacher: ModelStream, pending: Tensor, keys: Tensor, steps: Tensor, k: int,
-              temperature: float, step_fn, stats) -> Round:
+def run_round(
+    theta: ModelStream,
+    teacher: ModelStream,
+    pending: Tensor,
+    keys: Tensor,
+    steps: Tensor,
+    k: int,
+    temperature: float,
+    step_fn,
+    stats,
+) -> Round:
     """One round for every row (module docstring). The streams hold every emitted token but `pending`;
     afterwards they hold `pending` and the accepted drafts (rejected ones masked out or cropped)."""
     batch, device = pending.shape[0], pending.device

@@ -23,4 +23,4 @@ def stop_checker(decode: Callable[..., str], stop: Sequence[str]) -> Callable[[o
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """`text` up to (not including) the earliest stop string in it; all of it when none occurs."""
-    return text[:min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]
+    return text[: min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))]

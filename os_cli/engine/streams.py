@@ -25,8 +25,18 @@ if TYPE_CHECKING:
     from transformers import DynamicCache
 
 # Per-token float traces recorded for every row (NaN after the row ended).
-TRACE_FIELDS = ("alpha", "ess_theta", "ess_t", "ess_ratio", "kl_theta", "kl_t",
-                "logprob_theta", "logprob_t", "logprob_q", "fallback")
+TRACE_FIELDS = (
+    "alpha",
+    "ess_theta",
+    "ess_t",
+    "ess_ratio",
+    "kl_theta",
+    "kl_t",
+    "logprob_theta",
+    "logprob_t",
+    "logprob_q",
+    "fallback",
+)
 
 
 def trace_columns(out: StepOutput) -> torch.Tensor:
@@ -129,7 +139,7 @@ class ModelStream:
         self.cache.batch_select_indices(rows.to(self._rows_device))
         self.attention_mask = self.attention_mask[rows.to(self.input_device)]
 
-    def join(self, other: "ModelStream") -> None:
+    def join(self, other: ModelStream) -> None:
         """Append `other`'s rows (prefilled separately) to this batch: the primitive for refilling
         finished slots. The shorter side is left-padded with masked, zeroed cache entries."""
         width = max(self.attention_mask.shape[1], other.attention_mask.shape[1])
@@ -157,7 +167,7 @@ class ModelStream:
         width = self.attention_mask.shape[1]
         keep = keep.to(self.input_device)
         kept = torch.arange(added, device=keep.device)[None, :] < keep[:, None]
-        self.attention_mask[:, width - added:] *= kept.to(self.attention_mask.dtype)
+        self.attention_mask[:, width - added :] *= kept.to(self.attention_mask.dtype)
         self.rollback(added - int(keep.max()))
 
     def compact(self, min_waste: int = 1) -> None:
@@ -177,10 +187,12 @@ class ModelStream:
             return
         needed = width - dead
         # Stable sort puts each row's pad columns first and its real tokens after, in order.
-        order = torch.argsort(self.attention_mask, dim=-1, stable=True)[:, width - needed:]
+        order = torch.argsort(self.attention_mask, dim=-1, stable=True)[:, width - needed :]
         self.attention_mask = self.attention_mask.gather(1, order)
         for layer in self.kv_layers:
-            index = order.to(layer.keys.device)[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            index = order.to(layer.keys.device)[:, None, :, None].expand(
+                -1, layer.keys.shape[1], -1, layer.keys.shape[-1]
+            )
             layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
     def checkpoint(self) -> tuple[torch.Tensor, int]:
@@ -222,8 +234,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 

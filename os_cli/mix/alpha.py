@@ -191,7 +191,11 @@ def solve_kl_symmetry(logp_theta: Tensor, logp_t: Tensor, tol: float = 1e-6, *, 
     base, r, _ = _log_ratio_on_common_support(logp_theta, logp_t)
     alpha, residual, width, sweeps = _safeguarded_root(
         lambda a: _kl_symmetry_evaluate(base, r, a),
-        logp_theta.shape[0], logp_theta.device, tol, increasing=True, newton=newton,
+        logp_theta.shape[0],
+        logp_theta.device,
+        tol,
+        increasing=True,
+        newton=newton,
     )
     return SolveResult(alpha, 1 + sweeps, residual, width)
 
@@ -245,7 +249,11 @@ def solve_ess_balance(logp_theta: Tensor, logp_t: Tensor, tol: float = 1e-6, *, 
     base, r, _ = _log_ratio_on_common_support(logp_theta, logp_t)
     alpha, residual, width, sweeps = _safeguarded_root(
         lambda a: _ess_balance_evaluate(base, r, a),
-        logp_theta.shape[0], logp_theta.device, tol, increasing=False, newton=newton,
+        logp_theta.shape[0],
+        logp_theta.device,
+        tol,
+        increasing=False,
+        newton=newton,
     )
     # Leak rows are decided by the support rule (they were solved on C for nothing, but skipping
     # them would need a host sync or a gather; the batch costs the same).
@@ -352,13 +360,16 @@ def _tol_only(solver: Callable[[Tensor, Tensor, float], SolveResult]) -> Callabl
     return lambda logp_theta, logp_t, *, fixed_alpha, tol: solver(logp_theta, logp_t, tol)
 
 
-METHODS: dict[str, AlphaMethod] = {m.name: m for m in (
-    AlphaMethod(INFO["fixed"], _fixed, clamped=False),
-    AlphaMethod(INFO["kl_symmetry"], _tol_only(solve_kl_symmetry)),
-    AlphaMethod(INFO["reverse_kl_symmetry"], _tol_only(solve_reverse_kl_symmetry)),
-    AlphaMethod(INFO["ess_balance"], _tol_only(solve_ess_balance)),
-    AlphaMethod(INFO["entropy"], _tol_only(solve_entropy)),
-)}
+METHODS: dict[str, AlphaMethod] = {
+    m.name: m
+    for m in (
+        AlphaMethod(INFO["fixed"], _fixed, clamped=False),
+        AlphaMethod(INFO["kl_symmetry"], _tol_only(solve_kl_symmetry)),
+        AlphaMethod(INFO["reverse_kl_symmetry"], _tol_only(solve_reverse_kl_symmetry)),
+        AlphaMethod(INFO["ess_balance"], _tol_only(solve_ess_balance)),
+        AlphaMethod(INFO["entropy"], _tol_only(solve_entropy)),
+    )
+}
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ class AlphaMethodInfo:
 METHOD_INFO = (
     AlphaMethodInfo("fixed", "a = fixed_alpha (not clamped to [alpha_min, alpha_max])"),
     AlphaMethodInfo("kl_symmetry", "KL(q_a||pi_theta) = KL(q_a||pi_t), i.e. E_{q_a}[log pi_t - log pi_theta] = 0"),
-    AlphaMethodInfo("reverse_kl_symmetry", "CE(pi_theta, q_a) = CE(pi_t, q_a), i.e. sum (pi_theta - pi_t) · log q_a = 0"),
+    AlphaMethodInfo(
+        "reverse_kl_symmetry", "CE(pi_theta, q_a) = CE(pi_t, q_a), i.e. sum (pi_theta - pi_t) · log q_a = 0"
+    ),
     AlphaMethodInfo("ess_balance", "sum pi_theta²/q_a = sum pi_t²/q_a, i.e. ESS_theta(q_a) = ESS_t(q_a)"),
     AlphaMethodInfo("entropy", "a = H(pi_theta) / (H(pi_theta) + H(pi_t))"),
 )

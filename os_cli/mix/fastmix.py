@@ -104,8 +104,11 @@ def _halley(a, f, df, d2f, lo, hi, lo_seen, hi_seen):
     # Newton (which overshoots less cautiously than Halley) crossing an end never evaluated: probe it.
     to_lo = ~lo_seen & (newton <= lo)
     to_hi = ~hi_seen & (newton >= hi)
-    step = torch.where(candidate <= lo, torch.where(lo_seen, mid, lo),
-                       torch.where(candidate >= hi, torch.where(hi_seen, mid, hi), candidate))
+    step = torch.where(
+        candidate <= lo,
+        torch.where(lo_seen, mid, lo),
+        torch.where(candidate >= hi, torch.where(hi_seen, mid, hi), candidate),
+    )
     return torch.where(to_lo, lo, torch.where(to_hi, hi, step))
 
 
@@ -119,21 +122,54 @@ def _start(alpha_init: Tensor | None, batch: int, lo: Tensor, hi: Tensor) -> Ten
     return a
 
 
-def solve(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: float, fixed_alpha: float,
-          alpha_init: Tensor | None, logp_t: Tensor) -> tuple[Tensor, int]:
+def solve(
+    method: str,
+    lt: Tensor,
+    r: Tensor,
+    *,
+    alpha_min: float,
+    alpha_max: float,
+    fixed_alpha: float,
+    alpha_init: Tensor | None,
+    logp_t: Tensor,
+) -> tuple[Tensor, int]:
     """Clamped alpha [B] for `method` on all-finite rows, and how many rows the reference re-solved."""
-    alpha, resolved, _ = solve_with_tilts(method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max,
-                                          fixed_alpha=fixed_alpha, alpha_init=alpha_init, logp_t=logp_t)
+    alpha, resolved, _ = solve_with_tilts(
+        method,
+        lt,
+        r,
+        alpha_min=alpha_min,
+        alpha_max=alpha_max,
+        fixed_alpha=fixed_alpha,
+        alpha_init=alpha_init,
+        logp_t=logp_t,
+    )
     return alpha, resolved
 
 
-def solve_with_tilts(method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: float,
-                     fixed_alpha: float, alpha_init: Tensor | None,
-                     logp_t: Tensor) -> tuple[Tensor, int, dict[str, Tilt] | None]:
+def solve_with_tilts(
+    method: str,
+    lt: Tensor,
+    r: Tensor,
+    *,
+    alpha_min: float,
+    alpha_max: float,
+    fixed_alpha: float,
+    alpha_init: Tensor | None,
+    logp_t: Tensor,
+) -> tuple[Tensor, int, dict[str, Tilt] | None]:
     """`solve`, plus the solver's last tilts when they were evaluated at exactly the returned alpha
     (kl_symmetry: "q", with z; ess_balance: "left" and "right"), for `mix_and_diagnose` to reuse."""
-    return METHODS[method].solve(method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max, fixed_alpha=fixed_alpha,
-                                 alpha_init=alpha_init, logp_t=logp_t)
+    return METHODS[method].solve(
+        method,
+        lt,
+        r,
+        alpha_min=alpha_min,
+        alpha_max=alpha_max,
+        fixed_alpha=fixed_alpha,
+        alpha_init=alpha_init,
+        logp_t=logp_t,
+    )
 
 
 class Fixed:
@@ -175,12 +211,22 @@ class Root:
     uses_abs_r: bool = False
 
     def solve(self, method, lt, r, *, alpha_min, alpha_max, fixed_alpha, alpha_init, logp_t):
-        return _solve_root(self, method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max, alpha_init=alpha_init,
-                           logp_t=logp_t)
+        return _solve_root(
+            self, method, lt, r, alpha_min=alpha_min, alpha_max=alpha_max, alpha_init=alpha_init, logp_t=logp_t
+        )
 
 
-def _solve_root(root: Root, method: str, lt: Tensor, r: Tensor, *, alpha_min: float, alpha_max: float,
-                alpha_init: Tensor | None, logp_t: Tensor) -> tuple[Tensor, int, dict[str, Tilt] | None]:
+def _solve_root(
+    root: Root,
+    method: str,
+    lt: Tensor,
+    r: Tensor,
+    *,
+    alpha_min: float,
+    alpha_max: float,
+    alpha_init: Tensor | None,
+    logp_t: Tensor,
+) -> tuple[Tensor, int, dict[str, Tilt] | None]:
     """Root.solve: the iterations, then the rows still open alone, then the reference for any left."""
     batch, device = lt.shape[0], lt.device
     lo = torch.full((batch,), float(alpha_min), device=device)
@@ -213,8 +259,7 @@ def _solve_root(root: Root, method: str, lt: Tensor, r: Tensor, *, alpha_min: fl
     for _ in range(EXTRA_ITERATIONS):
         picked = rows[open_rows]
         part = _State(*(x[open_rows] for x in sub.tensors()))
-        moved, part_tilts = _iterate(root, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None,
-                                     part)
+        moved, part_tilts = _iterate(root, lt[picked], r[picked], abs_r[picked] if abs_r is not None else None, part)
         valid = valid and bool(((moved.a == part.a) | ~moved.accepted).all())  # accepted where evaluated
         sub = _State(*(x.index_put((open_rows,), y) for x, y in zip(sub.tensors(), moved.tensors())))
         sub_tilts = part_tilts if sub_tilts is None else _splice(sub_tilts, part_tilts, open_rows)
@@ -224,8 +269,10 @@ def _solve_root(root: Root, method: str, lt: Tensor, r: Tensor, *, alpha_min: fl
     sub_a = sub.a
     if open_rows.numel():  # the safeguarded reference always converges
         stuck = open_rows
-        sub_a = sub_a.index_put((stuck,), A.solve_alpha(method, lt[rows[stuck]], logp_t[rows[stuck]],
-                                                         alpha_min=alpha_min, alpha_max=alpha_max))
+        sub_a = sub_a.index_put(
+            (stuck,),
+            A.solve_alpha(method, lt[rows[stuck]], logp_t[rows[stuck]], alpha_min=alpha_min, alpha_max=alpha_max),
+        )
         return state.a.index_put((rows,), sub_a), int(stuck.numel()), None
     # Each continued row's tilts were taken at its accepted alpha: splice them in. The loop above ran
     # (rows were open, else the stuck branch returned), so its first pass set sub_tilts.
@@ -239,8 +286,12 @@ def _splice(tilts: dict[str, Tilt], sub_tilts: dict[str, Tilt], rows: Tensor) ->
     for key, t in tilts.items():
         s = sub_tilts[key]
         put = lambda x, y: None if x is None else x.index_put((rows,), y)  # noqa: E731
-        out[key] = Tilt(t.log_norm.index_put((rows,), s.log_norm), t.moments.index_put((rows,), s.moments),
-                        put(t.z, s.z), put(t.mean_abs, s.mean_abs))
+        out[key] = Tilt(
+            t.log_norm.index_put((rows,), s.log_norm),
+            t.moments.index_put((rows,), s.moments),
+            put(t.z, s.z),
+            put(t.mean_abs, s.mean_abs),
+        )
     return out
 
 
@@ -336,8 +387,9 @@ METHODS: dict[str, Fixed | ClosedForm | Root | Reference] = {
 }
 
 
-def mix_and_diagnose(lt: Tensor, r: Tensor, alpha: Tensor, logq_exact: Tensor | None = None,
-                     reuse: dict[str, Tilt] | None = None) -> dict[str, Tensor]:
+def mix_and_diagnose(
+    lt: Tensor, r: Tensor, alpha: Tensor, logq_exact: Tensor | None = None, reuse: dict[str, Tilt] | None = None
+) -> dict[str, Tensor]:
     """log q_alpha and the diagnostics of mixing.diagnostics, from three tilts.
 
     `logq_exact`: pass pi_t's (pi_theta's) own log-probabilities when alpha is 1 (0) everywhere, so

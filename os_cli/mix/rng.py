@@ -81,7 +81,9 @@ def keyed_uniform(keys: torch.Tensor, step: int | torch.Tensor, stream: int = 0)
     return (bits53.to(torch.float64) + 0.5) * (1.0 / (1 << 53))
 
 
-def keyed_categorical(logq: torch.Tensor, keys: torch.Tensor, step: int | torch.Tensor, stream: int = 0) -> torch.Tensor:
+def keyed_categorical(
+    logq: torch.Tensor, keys: torch.Tensor, step: int | torch.Tensor, stream: int = 0
+) -> torch.Tensor:
     """Exact draws from softmax(logq) per row by inverting the float64 CDF at a keyed uniform.
 
     One uniform per row (not one per token, as Gumbel-max would need) keeps the cost at a softmax

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from os_cli.mix import fastmix
-
-from os_cli.mix import mixing
-
-from os_cli.mix import rng
-from os_cli.mix.alpha import solve_alpha, validate_alpha_bounds, validate_alpha_method
 from os_cli.limits import MIN_TEMPERATURE
+from os_cli.mix import fastmix, mixing, rng
+from os_cli.mix.alpha import solve_alpha, validate_alpha_bounds, validate_alpha_method
 
 SAMPLE_FROM = ("mixture", "teacher", "theta")
 # "fast": os_cli.mix.fastmix (warm-started Halley, q* and diagnostics from the solver's own tilts) where a
@@ -57,11 +53,15 @@ class SamplerConfig:
     def validate(self) -> None:
         validate_alpha_method(self.alpha_method)
         validate_alpha_bounds(self.alpha_min, self.alpha_max, self.fixed_alpha)
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not (
-            math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, (int, float))
+            or not (math.isfinite(self.temperature) and self.temperature >= MIN_TEMPERATURE)
         ):
-            raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {self.temperature!r} "
-                             f"(the bound keeps logits / temperature finite; temperature 0 / greedy is not supported)")
+            raise ValueError(
+                f"temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {self.temperature!r} "
+                f"(the bound keeps logits / temperature finite; temperature 0 / greedy is not supported)"
+            )
         for name in ("top_k", "target_top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
@@ -98,8 +98,6 @@ class StepOutput:
     fallback: Tensor
     logq: Tensor
     alpha_solved: Tensor | None = None  # [B] the method's (clamped) alpha before forcing/fallbacks: warm start
-
-
 
 
 def _row_extremes(scaled_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,15 +189,19 @@ def mixture_step(
     if any_both_bad:
         rows = both_bad.nonzero().flatten().tolist()
         raise ValueError(
-            f"step {step}: row {rows[0]} has non-finite logits (NaN, +inf or all -inf) in both models "
-            f"(rows {rows})"
+            f"step {step}: row {rows[0]} has non-finite logits (NaN, +inf or all -inf) in both models (rows {rows})"
         )
 
     logp_theta = torch.log_softmax(scaled_theta, dim=-1)
     logp_t = torch.log_softmax(scaled_t, dim=-1)
     fast = (
-        solver == "fast" and all_full and force_teacher_tokens is None and force_teacher_rows is None
-        and not config.constraint_to_target and config.top_k <= 0 and config.top_p >= 1.0
+        solver == "fast"
+        and all_full
+        and force_teacher_tokens is None
+        and force_teacher_rows is None
+        and not config.constraint_to_target
+        and config.top_k <= 0
+        and config.top_p >= 1.0
     )
     if fast:
         return _fast_step(logp_theta, logp_t, config, sample_from, alpha_init, generator, row_keys, step)
@@ -212,8 +214,12 @@ def mixture_step(
 
     if sample_from == "mixture":
         alpha = solve_alpha(
-            config.alpha_method, logp_theta, logp_t,
-            fixed_alpha=config.fixed_alpha, alpha_min=config.alpha_min, alpha_max=config.alpha_max,
+            config.alpha_method,
+            logp_theta,
+            logp_t,
+            fixed_alpha=config.fixed_alpha,
+            alpha_min=config.alpha_min,
+            alpha_max=config.alpha_max,
         )
         alpha_solved = alpha
         if force_teacher_rows is not None:
@@ -267,16 +273,31 @@ def mixture_step(
     )
 
 
-def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample_from: str,
-               alpha_init: Tensor | None, generator, row_keys: Tensor | None, step: int | Tensor | None) -> StepOutput:
+def _fast_step(
+    logp_theta: Tensor,
+    logp_t: Tensor,
+    config: SamplerConfig,
+    sample_from: str,
+    alpha_init: Tensor | None,
+    generator,
+    row_keys: Tensor | None,
+    step: int | Tensor | None,
+) -> StepOutput:
     """The step on a batch where every log-probability is finite (see os_cli.mix.fastmix)."""
     batch, device = logp_theta.shape[0], logp_theta.device
     r = logp_t - logp_theta
     exact, reuse = None, None
     if sample_from == "mixture":
         alpha, _, reuse = fastmix.solve_with_tilts(
-            config.alpha_method, logp_theta, r, alpha_min=config.alpha_min, alpha_max=config.alpha_max,
-            fixed_alpha=config.fixed_alpha, alpha_init=alpha_init, logp_t=logp_t)
+            config.alpha_method,
+            logp_theta,
+            r,
+            alpha_min=config.alpha_min,
+            alpha_max=config.alpha_max,
+            fixed_alpha=config.fixed_alpha,
+            alpha_init=alpha_init,
+            logp_t=logp_t,
+        )
         alpha = alpha.float()
         alpha_solved = alpha
     else:
@@ -289,8 +310,9 @@ def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample
     if exact is None:
         ends = (alpha == 1.0) | (alpha == 0.0)
         if bool(ends.any()):  # the ends are the models exactly, as in mixing.geometric_mix
-            logq = torch.where((alpha == 1.0).unsqueeze(-1), logp_t,
-                               torch.where((alpha == 0.0).unsqueeze(-1), logp_theta, logq))
+            logq = torch.where(
+                (alpha == 1.0).unsqueeze(-1), logp_t, torch.where((alpha == 0.0).unsqueeze(-1), logp_theta, logq)
+            )
     if row_keys is not None:
         assert step is not None  # checked with row_keys in mixture_step
         tokens = rng.keyed_categorical(logq, row_keys.to(device), step)
@@ -298,7 +320,13 @@ def _fast_step(logp_theta: Tensor, logp_t: Tensor, config: SamplerConfig, sample
         tokens = mixing.sample(logq, generator)
     pick = lambda logp: logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # noqa: E731
     return StepOutput(
-        tokens=tokens, alpha=alpha, **stats,
-        logprob_theta=pick(logp_theta), logprob_t=pick(logp_t), logprob_q=pick(logq),
-        fallback=torch.zeros(batch, dtype=torch.int8, device=device), logq=logq, alpha_solved=alpha_solved,
+        tokens=tokens,
+        alpha=alpha,
+        **stats,
+        logprob_theta=pick(logp_theta),
+        logprob_t=pick(logp_t),
+        logprob_q=pick(logq),
+        fallback=torch.zeros(batch, dtype=torch.int8, device=device),
+        logq=logq,
+        alpha_solved=alpha_solved,
     )

@@ -24,7 +24,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from os_cli.mix.distributions import DISTRIBUTIONS as SIDES, TOPK_OF_DEFAULT as DEFAULT_OF  # theta, t, q; ("t",)
+from os_cli.mix.distributions import DISTRIBUTIONS as SIDES  # theta, t, q; ("t",)
+from os_cli.mix.distributions import TOPK_OF_DEFAULT as DEFAULT_OF
 from os_cli.mix.sampler import FALLBACK_TEACHER_ONLY, FALLBACK_THETA_ONLY
 
 
@@ -46,13 +47,15 @@ def topk_spec(k: object, of: Sequence[str] | str | None = DEFAULT_OF, vocab_size
         raise ValueError(f"topk_logprobs must be 0 (off) or {upper}, got {k!r}")
     of = [of] if isinstance(of, str) else DEFAULT_OF if of is None else of
     if not isinstance(of, (list, tuple)) or not of or any(s not in SIDES for s in of) or len(set(of)) != len(of):
-        raise ValueError(f"topk_of must be a non-empty list of distinct names among {', '.join(SIDES)} "
-                         f"(t = the teacher), got {of!r}")
+        raise ValueError(
+            f"topk_of must be a non-empty list of distinct names among {', '.join(SIDES)} (t = the teacher), got {of!r}"
+        )
     return TopK(int(k), tuple(s for s in SIDES if s in of))
 
 
-def topk_columns(spec: TopK, temperature: float, logits_theta: Tensor, logits_t: Tensor, logq: Tensor,
-                 fallback: Tensor) -> tuple[Tensor, Tensor]:
+def topk_columns(
+    spec: TopK, temperature: float, logits_theta: Tensor, logits_t: Tensor, logq: Tensor, fallback: Tensor
+) -> tuple[Tensor, Tensor]:
     """(ids [B, m, K] int64, values [len(spec.of), B, m, K] float32) at m positions per row.
 
     logits_theta, logits_t: raw logits [B, m, V]; logq: q* [B, m, V] (log-probabilities); fallback:
@@ -67,8 +70,9 @@ def topk_columns(spec: TopK, temperature: float, logits_theta: Tensor, logits_t:
         if side == "t":
             values.append(top - lse_t)
         elif side == "theta":
-            theta = torch.where((fallback == FALLBACK_TEACHER_ONLY)[..., None], scaled_t,
-                                logits_theta.float() / temperature)
+            theta = torch.where(
+                (fallback == FALLBACK_TEACHER_ONLY)[..., None], scaled_t, logits_theta.float() / temperature
+            )
             values.append(theta.gather(-1, ids) - torch.logsumexp(theta, dim=-1, keepdim=True))
         else:
             values.append(logq.float().gather(-1, ids))

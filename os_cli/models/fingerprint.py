@@ -29,12 +29,13 @@ ROLES = ("theta", "teacher")
 
 
 def model_fingerprint(location: str | None) -> str | None:
-    """"sha256:..." for a local model folder; None for no model or a hub name (no folder here)."""
+    """ "sha256:..." for a local model folder; None for no model or a hub name (no folder here)."""
     if location is None or not Path(location).is_dir():
         return None
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(location).iterdir()
-                   if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
+    files = sorted(
+        p for p in Path(location).iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or p.name == "config.json")
+    )
     for path in files:
         size = path.stat().st_size
         digest.update(f"{path.name}\0{size}\0".encode("utf-8", errors="surrogatepass"))
@@ -73,8 +74,9 @@ def check_models(out_dir: Path, manifest: Mapping, locations: Mapping[str, str |
             what = "another model"
         else:
             continue
-        where = (f"it resolves to {new_location}" if new_location != old_location
-                 else "the weights in that folder changed")
+        where = (
+            f"it resolves to {new_location}" if new_location != old_location else "the weights in that folder changed"
+        )
         raise UserError(
             f"{out_dir} was written with models.{role} loaded from {old_location or '(same as theta)'}, but now "
             f"{where}: continuing would mix records of {what} into the folder. Restore the model (or run "

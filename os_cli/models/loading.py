@@ -15,14 +15,21 @@ from pathlib import Path
 import torch
 
 from os_cli.errors import UserError
-from os_cli.recipe.places import hub_offline, resolve_model_path  # noqa: F401 - models.resolve_model_path is used widely
 from os_cli.quiet import quiet_loading
 from os_cli.recipe.machine_checks import attn_problem, model_folder_problem
+from os_cli.recipe.places import hub_offline, resolve_model_path  # noqa: F401 - models.resolve_model_path is used widely
 
 log = logging.getLogger("os_cli")
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 _QUANT_KEYS = ("load_in_4bit", "load_in_8bit")
 QUANT_TYPES = ("nf4", "fp4")  # bnb_4bit_quant_type
 
@@ -117,9 +124,12 @@ class LoadSpec:
     def placed_by_map(self) -> bool:
         return "device_map" in self.kwargs
 
-    def same_load(self, other: "LoadSpec") -> bool:
+    def same_load(self, other: LoadSpec) -> bool:
         return (self.device, self.dtype, repr(sorted(self.kwargs.items(), key=lambda kv: kv[0]))) == (
-            other.device, other.dtype, repr(sorted(other.kwargs.items(), key=lambda kv: kv[0])))
+            other.device,
+            other.dtype,
+            repr(sorted(other.kwargs.items(), key=lambda kv: kv[0])),
+        )
 
 
 def load_spec(role: str, device, dtype, kwargs: dict) -> LoadSpec:
@@ -156,7 +166,9 @@ def load_spec(role: str, device, dtype, kwargs: dict) -> LoadSpec:
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         if resolved.type != "cuda":
-            raise UserError(f"{role}: 4-bit/8-bit loading (bitsandbytes) needs a CUDA device, but the device is {resolved}")
+            raise UserError(
+                f"{role}: 4-bit/8-bit loading (bitsandbytes) needs a CUDA device, but the device is {resolved}"
+            )
         kwargs.setdefault("device_map", {"": resolved.index or 0})
     return LoadSpec(role, resolved, resolve_dtype(dtype, resolved), kwargs)
 
@@ -198,8 +210,16 @@ def load_tokenizer(path: str, role: str = "theta", **kwargs):
     return tokenizer
 
 
-def load_causal_lm(path: str, spec: LoadSpec | None = None, *, attn_implementation: str, role: str | None = None,
-                   device: torch.device | None = None, dtype: torch.dtype | None = None, **kwargs):
+def load_causal_lm(
+    path: str,
+    spec: LoadSpec | None = None,
+    *,
+    attn_implementation: str,
+    role: str | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs,
+):
     """Load one model as `spec` says (or from `device`/`dtype`/`kwargs`, checked by `load_spec`)."""
     from transformers import AutoModelForCausalLM
 
@@ -245,8 +265,10 @@ def _load_failure(what: str, path: str, exc: Exception) -> str:
         return f"could not load the {what} from the local folder {path}: {type(exc).__name__}: {exc}"
     offline = hub_offline()
     hint = "the hub is offline here (HF_HUB_OFFLINE=1)" if offline else "the hub may be unreachable from this machine"
-    return (f"could not load the {what} {path!r}: it is not a local folder and {hint}; "
-            f"download it elsewhere and pass its local path ({type(exc).__name__}: {exc})")
+    return (
+        f"could not load the {what} {path!r}: it is not a local folder and {hint}; "
+        f"download it elsewhere and pass its local path ({type(exc).__name__}: {exc})"
+    )
 
 
 def describe_placement(model, device: torch.device) -> str:

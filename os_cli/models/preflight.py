@@ -18,14 +18,10 @@ Nothing here loads weights or prints. Public functions:
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import threading
-from pathlib import Path
 from typing import Any
 
-from os_cli.errors import UserError
 from os_cli.recipe.machine_checks import device_map_problem, device_problem, max_memory_problem
 from os_cli.recipe.places import hub_offline
 from os_cli.recipe.typed import Dataset, Models
@@ -156,8 +152,11 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 def hub_names(models: Models, dataset: Dataset, places) -> list[str]:
     """The recipe's models and dataset that are hub names (not local, not builtin; `places.hub`)."""
-    values = [("theta", "models.theta", models.theta), ("teacher", "models.teacher", models.teacher),
-              ("dataset", "dataset.source", dataset.source)]
+    values = [
+        ("theta", "models.theta", models.theta),
+        ("teacher", "models.teacher", models.teacher),
+        ("dataset", "dataset.source", dataset.source),
+    ]
     return [f"{key} ({value})" for role, key, value in values if role in places.hub]
 
 
@@ -169,5 +168,7 @@ def hub_offline_note(models: Models, dataset: Dataset, places) -> str | None:
         return None
     go_offline()
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    return (f"the Hugging Face Hub ({endpoint}) is unreachable from here: running offline (HF_HUB_OFFLINE=1), "
-            f"with cached files only, for {', '.join(names)}")
+    return (
+        f"the Hugging Face Hub ({endpoint}) is unreachable from here: running offline (HF_HUB_OFFLINE=1), "
+        f"with cached files only, for {', '.join(names)}"
+    )

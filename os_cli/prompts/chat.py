@@ -22,8 +22,15 @@ from typing import Any
 from os_cli.errors import kind_of
 
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
-                  "assistant": "assistant", "tool": "tool", "function_response": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "gpt": "assistant",
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function_response": "tool",
+}
 SEPARATOR = "\n\n"
 
 
@@ -57,8 +64,10 @@ def conversation(value: Any) -> list[dict]:
             role, content = turn.get("role"), turn.get("content")
             if "role" not in turn or "content" not in turn:
                 missing = "role" if "role" not in turn else "content"
-                raise BadConversation(f"turn {i} has no {missing!r} (keys: {', '.join(map(str, turn)) or 'none'}); "
-                                      f"a turn is {{role, content}}")
+                raise BadConversation(
+                    f"turn {i} has no {missing!r} (keys: {', '.join(map(str, turn)) or 'none'}); "
+                    f"a turn is {{role, content}}"
+                )
             if role not in ROLES:
                 raise BadConversation(f"turn {i} has role {_short(role)}; allowed: {', '.join(ROLES)}")
         if not isinstance(content, str):
@@ -74,8 +83,10 @@ def prompt_turns(turns: list[dict], system: str | None = None, extra: str | None
         turns.pop()  # the dataset's reference reply
     if not turns or turns[-1]["role"] not in ("user", "tool"):
         ends = turns[-1]["role"] if turns else "nothing"
-        raise BadConversation(f"must end with a user turn once a final assistant turn (the reference reply) is "
-                              f"dropped; it ends with {ends}")
+        raise BadConversation(
+            f"must end with a user turn once a final assistant turn (the reference reply) is "
+            f"dropped; it ends with {ends}"
+        )
     if system:
         if turns[0]["role"] == "system":
             turns[0]["content"] = turns[0]["content"] + SEPARATOR + system

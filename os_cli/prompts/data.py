@@ -40,16 +40,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from os_cli.prompts.chat import BadConversation, conversation, prompt_turns
 from os_cli.errors import UserError, kind_of
-from os_cli.store.record_format import json_safe
+from os_cli.prompts.chat import BadConversation, conversation, prompt_turns
 from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, DATA_SUFFIXES, local_path
 from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
 from os_cli.recipe.typed import Dataset, Models, Prompts, PromptSpec
+from os_cli.store.record_format import json_safe
 from os_cli.textfile import read_text
 
 __all__ = [
-    "Prompt", "Rendered", "load_rows", "render_prompts", "render_template", "template_fields", "kept_row",
+    "Prompt",
+    "Rendered",
+    "load_rows",
+    "render_prompts",
+    "render_template",
+    "template_fields",
+    "kept_row",
     "MissingField",
 ]
 
@@ -106,8 +112,7 @@ def _json_lines(path: str, text: str) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise UserError(f"dataset {path}, line {lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
         if not isinstance(row, dict):
-            raise UserError(f"dataset {path}, line {lineno}: a row must be a JSON object {{...}}, "
-                            f"got {kind_of(row)}")
+            raise UserError(f"dataset {path}, line {lineno}: a row must be a JSON object {{...}}, got {kind_of(row)}")
         rows.append(row)
     return rows
 
@@ -119,8 +124,9 @@ def _read_json_file(path: str) -> list[dict]:
         try:
             rows = _parse_json(text)
         except json.JSONDecodeError as exc:
-            raise UserError(f"dataset {path}, line {exc.lineno}: not valid JSON: {exc.msg} "
-                            f"(column {exc.colno})") from None
+            raise UserError(
+                f"dataset {path}, line {exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise UserError(f"dataset {path}: item {i} of the list is not a JSON object {{...}}")
@@ -182,7 +188,9 @@ def _load_hub(name: str, config: str | None, split: str):
         if "split" in lowered and ("unknown" in lowered or "should be one of" in lowered):
             raise UserError(f"dataset {name!r} has no split {split!r} ({text}); set dataset.split") from exc
         if "config" in lowered and ("missing" in lowered or "available" in lowered or "not found" in lowered):
-            raise UserError(f"dataset {name!r}: config {config!r} is not available ({text}); set dataset.config") from exc
+            raise UserError(
+                f"dataset {name!r}: config {config!r} is not available ({text}); set dataset.config"
+            ) from exc
         raise UserError(
             f"could not load dataset {name!r} from the Hugging Face Hub: the hub is unreachable from here or the "
             f"name is wrong ({text}). Use a local file instead: dataset.source: path/to/data.jsonl "
@@ -196,7 +204,7 @@ def _open_dataset(ds_cfg: Dataset, base_dir: Path | None):
     source = ds_cfg.source
     assert source is not None  # load_rows reads inline rows itself; a recipe has one of the two
     if source.startswith(BUILTIN_PREFIX):
-        path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX):]}.jsonl"
+        path = BUILTIN_DIR / f"{source[len(BUILTIN_PREFIX) :]}.jsonl"
         if not path.is_file():
             raise UserError(f"dataset.source: unknown builtin dataset {source!r} (no {path})")
         return _load_local("json", [str(path)], source), None, source
@@ -257,12 +265,16 @@ def load_rows(dataset: Dataset, base_dir: Path | None = None) -> list[tuple[str,
                 fields = ", ".join(row)
                 raise UserError(f"dataset row {index} has no {id_field!r} (dataset.id_field); its fields: {fields}")
             if row[id_field] is None:  # null in JSON, an empty cell in CSV
-                raise UserError(f"dataset row {index}: its id ({id_field!r}, dataset.id_field) is empty or null; "
-                                f"every row needs an id")
+                raise UserError(
+                    f"dataset row {index}: its id ({id_field!r}, dataset.id_field) is empty or null; "
+                    f"every row needs an id"
+                )
             value = row[id_field]
             if isinstance(value, (dict, list)):
-                raise UserError(f"dataset row {index}: id {_short_repr(value)} (dataset.id_field {id_field!r}) "
-                                f"must be a string or a number")
+                raise UserError(
+                    f"dataset row {index}: id {_short_repr(value)} (dataset.id_field {id_field!r}) "
+                    f"must be a string or a number"
+                )
             row_id = raw_ids[index] if raw_ids is not None else id_text(value)
         if not row_id or "\n" in row_id or "\r" in row_id:
             raise UserError(f"dataset row {index}: id {row_id!r} (dataset.id_field) must be non-empty and on one line")
@@ -388,22 +400,30 @@ def _field_key(spec: PromptSpec, exc: MissingField) -> str:
 
 @dataclass
 class Prompt:
-    index: int          # the row's index in the dataset (skip + position); seeds its draws
+    index: int  # the row's index in the dataset (skip + position); seeds its draws
     id: str
     row: dict
-    prompt: str         # theta's rendered prompt
-    prompt_t: str       # the teacher's rendered prompt (theta's when prompts.teacher is null)
+    prompt: str  # theta's rendered prompt
+    prompt_t: str  # the teacher's rendered prompt (theta's when prompts.teacher is null)
     messages: list | None = None  # theta's conversation prefix (prompts.theta.messages_field), else None
 
 
 @dataclass
 class Rendered:
-    items: list = field(default_factory=list)    # [Prompt]
-    errors: list = field(default_factory=list)   # [{"id", "reason", "row"}]
+    items: list = field(default_factory=list)  # [Prompt]
+    errors: list = field(default_factory=list)  # [{"id", "reason", "row"}]
 
 
-def render_prompts(prompts: Prompts, tokenizer, rows: Sequence[tuple[str, dict]], tokenizer_t=None,
-                   on_bad_row: str | None = None, *, models: Models, skip: int) -> Rendered:
+def render_prompts(
+    prompts: Prompts,
+    tokenizer,
+    rows: Sequence[tuple[str, dict]],
+    tokenizer_t=None,
+    on_bad_row: str | None = None,
+    *,
+    models: Models,
+    skip: int,
+) -> Rendered:
     """Render both prompts of every row. Bad rows raise (`error`) or are collected (`skip`)."""
     on_bad_row = on_bad_row or prompts.on_bad_row
     if on_bad_row not in ("error", "skip"):
@@ -423,8 +443,11 @@ def render_prompts(prompts: Prompts, tokenizer, rows: Sequence[tuple[str, dict]]
             else:
                 prompt_t, _ = _render_one(prompts.teacher, tokenizer_t, row, "teacher", teacher_name)
         except (MissingField, BadRow) as exc:
-            reason = (exc.reason if isinstance(exc, BadRow)
-                      else f"prompts.{role}.{_field_key(prompts.spec(role) or prompts.theta, exc)}: {exc.describe()}")
+            reason = (
+                exc.reason
+                if isinstance(exc, BadRow)
+                else f"prompts.{role}.{_field_key(prompts.spec(role) or prompts.theta, exc)}: {exc.describe()}"
+            )
             if on_bad_row == "error":
                 raise UserError(
                     f"dataset row {row_id!r}: {reason}; fix the data or the template, or set "
@@ -432,8 +455,7 @@ def render_prompts(prompts: Prompts, tokenizer, rows: Sequence[tuple[str, dict]]
                 ) from None
             out.errors.append({"id": row_id, "reason": reason, "row": json_safe(row)})
             continue
-        out.items.append(Prompt(index=index, id=row_id, row=row, prompt=prompt, prompt_t=prompt_t,
-                                messages=messages))
+        out.items.append(Prompt(index=index, id=row_id, row=row, prompt=prompt, prompt_t=prompt_t, messages=messages))
     return out
 
 

@@ -51,23 +51,39 @@ def length_problem(n_tokens: int, max_new_tokens: int, context: int | None, draf
         return "the prompt is empty (0 tokens)"
     if context is not None and n_tokens + max_new_tokens + drafts > context:
         with_drafts = f" and up to {drafts} drafted past them (draft_tokens)" if drafts else ""
-        return (f"the prompt has {n_tokens} tokens; with {max_new_tokens} new tokens{with_drafts} that is "
-                f"{n_tokens + max_new_tokens + drafts} > {context}, the model's context")
+        return (
+            f"the prompt has {n_tokens} tokens; with {max_new_tokens} new tokens{with_drafts} that is "
+            f"{n_tokens + max_new_tokens + drafts} > {context}, the model's context"
+        )
     return None
 
 
-def screen_prompts(prompts: Prompts, rendered, tokenizer, tokenizer_t, contexts: Mapping[str, int | None], *,
-                   models: Models, max_new_tokens: int, draft_tokens: int | str = 0) -> None:
+def screen_prompts(
+    prompts: Prompts,
+    rendered,
+    tokenizer,
+    tokenizer_t,
+    contexts: Mapping[str, int | None],
+    *,
+    models: Models,
+    max_new_tokens: int,
+    draft_tokens: int | str = 0,
+) -> None:
     """Check every rendered row's two prompts (empty, too long for the context) in place; see module doc."""
     max_new, drafts = max_new_tokens, draft_overrun(draft_tokens, max_new_tokens)
     names = {"theta": models.theta, "teacher": models.teacher or models.theta}
     for role, context in contexts.items():
         if context is not None and max_new + drafts >= context:
-            with_drafts = (f" and speculative rounds may draft {drafts} past it (sampling.draft_tokens: {draft_tokens})"
-                           if drafts else "")
-            raise UserError(f"sampling.max_new_tokens is {max_new}{with_drafts}, but models.{role} ({names[role]}) has "
-                            f"a context of {context} tokens: no prompt fits; lower sampling.max_new_tokens"
-                            + (" or sampling.draft_tokens" if drafts else ""))
+            with_drafts = (
+                f" and speculative rounds may draft {drafts} past it (sampling.draft_tokens: {draft_tokens})"
+                if drafts
+                else ""
+            )
+            raise UserError(
+                f"sampling.max_new_tokens is {max_new}{with_drafts}, but models.{role} ({names[role]}) has "
+                f"a context of {context} tokens: no prompt fits; lower sampling.max_new_tokens"
+                + (" or sampling.draft_tokens" if drafts else "")
+            )
     if not rendered.items:
         return
     own_teacher = prompts.teacher is not None
@@ -90,7 +106,9 @@ def screen_prompts(prompts: Prompts, rendered, tokenizer, tokenizer_t, contexts:
             continue
         if not skip:
             lower = "sampling.max_new_tokens" + (" or sampling.draft_tokens" if drafts else "")
-            raise UserError(f"dataset row {item.id!r}: {problem}; shorten the prompt or {lower}, "
-                            f"or set prompts.on_bad_row: skip to write such rows to errors.jsonl")
+            raise UserError(
+                f"dataset row {item.id!r}: {problem}; shorten the prompt or {lower}, "
+                f"or set prompts.on_bad_row: skip to write such rows to errors.jsonl"
+            )
         rendered.errors.append({"id": item.id, "reason": problem, "row": json_safe(item.row)})
     rendered.items[:] = kept

@@ -39,23 +39,72 @@ hub names) in `recipe/places.py`.
 
 from __future__ import annotations
 
-from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
-from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
-from os_cli.textfile import read_text
-from os_cli.recipe.fragments import NOT_FRAGMENTS, RECIPE_SUFFIXES, find_recipe, fragment_label, list_bundled, list_fragments
+from os_cli.recipe.fragments import (
+    NOT_FRAGMENTS,
+    RECIPE_SUFFIXES,
+    find_recipe,
+    fragment_label,
+    list_bundled,
+    list_fragments,
+)
 from os_cli.recipe.identity import HASH_EXCLUDED, HASH_IF_SET, dump_recipe, recipe_diff, recipe_hash
 from os_cli.recipe.load import load_recipe, output_dir
+from os_cli.recipe.places import BUILTIN_DIR, BUILTIN_PREFIX, BUNDLED_DIR, CONFIGS_DIR, DATA_SUFFIXES
+from os_cli.recipe.prompt_syntax import TEMPLATE_TOKEN, template_fields
+from os_cli.recipe.schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
 from os_cli.recipe.typed import (
-    Alpha, Constraints, Dataset, Models, Output, PerModel, Placement, PromptSpec, Prompts, Recipe, RecipeSource,
+    Alpha,
+    Constraints,
+    Dataset,
+    Models,
+    Output,
+    PerModel,
+    Placement,
+    Prompts,
+    PromptSpec,
+    Recipe,
+    RecipeSource,
     Sampling,
 )
-from os_cli.recipe.schema import PLACEMENT_KEYS, SCHEMA, Field, Section, model_settings
+from os_cli.textfile import read_text
 
 __all__ = [
-    "load_recipe", "output_dir", "Recipe", "RecipeSource", "Models", "PerModel", "Placement", "Alpha",
-    "Constraints", "Sampling", "Dataset", "Prompts", "PromptSpec", "Output", "find_recipe", "list_bundled", "list_fragments", "fragment_label",
-    "recipe_hash", "recipe_diff", "dump_recipe", "HASH_EXCLUDED", "HASH_IF_SET",
-    "SCHEMA", "Field", "Section", "PLACEMENT_KEYS", "model_settings",
-    "NOT_FRAGMENTS", "RECIPE_SUFFIXES", "BUNDLED_DIR", "CONFIGS_DIR", "BUILTIN_DIR", "BUILTIN_PREFIX", "DATA_SUFFIXES",
-    "TEMPLATE_TOKEN", "template_fields", "read_text",
+    "load_recipe",
+    "output_dir",
+    "Recipe",
+    "RecipeSource",
+    "Models",
+    "PerModel",
+    "Placement",
+    "Alpha",
+    "Constraints",
+    "Sampling",
+    "Dataset",
+    "Prompts",
+    "PromptSpec",
+    "Output",
+    "find_recipe",
+    "list_bundled",
+    "list_fragments",
+    "fragment_label",
+    "recipe_hash",
+    "recipe_diff",
+    "dump_recipe",
+    "HASH_EXCLUDED",
+    "HASH_IF_SET",
+    "SCHEMA",
+    "Field",
+    "Section",
+    "PLACEMENT_KEYS",
+    "model_settings",
+    "NOT_FRAGMENTS",
+    "RECIPE_SUFFIXES",
+    "BUNDLED_DIR",
+    "CONFIGS_DIR",
+    "BUILTIN_DIR",
+    "BUILTIN_PREFIX",
+    "DATA_SUFFIXES",
+    "TEMPLATE_TOKEN",
+    "template_fields",
+    "read_text",
 ]

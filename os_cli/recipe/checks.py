@@ -10,10 +10,9 @@ from typing import Any
 
 from os_cli.errors import UserError
 from os_cli.limits import DRAFT_TOKENS_AUTO as AUTO
-from os_cli.recipe.places import (
-    BUILTIN_PREFIX, DATA_SUFFIXES, HUB_NAME, builtin_datasets, builtin_models, local_candidate as _local_candidate,
-    looks_local as _looks_local,
-)
+from os_cli.recipe.places import BUILTIN_PREFIX, DATA_SUFFIXES, HUB_NAME, builtin_datasets, builtin_models
+from os_cli.recipe.places import local_candidate as _local_candidate
+from os_cli.recipe.places import looks_local as _looks_local
 from os_cli.recipe.schema import Field, suggest
 
 
@@ -37,8 +36,14 @@ class CheckContext:
 def type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
 
 
 def show_value(value: Any) -> str:
@@ -105,8 +110,11 @@ def _check_bool(spec, value, path, ctx):
 
 def _check_compile(spec, value, path, ctx):
     if value not in spec.choices or not isinstance(value, (bool, str)):
-        ctx.fail(path, f"must be true, false or static (fixed slots, no torch.compile), got {type_name(value)} "
-                       f"{show_value(value)}")
+        ctx.fail(
+            path,
+            f"must be true, false or static (fixed slots, no torch.compile), got {type_name(value)} "
+            f"{show_value(value)}",
+        )
     return value
 
 
@@ -133,8 +141,10 @@ def _check_choice(spec, value, path, ctx):
 def _check_choice_list(spec, value, path, ctx):
     value = [value] if isinstance(value, str) else value
     if not isinstance(value, list) or not value or any(v not in spec.choices or isinstance(v, bool) for v in value):
-        ctx.fail(path, f"must be a non-empty list of names among {', '.join(map(str, spec.choices))}, "
-                       f"got {show_value(value)}")
+        ctx.fail(
+            path,
+            f"must be a non-empty list of names among {', '.join(map(str, spec.choices))}, got {show_value(value)}",
+        )
     if len(set(value)) != len(value):
         ctx.fail(path, f"lists a name twice: {show_value(value)}")
     return [c for c in spec.choices if c in value]  # one order: the same set hashes the same
@@ -207,10 +217,13 @@ def _check_template(spec, value, path, ctx):
 
 def _check_builtin(value: str, kind: str, available: list[str], path, ctx) -> str:
     """A `builtin:NAME` must name one of the shipped models or datasets (`available`)."""
-    name = value[len(BUILTIN_PREFIX):]
+    name = value[len(BUILTIN_PREFIX) :]
     if name not in available:
-        ctx.fail(path, f"unknown builtin {kind} {value!r}{suggest(name, available)}; "
-                       f"available: {', '.join(BUILTIN_PREFIX + a for a in available) or 'none'}")
+        ctx.fail(
+            path,
+            f"unknown builtin {kind} {value!r}{suggest(name, available)}; "
+            f"available: {', '.join(BUILTIN_PREFIX + a for a in available) or 'none'}",
+        )
     return value
 
 
@@ -254,9 +267,23 @@ def _check_source(spec, value, path, ctx):
 
 
 CHECKERS = {
-    "int": _check_int, "float": _check_float, "bool": _check_bool, "str": _check_str, "name": _check_name,
-    "choice": _check_choice, "choice_list": _check_choice_list, "device": _check_device, "device_map": _check_device_map,
-    "max_memory": _check_max_memory, "top_k": _check_top_k, "str_list": _check_str_list,
-    "keep_fields": _check_keep_fields, "rows": _check_rows, "template": _check_template,
-    "model": _check_model, "source": _check_source, "compile": _check_compile, "draft_tokens": _check_draft_tokens,
+    "int": _check_int,
+    "float": _check_float,
+    "bool": _check_bool,
+    "str": _check_str,
+    "name": _check_name,
+    "choice": _check_choice,
+    "choice_list": _check_choice_list,
+    "device": _check_device,
+    "device_map": _check_device_map,
+    "max_memory": _check_max_memory,
+    "top_k": _check_top_k,
+    "str_list": _check_str_list,
+    "keep_fields": _check_keep_fields,
+    "rows": _check_rows,
+    "template": _check_template,
+    "model": _check_model,
+    "source": _check_source,
+    "compile": _check_compile,
+    "draft_tokens": _check_draft_tokens,
 }

@@ -14,8 +14,7 @@ import yaml
 from os_cli.errors import UserError
 from os_cli.recipe.places import BUNDLED_DIR, CONFIGS_DIR
 from os_cli.recipe.schema import SCHEMA, Section, all_key_paths, suggest
-from os_cli.recipe.yaml_io import display_path, read_yaml, YamlSource
-
+from os_cli.recipe.yaml_io import YamlSource, display_path, read_yaml
 
 NOT_FRAGMENTS = ("accelerate",)  # configs/accelerate/ holds `accelerate launch` configs, not recipe fragments
 
@@ -97,7 +96,9 @@ def list_fragments() -> list[str]:
 
 def _find_fragment(name: str, recipe_file: Path | None, where: str, root_file: Path | None = None) -> Path:
     if not isinstance(name, str) or not name:
-        raise UserError(f"{where}: every entry of `defaults` must be a fragment name like 'sampling/default', got {name!r}")
+        raise UserError(
+            f"{where}: every entry of `defaults` must be a fragment name like 'sampling/default', got {name!r}"
+        )
     candidates = []
     if Path(name).suffix in RECIPE_SUFFIXES:
         base = recipe_file.parent if recipe_file is not None else Path.cwd()
@@ -133,7 +134,9 @@ def check_keys(data: Any, schema: Section, path: tuple, source: YamlSource) -> N
                 hint = suggest(full, all_key_paths())
             allowed = ", ".join(schema.fields)
             where_ = f" under {'.'.join(path)}" if path else ""
-            raise UserError(f"{source.where(path + (key,))}: unknown key {full!r}{hint}; allowed keys{where_}: {allowed}")
+            raise UserError(
+                f"{source.where(path + (key,))}: unknown key {full!r}{hint}; allowed keys{where_}: {allowed}"
+            )
         sub = schema.fields[key]
         if isinstance(sub, Section):
             check_keys(value, sub, path + (key,), source)
@@ -171,8 +174,9 @@ def load_with_fragments(path: Path, prov: dict, stack: tuple = ()) -> tuple[dict
     return merged, fragments, source
 
 
-def resolve_tree(data: dict, source: YamlSource, recipe_file: Path | None, prov: dict, stack: tuple,
-                  is_fragment: bool) -> tuple[dict, list[Path]]:
+def resolve_tree(
+    data: dict, source: YamlSource, recipe_file: Path | None, prov: dict, stack: tuple, is_fragment: bool
+) -> tuple[dict, list[Path]]:
     """Merge `data`'s `defaults:` fragments in order, then `data`'s own keys on top."""
     defaults = data.get("defaults", [])
     if isinstance(defaults, str):

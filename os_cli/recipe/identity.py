@@ -13,9 +13,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from os_cli.recipe.typed import Recipe
 from os_cli.mix.distributions import TOPK_OF_DEFAULT
-
+from os_cli.recipe.typed import Recipe
 
 # Keys that do not change which records a run writes, so they may change between a run and its
 # resume: names and places, hardware placement, grouping (batch size: OOM back-off changes it anyway),
@@ -24,18 +23,37 @@ from os_cli.mix.distributions import TOPK_OF_DEFAULT
 # with a sample index beyond a smaller n are refused like rows beyond a smaller limit), and
 # models.compile (the same tokens, like batch_size: only float rounding of the logits differs).
 HASH_EXCLUDED = (
-    "description", "defaults", "run_name", "output.dir", "output.shard_size",
-    "dataset.limit", "sampling.batch_size", "prompts.on_bad_row", "sampling.num_samples", "models.compile",
-) + tuple(f"models.{where}{key}" for where in ("", "per_model.theta.", "per_model.teacher.")
-          for key in ("device", "device_map", "max_memory"))
+    "description",
+    "defaults",
+    "run_name",
+    "output.dir",
+    "output.shard_size",
+    "dataset.limit",
+    "sampling.batch_size",
+    "prompts.on_bad_row",
+    "sampling.num_samples",
+    "models.compile",
+) + tuple(
+    f"models.{where}{key}"
+    for where in ("", "per_model.theta.", "per_model.teacher.")
+    for key in ("device", "device_map", "max_memory")
+)
 
 
 # Keys added after output folders already existed: left out of the hash while unset (the default;
 # for a section, its null keys), so folders written before them still resume.
-HASH_IF_SET = {"models.quant_type": "nf4", "models.compute_dtype": "auto", "models.per_model.theta": None,
-               "models.per_model.teacher": None, "models.per_model": None,
-               "prompts.theta.messages_field": None, "prompts.teacher.messages_field": None,
-               "sampling.draft_tokens": 0, "output.topk_logprobs": 0, "output.topk_of": list(TOPK_OF_DEFAULT)}
+HASH_IF_SET = {
+    "models.quant_type": "nf4",
+    "models.compute_dtype": "auto",
+    "models.per_model.theta": None,
+    "models.per_model.teacher": None,
+    "models.per_model": None,
+    "prompts.theta.messages_field": None,
+    "prompts.teacher.messages_field": None,
+    "sampling.draft_tokens": 0,
+    "output.topk_logprobs": 0,
+    "output.topk_of": list(TOPK_OF_DEFAULT),
+}
 
 
 def _plain(recipe: Recipe | Mapping) -> dict:

@@ -10,19 +10,20 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from os_cli.errors import UserError
-from os_cli.recipe.places import BUILTIN_PREFIX, BUNDLED_DIR
 from os_cli.mix.distributions import TOPK_OF_DEFAULT
 from os_cli.recipe.checks import CheckContext
-from os_cli.recipe.fragments import load_with_fragments, resolve_tree, find_recipe
+from os_cli.recipe.fragments import find_recipe, load_with_fragments, resolve_tree
 from os_cli.recipe.overrides import apply_override, parse_override
+from os_cli.recipe.places import BUILTIN_PREFIX, BUNDLED_DIR
 from os_cli.recipe.schema import SCHEMA
 from os_cli.recipe.typed import Recipe, RecipeSource, build_section
 from os_cli.recipe.validate import cross_checks, validate_tree
 from os_cli.recipe.yaml_io import YamlSource
 
 
-def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterable = (), *,
-                data: Mapping | None = None) -> Recipe:
+def load_recipe(
+    path_or_name: str | os.PathLike | None = None, overrides: Iterable = (), *, data: Mapping | None = None
+) -> Recipe:
     """Resolve and validate a recipe; every default is filled in. Raises `UserError`.
 
     `path_or_name`: a recipe file or the name of a bundled recipe. `overrides`: `key.path=value`
@@ -59,8 +60,13 @@ def load_recipe(path_or_name: str | os.PathLike | None = None, overrides: Iterab
         recipe["run_name"] = name
     # `places` (models and dataset resolved once, for every consumer: recipe/places.py) and `source` are
     # not part of the recipe's identity (not hashed); the manifest's `recipe_source` is `source`
-    origin = RecipeSource(path=recipe_file, name=name, bundled=bundled, fragments=tuple(str(f) for f in fragments),
-                          overrides=tuple(applied))
+    origin = RecipeSource(
+        path=recipe_file,
+        name=name,
+        bundled=bundled,
+        fragments=tuple(str(f) for f in fragments),
+        overrides=tuple(applied),
+    )
     typed = build_section(Recipe, recipe, source=origin)
     return dataclasses.replace(typed, source=dataclasses.replace(origin, warnings=tuple(_warnings(typed))))
 
@@ -74,8 +80,9 @@ def _warnings(recipe: Recipe) -> list[str]:
             value = recipe.models.name(key)
             if value and key not in recipe.places.hub:  # builtin or an existing local folder
                 kind = "a builtin model" if value.startswith(BUILTIN_PREFIX) else "a local folder"
-                out.append(f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, "
-                           f"not a hub name")
+                out.append(
+                    f"models.revision {revision!r} is ignored for models.{key} ({value}): it is {kind}, not a hub name"
+                )
     output = recipe.output
     if not output.topk_logprobs and output.topk_of != TOPK_OF_DEFAULT:
         out.append(f"output.topk_of {list(output.topk_of)} has no effect while output.topk_logprobs is 0 (off)")

@@ -18,8 +18,10 @@ from typing import Any, Mapping
 def model_folder_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if path.is_dir() and not (path / "config.json").is_file():
-        return (f"the folder {path} has no config.json, so it is not a model saved with save_pretrained "
-                f"(point at the folder that holds config.json and the weights)")
+        return (
+            f"the folder {path} has no config.json, so it is not a model saved with save_pretrained "
+            f"(point at the folder that holds config.json and the weights)"
+        )
     return None
 
 
@@ -27,8 +29,10 @@ def attn_problem(requested: str | None, device: Any) -> str | None:
     if requested != "flash_attention_2":
         return None
     if importlib.util.find_spec("flash_attn") is None:
-        return ("attn_implementation flash_attention_2 needs the flash-attn package, which is not installed here "
-                "(pip install -e '.[flash]' on a CUDA machine), or use sdpa (auto picks it)")
+        return (
+            "attn_implementation flash_attention_2 needs the flash-attn package, which is not installed here "
+            "(pip install -e '.[flash]' on a CUDA machine), or use sdpa (auto picks it)"
+        )
     if str(device) == "cpu" or str(getattr(device, "type", device)) == "cpu":
         return "attn_implementation flash_attention_2 runs on CUDA only, but the device is cpu; use sdpa"
     return None
@@ -84,13 +88,15 @@ def device_map_problem(value: Any, hardware: bool = True) -> str | None:
     if isinstance(value, str):
         if value in DEVICE_MAP_STRATEGIES:
             return None
-        return (f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a mapping of module names "
-                f"to devices (e.g. {{\"\": 0}}), got {value!r}")
+        return (
+            f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a mapping of module names "
+            f'to devices (e.g. {{"": 0}}), got {value!r}'
+        )
     if not isinstance(value, Mapping) or not value:
         return f"device_map must be a strategy name or a non-empty mapping of module names to devices, got {value!r}"
     for module, device in value.items():
         if not isinstance(module, str):
-            return f"device_map keys are module names (strings; \"\" is the whole model), got {module!r}"
+            return f'device_map keys are module names (strings; "" is the whole model), got {module!r}'
         problem = _map_value_problem(device, hardware)
         if problem:
             return f"device_map[{module!r}]: {problem}"
@@ -108,8 +114,11 @@ def max_memory_problem(value: Any, hardware: bool = True) -> str | None:
             if problem:
                 return problem
         good = (isinstance(size, int) and not isinstance(size, bool) and size > 0) or (
-            isinstance(size, str) and _MEMORY_SIZE.match(size.strip()))
+            isinstance(size, str) and _MEMORY_SIZE.match(size.strip())
+        )
         if not good:
-            return (f"max_memory[{device!r}] must be a size in KiB, MiB, GiB, KB, MB or GB (like 20GiB), "
-                    f"or a number of bytes, got {size!r}")
+            return (
+                f"max_memory[{device!r}] must be a size in KiB, MiB, GiB, KB, MB or GB (like 20GiB), "
+                f"or a number of bytes, got {size!r}"
+            )
     return None

@@ -8,9 +8,8 @@ import yaml
 
 from os_cli.errors import UserError
 from os_cli.recipe.fragments import check_keys, merge_trees
-from os_cli.recipe.schema import Field, Section, SCHEMA, all_key_paths, spec_at, suggest
+from os_cli.recipe.schema import SCHEMA, Field, Section, all_key_paths, spec_at, suggest
 from os_cli.recipe.yaml_io import YamlSource
-
 
 _TEXT_KINDS = ("str", "template", "model", "source", "name", "device", "choice")
 

@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
 from os_cli.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # os_cli/
@@ -65,7 +66,7 @@ def resolve_model_path(name: str) -> str:
     name = str(name)
     if not name.startswith(BUILTIN_PREFIX):
         return name
-    target = BUILTIN_DIR / name[len(BUILTIN_PREFIX):]
+    target = BUILTIN_DIR / name[len(BUILTIN_PREFIX) :]
     if not target.is_dir():
         raise UserError(f"unknown builtin model {name!r}; available: {', '.join(builtin_models()) or 'none'}")
     return str(target)
@@ -111,25 +112,33 @@ def _model_location(value: str | None, base_dir: Path | None) -> str | None:
 class Places:
     """Where a recipe's names point, resolved once (`load_recipe`); the written names stay in the recipe."""
 
-    theta: str | None         # theta's model: an absolute local folder, a builtin folder, or a hub name
-    teacher: str | None       # the teacher's, the same way; None when models.teacher is null (theta's model)
-    base_dir: Path | None     # the recipe's folder (relative paths: the working directory first, then here)
+    theta: str | None  # theta's model: an absolute local folder, a builtin folder, or a hub name
+    teacher: str | None  # the teacher's, the same way; None when models.teacher is null (theta's model)
+    base_dir: Path | None  # the recipe's folder (relative paths: the working directory first, then here)
     hub: frozenset = frozenset()  # the keys ("theta", "teacher", "dataset") whose value is a hub name
-    written: tuple = ()       # (models.theta, models.teacher, dataset.source) as resolved, to notice an edit
+    written: tuple = ()  # (models.theta, models.teacher, dataset.source) as resolved, to notice an edit
 
     def model(self, role: str) -> str | None:
         """`theta` or `teacher`: where that model loads from (the teacher's None: theta's model)."""
         return self.theta if role == "theta" else self.teacher
 
 
-def resolve_places(theta: str | None, teacher: str | None, dataset_source: str | None,
-                   recipe_file: str | os.PathLike | None) -> Places:
+def resolve_places(
+    theta: str | None, teacher: str | None, dataset_source: str | None, recipe_file: str | os.PathLike | None
+) -> Places:
     """The `Places` of a recipe's `models.theta`, `models.teacher` and `dataset.source`, the recipe read from
     `recipe_file`."""
     base_dir = Path(recipe_file).parent if recipe_file else None
     values = {"theta": theta, "teacher": teacher, "dataset": dataset_source}
-    hub = frozenset(key for key, value in values.items() if value and not value.startswith(BUILTIN_PREFIX)
-                    and local_path(value, base_dir) is None)
-    return Places(theta=_model_location(theta, base_dir),
-                  teacher=_model_location(teacher, base_dir), base_dir=base_dir, hub=hub,
-                  written=tuple(values.values()))
+    hub = frozenset(
+        key
+        for key, value in values.items()
+        if value and not value.startswith(BUILTIN_PREFIX) and local_path(value, base_dir) is None
+    )
+    return Places(
+        theta=_model_location(theta, base_dir),
+        teacher=_model_location(teacher, base_dir),
+        base_dir=base_dir,
+        hub=hub,
+        written=tuple(values.values()),
+    )

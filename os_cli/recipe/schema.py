@@ -7,9 +7,10 @@ import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from os_cli.mix.alpha_names import ALPHA_METHODS
-from os_cli.mix.distributions import DISTRIBUTIONS as LOGPROB_KEYS, TOPK_OF_DEFAULT
 from os_cli.limits import MAX_BATCH_SIZE, MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_SEED, MIN_TEMPERATURE
+from os_cli.mix.alpha_names import ALPHA_METHODS
+from os_cli.mix.distributions import DISTRIBUTIONS as LOGPROB_KEYS
+from os_cli.mix.distributions import TOPK_OF_DEFAULT
 
 if TYPE_CHECKING:
     from os_cli.recipe.typed import Models
@@ -90,13 +91,13 @@ SCHEMA = Section(
                 "theta": Field("model", required=True),
                 "teacher": Field("model", None, nullable=True),
                 **_placement_fields(defaults=True),
-                "per_model": Section({
-                    "theta": Section(_placement_fields(defaults=False)),
-                    "teacher": Section(_placement_fields(defaults=False)),
-                }),
-                "attn_implementation": Field(
-                    "choice", "auto", choices=("auto", "sdpa", "eager", "flash_attention_2")
+                "per_model": Section(
+                    {
+                        "theta": Section(_placement_fields(defaults=False)),
+                        "teacher": Section(_placement_fields(defaults=False)),
+                    }
                 ),
+                "attn_implementation": Field("choice", "auto", choices=("auto", "sdpa", "eager", "flash_attention_2")),
                 "revision": Field("str", None, nullable=True),
                 "trust_remote_code": Field("bool", False),
                 # fixed-slot KV cache + compiled decode step (static_stream.py); static: the slots, no compiling
@@ -106,10 +107,7 @@ SCHEMA = Section(
         ),
         "alpha": Section(
             {
-                "method": Field(
-                    "choice", "kl_symmetry",
-                    choices=ALPHA_METHODS,
-                ),
+                "method": Field("choice", "kl_symmetry", choices=ALPHA_METHODS),
                 "fixed": Field("float", 0.5, min=0.0, max=1.0),
                 "min": Field("float", 0.5, min=0.0, max=1.0),
                 "max": Field("float", 1.0, min=0.0, max=1.0),
@@ -128,7 +126,9 @@ SCHEMA = Section(
             {
                 "max_new_tokens": Field("int", 256, min=1, max=MAX_NEW_TOKENS),
                 "temperature": Field(
-                    "float", 1.0, min=MIN_TEMPERATURE,
+                    "float",
+                    1.0,
+                    min=MIN_TEMPERATURE,
                     note="; the bound keeps logits / temperature finite (temperature 0 / greedy is not supported)",
                 ),
                 "top_p": Field("float", 1.0, min=0.0, max=1.0, min_open=True),
@@ -138,9 +138,12 @@ SCHEMA = Section(
                 "num_samples": Field("int", 1, min=1, max=MAX_NUM_SAMPLES),
                 "stop": Field("str_list", []),
                 "draft_tokens": Field(
-                    "draft_tokens", 0, min=0, max=MAX_DRAFT_TOKENS,
+                    "draft_tokens",
+                    0,
+                    min=0,
+                    max=MAX_DRAFT_TOKENS,
                     note="; a round runs k + 1 theta forwards and late drafts are rarely accepted, so a larger k only "
-                         "costs time (0 = off)",
+                    "costs time (0 = off)",
                 ),
             }
         ),

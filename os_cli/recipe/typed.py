@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, TypeVar, get_args, get_type_hints
 
-from os_cli.recipe.places import Places, resolve_places
 from os_cli.mix.distributions import TOPK_OF_DEFAULT
+from os_cli.recipe.places import Places, resolve_places
 
 T = TypeVar("T")
 
@@ -43,8 +43,11 @@ class _Section:
     """What every section shares: `to_dict()` (its schema keys, in order, as plain data)."""
 
     def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
-                if f.metadata.get("schema", True)}
+        return {
+            f.name: _plain(getattr(self, f.name))
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.metadata.get("schema", True)
+        }
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,8 @@ class Placement(_Section):
 
     dtype: str | None = None
     device: str | None = None
-    device_map: Any = None       # "auto" / "balanced" / ... or {module: device}
-    max_memory: Any = None       # {device: size}
+    device_map: Any = None  # "auto" / "balanced" / ... or {module: device}
+    max_memory: Any = None  # {device: size}
     quantization: str | None = None
     quant_type: str | None = None
     compute_dtype: str | None = None
@@ -146,7 +149,7 @@ class PromptSpec(_Section):
 @dataclass(frozen=True)
 class Prompts(_Section):
     theta: PromptSpec = field(default_factory=PromptSpec)
-    teacher: PromptSpec | None = None   # None: the teacher reads theta's prompt
+    teacher: PromptSpec | None = None  # None: the teacher reads theta's prompt
     on_bad_row: str = "error"
 
     def spec(self, role: str) -> PromptSpec | None:
@@ -166,12 +169,12 @@ class Output(_Section):
 class RecipeSource(_Section):
     """Where a loaded recipe came from; not part of the recipe (not hashed)."""
 
-    path: Path | None = None          # the recipe file; None for an in-memory recipe (`load_recipe(data=...)`)
-    name: str = "recipe"              # its file's stem (the default run_name)
-    bundled: bool = False             # one of the repository's recipes/
-    fragments: tuple[str, ...] = ()   # the `defaults:` fragment files merged, in order
-    overrides: tuple[str, ...] = ()   # the `--set` overrides applied, as `key=value`
-    warnings: tuple[str, ...] = ()    # settings that are valid but have no effect
+    path: Path | None = None  # the recipe file; None for an in-memory recipe (`load_recipe(data=...)`)
+    name: str = "recipe"  # its file's stem (the default run_name)
+    bundled: bool = False  # one of the repository's recipes/
+    fragments: tuple[str, ...] = ()  # the `defaults:` fragment files merged, in order
+    overrides: tuple[str, ...] = ()  # the `--set` overrides applied, as `key=value`
+    warnings: tuple[str, ...] = ()  # settings that are valid but have no effect
 
     def to_dict(self) -> dict:
         """As the manifest's `recipe_source` stores it (the path as a string)."""
@@ -204,8 +207,11 @@ class Recipe(_Section):
         # resolved by load_recipe; resolved again where models or dataset.source changed (dataclasses.replace)
         written = (self.models.theta, self.models.teacher, self.dataset.source)
         if not isinstance(self.places, Places) or self.places.written != written:
-            object.__setattr__(self, "places", resolve_places(self.models.theta, self.models.teacher, self.dataset.source,
-                                                                  self.source.path))
+            object.__setattr__(
+                self,
+                "places",
+                resolve_places(self.models.theta, self.models.teacher, self.dataset.source, self.source.path),
+            )
 
 
 def schema_fields(cls: type) -> list[str]:

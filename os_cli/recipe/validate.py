@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from os_cli.recipe.checks import CHECKERS, CheckContext, show_value, type_name
-from os_cli.recipe.schema import Section, suggest, model_settings
+from os_cli.recipe.schema import Section, model_settings, suggest
 from os_cli.recipe.typed import Models, build_section
 
 
@@ -17,7 +17,9 @@ def validate_tree(value: Any, schema: Section, path: tuple, ctx: CheckContext) -
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        ctx.fail(path, f"must be a mapping of keys ({', '.join(schema.fields)}), got {type_name(value)} {show_value(value)}")
+        ctx.fail(
+            path, f"must be a mapping of keys ({', '.join(schema.fields)}), got {type_name(value)} {show_value(value)}"
+        )
     out = {}
     for key, spec in schema.fields.items():
         p = path + (key,)
@@ -76,19 +78,22 @@ def _placement_checks(recipe: dict, role: str, ctx: CheckContext) -> None:
     for level in (("models",), ("models", "per_model", role)):
         node = recipe["models"] if len(level) == 1 else recipe["models"]["per_model"][role]
         if node["device_map"] is not None and node["device"] not in (None, "auto"):
-            ctx.fail(level + ("device_map",), f"give either {'.'.join(level)}.device ({node['device']}) or "
-                                              f"{'.'.join(level)}.device_map, not both")
+            ctx.fail(
+                level + ("device_map",),
+                f"give either {'.'.join(level)}.device ({node['device']}) or {'.'.join(level)}.device_map, not both",
+            )
     if max_memory is not None and device_map is None:
-        ctx.fail(key(memory_path), f"max_memory needs a device_map for the {role} model "
-                                   f"(e.g. {map_path}: auto)")
+        ctx.fail(key(memory_path), f"max_memory needs a device_map for the {role} model (e.g. {map_path}: auto)")
     if device_map is None:
         problem = attn_problem(recipe["models"]["attn_implementation"], device)
         if problem:
             ctx.fail(("models", "attn_implementation"), f"{problem} ({device_path} for the {role} model)")
     quantization, quant_path = settings["quantization"]
     if quantization != "none" and device_map is None and device == "cpu":
-        ctx.fail(key(quant_path), f"4bit/8bit (bitsandbytes) needs a CUDA device, but {device_path} is cpu "
-                                  f"for the {role} model")
+        ctx.fail(
+            key(quant_path),
+            f"4bit/8bit (bitsandbytes) needs a CUDA device, but {device_path} is cpu for the {role} model",
+        )
 
 
 def _check_compile(recipe: dict, ctx: CheckContext) -> None:
@@ -96,11 +101,17 @@ def _check_compile(recipe: dict, ctx: CheckContext) -> None:
     if not recipe["models"]["compile"]:
         return
     if recipe["sampling"]["draft_tokens"]:
-        ctx.fail(("models", "compile"), f"needs sampling.draft_tokens: 0 (got {recipe['sampling']['draft_tokens']}): "
-                                        f"speculative rounds do not run on the compiled fixed-slot step")
+        ctx.fail(
+            ("models", "compile"),
+            f"needs sampling.draft_tokens: 0 (got {recipe['sampling']['draft_tokens']}): "
+            f"speculative rounds do not run on the compiled fixed-slot step",
+        )
     if recipe["models"]["attn_implementation"] == "flash_attention_2":
-        ctx.fail(("models", "compile"), "needs models.attn_implementation sdpa, eager or auto (auto picks sdpa "
-                                        "with compile), not flash_attention_2")
+        ctx.fail(
+            ("models", "compile"),
+            "needs models.attn_implementation sdpa, eager or auto (auto picks sdpa "
+            "with compile), not flash_attention_2",
+        )
 
 
 def _check_prompt_sections(recipe: dict, ctx: CheckContext) -> None:
@@ -111,10 +122,16 @@ def _check_prompt_sections(recipe: dict, ctx: CheckContext) -> None:
         if spec is None:
             continue
         if spec["messages_field"] is None and spec["template"] is None:
-            ctx.fail(("prompts", role, "template"), "is required (a {field} template, or set "
-                     f"prompts.{role}.messages_field to the row field holding a conversation)")
+            ctx.fail(
+                ("prompts", role, "template"),
+                "is required (a {field} template, or set "
+                f"prompts.{role}.messages_field to the row field holding a conversation)",
+            )
         if spec["messages_field"] is not None and not spec["chat_template"]:
-            ctx.fail(("prompts", role, "messages_field"), "needs chat_template: true (a conversation is rendered "
-                     f"with the tokenizer's chat template); remove prompts.{role}.chat_template: false")
+            ctx.fail(
+                ("prompts", role, "messages_field"),
+                "needs chat_template: true (a conversation is rendered "
+                f"with the tokenizer's chat template); remove prompts.{role}.chat_template: false",
+            )
         if spec["messages_field"] is not None and not spec["messages_field"].strip():
             ctx.fail(("prompts", role, "messages_field"), "must name a row field, got an empty string")

@@ -72,8 +72,10 @@ def _check_aliases(root, label: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in active:
-            raise UserError(f"{label}:{node.start_mark.line + 1}: a YAML anchor (&name) is used inside its own "
-                            f"value (*name), which would make the recipe infinitely deep")
+            raise UserError(
+                f"{label}:{node.start_mark.line + 1}: a YAML anchor (&name) is used inside its own "
+                f"value (*name), which would make the recipe infinitely deep"
+            )
         active.add(key)
         total = 1
         if isinstance(node, yaml.MappingNode):
@@ -89,9 +91,11 @@ def _check_aliases(root, label: str) -> None:
     except RecursionError:
         raise UserError(f"{label}: the YAML is nested too deeply") from None
     if expanded - len(sizes) > MAX_ALIAS_EXPANSION:
-        raise UserError(f"{label}: YAML aliases (*name) expand this file to {expanded:,} values from {len(sizes):,} "
-                        f"written ones (at most {MAX_ALIAS_EXPANSION:,} repeated values are allowed); write the "
-                        f"values out or use fewer nested aliases")
+        raise UserError(
+            f"{label}: YAML aliases (*name) expand this file to {expanded:,} values from {len(sizes):,} "
+            f"written ones (at most {MAX_ALIAS_EXPANSION:,} repeated values are allowed); write the "
+            f"values out or use fewer nested aliases"
+        )
 
 
 def _collect_lines(node, path: tuple, lines: dict, label: str) -> None:
@@ -101,7 +105,9 @@ def _collect_lines(node, path: tuple, lines: dict, label: str) -> None:
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                raise UserError(f"{label}:{key_node.start_mark.line + 1}: key {'.'.join(path + (key,))!r} appears twice")
+                raise UserError(
+                    f"{label}:{key_node.start_mark.line + 1}: key {'.'.join(path + (key,))!r} appears twice"
+                )
             seen.add(key)
             lines[path + (key,)] = key_node.start_mark.line + 1
             _collect_lines(value_node, path + (key,), lines, label)

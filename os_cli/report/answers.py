@@ -77,7 +77,7 @@ def normalize_answer(text: str) -> str:
     if s.endswith(".") and not s.endswith(".."):
         s = s[:-1].rstrip()
     if s.startswith("\\text{") and s.endswith("}"):
-        s = s[len("\\text{"):-1].strip()
+        s = s[len("\\text{") : -1].strip()
     if _COMMA_NUMBER.match(s):
         s = s.replace(",", "")
     if _DECIMAL.match(s):

@@ -41,8 +41,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from os_cli.errors import UserError
-from os_cli.report.weights import (TOKEN_WEIGHT_COLUMN, WEIGHT_COLUMNS, ess_fraction, log_weight,
-                                   normalized_weights, token_log_weights)
+from os_cli.report.weights import (
+    TOKEN_WEIGHT_COLUMN,
+    WEIGHT_COLUMNS,
+    ess_fraction,
+    log_weight,
+    normalized_weights,
+    token_log_weights,
+)
 from os_cli.store.record_format import IDS_FILE, MESSAGES_KEY, describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
@@ -94,14 +100,20 @@ def read_records(out_dir: Path) -> Iterator[dict]:
                 continue
             record, problem = parse_record_line(raw, spec)
             if record is None:
-                raise UserError(f"{shard}:{number}: not a valid record ({problem}); `os-sample inspect {out_dir}` "
-                                f"lists every such line, and the generate command with --repair drops them and "
-                                f"generates their rows again", exit_code=1)
+                raise UserError(
+                    f"{shard}:{number}: not a valid record ({problem}); `os-sample inspect {out_dir}` "
+                    f"lists every such line, and the generate command with --repair drops them and "
+                    f"generates their rows again",
+                    exit_code=1,
+                )
             why = None if num_samples is None else outside_plan(record_key(record), planned, num_samples)
             if why:
-                raise UserError(f"{shard}:{number}: a record outside the run's plan ({why}); the run never sampled "
-                                f"it, so it has no place among the weighted records. `os-sample inspect {out_dir}` "
-                                f"lists every such record (unexpected); remove those lines to export", exit_code=1)
+                raise UserError(
+                    f"{shard}:{number}: a record outside the run's plan ({why}); the run never sampled "
+                    f"it, so it has no place among the weighted records. `os-sample inspect {out_dir}` "
+                    f"lists every such record (unexpected); remove those lines to export",
+                    exit_code=1,
+                )
             yield record
 
 
@@ -150,8 +162,10 @@ def check_filters(filters: Filters) -> None:
     if filters.where is not None and filters.where not in WHERE:
         raise UserError(f"--where {filters.where!r}: allowed: {', '.join(WHERE)}")
     if filters.min_ess is not None and not (math.isfinite(filters.min_ess) and filters.min_ess >= 0):
-        raise UserError(f"--min-ess {filters.min_ess}: give a non-negative number (records keep their mean "
-                        f"ESS ratio ess_theta/ess_t; 1 means balanced)")
+        raise UserError(
+            f"--min-ess {filters.min_ess}: give a non-negative number (records keep their mean "
+            f"ESS ratio ess_theta/ess_t; 1 means balanced)"
+        )
     for reason in filters.finish_reasons:
         if reason not in FINISH_REASONS:
             raise UserError(f"--finish-reason {reason!r}: allowed: {', '.join(FINISH_REASONS)}")
@@ -170,11 +184,15 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
 
     if filters.where == "correct" and not answer_field:
         if filters.answer_field == "":
-            raise UserError("--where correct needs a reference answer, but --answer-field '' turns answers off; name "
-                            "the row field with --answer-field FIELD, or leave the option out for the recipe's "
-                            "dataset.answer_field")
-        raise UserError("--where correct needs a reference answer: the recipe has no dataset.answer_field; "
-                        "name the row field with --answer-field")
+            raise UserError(
+                "--where correct needs a reference answer, but --answer-field '' turns answers off; name "
+                "the row field with --answer-field FIELD, or leave the option out for the recipe's "
+                "dataset.answer_field"
+            )
+        raise UserError(
+            "--where correct needs a reference answer: the recipe has no dataset.answer_field; "
+            "name the row field with --answer-field"
+        )
     kept: list[dict] = []
     read = 0
     row_fields: set = set()  # over every record read: is the answer field anywhere?
@@ -184,8 +202,11 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
         read += 1
         key = (str(record.get("id")), sample_of(record))
         if key in seen:
-            raise UserError(f"{describe_key(key)} appears more than once in the shards; exporting would weight it "
-                            f"twice (`os-sample inspect` shows where)", exit_code=1)
+            raise UserError(
+                f"{describe_key(key)} appears more than once in the shards; exporting would weight it "
+                f"twice (`os-sample inspect` shows where)",
+                exit_code=1,
+            )
         seen[key] = read
         if filters.where == "correct" and isinstance(record.get("row"), dict):
             row_fields.update(record["row"])
@@ -204,11 +225,16 @@ def select(records: Iterable[dict], filters: Filters, answer_field: str | None) 
                 continue
         kept.append(record)
     if filters.where == "correct" and read and answer_field not in row_fields:
-        named = (f"--answer-field {answer_field}" if filters.answer_field
-                 else f"dataset.answer_field {answer_field} (the recipe's)")
+        named = (
+            f"--answer-field {answer_field}"
+            if filters.answer_field
+            else f"dataset.answer_field {answer_field} (the recipe's)"
+        )
         have = ", ".join(sorted(map(str, row_fields))[:12]) or "none (records kept no row fields: dataset.keep_fields)"
-        raise UserError(f"--where correct: {named}: no record's row has this field, so no answer can be scored; "
-                        f"row fields: {have}; name the reference answer's field with --answer-field")
+        raise UserError(
+            f"--where correct: {named}: no record's row has this field, so no answer can be scored; "
+            f"row fields: {have}; name the reference answer's field with --answer-field"
+        )
     return kept, read, {k: v for k, v in dropped.items() if v}
 
 
@@ -225,9 +251,16 @@ def trl_row(record: dict, lw: float, w: float) -> dict:
     if isinstance(record.get(MESSAGES_KEY), list):
         prompt = [{"role": t.get("role"), "content": t.get("content")} for t in record[MESSAGES_KEY]]
         completion = [{"role": "assistant", "content": completion}]
-    row = {"id": str(record["id"]), "sample": sample_of(record), "prompt": prompt, "completion": completion,
-           "num_tokens": record.get("num_tokens"), "finish_reason": record.get("finish_reason"),
-           "log_weight": lw, "weight": w}
+    row = {
+        "id": str(record["id"]),
+        "sample": sample_of(record),
+        "prompt": prompt,
+        "completion": completion,
+        "num_tokens": record.get("num_tokens"),
+        "finish_reason": record.get("finish_reason"),
+        "log_weight": lw,
+        "weight": w,
+    }
     per_token = token_log_weights(record)
     if per_token is not None:
         row[TOKEN_WEIGHT_COLUMN] = per_token
@@ -264,8 +297,9 @@ def flat_row(record: dict, lw: float, w: float, id_field: str | None = None) -> 
     row["sample"] = sample_of(record)
     for name, value in (("log_weight", lw), ("weight", w)):
         if name in row:
-            raise UserError(f"record {record.get('id')!r} already has a field {name!r}; it would clash with "
-                            f"the weight column")
+            raise UserError(
+                f"record {record.get('id')!r} already has a field {name!r}; it would clash with the weight column"
+            )
         row[name] = value
     per_token = token_log_weights(record)
     if per_token is not None:
@@ -314,7 +348,7 @@ def _mixed_column(data: dict) -> str | None:
 def _huge_int_column(data: dict) -> tuple[str, int] | None:
     for name, values in data.items():
         for v in values:
-            if isinstance(v, int) and not isinstance(v, bool) and not -2**63 <= v < 2**63:
+            if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
                 return name, v
     return None
 
@@ -326,10 +360,12 @@ def _huge_int_column(data: dict) -> tuple[str, int] | None:
 def check_target(to: Path, fmt: str, overwrite: bool) -> Path:
     """The real path to write `--to` at (os_cli/store/targets.py: no run's files, no device, the format's
     kind, --overwrite for an existing one); an existing folder for hf must be a saved dataset."""
-    from os_cli.store.targets import check_target as check_path, is_run_folder
+    from os_cli.store.targets import check_target as check_path
+    from os_cli.store.targets import is_run_folder
 
-    writes = ("--format hf writes a folder (datasets' save_to_disk)" if fmt == "hf"
-              else f"--format {fmt} writes one file")
+    writes = (
+        "--format hf writes a folder (datasets' save_to_disk)" if fmt == "hf" else f"--format {fmt} writes one file"
+    )
     real = check_path(to, "--to", overwrite=overwrite, folder=fmt == "hf", writes=writes)
     if fmt == "hf" and real.is_dir():
         if not (real / "dataset_info.json").exists():
@@ -345,7 +381,7 @@ def _remove_stale_tmps(to: Path) -> None:
     a live export's copy is left alone."""
     prefix = f".{to.name}.tmp-"
     for path in to.parent.glob(f"{glob_escape(prefix)}*"):
-        pid = path.name[len(prefix):]
+        pid = path.name[len(prefix) :]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -399,8 +435,16 @@ def write_dataset(dataset, fmt: str, to: Path) -> None:
         shutil.rmtree(old)
 
 
-def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filters: Filters = Filters(),
-           push_to_hub: str | None = None, private: bool | None = None, overwrite: bool = False) -> ExportResult:
+def export(
+    out_dir: str | Path,
+    fmt: str,
+    to: str | Path | None = None,
+    *,
+    filters: Filters = Filters(),
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     """Read `out_dir`, filter, weight and write the records to `to` and/or push them to a hub repo."""
     from os_cli.report.summary import check_output_dir
 
@@ -420,9 +464,16 @@ def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filte
         raise UserError(f"{root}: no record to export ({read} read; dropped: {why})")
     rows = build_rows(kept, fmt, id_field_of(root))
     dataset = to_dataset(rows)
-    result = ExportResult(format=fmt, path=str(to) if to is not None else None, read=read, kept=len(kept),
-                          dropped=dropped, columns=list(dataset.column_names), status=run_status(root),
-                          ess_fraction=ess_fraction([r["weight"] for r in rows]))
+    result = ExportResult(
+        format=fmt,
+        path=str(to) if to is not None else None,
+        read=read,
+        kept=len(kept),
+        dropped=dropped,
+        columns=list(dataset.column_names),
+        status=run_status(root),
+        ess_fraction=ess_fraction([r["weight"] for r in rows]),
+    )
     if real is not None:
         write_dataset(dataset, fmt, real)
     if push_to_hub:
@@ -431,7 +482,10 @@ def export(out_dir: str | Path, fmt: str, to: str | Path | None = None, *, filte
             dataset.push_to_hub(push_to_hub, private=private)
         except Exception as exc:  # noqa: BLE001 - network, auth, hub errors: say what was written
             written = f"; --to {to} was written ({len(kept)} records) and is complete" if real is not None else ""
-            raise UserError(f"--push-to-hub {push_to_hub}: the upload failed ({type(exc).__name__}: "
-                            f"{str(exc).strip()[:300]}){written}", exit_code=1) from None
+            raise UserError(
+                f"--push-to-hub {push_to_hub}: the upload failed ({type(exc).__name__}: "
+                f"{str(exc).strip()[:300]}){written}",
+                exit_code=1,
+            ) from None
         result.pushed_to = push_to_hub
     return result

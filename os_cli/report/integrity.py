@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Iterator, TypedDict
 
 from os_cli.errors import UserError
-from os_cli.store.record_format import ERRORS_FILE, IDS_FILE, MANIFEST, IdsFileError, num_samples_of, outside_plan, read_ids
 from os_cli.report.stats import is_number
+from os_cli.store.record_format import (
+    ERRORS_FILE,
+    IDS_FILE,
+    MANIFEST,
+    IdsFileError,
+    num_samples_of,
+    outside_plan,
+    read_ids,
+)
 
 MAX_LISTED = 50  # ids / lines listed in the integrity report (counts are always complete)
 
@@ -53,8 +61,17 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None, bool]
         yield i, obj, None, False
 
 
-_MANIFEST_TYPES = {"format": int, "status": str, "recipe_hash": str, "recipe": dict, "models": dict,
-                   "world_size": int, "counts": dict, "ids_file": str, "attempts": int}
+_MANIFEST_TYPES = {
+    "format": int,
+    "status": str,
+    "recipe_hash": str,
+    "recipe": dict,
+    "models": dict,
+    "world_size": int,
+    "counts": dict,
+    "ids_file": str,
+    "attempts": int,
+}
 
 
 def check_manifest_types(root: Path, manifest: dict | None) -> None:
@@ -65,8 +82,10 @@ def check_manifest_types(root: Path, manifest: dict | None) -> None:
     for key, kind in _MANIFEST_TYPES.items():
         value = manifest.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise UserError(f"{where}: {key!r} must be {'an object' if kind is dict else 'a ' + kind.__name__}, "
-                            f"not {json.dumps(value)[:60]}; the manifest was edited or is not os-sample's")
+            raise UserError(
+                f"{where}: {key!r} must be {'an object' if kind is dict else 'a ' + kind.__name__}, "
+                f"not {json.dumps(value)[:60]}; the manifest was edited or is not os-sample's"
+            )
     for key, value in (manifest.get("counts") or {}).items():
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"{where}: counts.{key} must be an integer, not {json.dumps(value)[:60]}")
@@ -77,8 +96,13 @@ def check_manifest_types(root: Path, manifest: dict | None) -> None:
         raise UserError(f"{where}: ids_file {ids_file!r} is not a file ({root / ids_file} is a folder)")
 
 
-def integrity_report(root: Path, manifest: dict | None, manifest_error: str | None,
-               locations: dict[tuple[str, int], list[str]], problems: list[dict]) -> dict:
+def integrity_report(
+    root: Path,
+    manifest: dict | None,
+    manifest_error: str | None,
+    locations: dict[tuple[str, int], list[str]],
+    problems: list[dict],
+) -> dict:
     """Exactly-once per (id, sample): missing, duplicated and unexpected keys. `ids` lists row ids (each
     once), `samples` the [id, sample] pairs; counts are of (id, sample) pairs (of ids when n is 1)."""
     notes: list[str] = []
@@ -94,8 +118,14 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
         try:
             planned = read_ids(ids_path, (manifest or {}).get("format", 1))
         except IdsFileError as exc:
-            problems.append({"file": ids_path.name, "line": exc.line, "kind": "invalid",
-                             "error": str(exc).split(": ", 1)[-1] + "; missing ids cannot be checked"})
+            problems.append(
+                {
+                    "file": ids_path.name,
+                    "line": exc.line,
+                    "kind": "invalid",
+                    "error": str(exc).split(": ", 1)[-1] + "; missing ids cannot be checked",
+                }
+            )
         except UserError as exc:
             notes.append(f"{exc}; missing ids cannot be checked")
     elif manifest is not None:
@@ -106,8 +136,9 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
     if errors_path.exists():
         for line, obj, error, torn in iter_jsonl(errors_path):
             if obj is None:
-                problems.append({"file": errors_path.name, "line": line, "kind": "torn" if torn else "invalid",
-                                 "error": error})
+                problems.append(
+                    {"file": errors_path.name, "line": line, "kind": "torn" if torn else "invalid", "error": error}
+                )
                 continue
             rid = str(obj.get("id"))
             reason = str(obj.get("reason"))
@@ -118,14 +149,16 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
     n_samples = num_samples_of((manifest or {}).get("recipe"))
     duplicates: list[_Duplicate] = [
         {"id": rid, "sample": k, "count": len(locs), "locations": locs[:10]}
-        for (rid, k), locs in locations.items() if len(locs) > 1
+        for (rid, k), locs in locations.items()
+        if len(locs) > 1
     ]
     missing: list[tuple[str, int]] = []
     unexpected: list[tuple[str, int]] = []
     if planned is not None:
         planned_set = set(planned)
-        missing = [(rid, k) for rid in planned if rid not in error_ids for k in range(n_samples)
-                   if (rid, k) not in locations]
+        missing = [
+            (rid, k) for rid in planned if rid not in error_ids for k in range(n_samples) if (rid, k) not in locations
+        ]
         unexpected = [key for key in locations if outside_plan(key, planned_set, n_samples)]
         dup_planned = [rid for rid, c in Counter(planned).items() if c > 1]
         if dup_planned:
@@ -139,8 +172,10 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
     if missing and status in ("running", "interrupted", "failed"):
         notes.append(f"run status is {status!r}: missing ids are expected until it completes (resume it)")
     if any(p["file"].startswith("shard-") for p in problems):
-        notes.append("rerunning the generate command drops an invalid last line of a shard and generates its row "
-                     "again; add --repair to drop invalid lines elsewhere too")
+        notes.append(
+            "rerunning the generate command drops an invalid last line of a shard and generates its row "
+            "again; add --repair to drop invalid lines elsewhere too"
+        )
 
     return {
         "status": status,
@@ -150,11 +185,17 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
         "unique_ids": len({rid for rid, _ in locations}),
         "unique_records": len(locations),
         "missing": _keys_view(missing),
-        "duplicates": {"count": len(duplicates), "extra_records": sum(d["count"] - 1 for d in duplicates),
-                       "ids": duplicates[:MAX_LISTED]},
+        "duplicates": {
+            "count": len(duplicates),
+            "extra_records": sum(d["count"] - 1 for d in duplicates),
+            "ids": duplicates[:MAX_LISTED],
+        },
         "unexpected": _keys_view(unexpected),
-        "invalid_lines": {"count": len(problems), "torn": sum(p["kind"] == "torn" for p in problems),
-                          "lines": problems[:MAX_LISTED]},
+        "invalid_lines": {
+            "count": len(problems),
+            "torn": sum(p["kind"] == "torn" for p in problems),
+            "lines": problems[:MAX_LISTED],
+        },
         "errors": {"count": len(error_rows), "reasons": dict(error_reasons), "rows": error_rows[:MAX_LISTED]},
         "clean": not (missing or duplicates or unexpected or problems or manifest_error),
         "notes": notes,
@@ -164,5 +205,9 @@ def integrity_report(root: Path, manifest: dict | None, manifest_error: str | No
 def _keys_view(keys: list[tuple[str, int]]) -> dict:
     """{"count": (id, sample) pairs, "ids": the row ids among them (each once), "samples": the pairs}."""
     ids = list(dict.fromkeys(rid for rid, _ in keys))
-    return {"count": len(keys), "rows": len(ids), "ids": ids[:MAX_LISTED],
-            "samples": [[rid, k] for rid, k in keys[:MAX_LISTED]]}
+    return {
+        "count": len(keys),
+        "rows": len(ids),
+        "ids": ids[:MAX_LISTED],
+        "samples": [[rid, k] for rid, k in keys[:MAX_LISTED]],
+    }

@@ -18,8 +18,7 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 20
 RESERVOIR_PER_TOKEN = 200_000
 RESERVOIR_PER_RECORD = 2_000_000
-EXACT_INTEGERS = 2.0 ** 53  # beyond this every float is a whole number: not a count, no integer bins
-
+EXACT_INTEGERS = 2.0**53  # beyond this every float is a whole number: not a count, no integer bins
 
 
 class Stat:
@@ -132,8 +131,11 @@ class Stat:
             min=self.min,
             max=self.max,
             quantiles={_qname(q): float(v) for q, v in zip(QUANTILES, qs)},
-            histogram={"edges": [int(e) if integer else float(e) for e in edges], "counts": [int(c) for c in counts],
-                       "integer": integer},
+            histogram={
+                "edges": [int(e) if integer else float(e) for e in edges],
+                "counts": [int(c) for c in counts],
+                "integer": integer,
+            },
             sampled=self._n > self.cap,
         )
         return out

@@ -25,16 +25,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from os_cli.report.answers import answers_match, extract_answer, reference_answer
 from os_cli.errors import UserError
+from os_cli.report.answers import answers_match, extract_answer, reference_answer
 from os_cli.report.integrity import check_manifest_types, integrity_report, iter_jsonl
 from os_cli.report.passk import PerRow
+from os_cli.report.stats import (
+    RESERVOIR_PER_RECORD,
+    RESERVOIR_PER_TOKEN,
+    PositionMeans,
+    Stat,
+    ess_fraction,
+    finite,
+    to_float_array,
+)
 from os_cli.store.record_format import LOGPROB_KEYS, MANIFEST, json_safe, record_key, record_problem, token_spec
 from os_cli.store.record_format import STAT_FIELDS as DIAGNOSTICS
 from os_cli.store.scan import list_shards
-from os_cli.report.stats import (
-    RESERVOIR_PER_RECORD, RESERVOIR_PER_TOKEN, PositionMeans, Stat, ess_fraction, finite, to_float_array,
-)
 from os_cli.store.writer import read_manifest
 
 SUMMARY_FORMAT = 1
@@ -264,8 +270,9 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
                 obj, error = None, record_problem(obj, spec)
             if obj is None:
                 bad += 1
-                problems.append({"file": shard.name, "line": line, "kind": "torn" if torn else "invalid",
-                                 "error": error})
+                problems.append(
+                    {"file": shard.name, "line": line, "kind": "torn" if torn else "invalid", "error": error}
+                )
                 continue
             good += 1
             locations.setdefault(record_key(obj), []).append(f"{shard.name}:{line}")
@@ -283,23 +290,26 @@ def summarize_dir(path: str | Path, *, by: str | None = None, answer_field: str 
         shards.append({"file": shard.name, "records": good, "invalid_lines": bad, "bytes": shard.stat().st_size})
 
     if by and groups and not by_found:
-        raise UserError(f"--by {by}: no record has this field; fields the records have: "
-                        f"{', '.join(sorted(by_fields))}")
+        raise UserError(f"--by {by}: no record has this field; fields the records have: {', '.join(sorted(by_fields))}")
     if explicit_answer_field and locations and answer_field not in row_fields:
-        raise UserError(f"--answer-field {answer_field}: no record's row has this field; row fields: "
-                        f"{', '.join(sorted(map(str, row_fields))) or '(none kept)'}")
+        raise UserError(
+            f"--answer-field {answer_field}: no record's row has this field; row fields: "
+            f"{', '.join(sorted(map(str, row_fields))) or '(none kept)'}"
+        )
     integrity = integrity_report(root, manifest, manifest_error, locations, problems)
-    return json_safe({
-        "format": SUMMARY_FORMAT,
-        "dir": str(root),
-        "manifest": _manifest_view(manifest),
-        "shards": shards,
-        "by": by,
-        "answer_field": answer_field,
-        "overall": overall.to_dict(),
-        "groups": {k: groups[k].to_dict() for k in sorted(groups)} if by else None,
-        "integrity": integrity,
-    })
+    return json_safe(
+        {
+            "format": SUMMARY_FORMAT,
+            "dir": str(root),
+            "manifest": _manifest_view(manifest),
+            "shards": shards,
+            "by": by,
+            "answer_field": answer_field,
+            "overall": overall.to_dict(),
+            "groups": {k: groups[k].to_dict() for k in sorted(groups)} if by else None,
+            "integrity": integrity,
+        }
+    )
 
 
 def _manifest_view(manifest: dict | None) -> dict | None:
@@ -307,8 +317,21 @@ def _manifest_view(manifest: dict | None) -> dict | None:
         return None
     recipe = _object(manifest, "recipe")
     alpha = _object(recipe, "alpha")
-    keys = ("format", "status", "recipe_hash", "dataset_fingerprint", "models", "seed", "device", "world_size",
-            "started_at", "updated_at", "finished_at", "counts", "ids_file")
+    keys = (
+        "format",
+        "status",
+        "recipe_hash",
+        "dataset_fingerprint",
+        "models",
+        "seed",
+        "device",
+        "world_size",
+        "started_at",
+        "updated_at",
+        "finished_at",
+        "counts",
+        "ids_file",
+    )
     view = {k: manifest.get(k) for k in keys if k in manifest}
     view["run_name"] = recipe.get("run_name")
     view["alpha_method"] = alpha.get("method")

@@ -26,8 +26,11 @@ def log_weight(record: dict) -> float:
     lp = value if isinstance(value := record.get("logprob"), dict) else {}
     theta, q = lp.get("theta"), lp.get("q")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (theta, q)):
-        raise UserError(f"record {record.get('id')!r} has no logprob.theta / logprob.q, so it has no importance "
-                        f"weight; was it written by os-sample generate?", exit_code=1)
+        raise UserError(
+            f"record {record.get('id')!r} has no logprob.theta / logprob.q, so it has no importance "
+            f"weight; was it written by os-sample generate?",
+            exit_code=1,
+        )
     assert theta is not None and q is not None  # numbers, checked above
     return difference(theta, q)
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from os_cli.run import testing_hooks
 from os_cli.errors import UserError
-from os_cli.recipe.typed import Output, Prompts, Recipe, Sampling
-from os_cli.store.record_format import TOPK_OF_DEFAULT, RecordSettings, build_record
 from os_cli.mix.rng import row_seed, sample_seed
+from os_cli.recipe.typed import Output, Prompts, Recipe, Sampling
+from os_cli.run import testing_hooks
 from os_cli.run.signals import StopSignals
+from os_cli.store.record_format import TOPK_OF_DEFAULT, RecordSettings, build_record
 
 # Finished rows are appended at most every WRITE_INTERVAL_S, and never more often than keeps writing
 # under 1/WRITE_COST_FACTOR of the run: each append rewrites and fsyncs the current shard, which grows
@@ -45,20 +45,25 @@ WRITE_COST_FACTOR = 20
 class StreamSettings:
     """What the sampling loop reads of a recipe: these sections and keys, not the recipe."""
 
-    sampling: Sampling     # the `sampling` section
-    alpha_method: str      # alpha.method, written in every record
-    per_token: bool        # output.per_token
-    keep_fields: Any       # dataset.keep_fields: all | none | [field, ...]
+    sampling: Sampling  # the `sampling` section
+    alpha_method: str  # alpha.method, written in every record
+    per_token: bool  # output.per_token
+    keep_fields: Any  # dataset.keep_fields: all | none | [field, ...]
     teacher_prompts: bool  # prompts.teacher is set: the teacher reads its own prompts
     topk_logprobs: int = 0  # output.topk_logprobs (0: off)
     topk_of: tuple = TOPK_OF_DEFAULT  # output.topk_of
 
     @classmethod
-    def of(cls, recipe: Recipe) -> "StreamSettings":
-        return cls(sampling=recipe.sampling, alpha_method=recipe.alpha.method,
-                   per_token=recipe.output.per_token, keep_fields=recipe.dataset.keep_fields,
-                   teacher_prompts=recipe.prompts.teacher is not None,
-                   topk_logprobs=recipe.output.topk_logprobs, topk_of=recipe.output.topk_of)
+    def of(cls, recipe: Recipe) -> StreamSettings:
+        return cls(
+            sampling=recipe.sampling,
+            alpha_method=recipe.alpha.method,
+            per_token=recipe.output.per_token,
+            keep_fields=recipe.dataset.keep_fields,
+            teacher_prompts=recipe.prompts.teacher is not None,
+            topk_logprobs=recipe.output.topk_logprobs,
+            topk_of=recipe.output.topk_of,
+        )
 
 
 class RunEvents:
@@ -99,8 +104,11 @@ class Distributed:
             self.rank, self.world_size = self.state.process_index, self.state.num_processes
             self.device = self.state.device
             if self.world_size != launched:
-                raise UserError(f"WORLD_SIZE is {launched} but accelerate formed a group of {self.world_size} "
-                                f"processes; launch with `accelerate launch` or `torchrun`", exit_code=1)
+                raise UserError(
+                    f"WORLD_SIZE is {launched} but accelerate formed a group of {self.world_size} "
+                    f"processes; launch with `accelerate launch` or `torchrun`",
+                    exit_code=1,
+                )
 
     @property
     def is_main(self) -> bool:
@@ -123,21 +131,34 @@ def check_draft_tokens(sampling: Sampling, prompts: Prompts, places) -> None:
     if not k:
         return
     if places.teacher in (None, places.theta) and prompts.teacher is None:
-        raise UserError(f"sampling.draft_tokens: {k} needs a teacher that differs from theta (models.teacher, or "
-                        f"prompts.teacher for a hint); with one model on the same prompts q* is pi_theta and there "
-                        f"is nothing to draft. Set sampling.draft_tokens: 0")
+        raise UserError(
+            f"sampling.draft_tokens: {k} needs a teacher that differs from theta (models.teacher, or "
+            f"prompts.teacher for a hint); with one model on the same prompts q* is pi_theta and there "
+            f"is nothing to draft. Set sampling.draft_tokens: 0"
+        )
 
 
 def check_topk_logprobs(output: Output, theta_name: str, vocab_size: int) -> None:
     """output.topk_logprobs is at most the vocabulary (theta's tokenizer), checked before models load."""
     k = output.topk_logprobs
     if k > vocab_size:
-        raise UserError(f"output.topk_logprobs: {k} is more than the vocabulary ({vocab_size} tokens in "
-                        f"{theta_name}'s tokenizer); allowed: 0 (off) or 1..{vocab_size}")
+        raise UserError(
+            f"output.topk_logprobs: {k} is more than the vocabulary ({vocab_size} tokens in "
+            f"{theta_name}'s tokenizer); allowed: 0 (off) or 1..{vocab_size}"
+        )
 
 
-def run_in_folder(recipe: Recipe, out_dir: Path, dist: Distributed, planned, events: RunEvents, *, overwrite: bool,
-                  resume: bool, repair: bool) -> None:
+def run_in_folder(
+    recipe: Recipe,
+    out_dir: Path,
+    dist: Distributed,
+    planned,
+    events: RunEvents,
+    *,
+    overwrite: bool,
+    resume: bool,
+    repair: bool,
+) -> None:
     """The output folder, before the (slow) model load: refuse a foreign folder, a changed recipe or dataset,
     a path that cannot be written; then lock it (exit 1 if another run holds it) and run (`run_locked`)."""
     from os_cli.store.folder import FolderLock, check_writable, finish_swap, make_folder
@@ -157,15 +178,32 @@ def run_in_folder(recipe: Recipe, out_dir: Path, dist: Distributed, planned, eve
             lock.release()
 
 
-def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, planned, locks, events: RunEvents, *,
-               overwrite: bool, resume: bool, repair: bool) -> None:
+def run_locked(
+    recipe: Recipe,
+    out_dir: Path,
+    dist: Distributed,
+    planned,
+    locks,
+    events: RunEvents,
+    *,
+    overwrite: bool,
+    resume: bool,
+    repair: bool,
+) -> None:
     """Everything after the folder lock: resume scan, model load, sampling, the --overwrite swap.
     `planned`: the checked plan (run/plan.Planned: its rows, rendered prompts and plan entries)."""
-    from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
     from os_cli.api.build import build_model
     from os_cli.recipe import model_settings
-    from os_cli.store.writer import (RunWriter, check_output, check_plan, num_samples_of, read_manifest, scan_records,
-                         token_spec)
+    from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
+    from os_cli.store.writer import (
+        RunWriter,
+        check_output,
+        check_plan,
+        num_samples_of,
+        read_manifest,
+        scan_records,
+        token_spec,
+    )
 
     rows, rendered, plan = planned.rows, planned.rendered, planned.entries
     note = events.note if dist.is_main else (lambda message: None)
@@ -173,8 +211,10 @@ def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, planned, locks,
     if resume and mode == "new":
         note(f"--resume: nothing to resume in {out_dir}; starting a new run")
     if mode != "overwrite" and staging_dir(out_dir).exists():
-        note(f"note: {staging_dir(out_dir)} holds an --overwrite run of this folder that did not complete; "
-             f"rerun that command to start it again, or delete the folder")
+        note(
+            f"note: {staging_dir(out_dir)} holds an --overwrite run of this folder that did not complete; "
+            f"rerun that command to start it again, or delete the folder"
+        )
     planned_ids = [row_id for row_id, _ in rows]
     position = {row_id: i for i, row_id in enumerate(planned_ids)}
     mine = [it for it in rendered.items if position[it.id] % dist.world_size == dist.rank]
@@ -193,8 +233,7 @@ def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, planned, locks,
             locks.append(FolderLock(target, dist.rank).acquire())
     model, device = None, None
     if any((it.id, k) not in done_before for it, k in units):
-        note(f"loading models: theta={recipe.models.theta} "
-             f"teacher={recipe.models.teacher or '(same as theta)'}")
+        note(f"loading models: theta={recipe.models.theta} teacher={recipe.models.teacher or '(same as theta)'}")
         extra = {}
         if dist.device is not None and model_settings(recipe.models, "theta")["device"][0] == "auto":
             extra["device"] = str(dist.device)  # theta's; a teacher without its own device follows
@@ -228,8 +267,9 @@ def run_locked(recipe: Recipe, out_dir: Path, dist: Distributed, planned, locks,
             events.note(text)
 
 
-def sample(settings: StreamSettings, model, writer, dist: Distributed, pending, total_mine: int,
-           events: RunEvents) -> str:
+def sample(
+    settings: StreamSettings, model, writer, dist: Distributed, pending, total_mine: int, events: RunEvents
+) -> str:
     """Stream `pending` (row, sample) units through the engine, appending records as rows end."""
     signals = StopSignals()
     signals.install()
@@ -255,19 +295,21 @@ def sample(settings: StreamSettings, model, writer, dist: Distributed, pending, 
     return status
 
 
-def stream_units(settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents,
-                 signals: StopSignals) -> None:
+def stream_units(
+    settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents, signals: StopSignals
+) -> None:
     """Stream `pending` (row, sample) units through `model`'s refill loop, `writer.append`ing records as rows
     end (the loop of one process; also each Ray actor's, run/ray_backend.py)."""
     _stream(settings, model, writer, pending, total_mine, events, signals)
 
 
-def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents,
-            signals: StopSignals) -> None:
-    from os_cli.bench.measure import is_oom
-    from os_cli.prompts.data import kept_row
+def _stream(
+    settings: StreamSettings, model, writer, pending, total_mine: int, events: RunEvents, signals: StopSignals
+) -> None:
     from os_cli.api.rows import StreamRow
+    from os_cli.bench.measure import is_oom
     from os_cli.engine.scheduler import InFlightLimit, SchedulerStats
+    from os_cli.prompts.data import kept_row
 
     sampling = settings.sampling
     teacher_prompts = settings.teacher_prompts
@@ -284,8 +326,12 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
         nonlocal pulled
         for index, (item, k) in enumerate(pending):
             pulled += 1
-            yield StreamRow(item.prompt, item.prompt_t if teacher_prompts else None,
-                            seed=unit_seed(sampling.seed, item, k), id=index)
+            yield StreamRow(
+                item.prompt,
+                item.prompt_t if teacher_prompts else None,
+                seed=unit_seed(sampling.seed, item, k),
+                id=index,
+            )
 
     buffer: list[tuple[dict, int, list[float], list[float]]] = []
     last_write, interval = 0.0, WRITE_INTERVAL_S
@@ -306,26 +352,42 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
     fixed_slots = bool(getattr(model, "compile", False))
     testing_hooks.before_sampling()
     outputs = model.generate_stream(
-        rows(), max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-        top_p=sampling.top_p, top_k=sampling.top_k, stop=list(sampling.stop) or None,
-        draft_tokens=sampling.draft_tokens, limit=limit, stats=SchedulerStats(),
+        rows(),
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
+        stop=list(sampling.stop) or None,
+        draft_tokens=sampling.draft_tokens,
+        limit=limit,
+        stats=SchedulerStats(),
         oom_backoff=not fixed_slots,  # models.compile: batch_size slots fix the step's memory, nothing to back off
-        separate_teacher_prompts=teacher_prompts, topk_logprobs=settings.topk_logprobs,
+        separate_teacher_prompts=teacher_prompts,
+        topk_logprobs=settings.topk_logprobs,
         topk_of=settings.topk_of,
     )
     try:
         for out in outputs:
             finished += 1
             for rows_then, new_limit, _ in limit.backoffs[backoffs:]:
-                events.note(f"out of memory at batch size {rows_then}: retrying with batch size {new_limit} "
-                            f"(rows in flight; the rows beyond it restart, their records unchanged)")
+                events.note(
+                    f"out of memory at batch size {rows_then}: retrying with batch size {new_limit} "
+                    f"(rows in flight; the rows beyond it restart, their records unchanged)"
+                )
             backoffs = len(limit.backoffs)
             item, k = pending[out.id]
             alpha = [a for a in out.traces["alpha"].tolist() if a == a]
             ess = [e for e in out.traces["ess_ratio"].tolist() if e == e]
-            record = build_record(record_settings, out, row_id=item.id, sample=k, prompt=item.prompt,
-                                  prompt_t=item.prompt_t, messages=item.messages,
-                                  row=kept_row(settings.keep_fields, item.row))
+            record = build_record(
+                record_settings,
+                out,
+                row_id=item.id,
+                sample=k,
+                prompt=item.prompt,
+                prompt_t=item.prompt_t,
+                messages=item.messages,
+                row=kept_row(settings.keep_fields, item.row),
+            )
             buffer.append((record, len(out.token_ids), alpha, ess))
             events.in_flight(min(pulled - finished, limit.value), limit.value)
             if time.monotonic() - last_write >= interval or finished == len(pending):
@@ -345,7 +407,8 @@ def _stream(settings: StreamSettings, model, writer, pending, total_mine: int, e
         fixed = "lower sampling.batch_size (models.compile keeps that many slots: no back-off), " if fixed_slots else ""
         raise UserError(
             f"out of memory with batch size {limit.value}; {fixed}lower sampling.max_new_tokens, use a smaller dtype "
-            f"or models.quantization: 4bit, or a larger device", exit_code=1,
+            f"or models.quantization: 4bit, or a larger device",
+            exit_code=1,
         ) from None
     finally:
         outputs.close()

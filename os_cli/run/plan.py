@@ -16,8 +16,9 @@ return.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 from os_cli.errors import UserError
 from os_cli.recipe.typed import Dataset, Recipe
 
@@ -27,9 +28,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Planned:
-    rows: list       # [(id, row)] in dataset order (data.load_rows)
+    rows: list  # [(id, row)] in dataset order (data.load_rows)
     rendered: Rendered  # the rows that can be sampled, and the bad ones (errors.jsonl)
-    entries: list    # plan.jsonl entries, one per planned row (writer.plan_entries)
+    entries: list  # plan.jsonl entries, one per planned row (writer.plan_entries)
 
 
 def run_warnings(recipe: Recipe) -> list[str]:
@@ -52,17 +53,19 @@ def records_text(rows: int | None, samples: int, up_to: bool = False) -> str:
 
 
 def nothing_planned(dataset: Dataset) -> str:
-    return (f"nothing to generate: no rows are planned (dataset.skip {dataset.skip}, dataset.limit "
-            f"{dataset.limit}); lower dataset.skip or raise the limit")
+    return (
+        f"nothing to generate: no rows are planned (dataset.skip {dataset.skip}, dataset.limit "
+        f"{dataset.limit}); lower dataset.skip or raise the limit"
+    )
 
 
 def plan_rows(recipe: Recipe) -> Planned:
     """Rows, prompts and plan entries of a loaded recipe, every check that needs no weights made; raises
     `UserError` (no rows, a placement this machine cannot run, a hub model out of reach, a bad row)."""
     from os_cli.api.build import check_models_reachable, check_placement
-    from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.models.hub import load_tokenizers
     from os_cli.models.preflight import model_contexts
+    from os_cli.prompts.data import load_rows, render_prompts
     from os_cli.prompts.lengths import screen_prompts
     from os_cli.run.loop import check_topk_logprobs
     from os_cli.store.writer import plan_entries
@@ -75,11 +78,19 @@ def plan_rows(recipe: Recipe) -> Planned:
     check_models_reachable(models, places)
     tokenizer, tokenizer_t = load_tokenizers(models, places)
     check_topk_logprobs(recipe.output, models.theta, len(tokenizer))
-    rendered = render_prompts(prompts, tokenizer, rows, tokenizer_t=tokenizer_t, models=models,
-                              skip=recipe.dataset.skip)
-    screen_prompts(prompts, rendered, tokenizer, tokenizer_t, model_contexts(models, places, tokenizer, tokenizer_t),
-                   models=models, max_new_tokens=recipe.sampling.max_new_tokens,
-                   draft_tokens=recipe.sampling.draft_tokens)
+    rendered = render_prompts(
+        prompts, tokenizer, rows, tokenizer_t=tokenizer_t, models=models, skip=recipe.dataset.skip
+    )
+    screen_prompts(
+        prompts,
+        rendered,
+        tokenizer,
+        tokenizer_t,
+        model_contexts(models, places, tokenizer, tokenizer_t),
+        models=models,
+        max_new_tokens=recipe.sampling.max_new_tokens,
+        draft_tokens=recipe.sampling.draft_tokens,
+    )
     entries = plan_entries([row_id for row_id, _ in rows], rendered.items, rendered.errors)
     return Planned(rows=rows, rendered=rendered, entries=entries)
 

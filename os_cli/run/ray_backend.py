@@ -42,16 +42,16 @@ from os_cli.store.shared_writers import (
 )
 
 INSTALL_HINT = "pip install 'os-sample[ray]'"
-TASK_ROWS_FACTOR = 4     # units per Ray task: this many times sampling.batch_size (the refill loop stays full)
-DRIVER_CPUS = 1          # the driver's Ray Data read/bookkeeping tasks need a CPU beside the actors'
+TASK_ROWS_FACTOR = 4  # units per Ray task: this many times sampling.batch_size (the refill loop stays full)
+DRIVER_CPUS = 1  # the driver's Ray Data read/bookkeeping tasks need a CPU beside the actors'
 
 
 @dataclass(frozen=True)
 class RayLaunch:
     """Where and how wide (`--ray-address`, `--actors`): launch settings, not part of the recipe or its hash."""
 
-    address: str | None = None   # None: a local Ray on this machine; "auto" or the head's HOST:PORT
-    actors: int | None = None    # None: one per placement's GPUs in the cluster (1 on CPU)
+    address: str | None = None  # None: a local Ray on this machine; "auto" or the head's HOST:PORT
+    actors: int | None = None  # None: one per placement's GPUs in the cluster (1 on CPU)
 
 
 def require_ray():
@@ -60,7 +60,9 @@ def require_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise UserError(f"--backend ray needs Ray Data, which is not installed; install it with: {INSTALL_HINT}") from None
+        raise UserError(
+            f"--backend ray needs Ray Data, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
     return ray
 
 
@@ -117,7 +119,8 @@ def check_fits(cluster: dict, actors: int, cpus: float, gpus: float, where: str)
         raise UserError(
             f"--actors {actors}: each actor needs {cpus:g} CPU and {gpus:g} GPU (from the recipe's placement), "
             f"{need_cpu:g} CPUs (one more for Ray Data's own tasks) and {need_gpu:g} GPUs in all, but the Ray "
-            f"cluster at {where} has {have_cpu:g} CPUs and {have_gpu:g} GPUs; use fewer --actors or add nodes")
+            f"cluster at {where} has {have_cpu:g} CPUs and {have_gpu:g} GPUs; use fewer --actors or add nodes"
+        )
 
 
 def default_actors(cluster: dict, gpus: float) -> int:
@@ -226,22 +229,38 @@ def _connect(ray, address: str | None, actors: int | None) -> str:
     if ray.is_initialized():  # a caller (a notebook, a test) joined a cluster already: use it
         return "the Ray cluster this process joined"
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # Ray's C++ log lines would go to our console
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                  configure_logging=True, ignore_reinit_error=True)
+    common = dict(
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+        ignore_reinit_error=True,
+    )
     if address:
         try:
             ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with "
-                            f"`ray start --head` or give the head's HOST:PORT") from None
+            raise UserError(
+                f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with "
+                f"`ray start --head` or give the head's HOST:PORT"
+            ) from None
         return address
     cpus = max(os.cpu_count() or 1, (actors or 1) + DRIVER_CPUS)  # logical CPUs may exceed the cores
     ray.init(num_cpus=cpus, **common)
     return "a local Ray (this machine)"
 
 
-def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, launch: RayLaunch = RayLaunch(), *,
-            overwrite: bool = False, resume: bool = False, repair: bool = False) -> None:
+def run_ray(
+    recipe: Recipe,
+    out_dir: Path,
+    planned,
+    events: RunEvents,
+    launch: RayLaunch = RayLaunch(),
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    repair: bool = False,
+) -> None:
     """The Ray backend of `generate`: the folder checked and locked by this driver, rows sampled by actors."""
     ray = require_ray()
     from os_cli.store.folder import FolderLock, check_writable, finish_swap, make_folder
@@ -256,8 +275,18 @@ def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, launch: R
     locks = [FolderLock(out_dir, 0).acquire()]
     joined = ray.is_initialized()
     try:
-        _run_locked(ray, recipe, Path(out_dir), planned, events, locks, launch, overwrite=overwrite, resume=resume,
-                    repair=repair)
+        _run_locked(
+            ray,
+            recipe,
+            Path(out_dir),
+            planned,
+            events,
+            locks,
+            launch,
+            overwrite=overwrite,
+            resume=resume,
+            repair=repair,
+        )
     finally:
         for lock in locks:
             lock.release()
@@ -265,8 +294,19 @@ def run_ray(recipe: Recipe, out_dir: Path, planned, events: RunEvents, launch: R
             ray.shutdown()
 
 
-def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, locks, launch: RayLaunch, *,
-                overwrite: bool, resume: bool, repair: bool) -> None:
+def _run_locked(
+    ray,
+    recipe: Recipe,
+    out_dir: Path,
+    planned,
+    events: RunEvents,
+    locks,
+    launch: RayLaunch,
+    *,
+    overwrite: bool,
+    resume: bool,
+    repair: bool,
+) -> None:
     from os_cli.store.folder import FolderLock, prepare_staging, staging_dir, swap_in
     from os_cli.store.writer import RunWriter, check_output, num_samples_of, scan_records, token_spec
 
@@ -284,8 +324,14 @@ def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, 
     units = [(it, k) for it in rendered.items for k in range(n_samples)]
     writer = RunWriter(target, recipe, rank=0, world_size=1)
     places = recipe.places
-    done = writer.start(planned_ids, rendered.errors, models={"theta": places.theta, "teacher": places.teacher},
-                        device="ray", plan=plan, repair=repair)
+    done = writer.start(
+        planned_ids,
+        rendered.errors,
+        models={"theta": places.theta, "teacher": places.teacher},
+        device="ray",
+        plan=plan,
+        repair=repair,
+    )
     for text in writer.notes:
         events.note(text)
     if mode == "resume":
@@ -308,16 +354,22 @@ def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, 
             if actors is None and not gpus:
                 cpus, gpus = actor_resources(recipe, cluster, n_actors)
             check_fits(cluster, n_actors, cpus, gpus, where)
-            events.note(f"Ray: {n_actors} actor(s) on {where}, each {cpus:g} CPU, {gpus:g} GPU; "
-                        f"{len(pending)} records to sample")
+            events.note(
+                f"Ray: {n_actors} actor(s) on {where}, each {cpus:g} CPU, {gpus:g} GPU; "
+                f"{len(pending)} records to sample"
+            )
             signals.install()
             writer.manifest["ray"] = {"actors": n_actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus}
             devices = _dispatch(ray, recipe, target, pending, events, total, n_actors, cpus, gpus)
-        left = [key for key in ((it.id, k) for it, k in units)
-                if key not in scan_records(target, spec=token_spec(recipe))]
+        left = [
+            key for key in ((it.id, k) for it, k in units) if key not in scan_records(target, spec=token_spec(recipe))
+        ]
         if left:
-            raise UserError(f"{len(left)} record(s) were not written (e.g. id {left[0][0]!r}); rerun the same "
-                            f"command to sample them", exit_code=1)
+            raise UserError(
+                f"{len(left)} record(s) were not written (e.g. id {left[0][0]!r}); rerun the same "
+                f"command to sample them",
+                exit_code=1,
+            )
         status = "complete"
     except KeyboardInterrupt:
         status, message = "interrupted", "stopped by a signal; rerun the same command to resume"
@@ -343,8 +395,9 @@ def _run_locked(ray, recipe: Recipe, out_dir: Path, planned, events: RunEvents, 
             events.note(text)
 
 
-def _dispatch(ray, recipe: Recipe, target: Path, pending, events: RunEvents, total: int,
-              n_actors: int, cpus: float, gpus: float) -> set[str]:
+def _dispatch(
+    ray, recipe: Recipe, target: Path, pending, events: RunEvents, total: int, n_actors: int, cpus: float, gpus: float
+) -> set[str]:
     """Hand `pending` out to `n_actors` actors and report their results as tasks finish."""
     import pickle
 
@@ -355,10 +408,13 @@ def _dispatch(ray, recipe: Recipe, target: Path, pending, events: RunEvents, tot
     payloads = [{"unit": pickle.dumps(unit, protocol=pickle.HIGHEST_PROTOCOL)} for unit in pending]
     ds = ray.data.from_items(payloads, override_num_blocks=blocks)
     ds = ds.map_batches(
-        SampleActor, batch_size=task_rows, batch_format="numpy",
+        SampleActor,
+        batch_size=task_rows,
+        batch_format="numpy",
         fn_constructor_kwargs={"recipe": recipe, "folder": str(target)},
         compute=ray.data.ActorPoolStrategy(size=n_actors, max_tasks_in_flight_per_actor=1),
-        num_cpus=cpus, num_gpus=gpus or None,
+        num_cpus=cpus,
+        num_gpus=gpus or None,
     )
     events.started(total, total - len(pending), task_rows * n_actors, "ray")  # at most one task per actor in flight
     events.actors(alive_writers(target), n_actors)

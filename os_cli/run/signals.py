@@ -72,8 +72,13 @@ class StopSignals:
                     if self.deferring:  # records are being written: let it finish
                         deadline = time.monotonic() + STOP_GRACE_S
                     elif time.monotonic() >= deadline:
-                        os.write(2, (f"\nstopped by a signal while the models were busy; exiting now "
-                                     f"(the rows in flight are redone when the same command is rerun)\n").encode())
+                        os.write(
+                            2,
+                            (
+                                b"\nstopped by a signal while the models were busy; exiting now "
+                                b"(the rows in flight are redone when the same command is rerun)\n"
+                            ),
+                        )
                         os._exit(EXIT_INTERRUPTED)
                 return
         finally:

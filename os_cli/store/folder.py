@@ -84,7 +84,7 @@ class FolderLock:
         self.path = Path(folder) / lock_name(rank)
         self.fd: int | None = None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,7 +97,8 @@ class FolderLock:
             folder = self.path.parent
             raise UserError(
                 f"{folder} is being written by another os-sample run ({holder}); wait for it to finish, "
-                f"stop it, or choose another --output", exit_code=1,
+                f"stop it, or choose another --output",
+                exit_code=1,
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
@@ -141,8 +142,9 @@ def check_writable(out_dir: Path, *, min_free: int = MIN_FREE_BYTES) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"--output {out_dir}: cannot write in {probe_dir} ({exc.strerror or exc}); "
-                        f"choose another --output") from None
+        raise UserError(
+            f"--output {out_dir}: cannot write in {probe_dir} ({exc.strerror or exc}); choose another --output"
+        ) from None
     _check_free(out_dir, probe_dir, min_free)
 
 
@@ -150,16 +152,19 @@ def make_folder(out_dir: Path) -> None:
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"--output {out_dir}: cannot create the folder ({exc.strerror or exc}); "
-                        f"choose another --output") from None
+        raise UserError(
+            f"--output {out_dir}: cannot create the folder ({exc.strerror or exc}); choose another --output"
+        ) from None
 
 
 def _check_free(out_dir: Path, probe_dir: Path, min_free: int) -> None:
     free = free_bytes(probe_dir)
     if free < min_free:
-        raise UserError(f"--output {out_dir}: the file system of {probe_dir} has {free // 2**20} MiB free, "
-                        f"less than the {min_free // 2**20} MiB this run needs to start; free space or "
-                        f"choose another --output")
+        raise UserError(
+            f"--output {out_dir}: the file system of {probe_dir} has {free // 2**20} MiB free, "
+            f"less than the {min_free // 2**20} MiB this run needs to start; free space or "
+            f"choose another --output"
+        )
 
 
 def free_bytes(folder: Path) -> int:
@@ -185,15 +190,19 @@ def prepare_staging(out_dir: Path) -> Path:
     """
     stage = staging_dir(out_dir)
     if previous_dir(out_dir).exists() or previous_dir(out_dir).is_symlink():
-        raise UserError(f"{previous_dir(out_dir)} (left by an earlier --overwrite) is in the way of the swap; "
-                        f"move its files away and remove it")
+        raise UserError(
+            f"{previous_dir(out_dir)} (left by an earlier --overwrite) is in the way of the swap; "
+            f"move its files away and remove it"
+        )
     if stage.exists() or stage.is_symlink():
         if stage.is_symlink() or not stage.is_dir():
             raise UserError(f"--overwrite needs {stage} for the new run, and it is not a folder; remove it")
         foreign = foreign_entries(stage)
         if foreign:
-            raise UserError(f"--overwrite needs {stage} for the new run, and it holds files os-sample did not "
-                            f"write ({', '.join(foreign[:5])}); move them away")
+            raise UserError(
+                f"--overwrite needs {stage} for the new run, and it holds files os-sample did not "
+                f"write ({', '.join(foreign[:5])}); move them away"
+            )
         for path in stage.iterdir():
             if not LOCK_RE.match(path.name):
                 path.unlink()
@@ -201,12 +210,16 @@ def prepare_staging(out_dir: Path) -> Path:
         try:
             stage.mkdir()
         except OSError as exc:
-            raise UserError(f"--overwrite writes the new run in {stage} beside {out_dir} and swaps it in when "
-                            f"it completes; cannot create it ({exc.strerror or exc})") from None
+            raise UserError(
+                f"--overwrite writes the new run in {stage} beside {out_dir} and swaps it in when "
+                f"it completes; cannot create it ({exc.strerror or exc})"
+            ) from None
     fsync_dir(stage.parent)
     if os.stat(stage).st_dev != os.stat(out_dir).st_dev:
-        raise UserError(f"--overwrite writes the new run in {stage} and swaps it in by renaming, but {out_dir} is on "
-                        f"another file system (a mount point?); empty it yourself or choose another --output")
+        raise UserError(
+            f"--overwrite writes the new run in {stage} and swaps it in by renaming, but {out_dir} is on "
+            f"another file system (a mount point?); empty it yourself or choose another --output"
+        )
     return stage
 
 

@@ -57,14 +57,15 @@ def check_dataset(out_dir: Path, manifest: Mapping, plan: Sequence[list]) -> Non
     old_fp = manifest.get("dataset_fingerprint")
     if old_fp is None or old_fp == plan_fingerprint(plan):
         return
-    advice = ("restore the dataset the folder was written from, or use --output NEW_DIR "
-              "(or --overwrite to start over)")
+    advice = "restore the dataset the folder was written from, or use --output NEW_DIR (or --overwrite to start over)"
     path = Path(out_dir) / str(manifest.get("plan_file") or PLAN_FILE)
     try:
         old_plan = {e[0]: e for e in (json.loads(x) for x in path.read_bytes().splitlines() if x.strip())}
     except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-        raise UserError(f"the dataset changed since {out_dir} was written (its fingerprint differs; {path} "
-                        f"is unreadable: {exc}); {advice}") from None
+        raise UserError(
+            f"the dataset changed since {out_dir} was written (its fingerprint differs; {path} "
+            f"is unreadable: {exc}); {advice}"
+        ) from None
     changed = [(old_plan[e[0]], e) for e in plan if e[0] in old_plan and old_plan[e[0]] != e]
     if not changed:
         return  # only rows added or left out (a changed limit); check_plan judges written rows

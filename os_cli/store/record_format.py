@@ -21,32 +21,45 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from os_cli.errors import UserError
 from os_cli.mix.distributions import DISTRIBUTIONS, TOPK_OF_DEFAULT
 from os_cli.recipe.typed import Recipe
 
-FORMAT = 2            # 2: ids.txt holds JSON strings, plan.jsonl and the dataset fingerprint exist
+FORMAT = 2  # 2: ids.txt holds JSON strings, plan.jsonl and the dataset fingerprint exist
 MANIFEST = "manifest.json"
 IDS_FILE = "ids.txt"
 ERRORS_FILE = "errors.jsonl"
 PLAN_FILE = "plan.jsonl"
 
-REQUIRED_KEYS = ("id", "alpha_method", "prompt", "prompt_t", "completion", "num_tokens", "finish_reason",
-                 "alpha", "ess_ratio", "kl_theta", "kl_t", "logprob", "row")
-STAT_KEYS = ("mean", "min", "max")              # of alpha, ess_ratio, kl_theta, kl_t
-LOGPROB_KEYS = DISTRIBUTIONS                    # of logprob: theta, t, q
+REQUIRED_KEYS = (
+    "id",
+    "alpha_method",
+    "prompt",
+    "prompt_t",
+    "completion",
+    "num_tokens",
+    "finish_reason",
+    "alpha",
+    "ess_ratio",
+    "kl_theta",
+    "kl_t",
+    "logprob",
+    "row",
+)
+STAT_KEYS = ("mean", "min", "max")  # of alpha, ess_ratio, kl_theta, kl_t
+LOGPROB_KEYS = DISTRIBUTIONS  # of logprob: theta, t, q
 # output.topk_logprobs: K adds to `tokens` the teacher's top-K ids per token and, per distribution
 # named in output.topk_of (LOGPROB_KEYS), their log-probabilities (os_cli/topk.py)
 TOPK_IDS = "topk_ids"
-TOPK_LOGPROB = "topk_logprob_"                  # + theta | t | q
+TOPK_LOGPROB = "topk_logprob_"  # + theta | t | q
 STAT_FIELDS = ("alpha", "ess_ratio", "kl_theta", "kl_t")
 TOKEN_KEYS = ("ids", *STAT_FIELDS, *(f"logprob_{side}" for side in LOGPROB_KEYS))  # `tokens`: per-token lists
-SAMPLE_KEY = "sample"                           # optional: absent = 0
-MESSAGES_KEY = "messages"                       # optional: chat runs only
+SAMPLE_KEY = "sample"  # optional: absent = 0
+MESSAGES_KEY = "messages"  # optional: chat runs only
 
 # Characters that some readers treat as line breaks although JSON leaves them unescaped.
 _LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
@@ -230,7 +243,7 @@ def read_ids(path: Path, fmt: Any = FORMAT) -> list[str]:
     try:
         data = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        lineno = raw[:exc.start].count(b"\n") + 1
+        lineno = raw[: exc.start].count(b"\n") + 1
         raise IdsFileError(f"{path}:{lineno}: not UTF-8 (byte {exc.start})", lineno) from None
     lines = data.split("\n")
     if lines and lines[-1] == "":
@@ -286,8 +299,11 @@ def stat_summary(values: Sequence[float]) -> dict:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return {"mean": None, "min": None, "max": None}
-    return {"mean": short_float(sum(finite) / len(finite)), "min": short_float(min(finite)),
-            "max": short_float(max(finite))}
+    return {
+        "mean": short_float(sum(finite) / len(finite)),
+        "min": short_float(min(finite)),
+        "max": short_float(max(finite)),
+    }
 
 
 def _seq_sum(values: Sequence[float]) -> float | None:
@@ -307,8 +323,9 @@ class RecordSettings:
     topk_logprobs: int = 0
 
 
-def build_record(settings: RecordSettings, output, *, row_id: str, sample: int, prompt: str, prompt_t: str,
-                 messages, row: Mapping) -> dict:
+def build_record(
+    settings: RecordSettings, output, *, row_id: str, sample: int, prompt: str, prompt_t: str, messages, row: Mapping
+) -> dict:
     """The record of one (row, sample) from the row's `output` (`RowOutput`, api/rows.py: text, token_ids,
     finish_reason, traces, topk_ids, topk_logprobs). `traces` are the engine's per-token values of the
     row's real tokens (alpha, ess_ratio, kl_theta, kl_t, logprob_theta/t/q), tensors or lists. With
@@ -316,11 +333,15 @@ def build_record(settings: RecordSettings, output, *, row_id: str, sample: int, 
     TOPK_IDS and TOPK_LOGPROB + name; they imply `tokens` (aligned with its ids)."""
     traces, topk_ids = output.traces, output.topk_ids
     if settings.topk_logprobs and topk_ids is None:
-        raise ValueError(f"row {row_id!r}: the run records top-{settings.topk_logprobs} log-probs but the row's "
-                         f"output has none")
+        raise ValueError(
+            f"row {row_id!r}: the run records top-{settings.topk_logprobs} log-probs but the row's output has none"
+        )
     token_ids = output.token_ids.tolist() if hasattr(output.token_ids, "tolist") else list(output.token_ids)
-    values = {k: [float(v) for v in (traces[k].double().tolist() if hasattr(traces[k], "double") else traces[k])]
-              for k in TOKEN_KEYS if k != "ids"}
+    values = {
+        k: [float(v) for v in (traces[k].double().tolist() if hasattr(traces[k], "double") else traces[k])]
+        for k in TOKEN_KEYS
+        if k != "ids"
+    }
     record = {
         "id": row_id,
         SAMPLE_KEY: sample,
@@ -337,8 +358,10 @@ def build_record(settings: RecordSettings, output, *, row_id: str, sample: int, 
     if messages is not None:
         record[MESSAGES_KEY] = messages
     if settings.per_token or settings.topk_logprobs:
-        record["tokens"] = {key: [int(t) for t in token_ids] if key == "ids" else
-                            [short_float(v) for v in values[key]] for key in TOKEN_KEYS}
+        record["tokens"] = {
+            key: [int(t) for t in token_ids] if key == "ids" else [short_float(v) for v in values[key]]
+            for key in TOKEN_KEYS
+        }
     if settings.topk_logprobs:
         as_list = lambda x: x.tolist() if hasattr(x, "tolist") else list(x)  # noqa: E731
         record["tokens"][TOPK_IDS] = [[int(i) for i in ids] for ids in as_list(topk_ids)]

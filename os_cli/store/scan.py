@@ -45,9 +45,9 @@ def shard_owner(path: Path, world_size: int) -> int:
 @dataclass
 class BadLine:
     path: Path
-    line: int          # 1-based
+    line: int  # 1-based
     reason: str
-    torn: bool         # the shard's last line, and not JSON: a write cut short
+    torn: bool  # the shard's last line, and not JSON: a write cut short
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.reason}"
@@ -56,6 +56,7 @@ class BadLine:
 @dataclass
 class Scan:
     """What the shards hold: `done` {(id, sample): shard name} of complete records, and the invalid lines."""
+
     done: dict[tuple[str, int], str] = field(default_factory=dict)
     bad: list[BadLine] = field(default_factory=list)
 
@@ -84,8 +85,11 @@ def scan_shards(out_dir: Path, spec: TokenSpec | None = None) -> Scan:
                 continue
             key = record_key(record)
             if key in scan.done:
-                raise UserError(f"{shard}:{number}: {describe_key(key)} was already written to {scan.done[key]}; "
-                                f"the output folder is inconsistent (use --overwrite)", exit_code=1)
+                raise UserError(
+                    f"{shard}:{number}: {describe_key(key)} was already written to {scan.done[key]}; "
+                    f"the output folder is inconsistent (use --overwrite)",
+                    exit_code=1,
+                )
             scan.done[key] = shard.name
     return scan
 
@@ -111,8 +115,7 @@ def check_shards(scan: Scan, *, repair: bool) -> None:
     )
 
 
-def scan_records(out_dir: Path, *, repair: bool = True, spec: TokenSpec | None = None
-                 ) -> dict[tuple[str, int], str]:
+def scan_records(out_dir: Path, *, repair: bool = True, spec: TokenSpec | None = None) -> dict[tuple[str, int], str]:
     """`{(id, sample): shard file name}` of every complete record in every shard (invalid lines do not count)."""
     scan = scan_shards(out_dir, spec)
     check_shards(scan, repair=repair)
@@ -132,6 +135,10 @@ def drop_lines(bad: Sequence[BadLine]) -> None:
 
 def describe_drop(b: BadLine) -> str:
     if b.torn:
-        return (f"{b.path} line {b.line} is not a complete record ({b.reason}): a write cut short; dropped, "
-                f"its row is generated again")
-    return f"{b.path} line {b.line} is not a complete record ({b.reason}): dropped (--repair), its row is generated again"
+        return (
+            f"{b.path} line {b.line} is not a complete record ({b.reason}): a write cut short; dropped, "
+            f"its row is generated again"
+        )
+    return (
+        f"{b.path} line {b.line} is not a complete record ({b.reason}): dropped (--repair), its row is generated again"
+    )

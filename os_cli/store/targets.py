@@ -28,8 +28,12 @@ from os_cli.errors import UserError
 from os_cli.store.folder import is_own_file, lock_name, previous_dir, staging_dir
 from os_cli.store.record_format import MANIFEST
 
-_KINDS = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO (named pipe)"),
-          (stat.S_ISSOCK, "socket"))
+_KINDS = (
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -69,36 +73,45 @@ def _refuse_run_paths(real: Path, shown: str) -> None:
         inside = real.relative_to(folder).parts
         owned = next((part for part in inside if is_own_file(part)), None)
         if owned is not None:
-            raise UserError(f"{shown}: {owned!r} is a name os-sample uses for the run in {folder}; choose "
-                            f"another name or a path outside the run folder")
+            raise UserError(
+                f"{shown}: {owned!r} is a name os-sample uses for the run in {folder}; choose "
+                f"another name or a path outside the run folder"
+            )
         if os.path.lexists(real):
-            raise UserError(f"{shown} exists inside the run folder {folder}; nothing there is replaced, "
-                            f"--overwrite included: choose a new name or a path outside the run folder")
+            raise UserError(
+                f"{shown} exists inside the run folder {folder}; nothing there is replaced, "
+                f"--overwrite included: choose a new name or a path outside the run folder"
+            )
     for part in (real, *real.parents):
         run = _run_of_hidden_sibling(part)
         if run is not None:
-            raise UserError(f"{shown}: {part.name!r} is kept for the --overwrite of the run in {run}; choose "
-                            f"another path")
+            raise UserError(
+                f"{shown}: {part.name!r} is kept for the --overwrite of the run in {run}; choose another path"
+            )
 
 
-def check_target(path: str | Path, option: str, *, overwrite: bool, folder: bool = False,
-                 writes: str | None = None) -> Path:
+def check_target(
+    path: str | Path, option: str, *, overwrite: bool, folder: bool = False, writes: str | None = None
+) -> Path:
     """The real path to write for `path` (given as `option`, e.g. "--to"), or a UserError (exit 2).
     `folder`: the caller writes a folder, else a file; `writes` says so in a refusal of the other kind."""
     given = Path.cwd() / path  # not os.path.abspath: `link/..` is the link target's parent, as open() sees it
     shown = f"{option} {path}"
     for part in (given, *given.parents):
         if part.is_symlink() and not part.exists():
-            raise UserError(f"{shown}: {part} is a broken symbolic link (to {os.readlink(part)}); remove it or "
-                            f"choose another path")
+            raise UserError(
+                f"{shown}: {part} is a broken symbolic link (to {os.readlink(part)}); remove it or choose another path"
+            )
     try:
         mode = os.stat(given).st_mode  # what a link points to (/proc/self/fd/N included)
     except OSError:
         mode = None  # missing, under a file (named below), or not even stat-able (the write says why)
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = next((name for test, name in _KINDS if test(mode)), "special file")
-        raise UserError(f"{shown} is a {kind}, not a regular file or folder; {option} writes "
-                        f"{'a folder' if folder else 'a regular file'}: choose a path for one")
+        raise UserError(
+            f"{shown} is a {kind}, not a regular file or folder; {option} writes "
+            f"{'a folder' if folder else 'a regular file'}: choose a path for one"
+        )
     real = Path(os.path.realpath(given))
     if real != given:
         shown += f" (that is {real})"
@@ -122,5 +135,6 @@ def make_parents(real: Path, option: str) -> None:
     try:
         Path(real).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{option} {real}: cannot create the folder {Path(real).parent} "
-                        f"({exc.strerror or exc})") from None
+        raise UserError(
+            f"{option} {real}: cannot create the folder {Path(real).parent} ({exc.strerror or exc})"
+        ) from None

@@ -38,18 +38,38 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from os_cli.errors import UserError
-from os_cli.store.plan_digest import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
 from os_cli.machine import versions
 from os_cli.models.fingerprint import check_models, model_fingerprints
-from os_cli.store.folder import LOCK_RE, SHARD_RE, TMP_RE, fsync_dir, atomic_write, is_own_file  # noqa: F401
-from os_cli.store.record_format import (  # noqa: F401 - re-exported
-    ERRORS_FILE, FORMAT, IDS_FILE, MANIFEST, PLAN_FILE, REQUIRED_KEYS, encode_ids, encode_record,
-    num_samples_of, parse_record_line, read_ids, record_key, record_problem, token_spec,
-)
-from os_cli.recipe.typed import Recipe
 from os_cli.recipe import recipe_diff, recipe_hash
+from os_cli.recipe.typed import Recipe
+from os_cli.store.folder import LOCK_RE, SHARD_RE, TMP_RE, atomic_write, fsync_dir, is_own_file  # noqa: F401
+from os_cli.store.plan_digest import check_dataset, encode_plan, plan_entries, plan_fingerprint  # noqa: F401
+from os_cli.store.record_format import (  # noqa: F401 - re-exported
+    ERRORS_FILE,
+    FORMAT,
+    IDS_FILE,
+    MANIFEST,
+    PLAN_FILE,
+    REQUIRED_KEYS,
+    encode_ids,
+    encode_record,
+    num_samples_of,
+    parse_record_line,
+    read_ids,
+    record_key,
+    record_problem,
+    token_spec,
+)
 from os_cli.store.scan import (  # noqa: F401 - re-exported
-    BadLine, Scan, check_shards, describe_drop, drop_lines, list_shards, scan_records, scan_shards, shard_owner,
+    BadLine,
+    Scan,
+    check_shards,
+    describe_drop,
+    drop_lines,
+    list_shards,
+    scan_records,
+    scan_shards,
+    shard_owner,
 )
 
 
@@ -75,9 +95,12 @@ def read_manifest(out_dir: Path) -> dict | None:
 
 
 def is_our_manifest(manifest: Any) -> bool:
-    return (isinstance(manifest, dict) and isinstance(manifest.get("format"), int)
-            and isinstance(manifest.get("recipe"), dict)
-            and str(manifest.get("recipe_hash", "")).startswith("sha256:"))
+    return (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("format"), int)
+        and isinstance(manifest.get("recipe"), dict)
+        and str(manifest.get("recipe_hash", "")).startswith("sha256:")
+    )
 
 
 def _short(value: Any) -> str:
@@ -85,8 +108,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_output(out_dir: Path, recipe: Recipe, *, overwrite: bool = False,
-                 plan: Sequence[list] | None = None) -> str:
+def check_output(out_dir: Path, recipe: Recipe, *, overwrite: bool = False, plan: Sequence[list] | None = None) -> str:
     """What a run may do with `out_dir`: "new", "resume" or "overwrite". Read-only; refuses (exit 2):
 
     a file; a non-empty folder without a manifest os-sample wrote (with or without overwrite); a
@@ -118,8 +140,10 @@ def check_output(out_dir: Path, recipe: Recipe, *, overwrite: bool = False,
     if overwrite:
         return "overwrite"
     if manifest.get("format") != FORMAT:
-        raise UserError(f"{out_dir}/{MANIFEST} has format {manifest.get('format')!r}, this version writes "
-                        f"{FORMAT}; use --overwrite or another --output")
+        raise UserError(
+            f"{out_dir}/{MANIFEST} has format {manifest.get('format')!r}, this version writes "
+            f"{FORMAT}; use --overwrite or another --output"
+        )
     new_hash = recipe_hash(recipe)
     if manifest.get("recipe_hash") != new_hash:
         changes = recipe_diff(manifest.get("recipe") or {}, recipe)
@@ -139,8 +163,9 @@ def check_output(out_dir: Path, recipe: Recipe, *, overwrite: bool = False,
     return "resume"
 
 
-def check_plan(out_dir: Path, done: Iterable[tuple[str, int]], planned_ids: Sequence[str],
-               num_samples: int = 1) -> None:
+def check_plan(
+    out_dir: Path, done: Iterable[tuple[str, int]], planned_ids: Sequence[str], num_samples: int = 1
+) -> None:
     """Refuse to continue a folder holding records this run does not plan: rows outside the plan (a
     shrunk limit) or samples >= num_samples (a shrunk sampling.num_samples). `done` holds (id, sample)."""
     planned = set(planned_ids)
@@ -186,11 +211,11 @@ class RunWriter:
         self.world_size = world_size
         self.shard_size = int(recipe.output.shard_size)
         self.is_main = rank == 0
-        self.tokens = token_spec(recipe)   # what every record's `tokens` must hold
+        self.tokens = token_spec(recipe)  # what every record's `tokens` must hold
         self.manifest: dict = {}
-        self.done: dict[tuple[str, int], str] = {}   # (id, sample) -> shard name
-        self.written = 0          # records appended by this process
-        self.records_known = 0    # records on disk (all ranks) as this process knows them
+        self.done: dict[tuple[str, int], str] = {}  # (id, sample) -> shard name
+        self.written = 0  # records appended by this process
+        self.records_known = 0  # records on disk (all ranks) as this process knows them
         self.planned = 0
         self.errors = 0
         self._shard_index = 0
@@ -199,9 +224,16 @@ class RunWriter:
 
     # ------------------------------------------------------------------ setup
 
-    def start(self, planned_ids: Sequence[str], errors: Sequence[Mapping], *, models: Mapping | None = None,
-              device: str | None = None, plan: Sequence[list] | None = None, repair: bool = False
-              ) -> set[tuple[str, int]]:
+    def start(
+        self,
+        planned_ids: Sequence[str],
+        errors: Sequence[Mapping],
+        *,
+        models: Mapping | None = None,
+        device: str | None = None,
+        plan: Sequence[list] | None = None,
+        repair: bool = False,
+    ) -> set[tuple[str, int]]:
         """Prepare the folder and return the (id, sample) keys already written (by any rank, any earlier attempt).
 
         Torn last lines of this rank's shards are dropped (with `repair`, every invalid line of
@@ -273,8 +305,9 @@ class RunWriter:
             match = SHARD_RE.match(path.name)
             assert match is not None  # list_shards lists only names SHARD_RE matches
             rank = match.group(1)
-            if (self.world_size <= 1 and rank is None) or (self.world_size > 1 and rank is not None
-                                                            and int(rank) == self.rank):
+            if (self.world_size <= 1 and rank is None) or (
+                self.world_size > 1 and rank is not None and int(rank) == self.rank
+            ):
                 out.append((int(match.group(2)), path))
         return sorted(out)
 
