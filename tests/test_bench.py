@@ -61,7 +61,7 @@ def inject_oom(monkeypatch):
     import torch
 
     sizes: set[int] = set()
-    real = B._engine_point
+    real = B.engine_point
 
     def point(model, prompts, prompts_t, batch_size, settings, **kw):
         p = real(model, prompts, prompts_t, batch_size, settings, **kw)
@@ -72,7 +72,7 @@ def inject_oom(monkeypatch):
             p.run = p.warmup = boom
         return p
 
-    monkeypatch.setattr(B, "_engine_point", point)
+    monkeypatch.setattr(B, "engine_point", point)
     return sizes
 
 

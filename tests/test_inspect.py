@@ -180,7 +180,7 @@ def test_stat_reservoir_keeps_exact_moments():
 def test_integer_values_get_integer_bins():
     """Token counts spanning more values than HIST_BINS: integer edges of one integer width, labelled by the
     values each row holds (not [17, 19.8))."""
-    from os_cli.cli.inspect import text_histogram
+    from os_cli.cli.inspect_tables import text_histogram
 
     st = stats.Stat()
     lengths = [17, 18, 18, 40, 41, 63, 90, 119, 130, 17, 25, 25, 26]
@@ -317,7 +317,7 @@ def _rendered(summary: dict, width: int) -> str:
 
     from rich.console import Console
 
-    from os_cli.cli.inspect import render
+    from os_cli.cli.inspect_tables import render
 
     console = Console(width=width, file=io.StringIO(), soft_wrap=True)
     render(summary, console)

@@ -169,6 +169,7 @@ def _bench(
     overwrite: bool = False,
 ) -> None:
     from os_cli.api.build import build_model
+    from os_cli.bench import compare as C
     from os_cli.bench import sweep as B
     from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
     from os_cli.limits import MAX_BATCH_SIZE
@@ -296,7 +297,7 @@ def _bench(
         else:
             console.print(f"[bold]compare[/] at batch size {at}")
             same_work = dataclasses.replace(settings, fixed_length=settings.lengths != "long-tail")
-            compare_rows = B.compare(model, prompts, prompts_t, at, same_work, on_row=progress)
+            compare_rows = C.compare(model, prompts, prompts_t, at, same_work, on_row=progress)
             n = max(num_prompts, at)
             console.print(
                 _rows_table(
@@ -367,7 +368,7 @@ def _mem(n: int | None) -> str:
 
 
 def settings_lengths(settings, B) -> str:
-    return B._lengths_label(settings)
+    return B.lengths_label(settings)
 
 
 def _rows_table(title: str, rows, compare: bool):

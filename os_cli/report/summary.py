@@ -4,7 +4,7 @@ The statistic is stats.py, answer matching answers.py, the integrity report inte
 ids.txt, the manifest reader) is the writer's (record_format.py, writer.read_manifest, list_shards).
 
 Pure in the sense that matters here: it reads files and returns plain dicts (JSON-ready, no NaN or
-infinity), it never prints. `os_cli.cli.inspect` renders the dict as tables, JSON or a plot.
+infinity), it never prints. `os_cli.cli.inspect` renders the dict as tables (inspect_tables), JSON or a plot.
 
 Conventions (also stated in the CLI's help and the README):
 - every valid record line counts, duplicates included (what a trainer reading the shards sees);
