@@ -25,7 +25,7 @@ _KINDS = (
 def kind_of(value) -> str:
     """A value from a user's file in words for a message: `null`, `a string`, `an integer`, `a number`, `a list`,
     `an object`. Never a Python class name: JSON numbers are read as int and float subclasses that keep
-    how the file wrote them (data.py), and a name like `_RawInt` means nothing to the person reading."""
+    how the file wrote them (prompts/datasets.py), and a name like `_RawInt` means nothing to the person reading."""
     if value is None:
         return "null"
     return next((word for types, word in _KINDS if isinstance(value, types)), type(value).__name__)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from os_cli.prompts.data import kept_row, load_rows, render_prompts, render_template
+from os_cli.prompts.data import kept_row, render_prompts, render_template
+from os_cli.prompts.datasets import load_rows
 from os_cli.errors import UserError
 from os_cli.recipe import load_recipe
 

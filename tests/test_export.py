@@ -213,7 +213,8 @@ def test_duplicated_ids_are_a_run_time_error(cli_app, run_dir, tmp_path):
 
 def test_rows_of_records_without_tokens_get_no_token_column(tmp_path):
     """Shards without per-token data: no token_log_weights; columns are the union over records."""
-    from os_cli.report.export import build_rows, to_dataset
+    from os_cli.report.export import build_rows
+    from os_cli.report.export_write import to_dataset
 
     recs = [
         {"id": "a", "prompt": "p", "completion": "c", "num_tokens": 2, "finish_reason": "eos",
@@ -231,7 +232,7 @@ def test_rows_of_records_without_tokens_get_no_token_column(tmp_path):
 
 def test_a_field_with_mixed_types_is_named():
     from os_cli.errors import UserError
-    from os_cli.report.export import to_dataset
+    from os_cli.report.export_write import to_dataset
 
     with pytest.raises(UserError, match="column 'row_answer' holds values of different types"):
         to_dataset([{"id": "a", "row_answer": 3}, {"id": "b", "row_answer": "three"}])

@@ -239,7 +239,7 @@ def test_an_older_recipe_without_the_key_shows_its_default(work):
 def test_csv_integer_ids_past_64_bits(tmp_path):
     """A CSV whose id column is all integers, one of them 30 digits: the ids stay exact (docs/cli.md), instead
     of 'could not read dataset: DatasetGenerationError' (pyarrow cannot hold the int in int64)."""
-    from os_cli.prompts.data import load_rows
+    from os_cli.prompts.datasets import load_rows
     from os_cli.recipe import load_recipe
 
     src = tmp_path / "big.csv"
@@ -255,7 +255,7 @@ def test_unreadable_csv_names_the_cause(tmp_path):
     """A CSV that datasets cannot read: the message carries the root cause, not only DatasetGenerationError."""
     import pytest
     from os_cli.errors import UserError
-    from os_cli.prompts.data import load_rows
+    from os_cli.prompts.datasets import load_rows
     from os_cli.recipe import load_recipe
 
     src = tmp_path / "big.csv"
@@ -274,7 +274,7 @@ def test_export_removes_copies_left_by_a_killed_export(tmp_path):
 
     import datasets
 
-    from os_cli.report.export import write_dataset
+    from os_cli.report.export_write import write_dataset
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

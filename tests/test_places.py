@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from os_cli.prompts.data import load_rows, render_prompts
+from os_cli.prompts.data import render_prompts
+from os_cli.prompts.datasets import load_rows
 from os_cli.recipe.places import BUILTIN_DIR, Places, resolve_places
 from os_cli.run.plan import nothing_planned
 from os_cli.recipe.prompt_syntax import prompt_fields

@@ -173,7 +173,8 @@ def _bench(
     from os_cli.bench import sweep as B
     from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
     from os_cli.limits import MAX_BATCH_SIZE
-    from os_cli.prompts.data import load_rows, render_prompts
+    from os_cli.prompts.data import render_prompts
+    from os_cli.prompts.datasets import load_rows
     from os_cli.quiet import quiet_progress_bars
     from os_cli.recipe import load_recipe
 

@@ -21,7 +21,8 @@ def validate_rows(recipe: Recipe, console) -> None:
     from os_cli.api.build import check_models_reachable
     from os_cli.models.hub import load_tokenizers
     from os_cli.models.preflight import hub_offline_note, model_contexts
-    from os_cli.prompts.data import load_rows, render_prompts
+    from os_cli.prompts.data import render_prompts
+    from os_cli.prompts.datasets import load_rows
     from os_cli.prompts.lengths import screen_prompts
     from os_cli.run.loop import check_topk_logprobs
     from os_cli.run.plan import nothing_planned

@@ -65,7 +65,8 @@ def plan_rows(recipe: Recipe) -> Planned:
     from os_cli.api.build import check_models_reachable, check_placement
     from os_cli.models.hub import load_tokenizers
     from os_cli.models.preflight import model_contexts
-    from os_cli.prompts.data import load_rows, render_prompts
+    from os_cli.prompts.data import render_prompts
+    from os_cli.prompts.datasets import load_rows
     from os_cli.prompts.lengths import screen_prompts
     from os_cli.run.loop import check_topk_logprobs
     from os_cli.store.writer import plan_entries
