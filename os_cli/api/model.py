@@ -8,19 +8,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
-from os_cli.api import arguments, samples, static_loop
+from os_cli.api import arguments, call_config, row_stream, samples, static_loop
 from os_cli.api.arguments import CallSettings
-from os_cli.api.rows import RowOutput, SamplingOutput, StreamRow, assemble, stops
+from os_cli.api.rows import RowOutput, SamplingOutput, StreamRow, assemble
 from os_cli.engine import fixed_slots as static_stream
-from os_cli.engine import scheduler
 from os_cli.engine import streams as engine
 from os_cli.engine.requests import RowResult
 from os_cli.engine.scheduler import InFlightLimit, SchedulerStats
-from os_cli.engine.settings import DecodeSettings, StopFn
-from os_cli.engine.stop_strings import cut_at_stop, stop_checker
-from os_cli.mix import rng
-from os_cli.mix.alpha import ALPHA_METHODS
-from os_cli.mix.sampler import SamplerConfig, mixture_step
+from os_cli.engine.stop_strings import cut_at_stop
+from os_cli.mix.sampler import SamplerConfig
 from os_cli.mix.topk import DEFAULT_OF as TOPK_OF_DEFAULT
 from os_cli.mix.topk import topk_spec
 from os_cli.models import hub, preflight
@@ -251,7 +247,7 @@ class OptimalSamplingModel:
             rows = [StreamRow(p, pt, seed=s, max_new_tokens=c) for p, pt, s, c in zip(prompts, prompts_t, seeds, caps)]
             done: dict[int, RowResult] = {}
             stats = SchedulerStats()
-            for result, _ in self._decode(rows, settings, limit, stats):
+            for result, _ in row_stream.decode_stream_rows(self, rows, settings, limit, stats):
                 done[result.index] = result
             results = [done[i] for i in range(len(rows))]  # every row ends (decode_rows)
         out = assemble(
@@ -321,7 +317,7 @@ class OptimalSamplingModel:
             oom_backoff=oom_backoff,
             topk=topk,
         )
-        for result, row in self._decode(rows, settings, limit, stats):
+        for result, row in row_stream.decode_stream_rows(self, rows, settings, limit, stats):
             text = None if skip_decode else self._text(result.tokens.tolist(), result.finish_reason, settings.stop)
             yield RowOutput(
                 index=result.index,
@@ -341,33 +337,16 @@ class OptimalSamplingModel:
     def _sampler_config(
         self, temperature: float, top_k: int, top_p: float, alpha: Mapping[str, Any] | None = None
     ) -> SamplerConfig:
-        """The validated config of one call: the model's attributes, `alpha` (per call) over them."""
-        chosen: dict[str, Any] = {
-            "method": self.alpha_method,
-            "fixed": self.fixed_alpha,
-            "min": self.alpha_min,
-            "max": self.alpha_max,
-        }  # by the keys of `alpha` (the recipe's alpha section)
-        if alpha is not None:
-            unknown = sorted(set(alpha) - set(chosen)) if isinstance(alpha, Mapping) else None
-            if unknown is None or unknown:
-                raise ValueError(f"alpha must be a dict with keys among {', '.join(chosen)}, got {alpha!r}")
-            chosen.update(alpha)
-        alpha_method = chosen["method"]
-        if alpha_method not in ALPHA_METHODS:
-            raise ValueError(f"alpha_method {alpha_method!r} is unknown; choose one of {', '.join(ALPHA_METHODS)}")
-        return SamplerConfig(
-            alpha_method=alpha_method,
-            fixed_alpha=chosen["fixed"],
-            alpha_min=chosen["min"],
-            alpha_max=chosen["max"],
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            constraint_to_target=self.constraint_to_target,
-            target_top_k=self.target_top_k,
-            target_top_p=self.target_top_p,
-        )
+        """The validated config of one call: the model's attributes, `alpha` (per call) over them (call_config.py)."""
+        return call_config.sampler_config(self, temperature, top_k, top_p, alpha)
+
+    def _step_fn(self, config: SamplerConfig, sample_from: str):
+        """q* for [n, V] logits of rows at per-row steps, exactly as every loop draws it (call_config.py)."""
+        return call_config.step_fn(self, config, sample_from)
+
+    def _call_settings(self, sample_from: str, stop, two_streams: bool, alpha, **options) -> CallSettings:
+        """The checked settings of one call, built once (call_config.call_settings)."""
+        return call_config.call_settings(self, sample_from, stop, two_streams, alpha, **options)
 
     def _check_lengths(self, prompts, prompts_t, caps: Sequence[int], drafts: int = 0) -> None:
         """Every prompt must tokenize to at least one token and fit its model's context with its new tokens
@@ -416,140 +395,6 @@ class OptimalSamplingModel:
         if not ids:
             raise ValueError(f"{side}[{index}] tokenizes to no tokens: {text!r}")
         return ids
-
-    def _step_fn(self, config: SamplerConfig, sample_from: str):
-        """q* for [n, V] logits of rows at per-row steps, exactly as every loop draws it."""
-        special = None
-        if self.force_target_for_special_tokens and self.special_token_ids:
-            special = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-            special[self.special_token_ids] = True
-        force_first = self.force_target_for_first_token
-
-        def step_fn(logits_theta, logits_t, keys, steps, alpha_init=None):
-            return mixture_step(
-                logits_theta,
-                logits_t,
-                config,
-                row_keys=keys,
-                step=steps,
-                force_teacher_tokens=special,
-                force_teacher_rows=(steps == 0) if force_first else None,
-                sample_from=sample_from,
-                alpha_init=alpha_init,
-            )
-
-        return step_fn
-
-    def _call_settings(
-        self,
-        sample_from: str,
-        stop,
-        two_streams: bool,
-        alpha,
-        *,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        ignore_eos: bool,
-        **decode,
-    ) -> CallSettings:
-        """The checked settings of one call, built once: `decode` are DecodeSettings fields taken as they are
-        (max_new_tokens, draft_tokens, keep_logits, ...); the rest come from this model and the arguments."""
-        arguments.check_sample_from(sample_from)
-        arguments.check_draft_tokens(decode.get("draft_tokens", 0), two_streams)
-        config = self._sampler_config(temperature, top_k, top_p, alpha)
-        stop = tuple(stops(stop))
-        return CallSettings(
-            DecodeSettings(
-                config=config,
-                eos_ids=() if ignore_eos else tuple(self.eos_token_ids),
-                pad_id=self.tokenizer.pad_token_id,
-                stop_fn=self._stop_fn(stop) if stop else None,
-                **decode,
-            ),
-            sample_from=sample_from,
-            stop=stop,
-            two_streams=two_streams,
-        )
-
-    def _decode(
-        self, rows, settings: CallSettings, limit: int | InFlightLimit, stats: SchedulerStats | None
-    ) -> Iterator[tuple[scheduler.RowResult, StreamRow]]:
-        """The one batching loop (os_cli/scheduler.py) on `StreamRow`s: (result, its row) as rows end.
-
-        Without `settings.two_streams` (one model, no teacher prompts of its own) a row whose `prompt_t`
-        differs from its prompt is an error rather than a silently ignored hint."""
-        decode, two_streams = settings.decode, settings.two_streams
-        drafts = lengths.draft_overrun(decode.draft_tokens, decode.max_new_tokens)
-        fixed = None
-        if self.compile:  # fixed slots, one per in-flight row, kept for the next call (os_cli/static_stream.py)
-            static_stream.check_compile(self.compile, draft_tokens=decode.draft_tokens, oom_backoff=decode.oom_backoff)
-            fixed = static_stream.fixed_slots(
-                self._slot_pool,
-                self.model_theta,
-                self.model_t if two_streams else None,
-                self.vocab_size,
-                limit.value if isinstance(limit, InFlightLimit) else limit,
-                decode.max_new_tokens,
-                self.tokenizer.pad_token_id,
-                compiled=self.compile is True,
-            )
-        in_flight: dict[int, StreamRow] = {}
-
-        def requests():
-            for index, row in enumerate(rows):
-                if not isinstance(row, StreamRow):
-                    raise ValueError(f"row {index}: expected a StreamRow, got {type(row).__name__}")
-                prompt_t = row.prompt if row.prompt_t is None else row.prompt_t
-                for name, text in (("prompts", row.prompt), ("prompts_t", prompt_t)):
-                    if not isinstance(text, str) or not text:
-                        raise ValueError(f"{name}[{index}] must be a non-empty string, got {text!r}")
-                if not two_streams and prompt_t != row.prompt:
-                    raise ValueError(
-                        f"row {index}: prompt_t differs from prompt, but this stream runs one model on "
-                        f"theta's prompts; pass separate_teacher_prompts=True"
-                    )
-                seed = arguments.checked_seed(row.seed, f"row {index}: seed")
-                cap = (
-                    decode.max_new_tokens
-                    if row.max_new_tokens is None
-                    else arguments.checked_cap(row.max_new_tokens, f"row {index}: max_new_tokens")
-                )
-                ids = self._token_ids(row.prompt, "prompts", index)
-                self._check_length("prompts", index, len(ids), cap, drafts)
-                ids_t = None
-                if two_streams:
-                    ids_t = self._token_ids(prompt_t, "prompts_t", index, teacher=True)
-                    self._check_length("prompts_t", index, len(ids_t), cap, drafts)
-                request = scheduler.RowRequest(
-                    index,
-                    ids,
-                    ids_t,
-                    int(rng.row_keys(torch.tensor([seed]))[0]),
-                    None if row.max_new_tokens is None else cap,
-                )
-                in_flight[index] = row
-                yield request
-
-        try:
-            for result in scheduler.decode_rows(
-                requests(),
-                self.model_theta,
-                self.model_t if two_streams else None,
-                self.vocab_size,
-                self._step_fn(decode.config, settings.sample_from),
-                decode,
-                limit=limit,
-                stats=stats,
-                fixed_slots=fixed,
-            ):
-                yield result, in_flight.pop(result.index)
-        finally:
-            if fixed is not None:
-                fixed.in_use = False
-
-    def _stop_fn(self, stop: Sequence[str]) -> StopFn:
-        return stop_checker(self.tokenizer.decode, stop)
 
     def _text(self, ids: list[int], reason: str, stop: Sequence[str]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)

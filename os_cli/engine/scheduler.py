@@ -33,20 +33,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, cast
 
 import torch
-from torch import Tensor
 
 from os_cli.engine import admission as admission_policy
 from os_cli.engine import auto_draft, phase_clock, prefix, speculative
 from os_cli.engine.admission import ADMISSIONS, LOOKAHEAD_PER_SLOT  # noqa: F401  (re-exported)
 from os_cli.engine.draft_policy import AUTO, AutoDraft
 from os_cli.engine.group import InFlightRow, RowGroup
+from os_cli.engine.recording import RowRecorder
 from os_cli.engine.requests import InFlightLimit, RowRequest, RowResult, SchedulerStats  # noqa: F401  (re-exported)
 from os_cli.engine.settings import DecodeSettings
 from os_cli.engine.slot_buffers import SlotBuffers
 from os_cli.engine.stacked import StackedPair
 from os_cli.engine.streams import TRACE_FIELDS, ModelStream, trace_columns
 from os_cli.mix.sampler import StepOutput
-from os_cli.mix.topk import topk_columns
 from os_cli.models.loading import input_device
 from os_cli.prompts.lengths import draft_overrun
 
@@ -132,7 +131,6 @@ class _Loop:
         self.step_fn = step_fn if self.clock is None else self.clock.wrap_step(step_fn)
         self.admit_min = settings.admit_min if settings.admit_min is not None else max(1, limit.value // 4)
         self.device = input_device(model_theta)  # where mixing runs; the teacher's logits come here
-        self.eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
         # draft_tokens="auto": k chosen per iteration (draft_policy.py, auto_draft.py); `draft_policy.choices`.
         self.draft_policy = AutoDraft() if settings.draft_tokens == AUTO else None
         # One slot per row the initial limit lets in (the limit only ever goes down), each with room for
@@ -140,7 +138,9 @@ class _Loop:
         # exceeds the tokens left, _round).
         width = settings.max_new_tokens + draft_overrun(settings.draft_tokens, settings.max_new_tokens) + 1
         self.free = list(range(limit.value - 1, -1, -1))
-        self.buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
+        eos = torch.tensor(sorted(set(settings.eos_ids)), dtype=torch.long, device=self.device)
+        buffers = SlotBuffers(limit.value, width, settings.pad_id, self.device, settings.topk)
+        self.record = RowRecorder(settings, buffers, eos, stats, self.free, self.device)  # steps' outputs, row ends
         self.main: RowGroup | None = None
         # One model with teacher prompts of its own: one stream of interleaved pairs (stacked.py).
         self.stacked = model_t is model_theta and settings.stack_one_model
@@ -280,11 +280,11 @@ class _Loop:
             torch.full((len(batch),), float("nan"), device=device),
         )
         out = self.step_fn(logits_theta, logits_t, group.keys, group.steps)  # first tokens: cold starts
-        self._carry_alpha(group, out)
-        self._keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
-        self._keep_topk(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
+        self.record.carry_alpha(group, out)
+        self.record.keep_distributions(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
+        self.record.keep_topk(group, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
         self.finished = list(
-            self._emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None])
+            self.record.emit(group, out.tokens[:, None], torch.ones_like(group.steps), trace_columns(out)[:, :, None])
         )
         return group
 
@@ -350,10 +350,10 @@ class _Loop:
         self.stats.steps += 1
         self.stats.row_steps += len(g)
         out = self.step_fn(logits_theta, logits_t, g.keys, g.steps, alpha_init=g.alphas)
-        self._carry_alpha(g, out)
-        self._keep_distributions(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
-        self._keep_topk(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
-        return self._emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
+        self.record.carry_alpha(g, out)
+        self.record.keep_distributions(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None])
+        self.record.keep_topk(g, logits_theta[:, None], logits_t[:, None], out.logq[:, None], out.fallback[:, None])
+        return self.record.emit(g, out.tokens[:, None], torch.ones_like(g.steps), trace_columns(out)[:, :, None])
 
     def _round(self, k: int) -> Iterator[RowResult]:
         """One exact speculative round (os_cli/speculative.py) at draft length k for every row in flight."""
@@ -381,109 +381,9 @@ class _Loop:
         )
         self.stats.teacher_forwards -= self.stacked  # the teacher rows rode along theta's k + 1 forwards
         if self.settings.keep_logits or self.settings.keep_q_star:
-            self._keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
-        self._keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])
-        results = list(self._emit(g, r.emitted, r.counts, r.traces))
+            self.record.keep_distributions(g, r.logits_theta, r.logits_t, r.logq, counts=r.counts)
+        self.record.keep_topk(g, r.logits_theta, r.logits_t, r.logq, r.traces[TRACE_FIELDS.index("fallback")])
+        results = list(self.record.emit(g, r.emitted, r.counts, r.traces))
         for stream in g.model_streams():  # holes left by rejected drafts: repack once they are worth a copy
             stream.compact(min_waste=max(8, stream.attention_mask.shape[1] // 8))
         return iter(results)
-
-    # ------------------------------------------------------------------ recording and ends
-
-    @staticmethod
-    def _carry_alpha(g: RowGroup, out: StepOutput) -> None:
-        if out.alpha_solved is not None:
-            g.alphas = out.alpha_solved.to(g.alphas.device, g.alphas.dtype)
-
-    def _keep_distributions(self, g: RowGroup, logits_theta, logits_t, logq, counts=None) -> None:
-        if not (self.settings.keep_logits or self.settings.keep_q_star):
-            return  # nothing kept: not even q* = exp(log q*) is computed
-        q_star = logq.exp() if self.settings.keep_q_star else None
-        counts = [1] * len(g) if counts is None else counts.tolist()
-        for i, row in enumerate(g.rows):
-            for j in range(counts[i]):
-                if self.settings.keep_logits:
-                    row.logits_theta.append(logits_theta[i, j].float().cpu())
-                    row.logits_t.append(logits_t[i, j].float().cpu())
-                if self.settings.keep_q_star:
-                    assert q_star is not None  # computed above when keep_q_star
-                    row.q_star.append(q_star[i, j].float().cpu())
-
-    def _keep_topk(self, g: RowGroup, logits_theta, logits_t, logq, fallback) -> None:
-        """Write the top-K of m positions per row [B, m, ...] at the rows' slots and steps (before `_emit`)."""
-        if self.settings.topk is None:
-            return
-        ids, values = topk_columns(
-            self.settings.topk, self.settings.config.temperature, logits_theta, logits_t, logq, fallback
-        )
-        self.buffers.write_topk(g.slots, g.steps[:, None] + torch.arange(ids.shape[1], device=self.device), ids, values)
-
-    def _emit(self, g: RowGroup, emitted: Tensor, counts: Tensor, traces: Tensor) -> Iterator[RowResult]:
-        """Record up to counts[r] tokens per row, end rows (EOS, cap, stop), drop them, set `pending`."""
-        m = emitted.shape[1]
-        pos = torch.arange(m, device=self.device)
-        columns = g.steps[:, None] + pos
-        self.buffers.write(g.slots, columns, emitted, traces)
-        is_eos = torch.isin(emitted, self.eos) & (pos < counts[:, None])
-        first_eos = torch.where(is_eos.any(1), is_eos.to(torch.long).argmax(1), m)
-        room = g.caps - g.steps
-        n = torch.minimum(torch.minimum(counts, first_eos + 1), room)
-        ended = (first_eos < n) | (n >= room)
-        g.pending = emitted.gather(1, (counts - 1)[:, None]).squeeze(1)
-        if self.settings.stop_fn is None and not bool(ended.any()):  # the one host sync of a quiet step
-            g.steps = g.steps + n
-            self.stats.tokens += int(n.sum()) if m > 1 else len(g)
-            return iter(())
-        n_list, first_eos_list, room_list = n.tolist(), first_eos.tolist(), room.tolist()
-        reasons: list[str | None] = [None] * len(g)
-        rows_tokens = emitted.tolist() if self.settings.stop_fn is not None else None
-        for r, row in enumerate(g.rows):
-            if rows_tokens is not None:
-                assert self.settings.stop_fn is not None  # rows_tokens are read only for it
-                for i in range(n_list[r]):
-                    row.history.append(rows_tokens[r][i])
-                    if i == first_eos_list[r]:
-                        break
-                    if self.settings.stop_fn(row.request.index, row.history):
-                        n_list[r], reasons[r] = i + 1, "stop"
-                        break
-            if reasons[r] is None and first_eos_list[r] < n_list[r]:
-                reasons[r] = "eos"
-            elif reasons[r] is None and n_list[r] >= room_list[r]:
-                reasons[r] = "length"
-        self.stats.tokens += sum(n_list)
-        g.steps = g.steps + torch.tensor(n_list, dtype=torch.long, device=self.device)
-        done = [r for r, reason in enumerate(reasons) if reason is not None]
-        if not done:
-            return iter(())
-        results = self._results(g, done, reasons)
-        g.keep([r for r, reason in enumerate(reasons) if reason is None])
-        return iter(results)
-
-    def _results(self, g: RowGroup, done: list[int], reasons: list) -> list[RowResult]:
-        idx = torch.tensor(done, dtype=torch.long, device=self.device)
-        slots = g.slots[idx]
-        lengths = g.steps[idx].tolist()
-        read = self.buffers.read(slots)
-        tokens, traces = read["tokens"], read["traces"]
-        results = []
-        for j, r in enumerate(done):
-            row, n = g.rows[r], lengths[j]
-            result = RowResult(
-                row.request.index,
-                tokens[j, :n].clone(),
-                reasons[r],
-                {name: traces[f, j, :n].clone() for f, name in enumerate(TRACE_FIELDS)},
-            )
-            if self.settings.keep_logits:
-                result.logits = {"theta": torch.stack(row.logits_theta[:n]), "t": torch.stack(row.logits_t[:n])}
-            if self.settings.keep_q_star:
-                result.q_star = torch.stack(row.q_star[:n])
-            if self.settings.topk is not None:
-                result.topk_ids = read["topk_ids"][j, :n].long()
-                result.topk_logprobs = {
-                    name: read["topk_values"][d, j, :n].clone() for d, name in enumerate(self.settings.topk.of)
-                }
-            results.append(result)
-            self.free.append(row.slot)
-        return results
