@@ -39,7 +39,7 @@ lint: setup
 	$(BIN)/ruff format --check os_cli optimal_sampling_hf
 	$(BIN)/mypy
 
-test: setup
+test: setup lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 clean:
