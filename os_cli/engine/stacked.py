@@ -72,7 +72,7 @@ class StackedPair:
 class _TeacherView:
     """The teacher side of a round: it already saw every token theta fed; `extend` hands back its logits."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.fed: list[Tensor] = []
         self.logits: list[Tensor] = []
 
