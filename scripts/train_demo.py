@@ -10,6 +10,10 @@ trained on chat-formatted problem/solution pairs (loss on the assistant's tokens
   solutions, but its arithmetic is often wrong.
 - the teacher is larger and trained three times longer: it is mostly right, and it usually writes
   a narrated solution, a style theta finds very unlikely.
+- both also learn to read a hint: a share (HINT_SHARE) of their training prompts start with the
+  answer ("The answer is N. " + question, HINT_TEMPLATE). Given the hint, each is more often right
+  than without it, which is what self-distillation with privileged information (one model, the
+  teacher being the policy shown the hint) needs.
 
 That is what the offline quick start (`make demo`) needs to show optimal sampling: samples from
 q* keep theta's style (high log pi_theta) while borrowing the teacher's correctness.
@@ -41,6 +45,10 @@ HELDOUT_SEED = 5678
 NUM_TRAIN_PROBLEMS = 40_000
 NUM_HELDOUT_PROBLEMS = 500
 VOCAB_SIZE = 480
+# The hinted prompt both models learn to read (and the one benchmarks/ and recipes/self-distill.yaml
+# use): the reference answer, then the question.
+HINT_TEMPLATE = "The answer is {answer}. {question}"
+HINT_SHARE = 0.25  # share of training problems shown with the hinted prompt
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic task: short arithmetic word problems with a worked solution ending in \boxed{N}.
@@ -123,6 +131,11 @@ def _one_problem(rng: random.Random) -> tuple[str, str, str, int]:
     )
 
 
+def hint_question(problem: dict) -> str:
+    """The hinted form of a problem's question (HINT_TEMPLATE)."""
+    return HINT_TEMPLATE.format(answer=problem["answer"], question=problem["question"])
+
+
 def last_boxed(text: str) -> str | None:
     """The content of the last `\\boxed{...}` in `text`, or None."""
     found = re.findall(r"\\boxed\{([^{}]*)\}", text)
@@ -191,15 +204,19 @@ def chat_prompt(tokenizer, question: str) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_examples(tokenizer, problems: list[dict], narrated_share: float, seed: int) -> list[tuple[list[int], int]]:
+def encode_examples(tokenizer, problems: list[dict], narrated_share: float, seed: int,
+                    hint_share: float = HINT_SHARE) -> list[tuple[list[int], int]]:
     """(prompt ids + solution ids + eos, prompt length) per problem: loss goes on what follows the prompt.
 
-    Each problem appears once, with its narrated solution with probability `narrated_share`.
+    Each problem appears once, with its narrated solution with probability `narrated_share`, and with
+    the hinted question (hint_question) with probability `hint_share` (an independent stream, so the
+    styles drawn do not depend on `hint_share`).
     """
-    style_rng = random.Random(seed)
+    style_rng, hint_rng = random.Random(seed), random.Random(seed + 1_000_003)
     examples = []
     for p in problems:
-        prompt = chat_prompt(tokenizer, p["question"])
+        hinted = hint_rng.random() < hint_share
+        prompt = chat_prompt(tokenizer, hint_question(p) if hinted else p["question"])
         solution = p["narrated_solution"] if style_rng.random() < narrated_share else p["solution"]
         completion = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         examples.append((prompt + completion, len(prompt)))
@@ -285,15 +302,17 @@ def train_model(spec: ModelSpec, tokenizer, examples, log_every: int = 200):
     return model
 
 
-def sample_stats(model, tokenizer, problems: list[dict], max_new_tokens: int = 64, seed: int = 0) -> dict:
+def sample_stats(model, tokenizer, problems: list[dict], max_new_tokens: int = 64, seed: int = 0,
+                 hinted: bool = False) -> dict:
     """Of temperature-1 samples (what the sampler draws): accuracy, share that stopped with eos and
-    share in the terse style (which starts with the first equation, so with a digit)."""
+    share in the terse style (which starts with the first equation, so with a digit). `hinted`:
+    prompted with hint_question instead of the bare question."""
     import torch
 
     correct = stopped = terse = 0
     for start in range(0, len(problems), 50):
         chunk = problems[start : start + 50]
-        prompts = [chat_prompt(tokenizer, p["question"]) for p in chunk]
+        prompts = [chat_prompt(tokenizer, hint_question(p) if hinted else p["question"]) for p in chunk]
         width = max(map(len, prompts))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -320,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUILTIN_DIR, help="where to write the models and problems")
     parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
     parser.add_argument("--theta-steps", type=int, default=THETA.steps)
+    parser.add_argument("--hint-share", type=float, default=HINT_SHARE, help="share of hinted training prompts")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems to score after training")
     args = parser.parse_args(argv)
 
@@ -340,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = {}
     for spec, steps in ((TEACHER, args.teacher_steps), (THETA, args.theta_steps)):
         spec = dataclasses.replace(spec, steps=steps)
-        examples = encode_examples(tokenizer, train, spec.narrated_share, seed=spec.init_seed)
+        examples = encode_examples(tokenizer, train, spec.narrated_share, seed=spec.init_seed, hint_share=args.hint_share)
         lengths = sorted(len(ids) for ids, _ in examples)
         print(f"{spec.name}: tokens per example median {lengths[len(lengths) // 2]}, max {lengths[-1]}", flush=True)
         model = trained[spec.name] = train_model(spec, tokenizer, examples)
@@ -348,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {spec.name}: {model.num_parameters():,} parameters; held-out samples at temperature 1: "
               f"accuracy {stats['accuracy']:.1%}, stopped with eos {stats['stopped']:.1%}, "
               f"terse style {stats['terse']:.1%}", flush=True)
+        hinted = sample_stats(model, tokenizer, heldout[: args.eval_problems], hinted=True)
+        print(f"  {spec.name} with the hint: accuracy {hinted['accuracy']:.1%}, stopped with eos "
+              f"{hinted['stopped']:.1%}, terse style {hinted['terse']:.1%}", flush=True)
 
     # Written only once both are trained, so the shipped pair is never half old, half new.
     args.out.mkdir(parents=True, exist_ok=True)

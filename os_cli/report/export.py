@@ -13,7 +13,8 @@ Formats (columns in docs/ARCHITECTURE.md, "Exports"):
 Importance weights (q* sampled, pi_theta the model being trained): `log_weight` = log pi_theta(y) -
 log q*(y) of the whole completion, `weight` = the self-normalised weight exp(log_weight) / sum of
 exp(log_weight) over the exported records (the records left after the filters; they sum to 1), and
-with per-token records `token_log_weights` = log pi_theta - log q* of each token.
+with per-token records `token_log_weights` = log pi_theta - log q* of each token and
+`token_tis_weights` = min(exp(token_log_weights), 2) (truncated importance weights, os_cli.report.tis).
 
 Filters: `where="correct"` keeps records whose final answer matches the row's reference answer
 (os_cli.report.answers' matching, the one `inspect` reports; rows without a reference are dropped),
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from os_cli.errors import UserError
+from os_cli.report.tis import TIS_COLUMN, truncated_token_weights
 from os_cli.store.record_format import MESSAGES_KEY, describe_key, sample_of
 
 FORMATS = ("trl", "parquet", "hf")
@@ -216,6 +218,7 @@ def trl_row(record: dict, lw: float, w: float) -> dict:
     per_token = token_log_weights(record)
     if per_token is not None:
         row[TOKEN_WEIGHT_COLUMN] = per_token
+        row[TIS_COLUMN] = truncated_token_weights(per_token)
     return row
 
 
@@ -251,6 +254,7 @@ def flat_row(record: dict, lw: float, w: float) -> dict:
     per_token = token_log_weights(record)
     if per_token is not None:
         row[TOKEN_WEIGHT_COLUMN] = per_token
+        row[TIS_COLUMN] = truncated_token_weights(per_token)
     return row
 
 
