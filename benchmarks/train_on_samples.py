@@ -1,7 +1,9 @@
 """Train theta on each sampler's output and measure what it learned (issue 12).
 
     nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # < 5 min on 2 CPU cores
-    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py            # the full run, ~25 min (docs/benchmarks.md)
+    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --train-seed 0,1,2 --details FILE
+        # the full run, one data set per sampler, each cell fine-tuned with 3 training seeds: hours on
+        # 2 shared CPU cores; docs/benchmarks.md gives the (reduced) sizes it was run at
 
 On the built-in demo pair (os_cli/builtin/README.md):
 1. Training prompts: problems from scripts/train_demo.py's generator with another seed
@@ -51,7 +53,7 @@ SAMPLE_SEED = 100
 EVAL_SEED = 7_000_000
 
 FULL = dict(train_prompts=2000, steps=300, batch_size=32, lr=3e-3, eval_problems=500, eval_samples=4)
-QUICK = dict(train_prompts=256, steps=30, batch_size=32, lr=3e-3, eval_problems=100, eval_samples=2)
+QUICK = dict(train_prompts=128, steps=20, batch_size=16, lr=3e-3, eval_problems=60, eval_samples=2)
 ROW_KEYS = ("sampler", "weighting", "train_seed", "accuracy_before", "accuracy_after", "logp_theta_per_token",
             "train_correct")
 
@@ -64,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                             help=f"default {value} (--quick: {QUICK[key]})")
     parser.add_argument("--samplers", default=",".join(st.SAMPLERS),
                         help="comma-separated subset of: " + ", ".join(st.SAMPLERS))
+    parser.add_argument("--weightings", default=",".join(st.WEIGHTINGS),
+                        help="comma-separated subset of: " + ", ".join(st.WEIGHTINGS) + " (theta alone: sft only)")
     parser.add_argument("--is-clip", type=float, default=10.0,
                         help="clip self-normalised importance weights at this multiple of their mean")
     parser.add_argument("--tis-clip", type=float, default=st.TIS_CLIP,
@@ -83,6 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown or not names:
         parser.error(f"--samplers: unknown {unknown}; choose from {', '.join(st.SAMPLERS)}")
     args.samplers = names
+    weightings = [w.strip() for w in args.weightings.split(",") if w.strip()]
+    if not weightings or set(weightings) - set(st.WEIGHTINGS):
+        parser.error(f"--weightings: expected a subset of {', '.join(st.WEIGHTINGS)}, got {args.weightings!r}")
+    args.weightings = [w for w in st.WEIGHTINGS if w in weightings]
     if not 1 <= args.eval_problems <= 500:
         parser.error(f"--eval-problems must be in 1..500, got {args.eval_problems}")
     for key in ("train_prompts", "steps", "batch_size", "eval_samples"):
@@ -107,6 +115,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def write_details(path: Path | None, settings: dict, details: list[dict]) -> None:
+    """--details: every column, the settings and the per-cell summary over seeds (rewritten after
+    every cell, so a run stopped early keeps what it finished)."""
+    if path is not None:
+        path.write_text(json.dumps({"settings": settings, "rows": details, "summary": seed_summary(details)},
+                                   indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -139,7 +155,7 @@ def run(args: argparse.Namespace) -> dict:
         }
         log(f"{name}: data correct {data_stats['train_correct']:.3f}, log pi_theta/token "
             f"{data_stats['logp_theta_per_token']:.3f}, terse {data_stats['train_terse']:.2f} ({time.time() - started:.0f}s)")
-        for weighting in ("sft",) if name in st.ON_POLICY else st.WEIGHTINGS:
+        for weighting in [w for w in args.weightings if w == "sft" or name not in st.ON_POLICY]:
             weights = st.importance_weights(data, args.is_clip) if weighting == "is" else None
             token_weights = st.tis_weights(data, args.tis_clip) if weighting == "tis" else None
             if token_weights is not None:
@@ -171,10 +187,11 @@ def run(args: argparse.Namespace) -> dict:
                     "train_correct_weighted": st.weighted_share([s.correct for s in data], seq_weights),
                     "loss_first": losses[0], "loss_last10": sum(losses[-10:]) / len(losses[-10:]),
                 })
+                write_details(args.details, {"partial": True, **{k: str(v) for k, v in vars(args).items()}}, details)
                 log(f"  {weighting} seed {seed}: accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
                     f"+- {after['accuracy_se']:.3f}, terse {after['terse']:.2f}, ESS share "
                     f"{ess_share:.3f} ({time.time() - started:.0f}s)")
-    settings = {k: v for k, v in vars(args).items() if k != "details"} | {
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | {
         "train_prompt_seed": TRAIN_PROMPT_SEED, "sample_seed": SAMPLE_SEED, "eval_seed": EVAL_SEED,
         "torch": torch.__version__, "transformers": __import__("transformers").__version__,
         "seconds": round(time.time() - started, 1),
@@ -231,9 +248,7 @@ def main(argv=None) -> int:
     log(markdown_table(result["details"]))
     log(f"done in {result['settings']['seconds']:.0f}s")
     print(json.dumps({"rows": result["rows"]}), flush=True)
-    if args.details:
-        args.details.write_text(json.dumps({"settings": result["settings"], "rows": result["details"],
-                                            "summary": seed_summary(result["details"])}, indent=2) + "\n")
+    write_details(args.details, result["settings"], result["details"])
     return 0
 
 

@@ -86,6 +86,9 @@ def test_several_training_seeds_share_one_data_set(script, capsys, tmp_path):
     with pytest.raises(SystemExit):
         script.parse_args(["--train-seed", "0,0"])
     with pytest.raises(SystemExit):
+        script.parse_args(["--weightings", "sft,bogus"])
+    assert script.parse_args(["--weightings", "tis,sft"]).weightings == ["sft", "tis"]
+    with pytest.raises(SystemExit):
         script.parse_args(["--train-seed", "a"])
 
 
