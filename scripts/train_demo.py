@@ -10,12 +10,11 @@ trained on chat-formatted problem/solution pairs (loss on the assistant's tokens
   solutions, but its arithmetic is often wrong.
 - the teacher is larger and trained three times longer: it is mostly right, and it usually writes
   a narrated solution, a style theta finds very unlikely.
-- both also learn to read a hint: the answer in front of the question ("The answer is N. " +
-  question, HINT_TEMPLATE). theta sees it on a share (ModelSpec.hint_share) of its training prompts
-  from the start; the teacher, after its main schedule (unchanged, without hints), in a short hint
-  phase where half the prompts carry it. Given the hint, each is more often right than without it,
-  which is what self-distillation with privileged information (one model, the teacher being the
-  policy shown the hint) and a hinted teacher need.
+- theta also learns to read a hint: a quarter of its training prompts carry the reference solution
+  after the question (HINT_TEMPLATE). Given the hint, it is more often right than without it, which
+  is what self-distillation with privileged information (one model, the teacher being the policy
+  shown the hint; recipes/self-distill.yaml) needs. The teacher is trained without hints (see
+  TEACHER below for the hint phase that was tried).
 
 That is what the offline quick start (`make demo`) needs to show optimal sampling: samples from
 q* keep theta's style (high log pi_theta) while borrowing the teacher's correctness.
@@ -191,10 +190,12 @@ class ModelSpec:
 # Styles differ too, as between real model families: theta only ever writes terse solutions; the
 # teacher mostly narrates but knows the terse style as well. So teacher samples are off-policy for
 # theta, and q* can follow theta's style while the teacher keeps the arithmetic right.
-# Hints: theta learns them within its one short schedule (a quarter of its prompts); the teacher's main
-# schedule is the one it always had, and a hint phase of 200 steps then teaches it to read them.
-TEACHER = ModelSpec("demo-teacher", 128, 4, 4, 2, 256, steps=3600, learning_rate=3e-3, init_seed=1, narrated_share=0.75,
-                    hint_phase_steps=200)
+# Hints: theta learns them within its one short schedule (a quarter of its prompts carry the solution).
+# The teacher does not: a 200-step hint phase after its schedule (hint_phase_steps=200, half the
+# prompts hinted, lr 1e-3) was tried and made it worse on 100 held-out problems at temperature 1:
+# 88% right without the hint (93-95% before), 76% with it. So the shipped teacher is its main
+# schedule alone, as before; the hint phase stays available for a next attempt.
+TEACHER = ModelSpec("demo-teacher", 128, 4, 4, 2, 256, steps=3600, learning_rate=3e-3, init_seed=1, narrated_share=0.75)
 THETA = ModelSpec("demo-theta", 64, 2, 4, 2, 192, steps=1200, learning_rate=3e-3, init_seed=2, narrated_share=0.0,
                   hint_share=0.25)
 BATCH_SIZE = 32
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--theta-steps", type=int, default=THETA.steps)
     parser.add_argument("--teacher-main-from", type=Path, default=None,
                         help="skip the teacher's main schedule: load its result from this folder (e.g. the "
-                             "previous release's demo-teacher, made by the same schedule) and run the hint phase")
+                             "shipped demo-teacher, made by that schedule), then run its hint phase if it has one")
     parser.add_argument("--theta-from", type=Path, default=None,
                         help="skip theta's training: load an already trained theta (e.g. DIR/demo-theta of an "
                              "earlier --out run of this script)")
@@ -416,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = train_model(spec, tokenizer, examples)
         if spec.hint_phase_steps and not (spec.name == THETA.name and args.theta_from is not None):
-            report(spec.name + " after the main schedule", model, tokenizer, heldout[: args.eval_problems])
+            if loaded is None:  # a loaded main-schedule model was scored when it was made
+                report(spec.name + " after the main schedule", model, tokenizer, heldout[: args.eval_problems])
             model = hint_phase(spec, model, tokenizer, train)
         trained[spec.name] = model
         report(spec.name, model, tokenizer, heldout[: args.eval_problems])
