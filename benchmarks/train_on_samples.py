@@ -1,9 +1,9 @@
 """Train theta on each sampler's output and measure what it learned (issue 12).
 
-    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # < 5 min on 2 CPU cores
+    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # 22 rows in about 30 s on 2 CPU cores
     nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --train-seed 0,1,2 --details FILE
-        # the full run, one data set per sampler, each cell fine-tuned with 3 training seeds: hours on
-        # 2 shared CPU cores; docs/benchmarks.md gives the (reduced) sizes it was run at
+        # one data set per sampler, each cell fine-tuned with 3 training seeds: 25 min with
+        # --eval-samples 2 on 2 shared CPU cores (docs/benchmarks.md)
 
 On the built-in demo pair (os_cli/builtin/README.md):
 1. Training prompts: problems from scripts/train_demo.py's generator with another seed
