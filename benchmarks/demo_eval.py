@@ -35,10 +35,11 @@ import transformers
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from sample_training import hint_question  # noqa: E402  (scripts/train_demo.py's HINT_TEMPLATE)
+
 from os_cli import OptimalSamplingModel  # noqa: E402
 from os_cli.models.loading import resolve_model_path  # noqa: E402
 from os_cli.report.answers import last_boxed  # noqa: E402
-from sample_training import hint_question  # noqa: E402  (scripts/train_demo.py's HINT_TEMPLATE)
 
 PROBLEMS_FILE = Path(__file__).resolve().parents[1] / "os_cli" / "builtin" / "demo-problems.jsonl"
 
