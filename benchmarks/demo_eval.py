@@ -10,6 +10,12 @@ problem, at temperature 1 and with the same seed, from:
   - the teacher alone    (alpha fixed at 1: q* = pi_t)
   - q* with kl_symmetry  (alpha per token in [0.5, 1], the recipe default)
   - q* with alpha 0.5    (fixed)
+and, with the hint the pair was trained to read ("The answer is N. " before the question, on the
+side of the model called the teacher only; theta's prompt stays the bare question):
+  - theta alone, hinted              (one model; alpha fixed at 1 on its hinted prompt)
+  - teacher alone, hinted            (alpha fixed at 1)
+  - q* self-teacher (one model)      (kl_symmetry; the teacher is theta itself, shown the hint)
+  - q* hinted teacher                (kl_symmetry; the teacher model, shown the hint)
 and reports answer accuracy (the last \\boxed{...} equals the reference answer), the mean per-token
 log pi_theta of the sampled tokens (how natural the text is for theta: higher is closer to what
 theta would write itself), the same per sequence, the mean alpha, the share of completions in theta's
@@ -27,7 +33,9 @@ from pathlib import Path
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from sample_training import hint_question  # noqa: E402  (scripts/train_demo.py's HINT_TEMPLATE)
 
 from os_cli import OptimalSamplingModel  # noqa: E402
 from os_cli.models.loading import resolve_model_path  # noqa: E402
@@ -35,11 +43,19 @@ from os_cli.report.answers import last_boxed  # noqa: E402
 
 PROBLEMS_FILE = Path(__file__).resolve().parents[1] / "os_cli" / "builtin" / "demo-problems.jsonl"
 
+THETA_ALONE = dict(alpha_method="fixed", fixed_alpha=0.0, alpha_min=0.0, alpha_max=0.0)
+TEACHER_ALONE = dict(alpha_method="fixed", fixed_alpha=1.0, alpha_min=1.0, alpha_max=1.0)
+KL_SYMMETRY = dict(alpha_method="kl_symmetry", alpha_min=0.5, alpha_max=1.0)
+# name: (OptimalSamplingModel keywords, who is the teacher, whether the teacher's prompt has the hint)
 SETTINGS = {
-    "theta alone": dict(alpha_method="fixed", fixed_alpha=0.0, alpha_min=0.0, alpha_max=0.0),
-    "teacher alone": dict(alpha_method="fixed", fixed_alpha=1.0, alpha_min=1.0, alpha_max=1.0),
-    "q* kl_symmetry": dict(alpha_method="kl_symmetry", alpha_min=0.5, alpha_max=1.0),
-    "q* fixed 0.5": dict(alpha_method="fixed", fixed_alpha=0.5, alpha_min=0.5, alpha_max=0.5),
+    "theta alone": (THETA_ALONE, "teacher", False),
+    "teacher alone": (TEACHER_ALONE, "teacher", False),
+    "q* kl_symmetry": (KL_SYMMETRY, "teacher", False),
+    "q* fixed 0.5": (dict(alpha_method="fixed", fixed_alpha=0.5, alpha_min=0.5, alpha_max=0.5), "teacher", False),
+    "theta alone, hinted": (TEACHER_ALONE, "theta", True),
+    "teacher alone, hinted": (TEACHER_ALONE, "teacher", True),
+    "q* self-teacher (one model)": (KL_SYMMETRY, "theta", True),
+    "q* hinted teacher": (KL_SYMMETRY, "teacher", True),
 }
 
 
@@ -48,19 +64,23 @@ def load_problems(limit: int) -> list[dict]:
         return [json.loads(line) for line in f][:limit]
 
 
-def evaluate(setting: dict, problems: list[dict], args) -> dict:
+def evaluate(setting: tuple, problems: list[dict], args) -> dict:
+    kwargs, teacher, hinted = setting
     model = OptimalSamplingModel(
-        model_theta_path=args.theta, model_t_path=args.teacher, dtype=torch.float32, device=args.device, **setting
+        model_theta_path=args.theta, model_t_path=args.theta if teacher == "theta" else args.teacher,
+        dtype=torch.float32, device=args.device, **kwargs
     )
+
     # Both models were trained on this chat format; the prompt ends by opening the assistant turn.
-    prompts = [
-        model.tokenizer.apply_chat_template([{"role": "user", "content": p["question"]}], tokenize=False,
-                                            add_generation_prompt=True)
-        for p in problems
-    ]
+    def chat(question: str) -> str:
+        return model.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                                   add_generation_prompt=True)
+
+    prompts = [chat(p["question"]) for p in problems]
+    prompts_t = [chat(hint_question(p)) for p in problems] if hinted else None
     started = time.time()
-    out = model.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=args.seed,
-                         batch_size=args.batch_size)
+    out = model.generate(prompts, prompts_t=prompts_t, max_new_tokens=args.max_new_tokens, temperature=1.0,
+                         seed=args.seed, batch_size=args.batch_size)
     seconds = time.time() - started
     correct = [(last_boxed(text) or "").strip() == p["answer"] for text, p in zip(out.generated_texts, problems)]
     logp_theta = out.logprobs["theta"]
@@ -94,14 +114,14 @@ def main() -> int:
     problems = load_problems(args.problems)
     print(f"{len(problems)} demo problems, theta {resolve_model_path(args.theta)}, "
           f"teacher {resolve_model_path(args.teacher)}, seed {args.seed}, temperature 1\n")
-    header = f"{'sampler':<16} {'accuracy':>8} {'logp_theta/tok':>14} {'logp_theta/seq':>14} " \
+    header = f"{'sampler':<28} {'accuracy':>8} {'logp_theta/tok':>14} {'logp_theta/seq':>14} " \
              f"{'alpha':>6} {'terse':>6} {'tokens':>6} {'eos':>5} {'secs':>5}"
     print(header)
     print("-" * len(header))
     results = {}
     for name, setting in SETTINGS.items():
         r = results[name] = evaluate(setting, problems, args)
-        print(f"{name:<16} {r['accuracy']:>8.1%} {r['logp_theta_per_token']:>14.3f} "
+        print(f"{name:<28} {r['accuracy']:>8.1%} {r['logp_theta_per_token']:>14.3f} "
               f"{r['logp_theta_per_sequence']:>14.2f} {r['alpha_mean']:>6.2f} {r['terse_share']:>6.0%} {r['tokens_mean']:>6.1f} "
               f"{r['eos_rate']:>5.0%} {r['seconds']:>5.1f}", flush=True)
     if args.json:

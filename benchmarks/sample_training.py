@@ -20,6 +20,7 @@ import torch
 from os_cli import OptimalSamplingModel
 from os_cli.models.loading import resolve_model_path
 from os_cli.report.answers import completion_matches
+from os_cli.report.tis import TIS_CLIP, truncated_token_weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROBLEMS_FILE = REPO_ROOT / "os_cli" / "builtin" / "demo-problems.jsonl"
@@ -37,9 +38,17 @@ SAMPLERS = {
     "q* ess_balance": dict(alpha_method="ess_balance"),
     "q* entropy": dict(alpha_method="entropy"),
     "q* hinted teacher": dict(alpha_method="kl_symmetry"),
+    "q* self-teacher (one model)": dict(alpha_method="kl_symmetry"),
 }
-HINTED = {"q* hinted teacher"}
+HINTED = {"q* hinted teacher", "q* self-teacher (one model)"}
+# One model: the teacher is theta itself (builtin:demo-theta loaded once), shown the hinted prompt.
+SELF_TEACHER = {"q* self-teacher (one model)"}
 ON_POLICY = {"theta alone"}  # log pi_theta - log q* is 0 on every token: no importance weighting
+
+# The fine-tuning losses compared (fine_tune): plain SFT, sequence-level importance weights
+# (importance_weights) and token-level truncated importance weights (tis_weights).
+WEIGHTINGS = ("sft", "is", "tis")
+# TIS truncation c: TIS_CLIP (2.0) and its reasons in os_cli/report/tis.py, which export uses too.
 
 
 def _train_demo():
@@ -76,9 +85,9 @@ def training_prompts(n: int, seed: int, heldout: list[dict]) -> list[dict]:
 
 
 def hint_question(problem: dict) -> str:
-    """The teacher's side of the hinted sampler: the reference answer, then the question. Of four
-    forms tried on 300 training prompts this one misled the demo teacher least (docs/benchmarks.md)."""
-    return f"The answer is {problem['answer']}. {problem['question']}"
+    """The teacher's side of the hinted samplers: the reference answer, then the question, in the
+    form the demo pair was trained to read (scripts/train_demo.py's HINT_TEMPLATE)."""
+    return train_demo.hint_question(problem)
 
 
 def chat(tokenizer, question: str) -> str:
@@ -89,7 +98,8 @@ def chat(tokenizer, question: str) -> str:
 @dataclass
 class Sample:
     """One training example: theta's prompt ids, the sampled completion ids (EOS included when the
-    row stopped with it), and sums over its tokens of log pi_theta and log q*."""
+    row stopped with it), sums over its tokens of log pi_theta and log q*, and the same per token
+    (as the records' `tokens.logprob_theta` / `tokens.logprob_q` hold them)."""
 
     prompt_ids: list[int]
     completion_ids: list[int]
@@ -97,11 +107,14 @@ class Sample:
     logp_q: float
     correct: bool
     terse: bool
+    token_logp_theta: list[float] | None = None
+    token_logp_q: list[float] | None = None
 
 
 def sample_dataset(name: str, problems: list[dict], seed: int, batch_size: int) -> list[Sample]:
     """One completion per problem from sampler `name` (a key of SAMPLERS), row seeds `seed + i`."""
-    model = OptimalSamplingModel(THETA, TEACHER, dtype=torch.float32, device="cpu", **SAMPLERS[name])
+    teacher = THETA if name in SELF_TEACHER else TEACHER
+    model = OptimalSamplingModel(THETA, teacher, dtype=torch.float32, device="cpu", **SAMPLERS[name])
     tok = model.tokenizer
     prompts = [chat(tok, p["question"]) for p in problems]
     prompts_t = [chat(tok, hint_question(p)) for p in problems] if name in HINTED else None
@@ -111,13 +124,16 @@ def sample_dataset(name: str, problems: list[dict], seed: int, batch_size: int) 
     for i, p in enumerate(problems):
         n = int(out.lengths[i])
         text = out.generated_texts[i]
+        theta_i, q_i = out.logprobs["theta"][i, :n].double(), out.logprobs["q"][i, :n].double()
         samples.append(Sample(
             prompt_ids=tok(prompts[i], add_special_tokens=False).input_ids,
             completion_ids=out.generated_ids[i, :n].tolist(),
-            logp_theta=float(out.logprobs["theta"][i, :n].double().sum()),
-            logp_q=float(out.logprobs["q"][i, :n].double().sum()),
+            logp_theta=float(theta_i.sum()),
+            logp_q=float(q_i.sum()),
             correct=bool(completion_matches(text, p["answer"])),
             terse=text.lstrip()[:1].isdigit(),
+            token_logp_theta=theta_i.tolist(),
+            token_logp_q=q_i.tolist(),
         ))
     return samples
 
@@ -133,6 +149,21 @@ def importance_weights(samples: list[Sample], clip: float) -> torch.Tensor:
     w = torch.softmax(log_w, dim=0) * len(samples)
     w = w.clamp(max=clip)
     return (w * len(samples) / w.sum()).float()
+
+
+def tis_weights(samples: list[Sample], clip: float = TIS_CLIP) -> list[torch.Tensor]:
+    """Per-token truncated importance weights (TIS), one tensor per sample over its completion tokens:
+    w_it = min(exp(log pi_theta(y_it) - log q*(y_it)), clip), from the per-token log-probabilities
+    recorded while sampling. Not self-normalised: the loss keeps SFT's normalisation (fine_tune)."""
+    return [
+        torch.tensor(truncated_token_weights([a - b for a, b in zip(s.token_logp_theta, s.token_logp_q)], clip))
+        for s in samples
+    ]
+
+
+def sequence_mean_weights(token_weights: list[torch.Tensor]) -> torch.Tensor:
+    """Each sample's mean token weight (what the diagnostics of a token-level weighting report)."""
+    return torch.stack([w.mean() if len(w) else torch.tensor(1.0) for w in token_weights])
 
 
 def weighted_share(flags: list[bool], weights: torch.Tensor | None) -> float:
@@ -155,12 +186,15 @@ class TrainConfig:
     warmup: float = 0.1  # share of steps with linear warmup; cosine decay to 10% after
 
 
-def fine_tune(samples: list[Sample], weights: torch.Tensor | None, cfg: TrainConfig, pad_id: int):
+def fine_tune(samples: list[Sample], weights: torch.Tensor | None, cfg: TrainConfig, pad_id: int,
+              token_weights: list[torch.Tensor] | None = None):
     """A fresh copy of builtin:demo-theta trained on `samples` (loss on completion tokens only).
 
-    The loss of a batch is sum_i w_i * sum_t nll_it / sum_i T_i: with all w_i = 1 (plain SFT) it is
-    the mean token NLL, as in scripts/train_demo.py. Batches: the data set reshuffled every epoch by
-    `random.Random(cfg.seed)`, so every data set of the same size is visited in the same order.
+    The loss of a batch is sum_i w_i * sum_t v_it * nll_it / sum_i T_i, with w_i the sequence weights
+    `weights` and v_it the token weights `token_weights` (each 1 when None): with all weights 1
+    (plain SFT) it is the mean token NLL, as in scripts/train_demo.py. Batches: the data set
+    reshuffled every epoch by `random.Random(cfg.seed)`, so every data set of the same size is
+    visited in the same order.
     """
     from transformers import AutoModelForCausalLM
 
@@ -193,6 +227,8 @@ def fine_tune(samples: list[Sample], weights: torch.Tensor | None, cfg: TrainCon
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.clamp(min=0).reshape(-1), reduction="none"
         ).view(targets.shape) * real
+        if token_weights is not None:
+            nll = nll * _token_weight_grid([token_weights[i] for i in batch], [samples[i] for i in batch], targets.shape)
         loss = (weights[batch] * nll.sum(dim=1)).sum() / real.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -202,6 +238,16 @@ def fine_tune(samples: list[Sample], weights: torch.Tensor | None, cfg: TrainCon
         losses.append(loss.item())
     model.eval()
     return model, losses
+
+
+def _token_weight_grid(token_weights: list[torch.Tensor], batch: list[Sample], shape) -> torch.Tensor:
+    """Token weights laid out like the shifted targets of _collate: row r's completion token t sits
+    at column len(prompt_ids) + t - 1; 0 elsewhere (those positions carry no loss anyway)."""
+    grid = torch.zeros(shape)
+    for row, (w, s) in enumerate(zip(token_weights, batch)):
+        start = len(s.prompt_ids) - 1
+        grid[row, start: start + len(w)] = w
+    return grid
 
 
 def _collate(batch: list[Sample], pad_id: int):

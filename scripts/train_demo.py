@@ -10,6 +10,11 @@ trained on chat-formatted problem/solution pairs (loss on the assistant's tokens
   solutions, but its arithmetic is often wrong.
 - the teacher is larger and trained three times longer: it is mostly right, and it usually writes
   a narrated solution, a style theta finds very unlikely.
+- theta also learns to read a hint: a quarter of its training prompts carry the reference solution
+  after the question (HINT_TEMPLATE). Given the hint, it is more often right than without it, which
+  is what self-distillation with privileged information (one model, the teacher being the policy
+  shown the hint; recipes/self-distill.yaml) needs. The teacher is trained without hints (see
+  TEACHER below for the hint phase that was tried).
 
 That is what the offline quick start (`make demo`) needs to show optimal sampling: samples from
 q* keep theta's style (high log pi_theta) while borrowing the teacher's correctness.
@@ -41,6 +46,9 @@ HELDOUT_SEED = 5678
 NUM_TRAIN_PROBLEMS = 40_000
 NUM_HELDOUT_PROBLEMS = 500
 VOCAB_SIZE = 480
+# The hinted prompt both models learn to read (and the one benchmarks/ and recipes/self-distill.yaml
+# use): the reference answer, then the question.
+HINT_TEMPLATE = "{question} Solution: {solution}"
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic task: short arithmetic word problems with a worked solution ending in \boxed{N}.
@@ -123,6 +131,11 @@ def _one_problem(rng: random.Random) -> tuple[str, str, str, int]:
     )
 
 
+def hint_question(problem: dict) -> str:
+    """The hinted form of a problem's question (HINT_TEMPLATE)."""
+    return HINT_TEMPLATE.format(question=problem["question"], solution=problem["solution"])
+
+
 def last_boxed(text: str) -> str | None:
     """The content of the last `\\boxed{...}` in `text`, or None."""
     found = re.findall(r"\\boxed\{([^{}]*)\}", text)
@@ -163,6 +176,12 @@ class ModelSpec:
     learning_rate: float
     init_seed: int
     narrated_share: float  # share of training problems shown with the narrated solution, the rest terse
+    hint_share: float = 0.0  # share of the main schedule's prompts that carry the hint
+    # The hint phase, after the main schedule: `hint_phase_steps` more steps (0: none) on the training
+    # problems with the hint on a share `hint_phase_share` of prompts, learning rate `hint_phase_lr`.
+    hint_phase_steps: int = 0
+    hint_phase_share: float = 0.5
+    hint_phase_lr: float = 1e-3
 
 
 # Sizes and schedules chosen so that, on held-out problems at temperature 1, the teacher is mostly
@@ -171,8 +190,14 @@ class ModelSpec:
 # Styles differ too, as between real model families: theta only ever writes terse solutions; the
 # teacher mostly narrates but knows the terse style as well. So teacher samples are off-policy for
 # theta, and q* can follow theta's style while the teacher keeps the arithmetic right.
+# Hints: theta learns them within its one short schedule (a quarter of its prompts carry the solution).
+# The teacher does not: a 200-step hint phase after its schedule (hint_phase_steps=200, half the
+# prompts hinted, lr 1e-3) was tried and made it worse on 100 held-out problems at temperature 1:
+# 88% right without the hint (93-95% before), 76% with it. So the shipped teacher is its main
+# schedule alone, as before; the hint phase stays available for a next attempt.
 TEACHER = ModelSpec("demo-teacher", 128, 4, 4, 2, 256, steps=3600, learning_rate=3e-3, init_seed=1, narrated_share=0.75)
-THETA = ModelSpec("demo-theta", 64, 2, 4, 2, 192, steps=1200, learning_rate=3e-3, init_seed=2, narrated_share=0.0)
+THETA = ModelSpec("demo-theta", 64, 2, 4, 2, 192, steps=1200, learning_rate=3e-3, init_seed=2, narrated_share=0.0,
+                  hint_share=0.25)
 BATCH_SIZE = 32
 WARMUP_STEPS = 100
 
@@ -191,15 +216,19 @@ def chat_prompt(tokenizer, question: str) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
-def encode_examples(tokenizer, problems: list[dict], narrated_share: float, seed: int) -> list[tuple[list[int], int]]:
+def encode_examples(tokenizer, problems: list[dict], narrated_share: float, seed: int,
+                    hint_share: float = 0.0) -> list[tuple[list[int], int]]:
     """(prompt ids + solution ids + eos, prompt length) per problem: loss goes on what follows the prompt.
 
-    Each problem appears once, with its narrated solution with probability `narrated_share`.
+    Each problem appears once, with its narrated solution with probability `narrated_share`, and with
+    the hinted question (hint_question) with probability `hint_share` (an independent stream, so the
+    styles drawn do not depend on `hint_share`).
     """
-    style_rng = random.Random(seed)
+    style_rng, hint_rng = random.Random(seed), random.Random(seed + 1_000_003)
     examples = []
     for p in problems:
-        prompt = chat_prompt(tokenizer, p["question"])
+        hinted = hint_rng.random() < hint_share
+        prompt = chat_prompt(tokenizer, hint_question(p) if hinted else p["question"])
         solution = p["narrated_solution"] if style_rng.random() < narrated_share else p["solution"]
         completion = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         examples.append((prompt + completion, len(prompt)))
@@ -237,7 +266,7 @@ def length_bucketed_batches(examples, rng: random.Random, pool_batches: int = 16
 
 
 def train_model(spec: ModelSpec, tokenizer, examples, log_every: int = 200):
-    """AdamW with linear warmup and cosine decay to 10%, one fixed shuffle stream per model."""
+    """A fresh model trained by `optimise` for `spec.steps` at `spec.learning_rate`."""
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
@@ -255,19 +284,28 @@ def train_model(spec: ModelSpec, tokenizer, examples, log_every: int = 200):
     )
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+    return optimise(model, tokenizer, examples, spec.name, spec.steps, spec.learning_rate, WARMUP_STEPS,
+                    random.Random(spec.init_seed), log_every)
+
+
+def optimise(model, tokenizer, examples, name: str, steps: int, learning_rate: float, warmup: int,
+             rng: random.Random, log_every: int = 200):
+    """AdamW with linear warmup and cosine decay to 10%, batches from one fixed shuffle stream `rng`."""
+    import torch
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
 
     def lr_factor(step: int) -> float:
-        if step < WARMUP_STEPS:
-            return (step + 1) / WARMUP_STEPS
-        progress = (step - WARMUP_STEPS) / max(1, spec.steps - WARMUP_STEPS)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    batches = length_bucketed_batches(examples, random.Random(spec.init_seed))
+    batches = length_bucketed_batches(examples, rng)
     model.train()
     started, running_loss = time.time(), 0.0
-    for step in range(spec.steps):
+    for step in range(steps):
         input_ids, attention, labels = collate(next(batches), tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
@@ -276,24 +314,36 @@ def train_model(spec: ModelSpec, tokenizer, examples, log_every: int = 200):
         optimizer.step()
         scheduler.step()
         running_loss += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == spec.steps:
+        if (step + 1) % log_every == 0 or step + 1 == steps:
             count = (step % log_every) + 1
-            print(f"  {spec.name} step {step + 1}/{spec.steps} loss {running_loss / count:.4f} "
+            print(f"  {name} step {step + 1}/{steps} loss {running_loss / count:.4f} "
                   f"({time.time() - started:.0f}s)", flush=True)
             running_loss = 0.0
     model.eval()
     return model
 
 
-def sample_stats(model, tokenizer, problems: list[dict], max_new_tokens: int = 64, seed: int = 0) -> dict:
+def hint_phase(spec: ModelSpec, model, tokenizer, problems: list[dict], log_every: int = 100):
+    """`spec.hint_phase_steps` more steps on `problems`, a share `spec.hint_phase_share` of them hinted
+    (other streams than the main schedule's: seed init_seed + 1)."""
+    examples = encode_examples(tokenizer, problems, spec.narrated_share, seed=spec.init_seed + 1,
+                               hint_share=spec.hint_phase_share)
+    warmup = max(1, spec.hint_phase_steps // 10)
+    return optimise(model, tokenizer, examples, f"{spec.name} hint phase", spec.hint_phase_steps, spec.hint_phase_lr,
+                    warmup, random.Random(spec.init_seed + 1), log_every)
+
+
+def sample_stats(model, tokenizer, problems: list[dict], max_new_tokens: int = 64, seed: int = 0,
+                 hinted: bool = False) -> dict:
     """Of temperature-1 samples (what the sampler draws): accuracy, share that stopped with eos and
-    share in the terse style (which starts with the first equation, so with a digit)."""
+    share in the terse style (which starts with the first equation, so with a digit). `hinted`:
+    prompted with hint_question instead of the bare question."""
     import torch
 
     correct = stopped = terse = 0
     for start in range(0, len(problems), 50):
         chunk = problems[start : start + 50]
-        prompts = [chat_prompt(tokenizer, p["question"]) for p in chunk]
+        prompts = [chat_prompt(tokenizer, hint_question(p) if hinted else p["question"]) for p in chunk]
         width = max(map(len, prompts))
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
@@ -311,6 +361,15 @@ def sample_stats(model, tokenizer, problems: list[dict], max_new_tokens: int = 6
     return {name: count / len(problems) for name, count in (("accuracy", correct), ("stopped", stopped), ("terse", terse))}
 
 
+def report(name: str, model, tokenizer, problems: list[dict]) -> None:
+    """Print `name`'s accuracy (and eos, terse shares) on `problems`, without and with the hint."""
+    for hinted in (False, True):
+        stats = sample_stats(model, tokenizer, problems, hinted=hinted)
+        print(f"  {name}{' with the hint' if hinted else ''}: {model.num_parameters():,} parameters; held-out "
+              f"samples at temperature 1: accuracy {stats['accuracy']:.1%}, stopped with eos {stats['stopped']:.1%}, "
+              f"terse style {stats['terse']:.1%}", flush=True)
+
+
 def directory_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -320,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUILTIN_DIR, help="where to write the models and problems")
     parser.add_argument("--teacher-steps", type=int, default=TEACHER.steps)
     parser.add_argument("--theta-steps", type=int, default=THETA.steps)
+    parser.add_argument("--teacher-main-from", type=Path, default=None,
+                        help="skip the teacher's main schedule: load its result from this folder (e.g. the "
+                             "shipped demo-teacher, made by that schedule), then run its hint phase if it has one")
+    parser.add_argument("--theta-from", type=Path, default=None,
+                        help="skip theta's training: load an already trained theta (e.g. DIR/demo-theta of an "
+                             "earlier --out run of this script)")
     parser.add_argument("--eval-problems", type=int, default=200, help="held-out problems to score after training")
     args = parser.parse_args(argv)
 
@@ -340,14 +405,23 @@ def main(argv: list[str] | None = None) -> int:
     trained = {}
     for spec, steps in ((TEACHER, args.teacher_steps), (THETA, args.theta_steps)):
         spec = dataclasses.replace(spec, steps=steps)
-        examples = encode_examples(tokenizer, train, spec.narrated_share, seed=spec.init_seed)
+        examples = encode_examples(tokenizer, train, spec.narrated_share, seed=spec.init_seed, hint_share=spec.hint_share)
         lengths = sorted(len(ids) for ids, _ in examples)
         print(f"{spec.name}: tokens per example median {lengths[len(lengths) // 2]}, max {lengths[-1]}", flush=True)
-        model = trained[spec.name] = train_model(spec, tokenizer, examples)
-        stats = sample_stats(model, tokenizer, heldout[: args.eval_problems])
-        print(f"  {spec.name}: {model.num_parameters():,} parameters; held-out samples at temperature 1: "
-              f"accuracy {stats['accuracy']:.1%}, stopped with eos {stats['stopped']:.1%}, "
-              f"terse style {stats['terse']:.1%}", flush=True)
+        loaded = args.teacher_main_from if spec.name == TEACHER.name else args.theta_from
+        if loaded is not None:
+            from transformers import AutoModelForCausalLM
+
+            print(f"  {spec.name}: main schedule skipped, loaded from {loaded}", flush=True)
+            model = AutoModelForCausalLM.from_pretrained(loaded, dtype=torch.float32)
+        else:
+            model = train_model(spec, tokenizer, examples)
+        if spec.hint_phase_steps and not (spec.name == THETA.name and args.theta_from is not None):
+            if loaded is None:  # a loaded main-schedule model was scored when it was made
+                report(spec.name + " after the main schedule", model, tokenizer, heldout[: args.eval_problems])
+            model = hint_phase(spec, model, tokenizer, train)
+        trained[spec.name] = model
+        report(spec.name, model, tokenizer, heldout[: args.eval_problems])
 
     # Written only once both are trained, so the shipped pair is never half old, half new.
     args.out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ Formats (columns in docs/ARCHITECTURE.md, "Exports"):
 Importance weights (q* sampled, pi_theta the model being trained): `log_weight` = log pi_theta(y) -
 log q*(y) of the whole completion, `weight` = the self-normalised weight exp(log_weight) / sum of
 exp(log_weight) over the exported records (the records left after the filters; they sum to 1), and
-with per-token records `token_log_weights` = log pi_theta - log q* of each token. Log weights are the
+with per-token records `token_log_weights` = log pi_theta - log q* of each token and
+`token_tis_weights` = min(exp(token_log_weights), 2) (truncated importance weights, os_cli.report.tis). Log weights are the
 exact decimal differences of the numbers the record holds (float32 precision), without binary noise.
 Ids are text in every format (`id`, and the row's dataset.id_field column), as in the records.
 
@@ -40,6 +41,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from os_cli.errors import UserError
 from os_cli.report.export_write import check_target, to_dataset, write_dataset
+from os_cli.report.tis import TIS_COLUMN, truncated_token_weights
 from os_cli.report.weights import (
     TOKEN_WEIGHT_COLUMN,
     WEIGHT_COLUMNS,
@@ -263,6 +265,7 @@ def trl_row(record: dict, lw: float, w: float) -> dict:
     per_token = token_log_weights(record)
     if per_token is not None:
         row[TOKEN_WEIGHT_COLUMN] = per_token
+        row[TIS_COLUMN] = truncated_token_weights(per_token)
     return row
 
 
@@ -303,6 +306,7 @@ def flat_row(record: dict, lw: float, w: float, id_field: str | None = None) -> 
     per_token = token_log_weights(record)
     if per_token is not None:
         row[TOKEN_WEIGHT_COLUMN] = per_token
+        row[TIS_COLUMN] = truncated_token_weights(per_token)
     return row
 
 
