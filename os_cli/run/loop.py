@@ -277,14 +277,8 @@ def sample(
     try:
         _stream(settings, model, writer, pending, total_mine, events, signals)
         status = "complete"
-    except KeyboardInterrupt:
-        status, message = "interrupted", "stopped by a signal; rerun the same command to resume"
-        raise
-    except UserError as exc:
-        message = str(exc)
-        raise
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
+    except (KeyboardInterrupt, Exception) as exc:
+        status, message = ended_by(exc)
         raise
     finally:
         signals.restore()
@@ -293,6 +287,13 @@ def sample(
         manifest = writer.finish(status, message=message, rescan=dist.world_size > 1 and status == "complete")
         events.finished(status, manifest, writer.written)
     return status
+
+
+def ended_by(exc: BaseException) -> tuple[str, str]:
+    """The manifest's (status, message) for a run that ended with `exc` (one process or a Ray driver)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "stopped by a signal; rerun the same command to resume"
+    return "failed", str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
 
 
 def stream_units(

@@ -30,7 +30,7 @@ from typing import Any
 
 from os_cli.errors import UserError
 from os_cli.recipe.typed import Recipe
-from os_cli.run.loop import RunEvents, StreamSettings, stream_units
+from os_cli.run.loop import RunEvents, StreamSettings, ended_by, stream_units
 from os_cli.run.signals import StopSignals
 from os_cli.store.shared_writers import (
     WRITER_SLOTS,
@@ -371,15 +371,9 @@ def _run_locked(
                 exit_code=1,
             )
         status = "complete"
-    except KeyboardInterrupt:
-        status, message = "interrupted", "stopped by a signal; rerun the same command to resume"
-        raise
-    except UserError as exc:
-        message = str(exc)
-        raise
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
+        status, message = ended_by(exc)
         if not isinstance(exc, ray.exceptions.RayError):
-            message = f"{type(exc).__name__}: {exc}"
             raise
         lines = [line for line in str(exc).splitlines() if line.strip()]
         message = f"the Ray job failed: {type(exc).__name__}: {lines[-1] if lines else ''}"
