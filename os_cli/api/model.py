@@ -260,6 +260,7 @@ class OptimalSamplingModel:
         )
         if loop == "refill":
             out.slot_occupancy = stats.occupancy(limit)
+            out.prompt_tokens = {"theta": stats.prompt_tokens_theta, "t": stats.prompt_tokens_t}
         return out
 
     @torch.inference_mode()

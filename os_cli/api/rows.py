@@ -58,6 +58,9 @@ class SamplingOutput:
     logits: dict[str, torch.Tensor] | None = None  # "theta", "t": raw logits before temperature, [batch, len, vocab]
     q_star_probs: torch.Tensor | None = None  # [batch, len, vocab], the distribution each token was drawn from
     slot_occupancy: float | None = None  # mean rows in flight / batch_size over the decode (refill loop)
+    # Prompt tokens each model's prefills ran (refill loop): {"theta": n, "t": m}; each distinct prompt of rows
+    # admitted together (or one after another) runs once (engine/prefix.py); "t" is 0 when one stream serves both
+    prompt_tokens: dict[str, int] | None = None
     # With generate(num_samples=n): row r is sample sample_indices[r] of prompt prompt_indices[r] (os_cli/samples.py)
     prompt_indices: torch.Tensor | None = None  # [batch] int64
     sample_indices: torch.Tensor | None = None  # [batch] int64

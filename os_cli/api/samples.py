@@ -33,6 +33,16 @@ def _as_list(prompts):
     return [prompts] if isinstance(prompts, str) else list(prompts)
 
 
+def repeat_samples(items: list, n: int) -> list:
+    """Each item n times, prompt-major (item 0's n copies first), as `generate(num_samples=n)` orders rows."""
+    return [item for item in items for _ in range(n)]
+
+
+def sample_seeds(seeds: list[int], n: int) -> list[int]:
+    """The seed of every repeated row, prompt-major: sample k of the prompt seeded s gets `sample_seed(s, k)`."""
+    return [sample_seed(int(s), k) for s in seeds for k in range(n)]
+
+
 def generate_samples(model, num_samples, args: dict):
     """`model.generate(**args)` with every prompt sampled `num_samples` times (see the module doc)."""
     n = check_num_samples(num_samples)
@@ -41,13 +51,13 @@ def generate_samples(model, num_samples, args: dict):
         return model.generate(**args)  # its own error for these prompts
     seeds = row_seeds(args.get("seed"), len(prompts))  # validated; None follows torch's global RNG
     repeated = dict(args)
-    repeated["prompts"] = [p for p in prompts for _ in range(n)]
+    repeated["prompts"] = repeat_samples(prompts, n)
     if prompts_t is not None:
-        repeated["prompts_t"] = [p for p in prompts_t for _ in range(n)]
-    repeated["seed"] = [sample_seed(int(s), k) for s in seeds.tolist() for k in range(n)]
+        repeated["prompts_t"] = repeat_samples(prompts_t, n)
+    repeated["seed"] = sample_seeds(seeds.tolist(), n)
     caps = args.get("max_new_tokens")
     if isinstance(caps, (list, tuple)) and len(caps) == len(prompts):  # one cap per prompt: per repeated row
-        repeated["max_new_tokens"] = [c for c in caps for _ in range(n)]
+        repeated["max_new_tokens"] = repeat_samples(list(caps), n)
     out = model.generate(**repeated)
     out.prompt_indices = torch.arange(len(prompts), dtype=torch.int64).repeat_interleave(n)
     out.sample_indices = torch.arange(n, dtype=torch.int64).repeat(len(prompts))
