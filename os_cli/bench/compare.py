@@ -1,7 +1,8 @@
 """Speed comparisons at one batch size: HF `generate` of the teacher alone (the single-model reference),
 the two-model floor and the engine with each alpha method, timed in interleaved rounds. No printing.
 
-The engine's points and the workload (BenchSettings, prompts cycled, per-row caps) come from sweep.py.
+The engine's points and the workload (BenchSettings, prompts cycled and repeated per sample, per-row caps)
+come from sweep.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,16 @@ from typing import Callable, Sequence
 
 import torch
 
+from os_cli.api.samples import repeat_samples
 from os_cli.bench.measure import BenchRow, Point, measure
-from os_cli.bench.sweep import WARMUP_MAX_NEW_TOKENS, BenchSettings, cycle_order, engine_point, lengths_label
+from os_cli.bench.sweep import (
+    WARMUP_MAX_NEW_TOKENS,
+    BenchSettings,
+    cycle_order,
+    engine_point,
+    lengths_label,
+    point_prompt_count,
+)
 from os_cli.memory import model_devices
 from os_cli.mix.alpha import ALPHA_METHODS
 
@@ -20,9 +29,11 @@ from os_cli.mix.alpha import ALPHA_METHODS
 def hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSettings) -> Point:
     """Plain `transformers` sampling from the teacher alone (`do_sample=True`), the same prompts and
     settings: the single-model reference. Stop strings are not applied (HF counts up to EOS); with
-    `fixed_length` EOS is ignored too (min_new_tokens = max_new_tokens)."""
-    n = max(settings.num_prompts, batch_size)
-    texts = cycle_order(list(prompts_t), n)
+    `fixed_length` EOS is ignored too (min_new_tokens = max_new_tokens). The rows are the engine's: each
+    prompt num_samples times, prompt-major (HF prefills every row)."""
+    n, samples = point_prompt_count(settings, batch_size), max(1, settings.num_samples)
+    texts = repeat_samples(cycle_order(list(prompts_t), n), samples)
+    rows = len(texts)
     teacher = model.model_t
     tokenizer = model.tokenizer_t
     eos = list(model.eos_token_ids)
@@ -43,6 +54,8 @@ def hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSe
         label="HF generate (teacher)",
         batch_size=batch_size,
         prompts=n,
+        num_samples=samples,
+        rows=rows,
         lengths=lengths_label(settings) if settings.lengths != "long-tail" else "natural (HF: EOS only)",
     )
     eos_t = torch.tensor(eos)
@@ -50,7 +63,7 @@ def hf_point(model, prompts_t: Sequence[str], batch_size: int, settings: BenchSe
     def one_pass(limit: int | None = None) -> tuple[int, int]:
         torch.manual_seed(settings.seed)
         tokens = steps = 0
-        chunks = range(0, n, batch_size) if limit is None else range(0, min(n, batch_size), batch_size)
+        chunks = range(0, rows, batch_size) if limit is None else range(0, min(rows, batch_size), batch_size)
         for start in chunks:
             ids, mask = model.encode(texts[start : start + batch_size], teacher=True)  # the engine's ids
             kwargs = dict(gen, max_new_tokens=limit, min_new_tokens=0) if limit else gen

@@ -25,7 +25,9 @@ class BenchRow:
     mode: str
     label: str
     batch_size: int
-    prompts: int = 0
+    prompts: int = 0  # distinct prompts the point runs (engine points: each num_samples times)
+    num_samples: int = 1
+    rows: int = 0  # prompts x num_samples
     alpha_method: str | None = None
     sample_from: str | None = None
     new_tokens: int = 0
@@ -49,6 +51,15 @@ class BenchRow:
     lengths: str | None = None  # how completion lengths were set (see BenchSettings)
     slot_occupancy: float | None = None  # mean rows in flight / batch size, where the engine reports it
     time_split: dict | None = None  # share of the last timed run per phase (engine/phase_clock.py), long-tail
+    # Engine points: prompt tokens each model's prefills ran in the last timed run (SchedulerStats), the tokens
+    # the point's distinct prompts hold (the teacher's None: one stream serves both), and their ratio, prompt
+    # tokens run per distinct prompt token (1.0: each prompt prefilled once, its samples sharing it)
+    prompt_tokens_theta: int | None = None
+    prompt_tokens_t: int | None = None
+    distinct_prompt_tokens_theta: int | None = None
+    distinct_prompt_tokens_t: int | None = None
+    prefill_ratio_theta: float | None = None
+    prefill_ratio_t: float | None = None  # None also when one stream serves both (prompt_tokens_t is 0)
 
     @property
     def ok(self) -> bool:
@@ -93,14 +104,15 @@ def _failed(row: BenchRow, exc: BaseException) -> BenchRow:
 
 
 class Point:
-    """One row to measure: `warmup()` (untimed) then `run() -> (new tokens, steps[, occupancy[, time split]])`
-    per round."""
+    """One row to measure: `warmup()` (untimed) then, per round,
+    `run() -> (new tokens, steps[, occupancy[, time split[, prompt tokens run (theta, teacher)]]])`."""
 
     def __init__(self, row: BenchRow, run: Callable[[], tuple], warmup: Callable[[], Any] | None = None):
         self.row, self.run, self.warmup = row, run, warmup
         self.tokens: list[int] = []
         self.steps = 0
         self.occupancy: float | None = None
+        self.prompt_tokens: tuple[int, int] | None = None
 
 
 def _warm(point: Point, devices) -> bool:
@@ -135,6 +147,8 @@ def _time_once(point: Point, devices) -> None:
         point.occupancy = float(result[2])
     if len(result) > 3 and result[3] is not None:
         row.time_split = dict(result[3])
+    if len(result) > 4 and result[4] is not None:
+        point.prompt_tokens = (int(result[4][0]), int(result[4][1]))
     row.peak_memory = max(row.peak_memory or 0, peak) if peak is not None else row.peak_memory
     if reserved is not None:
         row.peak_reserved = max(row.peak_reserved or 0, reserved)
@@ -157,7 +171,16 @@ def _finish(point: Point) -> BenchRow:
     row.spread = (max(times) - min(times)) / median if median > 0 else None
     row.noisy = bool(row.spread is not None and row.spread > NOISY_SPREAD)
     row.slot_occupancy = point.occupancy
+    if point.prompt_tokens is not None:
+        row.prompt_tokens_theta, row.prompt_tokens_t = point.prompt_tokens
+        row.prefill_ratio_theta = _ratio(row.prompt_tokens_theta, row.distinct_prompt_tokens_theta)
+        row.prefill_ratio_t = _ratio(row.prompt_tokens_t, row.distinct_prompt_tokens_t)
     return row
+
+
+def _ratio(ran: int, distinct: int | None) -> float | None:
+    """Prompt tokens run per distinct prompt token; None where the side has no stream of its own."""
+    return ran / distinct if distinct else None
 
 
 def measure(points: Sequence[Point], devices, repeats: int, *, warmup: bool = True) -> list[BenchRow]:

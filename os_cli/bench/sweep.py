@@ -6,6 +6,9 @@
     pick = recommend(rows, headroom=0.1, total_memory=device_memory(model))
 
 Definitions (also in the CLI help and README):
+- a point runs max(num_prompts, ceil(batch size / num_samples)) prompts (cycled from those given),
+  each `num_samples` times: prompts x num_samples rows, prompt-major, sample k of a prompt seeded
+  `rng.sample_seed(seed of the prompt, k)`, exactly the rows `generate(num_samples=n)` runs;
 - tokens/s counts generated tokens only (EOS included, prompts excluded), over the wall time of
   `model.generate` for the point's prompts (prefill included), with the device synchronised;
 - a step is one decode iteration of one micro-batch (both models' forwards, the alpha solve and a
@@ -54,7 +57,8 @@ class BenchSettings:
     top_k: int = -1
     seed: int = 0
     stop: list[str] = field(default_factory=list)
-    num_prompts: int = 16  # each point runs max(num_prompts, batch_size) prompts
+    num_prompts: int = 16  # distinct prompts per point: max(num_prompts, ceil(batch_size / num_samples))
+    num_samples: int = 1  # rows per prompt (the recipe's sampling.num_samples), prompt-major as generate orders them
     repeats: int = 3  # timed runs per point after the warm-up (median and spread reported)
     lengths: str = "natural"  # "natural" | "long-tail" (per-row caps, see long_tail_caps)
     fixed_length: bool = False  # every row runs exactly max_new_tokens (EOS and stop strings ignored)
@@ -97,6 +101,35 @@ def cycle_order(items: Sequence[str], n: int) -> list[str]:
     return [items[i % len(items)] for i in range(n)]
 
 
+def point_prompt_count(settings: BenchSettings, batch_size: int) -> int:
+    """Prompts a point runs: at least `num_prompts`, and enough that their samples fill one batch."""
+    return max(settings.num_prompts, -(-batch_size // max(1, settings.num_samples)))
+
+
+def point_rows(settings: BenchSettings, batch_size: int) -> int:
+    """Rows a point runs: its prompts x num_samples."""
+    return point_prompt_count(settings, batch_size) * max(1, settings.num_samples)
+
+
+def distinct_prompt_tokens(model, prompts: Sequence[str], prompts_t: Sequence[str] | None) -> tuple[int, int | None]:
+    """Prompt tokens the distinct prompts hold, per model, as the engine tokenizes them: (theta's, the teacher's);
+    the teacher's is None when one stream serves both (one model, the teacher's prompts theta's). With one model
+    and teacher prompts of its own (stacked), a teacher prompt equal to a theta prompt counts as theta's, as the
+    engine counts it."""
+    from os_cli.prompts.lengths import prompt_token_ids
+
+    theta = set(map(tuple, prompt_token_ids(model.tokenizer, list(prompts))))
+    two_streams = not model.same_model or (prompts_t is not None and list(prompts_t) != list(prompts))
+    if not two_streams:
+        return sum(map(len, theta)), None
+    teacher = set(
+        map(tuple, prompt_token_ids(model.tokenizer_t, list(prompts_t if prompts_t is not None else prompts)))
+    )
+    if model.same_model:
+        teacher -= theta
+    return sum(map(len, theta)), sum(map(len, teacher))
+
+
 def _steps(lengths: torch.Tensor, batch_size: int) -> int:
     counts = lengths.tolist()
     return int(sum(max(counts[i : i + batch_size]) for i in range(0, len(counts), batch_size)))
@@ -114,24 +147,29 @@ def engine_point(
     sample_from: str,
     alpha_method: str | None,
 ) -> Point:
-    n = max(settings.num_prompts, batch_size)
+    n, samples = point_prompt_count(settings, batch_size), max(1, settings.num_samples)
     batch = cycle_order(prompts, n)
     batch_t = cycle_order(prompts_t, n) if prompts_t is not None else None
     method = alpha_method or getattr(model, "alpha_method", None)
     name = label or (method if sample_from == "mixture" else f"sample_from={sample_from}")
     assert name is not None  # the sampler's alpha_method is always set (one of ALPHA_METHODS)
+    distinct_theta, distinct_t = distinct_prompt_tokens(model, batch, batch_t)
     row = BenchRow(
         mode=mode,
         label=name,
         batch_size=batch_size,
         prompts=n,
+        num_samples=samples,
+        rows=n * samples,
         alpha_method=method if sample_from == "mixture" else None,
         sample_from=sample_from,
         lengths=lengths_label(settings),
+        distinct_prompt_tokens_theta=distinct_theta,
+        distinct_prompt_tokens_t=distinct_t,
     )
     kwargs = settings.generate_kwargs()
-    if settings.lengths == "long-tail":
-        kwargs["max_new_tokens"] = long_tail_caps(n, settings.max_new_tokens, settings.seed)
+    if settings.lengths == "long-tail":  # one cap per row (each sample its own length)
+        kwargs["max_new_tokens"] = long_tail_caps(n * samples, settings.max_new_tokens, settings.seed)
 
     def generate(prompts_, prompts_t_, **kw):
         # Per-call settings, the model untouched: fixed_length runs every row to its cap (the same work
@@ -140,6 +178,7 @@ def engine_point(
             prompts_,
             prompts_t_,
             batch_size=batch_size,
+            num_samples=samples,  # prompt-major rows, each sample its own seed (api/samples.py)
             sample_from=sample_from,
             alpha=None if alpha_method is None else {"method": alpha_method},
             ignore_eos=settings.fixed_length,
@@ -150,11 +189,19 @@ def engine_point(
         if settings.lengths == "long-tail":  # through the row stream, to see where the time goes
             return _long_tail_run(model, batch, batch_t, batch_size, settings, kwargs, sample_from, alpha_method)
         out = generate(batch, batch_t, **kwargs)
-        return int(out.lengths.sum()), _steps(out.lengths, batch_size), getattr(out, "slot_occupancy", None)
+        ran = getattr(out, "prompt_tokens", None) or {}
+        return (
+            int(out.lengths.sum()),
+            _steps(out.lengths, batch_size),
+            getattr(out, "slot_occupancy", None),
+            None,
+            (ran.get("theta", 0), ran.get("t", 0)),
+        )
 
-    def warm() -> None:
+    def warm() -> None:  # about one batch of rows: its prompts' first samples
         warm_kwargs = dict(kwargs, max_new_tokens=min(settings.max_new_tokens, WARMUP_MAX_NEW_TOKENS))
-        generate(batch[:batch_size], batch_t[:batch_size] if batch_t else None, **warm_kwargs)
+        first = -(-batch_size // samples)
+        generate(batch[:first], batch_t[:first] if batch_t else None, **warm_kwargs)
 
     return Point(row, run, warm)
 
@@ -169,17 +216,27 @@ def _long_tail_run(
     sample_from: str,
     alpha_method: str | None,
 ) -> tuple:
-    """What `generate` runs for the long-tail point (the same rows, seeds and caps), through `generate_stream`
-    with a PhaseClock: (tokens, steps, slot occupancy, each phase's share of the time)."""
+    """What `generate` runs for the long-tail point (the same rows, seeds and caps: each prompt `num_samples`
+    times, prompt-major, sample k seeded `rng.sample_seed(prompt seed, k)` as `generate(num_samples=n)`
+    seeds it), through `generate_stream` with a PhaseClock: (tokens, steps, slot occupancy, each phase's
+    share of the time, the prompt tokens each model ran)."""
     from os_cli.api import arguments
     from os_cli.api.rows import StreamRow
+    from os_cli.api.samples import repeat_samples, sample_seeds
     from os_cli.engine.phase_clock import PhaseClock
     from os_cli.engine.requests import SchedulerStats
 
-    seeds = arguments.row_seeds(kwargs["seed"], len(batch)).tolist()
+    samples = max(1, settings.num_samples)
+    seeds = sample_seeds(arguments.row_seeds(kwargs["seed"], len(batch)).tolist(), samples)
     teacher = batch_t or [None] * len(batch)
     rows = [
-        StreamRow(p, t, seed=s, max_new_tokens=c) for p, t, s, c in zip(batch, teacher, seeds, kwargs["max_new_tokens"])
+        StreamRow(p, t, seed=s, max_new_tokens=c)
+        for p, t, s, c in zip(
+            repeat_samples(list(batch), samples),
+            repeat_samples(list(teacher), samples),
+            seeds,
+            kwargs["max_new_tokens"],
+        )
     ]
     separate = model.same_model and any(t is not None and t != p for p, t in zip(batch, teacher))
     stats = SchedulerStats(clock=PhaseClock(model_devices(model)))
@@ -202,7 +259,8 @@ def _long_tail_run(
         )
     )
     assert stats.clock is not None  # set above
-    return tokens, stats.steps, stats.occupancy(batch_size), stats.clock.shares()
+    prompt_tokens = (stats.prompt_tokens_theta, stats.prompt_tokens_t)
+    return tokens, stats.steps, stats.occupancy(batch_size), stats.clock.shares(), prompt_tokens
 
 
 def lengths_label(settings: BenchSettings) -> str:
@@ -226,9 +284,10 @@ def run_engine(
     alpha_method: str | None = None,
     warmup: bool = False,
 ) -> BenchRow:
-    """Time `model.generate` on max(num_prompts, batch_size) prompts in micro-batches of `batch_size`,
-    `settings.repeats` times. `alpha_method` is passed per call (the model's own setting is untouched).
-    `warmup` first runs one untimed micro-batch (at most WARMUP_MAX_NEW_TOKENS tokens)."""
+    """Time `model.generate` on the point's rows (max(num_prompts, ceil(batch_size / num_samples)) prompts,
+    each num_samples times) with `batch_size` in flight, `settings.repeats` times. `alpha_method` is passed per
+    call (the model's own setting is untouched). `warmup` first runs about one untimed batch of rows (at most
+    WARMUP_MAX_NEW_TOKENS tokens)."""
     point = engine_point(
         model,
         prompts,

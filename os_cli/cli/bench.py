@@ -31,11 +31,15 @@ if TYPE_CHECKING:
 HELP = (
     "Measure the sampler on the recipe's models and prompts across batch sizes.\n\n"
     "Loads the models once, renders real prompts from the recipe's dataset (as generate does) and, for "
-    "each batch size, times `generate` on max(--prompts, batch size) prompts --repeats times after one "
-    "warm-up run, reporting the median and the spread ((max - min) / median; over 10% is flagged with *): "
+    "each batch size, times `generate` on the rows generate would run: max(--prompts, ceil(batch size / n)) "
+    "distinct prompts, each n times with n the recipe's sampling.num_samples (prompt-major, each sample its "
+    "own seed; n = 1: max(--prompts, batch size) rows), --repeats times after one warm-up run, reporting "
+    "the median and the spread ((max - min) / median; over 10% is flagged with *): "
     "tokens/s (generated tokens only), seconds per decode step, peak memory (CUDA: "
     "torch.cuda.max_memory_allocated per device, reset per point; CPU: the process's peak resident set "
-    "size during the point, models included) and whether it ran out of memory. An out-of-memory point is "
+    "size during the point, models included), whether it ran out of memory, and per model the prompt tokens "
+    "its prefills ran per prompt token the point's distinct prompts hold (1.00: each prompt prefilled once, its "
+    "samples sharing it; 'one stream' where theta's stream serves the teacher too). An out-of-memory point is "
     "recorded and ends the sweep. `auto` doubles the batch size from 1 until out of memory, until peak "
     "memory passes the --headroom limit (CUDA), or until two points in a row fail to beat the best "
     "throughput so far by more than 5%. Without --batch-sizes the sweep is 1,2,4,8 and the recipe's own "
@@ -73,7 +77,13 @@ def bench_command(
         "--batch-sizes",
         help="Comma-separated batch sizes, or 'auto' (default: 1,2,4,8 and the recipe's sampling.batch_size).",
     ),
-    prompts: int = typer.Option(16, "--prompts", min=1, help="Prompts per point (at least the batch size is run)."),
+    prompts: int = typer.Option(
+        16,
+        "--prompts",
+        min=1,
+        help="Distinct prompts per point, each run sampling.num_samples times (rows = prompts × num_samples; "
+        "enough prompts to fill the batch size are run).",
+    ),
     max_new_tokens: Optional[int] = typer.Option(
         None, "--max-new-tokens", min=1, max=MAX_NEW_TOKENS, help="Tokens per completion (default: the recipe's)."
     ),
@@ -171,6 +181,7 @@ def _bench(
     from os_cli.api.build import build_model
     from os_cli.bench import compare as C
     from os_cli.bench import sweep as B
+    from os_cli.cli import bench_tables as T
     from os_cli.cli.drafts import check_speculative, parse_draft_tokens, speculative_section
     from os_cli.limits import MAX_BATCH_SIZE
     from os_cli.prompts.data import render_prompts
@@ -208,13 +219,16 @@ def _bench(
         seed=sampling.seed,
         stop=list(sampling.stop),
         num_prompts=num_prompts,
+        num_samples=sampling.num_samples,
         repeats=repeats,
         lengths=lengths,
     )
     ks = parse_draft_tokens(draft_tokens_text, settings.max_new_tokens) if draft_tokens_text is not None else []
     if ks:
         check_speculative(recipe, ks)
-    wanted = max([num_prompts] + (sizes if isinstance(sizes, list) else []))
+    wanted = max(
+        [num_prompts] + [B.point_prompt_count(settings, b) for b in (sizes if isinstance(sizes, list) else [])]
+    )
     limit = recipe.dataset.limit
     dataset = dataclasses.replace(recipe.dataset, limit=wanted if limit is None else min(limit, wanted))
     rows = load_rows(dataset, recipe.places.base_dir)
@@ -248,7 +262,7 @@ def _bench(
     console.print(
         f"[bold]bench[/] {literal(recipe.source.name)}: {device['name']} ({device['type']}), "
         f"dtype {info['dtype']}, alpha {model.alpha_method}, {settings.max_new_tokens} new tokens, "
-        f"{len(prompts)} distinct prompts, max({num_prompts}, batch size) per point"
+        f"{len(prompts)} distinct prompts, {T.rows_header(num_prompts, settings.num_samples)}"
     )
     from os_cli.machine import busy_note
 
@@ -266,14 +280,14 @@ def _bench(
     memory_limit = min(total.values()) * (1 - headroom) if total else None
     sweep_rows = B.sweep(model, prompts, prompts_t, sizes, settings, on_row=progress, memory_limit=memory_limit)
     rec = B.recommend(sweep_rows, headroom, total)
-    console.print(_rows_table(f"Batch-size sweep (median of {repeats} runs)", sweep_rows, compare=False))
+    console.print(T.rows_table(f"Batch-size sweep (median of {repeats} runs)", sweep_rows, compare=False))
     note(
         console,
         f"[dim]lengths: {settings_lengths(settings, B)}; spread: (max - min) / median of the timed "
         "runs, * when over 10%[/]",
     )
-    note(console, _memory_note(sweep_rows, device))
-    for line in _split_notes(sweep_rows):
+    note(console, T.memory_note(sweep_rows, device))
+    for line in T.rows_note(sweep_rows) + T.split_notes(sweep_rows) + T.prefill_notes(sweep_rows):
         note(console, line)
     if rec["batch_size"] is not None:
         note(
@@ -299,10 +313,10 @@ def _bench(
             console.print(f"[bold]compare[/] at batch size {at}")
             same_work = dataclasses.replace(settings, fixed_length=settings.lengths != "long-tail")
             compare_rows = C.compare(model, prompts, prompts_t, at, same_work, on_row=progress)
-            n = max(num_prompts, at)
+            n = B.point_rows(settings, at)
             console.print(
-                _rows_table(
-                    f"Comparison at batch size {at}, {n} prompts, {repeats} interleaved rounds",
+                T.rows_table(
+                    f"Comparison at batch size {at}, {n} rows, {repeats} interleaved rounds",
                     compare_rows,
                     compare=True,
                 )
@@ -312,6 +326,8 @@ def _bench(
                 f"[dim]lengths: {compare_rows[1].lengths}; × floor: median over rounds of tokens/s "
                 "over the same round's floor (min-max); spread * over 10%[/]",
             )
+            for line in T.prefill_notes(compare_rows[1:], name=lambda r: r.label):
+                note(console, line)
             for r in compare_rows:
                 if not r.ok:
                     note(console, f"[red]{r.label}:[/] {r.error}")
@@ -362,81 +378,5 @@ def _bench(
         )
 
 
-def _mem(n: int | None) -> str:
-    if n is None:
-        return "–"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
 def settings_lengths(settings, B) -> str:
     return B.lengths_label(settings)
-
-
-def _rows_table(title: str, rows, compare: bool):
-    """Sweep: one row per batch size. Compare: one row per run (batch size and prompts are in the title).
-    Both fit 80 columns: the JSON file has every field."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1))
-    if compare:
-        cols = ["run", "tokens/s", "spread", "× floor", "min-max", "peak mem"]
-    else:
-        cols = ["batch", "tokens", "steps", "tokens/s", "spread", "s/step", "peak mem", "status"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("run", "status") else "right", no_wrap=c != "status")
-    for r in rows:
-        mem = _mem(r.peak_reserved if r.peak_reserved is not None else r.peak_memory)
-        failed = "[red]OOM[/]" if r.oom else "[red]error[/]"
-        spread = percent(r.spread) + ("*" if r.noisy else "")
-        if compare:
-            cells = [r.label]
-            if r.ok:
-                ratio = "–" if r.ratio_to_floor is None else f"{r.ratio_to_floor:.2f}"
-                rng = "–" if r.ratio_min is None else f"{r.ratio_min:.2f}-{r.ratio_max:.2f}"
-                cells += [f"{r.tokens_per_s:,.1f}", spread, ratio, rng, mem]
-            else:
-                cells += [failed] + ["–"] * 4
-            table.add_row(*cells)
-        else:
-            cells = [str(r.batch_size)]
-            if r.ok:
-                cells += [
-                    f"{r.new_tokens:,}",
-                    f"{r.steps:,}",
-                    f"{r.tokens_per_s:,.1f}",
-                    spread,
-                    f"{r.s_per_step * 1000:.1f} ms" if r.s_per_step else "–",
-                    mem,
-                    "ok",
-                ]
-            else:
-                cells += ["–"] * 6 + [failed]
-            table.add_row(*cells)
-    return table
-
-
-def _split_notes(rows) -> list[str]:
-    """Long-tail points: slot occupancy and where each point's time went (engine/phase_clock.py)."""
-    split = [r for r in rows if r.ok and r.time_split]
-    if not split:
-        return []
-    lines = ["[dim]occupancy (mean rows in flight / batch) and time split of the last timed run:[/]"]
-    for r in split:
-        shares = ", ".join(f"{name} {share:.0%}" for name, share in r.time_split.items())
-        lines.append(f"[dim]  batch {r.batch_size}: occupancy {r.slot_occupancy:.2f}; {shares}[/]")
-    return lines
-
-
-def _memory_note(rows, device: dict) -> str:
-    metric = next((r.memory_metric for r in rows if r.memory_metric), "")
-    notes = {
-        "cuda_max_memory_allocated": "peak memory: torch.cuda.max_memory_allocated, max over devices, reset per "
-        "point (rsv: max_memory_reserved, used for the headroom check)",
-        "cpu_peak_rss": "peak memory: the process's peak resident set size during each point (VmHWM, reset per "
-        "point), models included",
-        "cpu_peak_rss_sampled": "peak memory: the highest resident set size sampled during each point, models included",
-        "cpu_ru_maxrss_process": "peak memory: ru_maxrss, the process's high-water mark so far (never goes down), "
-        "models included",
-    }
-    return f"[dim]{notes.get(metric, 'peak memory: not measured')}[/]"
