@@ -123,3 +123,18 @@ def test_one_model_stacked_rows_share_prefills_too(tiny_models):
     for s in stats.values():
         assert (s.prompt_tokens_theta, s.prompt_tokens_t) == (lengths, lengths_t)
     assert stats["one"].teacher_forwards == 0 < stats["two"].teacher_forwards
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_samples_with_different_caps_still_share_one_prefill(pair, limit):
+    # Longest-first admission would interleave prompts whose samples have different caps; the samples of the
+    # prompt admitted last go next (admission.py), so each prompt still runs once, with the same tokens.
+    n = 3
+    requests, ids, ids_t = _requests(pair, n)
+    caps = [6, 1, 4, 2, 5, 3, 1, 6, 2]  # prompt 0: 6, 1, 4; prompt 1: 2, 5, 3; prompt 2: 1, 6, 2
+    requests = [dataclasses.replace(r, max_new_tokens=c) for r, c in zip(requests, caps)]
+    shared, stats = _decode(pair, requests, limit, True)
+    alone, _ = _decode(pair, requests, limit, False)
+    assert {i: r.tokens.tolist() for i, r in shared.items()} == {i: r.tokens.tolist() for i, r in alone.items()}
+    assert [len(shared[i].tokens) for i in range(len(caps))] == caps
+    assert (stats.prompt_tokens_theta, stats.prompt_tokens_t) == (sum(map(len, ids)), sum(map(len, ids_t)))

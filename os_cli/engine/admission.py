@@ -5,7 +5,10 @@
 token cap first (its `max_new_tokens`, else the run's), ties by input order. That is the
 longest-processing-time-first rule for makespan: on a long-tailed workload the last rows to end
 are short ones, so the batch does not drain around a few long rows. With equal caps (one
-max_new_tokens for the whole run) it is input order. "input_order": rows are read one at a time
+max_new_tokens for the whole run) it is input order. One exception: after a row is taken, the
+waiting rows with the same prompt (`prompt(request)`: the samples of one prompt) go next, longest
+first among them, so one prefill serves them all (engine/prefix.py keeps only the prompt admitted
+last) even where their caps differ. "input_order": rows are read one at a time
 and admitted as they come. A row's output depends on neither (its draws are keyed per row).
 
 Rows sent back (an eviction below a lowered limit, an OOM back-off) wait again at their input
@@ -14,7 +17,7 @@ position. Pure bookkeeping: no torch, no models.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 ADMISSIONS = ("longest_first", "input_order")
 LOOKAHEAD_PER_SLOT = 4  # default window: this many waiting rows per in-flight slot
@@ -33,12 +36,21 @@ class Waiting(Generic[R]):
     """Rows read but not in flight, as (input position, request); `take()` picks by the policy.
 
     `cap(request)` is the row's token cap; `accept(request)` checks (and returns) a request as it
-    is read. Holds at most `lookahead` rows read ahead (plus rows sent back)."""
+    is read; `prompt(request)`, when given, a hashable key of its prompt. Holds at most `lookahead`
+    rows read ahead (plus rows sent back)."""
 
     def __init__(
-        self, source: Iterator[R], admission: str, lookahead: int, cap: Callable[[R], int], accept: Callable[[R], R]
+        self,
+        source: Iterator[R],
+        admission: str,
+        lookahead: int,
+        cap: Callable[[R], int],
+        accept: Callable[[R], R],
+        prompt: Callable[[R], Hashable] | None = None,
     ):
-        self.source, self.cap, self.accept = source, cap, accept
+        self.source, self.cap, self.accept, self.prompt = source, cap, accept, prompt
+        self.last_prompt: Hashable | None = None  # the prompt of the row taken last
+        self._prompts: dict[int, Hashable] = {}  # input position -> prompt key, computed once per row
         self.longest_first = admission == "longest_first"
         self.window = lookahead if self.longest_first else 1
         self.rows: list[tuple[int, R]] = []
@@ -63,10 +75,24 @@ class Waiting(Generic[R]):
         if not self.rows:
             return None
         if self.longest_first:
-            pick = max(range(len(self.rows)), key=lambda i: (self.cap(self.rows[i][1]), -self.rows[i][0]))
+            candidates: Sequence[int] = range(len(self.rows))
+            if self.prompt is not None and self.last_prompt is not None:
+                siblings = [i for i in candidates if self._prompt_of(i) == self.last_prompt]
+                candidates = siblings or candidates
+            pick = max(candidates, key=lambda i: (self.cap(self.rows[i][1]), -self.rows[i][0]))
+            if self.prompt is not None:
+                self.last_prompt = self._prompt_of(pick)
+                del self._prompts[self.rows[pick][0]]  # only rows waiting keep one (the source may be endless)
         else:
             pick = min(range(len(self.rows)), key=lambda i: self.rows[i][0])
         return self.rows.pop(pick)
+
+    def _prompt_of(self, i: int) -> Hashable:
+        assert self.prompt is not None
+        position, request = self.rows[i]
+        if position not in self._prompts:
+            self._prompts[position] = self.prompt(request)
+        return self._prompts[position]
 
     def send_back(self, rows: list[tuple[int, R]]) -> None:
         self.rows += rows

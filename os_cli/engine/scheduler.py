@@ -109,6 +109,7 @@ def decode_rows(
         lookahead,
         cap=lambda r: r.max_new_tokens or settings.max_new_tokens,
         accept=loop._check,
+        prompt=lambda r: (tuple(r.ids_theta), None if r.ids_t is None else tuple(r.ids_t)),
     )
     with phase_clock.attached(loop.clock, [model_theta, model_t]):  # where the time goes (benchmarks)
         yield from loop.run(waiting)
