@@ -10,8 +10,9 @@ problem, at temperature 1 and with the same seed, from:
   - the teacher alone    (alpha fixed at 1: q* = pi_t)
   - q* with kl_symmetry  (alpha per token in [0.5, 1], the recipe default)
   - q* with alpha 0.5    (fixed)
-and, with the hint the pair was trained to read ("The answer is N. " before the question, on the
-side of the model called the teacher only; theta's prompt stays the bare question):
+and, with the hint the pair was trained to read (the reference solution after the question, " Solution:
+...", scripts/train_demo.py's HINT_TEMPLATE, on the side of the model called the teacher only; theta's
+prompt stays the bare question):
   - theta alone, hinted              (one model; alpha fixed at 1 on its hinted prompt)
   - teacher alone, hinted            (alpha fixed at 1)
   - q* self-teacher (one model)      (kl_symmetry; the teacher is theta itself, shown the hint)

@@ -160,7 +160,7 @@ def test_demo_recipe_runs_end_to_end_through_the_cli(cli_app, tmp_path):
     result = runner.invoke(cli_app, ["inspect", str(out), "--json"])
     assert result.exit_code == 0, result.output
     answers = json.loads(result.stdout)["overall"]["answers"]
-    # The mixture solves most problems (84.2 % over all 500 held-out problems with kl_symmetry);
+    # The mixture solves most problems (81.0 % over all 500 held-out problems with kl_symmetry);
     # a broken engine or untrained weights land far below this.
     assert answers["with_reference"] == 16 and answers["correct"] >= 10, answers
 
@@ -204,12 +204,12 @@ def _greedy_correct(name: str, rows: list[dict], questions: list[str], train_dem
 HINT_CHECK_ROWS = 48
 
 
-def test_theta_reads_the_hint_the_teacher_does_not(train_demo, heldout_rows):
-    """What self-distillation with privileged information needs: given the reference solution in its
-    prompt (train_demo.HINT_TEMPLATE), theta is right more often than on the bare question (greedy,
-    48 held-out problems: 24 without, 32 with). The teacher was not trained on hints (a hint phase
-    made it worse, see scripts/train_demo.py), and the hint throws it off (44 without, 12 with): the
-    reason the two-model hinted sampler fails on this pair (docs/benchmarks.md)."""
+def test_both_models_read_the_hint(train_demo, heldout_rows):
+    """What self-distillation with privileged information and a hinted teacher need: given the
+    reference solution in its prompt (train_demo.HINT_TEMPLATE), each model is right at least as often
+    as on the bare question (greedy, 48 held-out problems; counts printed on failure). theta gains
+    clearly; the teacher, nearly always right already, must not be thrown off by the hint (the
+    previous teacher, never trained on hints, fell from 44 to 12 here)."""
     rows = heldout_rows[:HINT_CHECK_ROWS]
     counts = {}
     for name in MODEL_NAMES:
@@ -219,4 +219,4 @@ def test_theta_reads_the_hint_the_teacher_does_not(train_demo, heldout_rows):
     theta_bare, theta_hinted = counts["demo-theta"]
     assert theta_bare <= 27 and theta_hinted >= 30, counts
     teacher_bare, teacher_hinted = counts["demo-teacher"]
-    assert teacher_bare >= 40 and teacher_hinted < teacher_bare, counts
+    assert teacher_bare >= 40 and teacher_hinted >= max(teacher_bare, 46), counts
