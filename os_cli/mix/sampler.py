@@ -179,8 +179,9 @@ def mixture_step(
                 f"got {tuple(row_keys.shape)} and step={step!r}"
             )
 
-    scaled_theta = logits_theta.float() / config.temperature
-    scaled_t = logits_t.float() / config.temperature
+    # x / 1.0 == x exactly: skip the division (two passes over [B, V]) at the default temperature.
+    scale = (lambda x: x.float()) if config.temperature == 1.0 else (lambda x: x.float() / config.temperature)
+    scaled_theta, scaled_t = scale(logits_theta), scale(logits_t)  # read only below (may alias the inputs)
     (bad_theta, full_theta), (bad_t, full_t) = _row_extremes(scaled_theta), _row_extremes(scaled_t)
     both_bad = bad_theta & bad_t
     any_bad, any_both_bad, all_full = torch.stack(
