@@ -272,3 +272,25 @@ def test_compile_is_refused(cli_app, recipes, compile_value):
     assert result.exit_code == 2, result.output
     assert "models.compile" in result.stderr and "--draft-tokens" in result.stderr
     assert "Traceback" not in result.output and "Batch-size sweep" not in result.stdout
+
+
+def test_draft_points_run_num_samples_rows_as_the_sweep_does(tiny_models):
+    """With sampling.num_samples = 3 the k=0 and k rows run what the sweep's points run: each prompt 3 times,
+    prompt-major, sample k seeded sample_seed(prompt seed, k); the rows say so (prompts, num_samples, rows)."""
+    from os_cli.api import arguments
+    from os_cli.api.model import OptimalSamplingModel, SchedulerStats, StreamRow
+    from os_cli.api.samples import repeat_samples, sample_seeds
+
+    model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
+    prompts = ["Question: What is 1 plus 4?", "Question: What is 2 plus 5?"]
+    settings = BenchSettings(max_new_tokens=4, num_prompts=2, num_samples=3, repeats=3, seed=7)
+    rows, _ = D.measure_draft_tokens(model, prompts, None, 2, [2], settings, cost_repeats=1)
+    for r in rows:
+        assert (r.timing.prompts, r.timing.num_samples, r.timing.rows) == (2, 3, 6)
+        assert r.timing.new_tokens == 6 * 4  # every row to its cap
+    stats = SchedulerStats()
+    seeds = sample_seeds(arguments.row_seeds(7, 2).tolist(), 3)
+    direct = [StreamRow(p, seed=s) for p, s in zip(repeat_samples(prompts, 3), seeds)]
+    list(model.generate_stream(direct, max_new_tokens=4, draft_tokens=2, limit=2, stats=stats, ignore_eos=True,
+                               skip_decode=True))
+    assert rows[1].drafted == 3 * stats.drafted and rows[1].accepted == 3 * stats.accepted  # three timed runs

@@ -165,23 +165,28 @@ class DraftRow:
 def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSettings, k: int) -> tuple[Point, list]:
     """A bench Point running `generate_stream` at draft length k, every row to its cap (EOS and stop
     strings ignored), and the list its timed runs append their SchedulerStats to."""
-    from os_cli.bench.sweep import cycle_order, long_tail_caps
+    from os_cli.api.samples import repeat_samples, sample_seeds
+    from os_cli.bench.sweep import cycle_order, long_tail_caps, point_prompt_count
 
-    n = max(settings.num_prompts, batch_size)
-    batch = cycle_order(prompts, n)
-    batch_t = cycle_order(prompts_t, n) if prompts_t is not None else [None] * n
+    # The rows the sweep's points run (sweep.engine_point): each prompt num_samples times, prompt-major.
+    n, samples = point_prompt_count(settings, batch_size), max(1, settings.num_samples)
+    distinct, distinct_t = cycle_order(prompts, n), cycle_order(prompts_t, n) if prompts_t is not None else [None] * n
+    separate = model.same_model and any(t is not None and t != p for p, t in zip(distinct, distinct_t))
+    batch, batch_t = repeat_samples(distinct, samples), repeat_samples(distinct_t, samples)
+    rows_total = n * samples
     if settings.lengths == "long-tail":
-        caps = long_tail_caps(n, settings.max_new_tokens, settings.seed)
+        caps = long_tail_caps(rows_total, settings.max_new_tokens, settings.seed)
     else:
-        caps = [settings.max_new_tokens] * n
-    seeds = arguments.row_seeds(settings.seed, n).tolist()
-    separate = model.same_model and any(t is not None and t != p for p, t in zip(batch, batch_t))
+        caps = [settings.max_new_tokens] * rows_total
+    seeds = sample_seeds(arguments.row_seeds(settings.seed, n).tolist(), samples)
     label = "plain loop (k=0)" if k == 0 else f"draft_tokens={k}"
     row = BenchRow(
         mode="speculative",
         label=label,
         batch_size=batch_size,
         prompts=n,
+        num_samples=samples,
+        rows=rows_total,
         alpha_method=model.alpha_method,
         sample_from="mixture",
         lengths=lengths_label(settings),
@@ -212,7 +217,7 @@ def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSett
 
     def run() -> tuple:
         stats = SchedulerStats()
-        tokens = go(n, None, stats)
+        tokens = go(rows_total, None, stats)
         runs.append(stats)
         return tokens, stats.steps, stats.occupancy(batch_size)
 

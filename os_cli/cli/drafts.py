@@ -82,9 +82,9 @@ def speculative_section(console, model, prompts, prompts_t, settings, ks, rec, s
 
     rows, costs = D.measure_draft_tokens(model, prompts, prompts_t, at, ks, settings, on_row=progress)
     pick = D.recommend_draft_tokens(rows)
-    n = max(settings.num_prompts, at)
+    n = rows[0].timing.rows
     console.print(
-        _draft_table(f"Speculative at batch size {at}, {n} prompts, {settings.repeats} interleaved rounds", rows)
+        _draft_table(f"Speculative at batch size {at}, {n} rows, {settings.repeats} interleaved rounds", rows)
     )
     note(
         console,
