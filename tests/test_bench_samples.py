@@ -26,16 +26,20 @@ def one_torch_thread():
 def samples_recipe(tmp_path_factory, tiny_models):
     root = tmp_path_factory.mktemp("bench_samples")
     data = root / "data.jsonl"
-    data.write_text("".join(
-        json.dumps({"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)}) + "\n" for i in range(4)
-    ))
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)}) + "\n" for i in range(4)
+        )
+    )
     recipe = {
         "description": "bench with samples",
         "models": {"theta": tiny_models["theta"], "teacher": tiny_models["teacher"], "device": "cpu"},
         "sampling": {"max_new_tokens": 4, "seed": 0, "num_samples": 3},
         "dataset": {"source": str(data)},
-        "prompts": {"theta": {"template": "Question: {question}", "chat_template": True},
-                    "teacher": {"template": "Question: {question} Answer: {answer}", "chat_template": True}},
+        "prompts": {
+            "theta": {"template": "Question: {question}", "chat_template": True},
+            "teacher": {"template": "Question: {question} Answer: {answer}", "chat_template": True},
+        },
     }
     path = root / "samples.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -106,3 +110,22 @@ def test_one_stream_has_no_teacher_ratio(tiny_models):
     assert row.to_dict()["prefill_ratio_t"] is None
     (line,) = prefill_notes([row])
     assert "theta 1.00×" in line and "teacher: one stream" in line and "0.00" not in line
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_one_model_with_teacher_prompts_counts_both_sides_of_its_stacked_stream(tiny_models, batch):
+    # Row 0's teacher prompt is row 1's theta prompt: which side the engine counts it on depends on the rows
+    # prefilled together, so bench compares the total against both sides' distinct prompts (1.00: each once).
+    from os_cli.api.model import OptimalSamplingModel
+    from os_cli.cli.bench_tables import prefill_notes
+
+    model = OptimalSamplingModel(tiny_models["theta"], device="cpu")
+    prompts = ["What is 1 plus 4?", "What is 2 plus 5?", "What is 3 plus 6?"]
+    teacher = [prompts[1], prompts[2] + " Answer: 9", prompts[0] + " Answer: 5"]
+    settings = B.BenchSettings(max_new_tokens=3, num_prompts=3, num_samples=2, repeats=1)
+    row = B.run_engine(model, prompts, teacher, batch, settings)
+    assert row.ok and row.prefill_stacked and row.distinct_prompt_tokens_t == 0 and row.prefill_ratio_t is None
+    ran = row.prompt_tokens_theta + row.prompt_tokens_t
+    assert ran == row.distinct_prompt_tokens_theta and row.prefill_ratio_theta == pytest.approx(1.0)
+    (line,) = prefill_notes([row])
+    assert "one stacked stream, both sides 1.00×" in line

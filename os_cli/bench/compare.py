@@ -14,14 +14,8 @@ import torch
 
 from os_cli.api.samples import repeat_samples
 from os_cli.bench.measure import BenchRow, Point, measure
-from os_cli.bench.sweep import (
-    WARMUP_MAX_NEW_TOKENS,
-    BenchSettings,
-    cycle_order,
-    engine_point,
-    lengths_label,
-    point_prompt_count,
-)
+from os_cli.bench.sweep import WARMUP_MAX_NEW_TOKENS, engine_point
+from os_cli.bench.workload import BenchSettings, cycle_order, lengths_label, point_prompt_count
 from os_cli.memory import model_devices
 from os_cli.mix.alpha import ALPHA_METHODS
 

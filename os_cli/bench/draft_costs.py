@@ -166,7 +166,7 @@ def _draft_point(model, prompts, prompts_t, batch_size: int, settings: BenchSett
     """A bench Point running `generate_stream` at draft length k, every row to its cap (EOS and stop
     strings ignored), and the list its timed runs append their SchedulerStats to."""
     from os_cli.api.samples import repeat_samples, sample_seeds
-    from os_cli.bench.sweep import cycle_order, long_tail_caps, point_prompt_count
+    from os_cli.bench.workload import cycle_order, long_tail_caps, point_prompt_count
 
     # The rows the sweep's points run (sweep.engine_point): each prompt num_samples times, prompt-major.
     n, samples = point_prompt_count(settings, batch_size), max(1, settings.num_samples)

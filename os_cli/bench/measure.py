@@ -60,6 +60,9 @@ class BenchRow:
     distinct_prompt_tokens_t: int | None = None
     prefill_ratio_theta: float | None = None
     prefill_ratio_t: float | None = None  # None also when one stream serves both (prompt_tokens_t is 0)
+    # One model with teacher prompts of its own (one stacked stream): distinct_prompt_tokens_theta and
+    # prefill_ratio_theta cover both sides' prompts together, the teacher's distinct tokens are 0 and its ratio None
+    prefill_stacked: bool = False
 
     @property
     def ok(self) -> bool:
@@ -173,7 +176,8 @@ def _finish(point: Point) -> BenchRow:
     row.slot_occupancy = point.occupancy
     if point.prompt_tokens is not None:
         row.prompt_tokens_theta, row.prompt_tokens_t = point.prompt_tokens
-        row.prefill_ratio_theta = _ratio(row.prompt_tokens_theta, row.distinct_prompt_tokens_theta)
+        ran_theta = row.prompt_tokens_theta + (row.prompt_tokens_t if row.prefill_stacked else 0)
+        row.prefill_ratio_theta = _ratio(ran_theta, row.distinct_prompt_tokens_theta)
         row.prefill_ratio_t = _ratio(row.prompt_tokens_t, row.distinct_prompt_tokens_t)
     return row
 

@@ -123,6 +123,11 @@ def prefill_notes(rows, name=lambda r: f"batch {r.batch_size}") -> list[str]:
         return []
 
     def cells(r) -> str:
+        if r.prefill_stacked:
+            both = r.prompt_tokens_theta + r.prompt_tokens_t
+            return (
+                f"one stacked stream, both sides {_side(r.prefill_ratio_theta, both, r.distinct_prompt_tokens_theta)}"
+            )
         theta = _side(r.prefill_ratio_theta, r.prompt_tokens_theta, r.distinct_prompt_tokens_theta)
         if r.distinct_prompt_tokens_t is None:
             return f"theta {theta}, teacher: one stream (theta's)"
