@@ -94,16 +94,16 @@ def test_longest_first_admits_the_largest_cap_then_input_order(pair):
     assert [key_row[k] for k in order] == [2, 4, 1, 3, 0, 5]
 
 
-def test_the_samples_of_the_prompt_taken_last_go_next():
-    # (prompt, cap) per input row: after a row, its prompt's waiting samples (longest first) precede longer rows
-    # of other prompts, so one prefill serves them (engine/prefix.py keeps the prompt admitted last).
-    rows = [("a", 3), ("a", 9), ("b", 8), ("b", 1), ("a", 2), ("c", 5)]
+def test_among_the_longest_rows_the_prompt_taken_last_goes_first():
+    # (prompt, cap) per input row: the cap decides first (longest first); among rows of the largest cap, one
+    # with the prompt admitted last goes before input order, so one prefill serves both (engine/prefix.py).
+    rows = [("a", 5), ("b", 5), ("a", 5), ("c", 9), ("b", 5), ("c", 1)]
     waiting = admission_policy.Waiting(iter(rows), "longest_first", len(rows), cap=lambda r: r[1],
                                        accept=lambda r: r, prompt=lambda r: r[0])
-    assert [waiting.take()[0] for _ in rows] == [1, 0, 4, 2, 3, 5]
+    assert [waiting.take()[0] for _ in rows] == [3, 0, 2, 1, 4, 5]
     assert waiting.take() is None and waiting.done and not waiting._prompts  # no key kept for rows gone
     plain = admission_policy.Waiting(iter(rows), "longest_first", len(rows), cap=lambda r: r[1], accept=lambda r: r)
-    assert [plain.take()[0] for _ in rows] == [1, 2, 5, 0, 4, 3]  # without prompt keys: caps alone
+    assert [plain.take()[0] for _ in rows] == [3, 0, 1, 2, 4, 5]  # without prompt keys: input order among ties
 
 
 def test_an_endless_stream_is_read_a_bounded_window_ahead(pair):

@@ -23,10 +23,10 @@ def pair(tiny_models):
     return OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu", dtype=torch.float32)
 
 
-def _decode(model, requests, limit, share, **settings):
+def _decode(model, requests, limit, share, lookahead=None, **settings):
     call = model._call_settings("mixture", None, True, None, temperature=1.0, top_k=-1, top_p=1.0, ignore_eos=False,
                                 max_new_tokens=6, **settings)
-    decode = dataclasses.replace(call.decode, share_prompts=share)
+    decode = dataclasses.replace(call.decode, share_prompts=share, lookahead=lookahead)
     stats = SchedulerStats()
     out = {r.index: r for r in scheduler.decode_rows(
         requests, model.model_theta, model.model_t, model.vocab_size, model._step_fn(decode.config, "mixture"),
@@ -126,15 +126,14 @@ def test_one_model_stacked_rows_share_prefills_too(tiny_models):
 
 
 @pytest.mark.parametrize("limit", [1, 3])
-def test_samples_with_different_caps_still_share_one_prefill(pair, limit):
-    # Longest-first admission would interleave prompts whose samples have different caps; the samples of the
-    # prompt admitted last go next (admission.py), so each prompt still runs once, with the same tokens.
+def test_repeated_prompts_out_of_order_still_share_one_prefill(pair, limit):
+    # The samples of each prompt arrive interleaved with other prompts' (p0, p1, p2, p0, ...), all with one cap:
+    # among equal caps admission takes the prompt admitted last first (admission.py), so each prompt runs once.
     n = 3
     requests, ids, ids_t = _requests(pair, n)
-    caps = [6, 1, 4, 2, 5, 3, 1, 6, 2]  # prompt 0: 6, 1, 4; prompt 1: 2, 5, 3; prompt 2: 1, 6, 2
-    requests = [dataclasses.replace(r, max_new_tokens=c) for r, c in zip(requests, caps)]
-    shared, stats = _decode(pair, requests, limit, True)
-    alone, _ = _decode(pair, requests, limit, False)
+    interleaved = [requests[p * n + k] for k in range(n) for p in range(len(PROMPTS))]
+    window = len(interleaved)  # every sample in sight (the default, 4 x limit, sees them at limit >= 3)
+    shared, stats = _decode(pair, interleaved, limit, True, lookahead=window)
+    alone, _ = _decode(pair, interleaved, limit, False, lookahead=window)
     assert {i: r.tokens.tolist() for i, r in shared.items()} == {i: r.tokens.tolist() for i, r in alone.items()}
-    assert [len(shared[i].tokens) for i in range(len(caps))] == caps
     assert (stats.prompt_tokens_theta, stats.prompt_tokens_t) == (sum(map(len, ids)), sum(map(len, ids_t)))

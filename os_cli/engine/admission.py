@@ -5,11 +5,13 @@
 token cap first (its `max_new_tokens`, else the run's), ties by input order. That is the
 longest-processing-time-first rule for makespan: on a long-tailed workload the last rows to end
 are short ones, so the batch does not drain around a few long rows. With equal caps (one
-max_new_tokens for the whole run) it is input order. One exception: after a row is taken, the
-waiting rows with the same prompt (`prompt(request)`: the samples of one prompt) go next, longest
-first among them, so one prefill serves them all (engine/prefix.py keeps only the prompt admitted
-last) even where their caps differ. "input_order": rows are read one at a time
-and admitted as they come. A row's output depends on neither (its draws are keyed per row).
+max_new_tokens for the whole run) it is input order, except that among rows of the largest cap a
+row with the prompt admitted last (`prompt(request)`: another sample of it, or a duplicate) goes
+first, so one prefill serves them (engine/prefix.py keeps the prompt admitted last). The cap comes
+first: pulling a prompt's shorter samples ahead of longer rows saved their prefills but cost slot
+occupancy (0.92 to 0.89 on benchmarks/bench_refill.py's workload, which repeats prompts with
+different caps), so samples with different caps may be prefilled again. "input_order": rows are
+read one at a time and admitted as they come. A row's output depends on neither (its draws are keyed per row).
 
 Rows sent back (an eviction below a lowered limit, an OOM back-off) wait again at their input
 position. Pure bookkeeping: no torch, no models.
@@ -17,7 +19,7 @@ position. Pure bookkeeping: no torch, no models.
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Hashable, Iterator, Sequence, TypeVar
+from typing import Callable, Generic, Hashable, Iterator, TypeVar
 
 ADMISSIONS = ("longest_first", "input_order")
 LOOKAHEAD_PER_SLOT = 4  # default window: this many waiting rows per in-flight slot
@@ -75,11 +77,12 @@ class Waiting(Generic[R]):
         if not self.rows:
             return None
         if self.longest_first:
-            candidates: Sequence[int] = range(len(self.rows))
+            caps = [self.cap(request) for _, request in self.rows]
+            top = max(caps)
+            longest = [i for i, cap in enumerate(caps) if cap == top]
             if self.prompt is not None and self.last_prompt is not None:
-                siblings = [i for i in candidates if self._prompt_of(i) == self.last_prompt]
-                candidates = siblings or candidates
-            pick = max(candidates, key=lambda i: (self.cap(self.rows[i][1]), -self.rows[i][0]))
+                longest = [i for i in longest if self._prompt_of(i) == self.last_prompt] or longest
+            pick = min(longest, key=lambda i: self.rows[i][0])
             if self.prompt is not None:
                 self.last_prompt = self._prompt_of(pick)
                 del self._prompts[self.rows[pick][0]]  # only rows waiting keep one (the source may be endless)
