@@ -64,3 +64,15 @@ def cli_app():
 
     _register()
     return app
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls on a shared machine: more threads only contend (10x slower under load). A module that
+    times bench points asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,14 +22,7 @@ ROW_NUMBERS = ("acceptance", "expected_tokens", "ideal", "ideal_plus", "speedup"
                "speedup_spread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def _recipe(root, models: dict, prompts: dict, name: str, max_new_tokens: int = 6) -> str:

@@ -4,6 +4,7 @@ same tokens as two streams over the same weights, refilled, speculative, fixed s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 
 import pytest
@@ -92,6 +93,7 @@ def test_stacked_fixed_slots_and_oom_backoff_give_the_same_tokens(one, tiny_mode
 
     real_forward = one.model_theta.forward
 
+    @functools.wraps(real_forward)  # keeps the signature: the engine picks the cache keyword from it
     def forward(*args, **kwargs):  # the real model, failing like a GPU that fits only 2 pairs (4 rows)
         if kwargs["input_ids"].shape[0] > 4:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")

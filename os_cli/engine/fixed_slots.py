@@ -23,13 +23,12 @@ row's logits already vary in the last bit with its batch-mates; sampled tokens a
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from os_cli.models.loading import input_device
+from os_cli.models.loading import cache_kwarg, input_device
 from os_cli.recipe.schema import COMPILE_CHOICES  # False (dynamic caches), True (compiled step), "static" (eager step)
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ class SlotStream:
         self.model, self.vocab_size, self.slots, self.max_new_tokens = model, vocab_size, slots, max_new_tokens
         self.input_device = input_device(model)
         self.output_device = torch.device(output_device) if output_device is not None else self.input_device
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_kwarg = cache_kwarg(model)
         attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
         if attn not in ATTENTION:
             raise ValueError(f"compile needs attn_implementation sdpa or eager, this model runs {attn!r}")

@@ -12,7 +12,6 @@ row ends. It is kept as the reference implementation the continuous scheduler
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
@@ -79,14 +78,13 @@ class ModelStream:
     def __init__(self, model, vocab_size: int, output_device: torch.device | str | None = None):
         self.model = model
         self.vocab_size = vocab_size
-        from os_cli.models.loading import input_device
+        from os_cli.models.loading import cache_kwarg, input_device
 
         self.input_device = input_device(model)
         self.output_device = torch.device(output_device) if output_device is not None else self.input_device
         # Cache layers on several devices (a device_map) are indexed with row indices on the CPU.
         self._rows_device = self.input_device if len(_devices(model)) <= 1 else torch.device("cpu")
-        # transformers >= 5.2x renamed `past_key_values` to `cache`; speak whichever this version knows.
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cache_kwarg = cache_kwarg(model)
         self._cache: DynamicCache | None = None
         self._attention_mask: torch.Tensor | None = None
 

@@ -181,6 +181,14 @@ def _map_device(device_map) -> str:
     return f"cuda:{first}" if isinstance(first, int) else str(first)
 
 
+def cache_kwarg(model) -> str:
+    """The forward keyword that takes a KV cache: transformers >= 5.2x renamed `past_key_values` to `cache`;
+    whichever this model's forward knows."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def input_device(model) -> torch.device:
     """Where a loaded model takes its input ids: where its embedding runs. Under a device_map that is
     the execution device accelerate gave the embedding (its weights may be offloaded)."""
