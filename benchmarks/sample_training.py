@@ -38,9 +38,10 @@ SAMPLERS = {
     "q* ess_balance": dict(alpha_method="ess_balance"),
     "q* entropy": dict(alpha_method="entropy"),
     "q* hinted teacher": dict(alpha_method="kl_symmetry"),
+    "q* hinted teacher (entropy)": dict(alpha_method="entropy"),
     "q* self-teacher (one model)": dict(alpha_method="kl_symmetry"),
 }
-HINTED = {"q* hinted teacher", "q* self-teacher (one model)"}
+HINTED = {"q* hinted teacher", "q* hinted teacher (entropy)", "q* self-teacher (one model)"}
 # One model: the teacher is theta itself (builtin:demo-theta loaded once), shown the hinted prompt.
 SELF_TEACHER = {"q* self-teacher (one model)"}
 ON_POLICY = {"theta alone"}  # log pi_theta - log q* is 0 on every token: no importance weighting

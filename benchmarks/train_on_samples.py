@@ -1,6 +1,6 @@
 """Train theta on each sampler's output and measure what it learned (issue 12).
 
-    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # 22 rows in about 30 s on 2 CPU cores
+    nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --quick    # 25 rows in about 30 s on 2 CPU cores
     nice -n 10 .venv/bin/python benchmarks/train_on_samples.py --train-seed 0,1,2 --details FILE
         # one data set per sampler, each cell fine-tuned with 3 training seeds: 25 min with
         # --eval-samples 2 on 2 shared CPU cores (docs/benchmarks.md)
@@ -9,9 +9,10 @@ On the built-in demo pair (os_cli/builtin/README.md):
 1. Training prompts: problems from scripts/train_demo.py's generator with another seed
    (TRAIN_PROMPT_SEED), disjoint from the 500 held-out `builtin:demo-problems` (checked).
 2. One completion per prompt from each sampler (SAMPLERS in benchmarks/sample_training.py: theta
-   alone, teacher alone, q* fixed 0.5, kl_symmetry, ess_balance, entropy, kl_symmetry with a
-   hinted teacher whose prompt starts with "The answer is N.", and the one-model self-teacher:
-   kl_symmetry where the teacher is theta itself shown that hinted prompt), same row seeds for every
+   alone, teacher alone, q* fixed 0.5, kl_symmetry, ess_balance, entropy, kl_symmetry and entropy
+   with a hinted teacher whose prompt is the question followed by " Solution: <reference solution>",
+   and the one-model self-teacher: kl_symmetry where the teacher is theta itself shown that hinted
+   prompt), same row seeds for every
    sampler, through the Python API (os_cli.OptimalSamplingModel) at temperature 1.
 3. For each data set and each training seed (--train-seed, e.g. 0,1,2) a fresh copy of
    builtin:demo-theta is fine-tuned with the same budget (steps, batch, learning rate, batch order):
