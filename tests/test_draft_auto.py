@@ -34,6 +34,33 @@ def test_expected_speedup_is_bench_ideal_plus():
     assert expected_speedup(0.5, 1, costs) == pytest.approx(1.5 * 7.2 / 8.9)
 
 
+def test_each_drafted_token_pays_its_draw():
+    # by hand: a = 0.5, k = 1, a draw costing 0.5: spec 2 + 0.5 + 6.5 + 0.4; plain steps draw nothing
+    costs = {**_costs(1.0, 6.0, 0.5, q=0.2), "draft": 0.5}
+    assert expected_speedup(0.5, 1, costs) == pytest.approx(1.5 * 7.2 / 9.4)
+    # a costly draw shortens the chosen drafts (what made auto overrate k = 6-8 on small models)
+    cheap = {**_costs(1.0, 10.0, 0.3), "draft": 0.0}
+    assert choose_draft_tokens(0.9, {**cheap, "draft": 1.0}) < choose_draft_tokens(0.9, cheap)
+
+
+def test_probes_time_the_draft_draw(pair):
+    from os_cli.engine import auto_draft
+    from os_cli.engine.streams import ModelStream, left_pad
+
+    theta, teacher = ModelStream(pair.model_theta, pair.vocab_size), ModelStream(pair.model_t, pair.vocab_size)
+    ids = [pair._token_ids(p, "prompts", 0) for p in PROMPTS[:2]]
+    ids_t = [pair._token_ids(p, "prompts_t", 0, teacher=True) for p in PROMPTS_T[:2]]
+    pad = pair.tokenizer.pad_token_id
+    last_theta = theta.prefill(*left_pad(ids, pad, "cpu"))
+    teacher.prefill(*left_pad(ids_t, pad, "cpu"))
+    pending = last_theta.argmax(-1)
+    keys, steps = torch.tensor([1, 2]), torch.tensor([0, 0])
+    step_fn = pair._step_fn(pair._sampler_config(1.0, -1, 1.0), "mixture")
+    costs = auto_draft.probe_costs(theta, teacher, pending, keys, steps, step_fn, temperature=0.7)
+    assert {"theta", "draft", "teacher", "q_step"} <= set(costs) and costs["draft"] > 0
+    assert teacher.attention_mask.shape[1] == max(map(len, ids_t))  # probes roll their positions back
+
+
 def test_choice_follows_the_costs():
     # memory-bound teacher (m positions cost about one), cheap theta, good acceptance: long drafts pay
     assert choose_draft_tokens(0.9, _costs(1.0, 10.0, 0.05)) >= 4

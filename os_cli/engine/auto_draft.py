@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from os_cli.engine import speculative
 from os_cli.engine.draft_policy import PROBE_POSITIONS, AutoDraft
 from os_cli.engine.streams import ModelStream
 from os_cli.memory import sync
@@ -32,9 +33,11 @@ def probe_costs(
     step_fn,
     positions=PROBE_POSITIONS,
     repeats: int = PROBE_REPEATS,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
-    """Milliseconds, keyed as draft_policy names them: "theta" (one position), "teacher" / "teacher_{m}" and
-    "q_step" / "q_step_{m}" for each m in `positions`, at the streams' batch and cache."""
+    """Milliseconds, keyed as draft_policy names them: "theta" (one position), "draft" (drawing one draft token
+    from theta's logits), "teacher" / "teacher_{m}" and "q_step" / "q_step_{m}" for each m in `positions`, at
+    the streams' batch and cache."""
     devices = list({torch.device(d) for d in (theta.input_device, teacher.input_device, teacher.output_device)})
     batch = pending.shape[0]
     logits: dict[str, torch.Tensor] = {}
@@ -42,6 +45,9 @@ def probe_costs(
     def theta_step():
         logits["theta"] = theta.step(pending)
         theta.rollback(1)
+
+    def draw_draft():  # what each drafted position adds to theta's forward (speculative.run_round)
+        speculative.draft(speculative.draft_logprobs(logits["theta"], temperature), keys, steps)
 
     def teacher_forward(m):
         block = pending[:, None].expand(batch, m)
@@ -53,7 +59,7 @@ def probe_costs(
         lt, lq = logits["theta"].repeat_interleave(m, 0), logits["t"].repeat_interleave(m, 0)
         step_fn(lt, lq, keys.repeat_interleave(m), (steps[:, None] + torch.arange(m, device=steps.device)).reshape(-1))
 
-    calls = {"theta": theta_step}
+    calls = {"theta": theta_step, "draft": draw_draft}
     for m in positions:
         calls["teacher" if m == 1 else f"teacher_{m}"] = functools.partial(teacher_forward, m)
     for m in positions:  # after the forwards, whose logits they reuse
@@ -70,7 +76,9 @@ def probe_costs(
     return best
 
 
-def choose(policy: AutoDraft, theta: ModelStream, teacher: ModelStream, pending, keys, steps, step_fn, stats) -> int:
+def choose(
+    policy: AutoDraft, theta: ModelStream, teacher: ModelStream, pending, keys, steps, step_fn, stats, temperature=1.0
+) -> int:
     """k for the next iteration of these rows, probing the costs first when the policy needs them. Without a
     teacher stream of its own (one model's stacked pairs, engine/stacked.py) every drafting step already runs
     the teacher rows, so a round of k costs about k + 1 plain steps and never pays: 0."""
@@ -78,6 +86,7 @@ def choose(policy: AutoDraft, theta: ModelStream, teacher: ModelStream, pending,
         return 0
     width = int(theta.attention_mask.shape[1])
     if policy.needs_costs(len(keys), width):
-        policy.set_costs(probe_costs(theta, teacher, pending, keys, steps, step_fn), len(keys), width)
+        costs = probe_costs(theta, teacher, pending, keys, steps, step_fn, temperature=temperature)
+        policy.set_costs(costs, len(keys), width)
         stats.cost_probes += 1
     return policy.choose()

@@ -3,11 +3,14 @@ torch, no models; engine/auto_draft.py times the forwards and feeds this module.
 
 The one speed formula (also `os-sample bench --draft-tokens`' "ideal+", bench/draft_costs.py): with a
 per-position acceptance a, one round at k emits E = (1 - a^(k+1)) / (1 - a) tokens per row
-(speculative.expected_tokens_per_round) and runs k + 1 theta forwards of one position, one teacher forward
-of k + 1 positions and one q* step over k + 1 positions per row, against one of each per plain token:
-    speed-up(k) = E (t_theta + t_T(1) + t_q(1)) / ((k + 1) t_theta + t_T(k+1) + t_q(k+1)).
+(speculative.expected_tokens_per_round) and runs k + 1 theta forwards of one position, k draft draws, one
+teacher forward of k + 1 positions and one q* step over k + 1 positions per row, against one of each (and no
+draw) per plain token:
+    speed-up(k) = E (t_theta + t_T(1) + t_q(1)) / ((k + 1) t_theta + k t_draw + t_T(k+1) + t_q(k+1)).
 Costs are keyed as bench/draft_costs.forward_costs names them: "theta", "teacher", "teacher_{m}",
-"q_step", "q_step_{m}" (m > 1 positions per row).
+"q_step", "q_step_{m}" (m > 1 positions per row), and "draft" (t_draw; 0 where not measured: the
+bench's ideal+ leaves it out). On small models the draw is not negligible beside theta's forward;
+leaving it out made auto prefer k = 6-8 at batch 16 where k = 3 was faster.
 
 `AutoDraft` keeps the measured costs and the acceptance of the rounds run so far and picks, each
 iteration, the k in 0..AUTO_MAX_DRAFT_TOKENS with the largest expected speed-up (ties: the smaller k).
@@ -53,7 +56,8 @@ def expected_speedup(acceptance: float, k: int, costs: Mapping[str, float]) -> f
     if k == 0:
         return 1.0
     plain = costs["theta"] + costs["teacher"] + costs["q_step"]
-    spec = (k + 1) * costs["theta"] + _cost(costs, "teacher", k + 1) + _cost(costs, "q_step", k + 1)
+    spec = (k + 1) * costs["theta"] + k * costs.get("draft", 0.0)
+    spec += _cost(costs, "teacher", k + 1) + _cost(costs, "q_step", k + 1)
     return expected_tokens_per_round(acceptance, k) * plain / spec
 
 

@@ -332,7 +332,17 @@ class _Loop:
         elif self.draft_policy is not None:
             theta, teacher = g.prefilled()  # speculative rounds run on ModelStreams (no fixed slots)
             assert isinstance(theta, ModelStream) and teacher is not None and g.pending is not None
-            k = auto_draft.choose(self.draft_policy, theta, teacher, g.pending, g.keys, g.steps, self.step_fn, stats)
+            k = auto_draft.choose(
+                self.draft_policy,
+                theta,
+                teacher,
+                g.pending,
+                g.keys,
+                g.steps,
+                self.step_fn,
+                stats,
+                temperature=self.settings.config.temperature,
+            )
         else:
             fixed = self.settings.draft_tokens
             assert isinstance(fixed, int)  # "auto" has a draft policy
