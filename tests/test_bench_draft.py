@@ -67,7 +67,7 @@ def test_draft_tokens_table_json_and_recommendation(cli_app, recipes, tmp_path):
     assert doc["settings"]["draft_tokens"] == [1, 2]  # duplicates dropped
     spec = doc["speculative"]
     assert spec["batch_size"] == 1 and spec["ks"] == [1, 2]
-    assert set(spec["forward_costs_ms"]) == {"theta", "teacher", "teacher_2", "teacher_3", "q_step", "q_step_2",
+    assert set(spec["forward_costs_ms"]) == {"theta", "draft", "teacher", "teacher_2", "teacher_3", "q_step", "q_step_2",
                                              "q_step_3"}
     assert all(math.isfinite(v) and v > 0 for v in spec["forward_costs_ms"].values())
     rows = spec["rows"]
@@ -164,7 +164,7 @@ def test_forward_costs_are_timed_in_interleaved_rounds(tiny_models, monkeypatch)
     from os_cli.api.model import OptimalSamplingModel
 
     model = OptimalSamplingModel(tiny_models["theta"], tiny_models["teacher"], device="cpu")
-    repeats, names = 10, 5  # theta, teacher, teacher_2, q_step, q_step_2
+    repeats, names = 10, 6  # theta, draft, teacher, teacher_2, q_step, q_step_2
     busy_readings = 2 * repeats * names * 2 // 5  # two clock readings per timed call
     state = {"readings": 0, "extra": 0.0}
 
@@ -177,7 +177,7 @@ def test_forward_costs_are_timed_in_interleaved_rounds(tiny_models, monkeypatch)
     monkeypatch.setattr(D, "time", SimpleNamespace(perf_counter=clock))
     costs = D.forward_costs(model, "Question: What is 1 plus 4?", 12, [1], repeats=repeats)
     assert state["readings"] == 2 * repeats * names
-    assert set(costs) == {"theta", "teacher", "teacher_2", "q_step", "q_step_2"}
+    assert set(costs) == {"theta", "draft", "teacher", "teacher_2", "q_step", "q_step_2"}
     assert all(0 < ms < 500 for ms in costs.values()), costs
 
 

@@ -8,8 +8,9 @@ Definitions (also in the CLI help and README):
 - E = (1 - a^(k+1)) / (1 - a): tokens one round emits (speculative.expected_tokens_per_round);
 - ideal (issue 9): E (t_theta + t_T(1)) / (k t_theta + t_T(k+1)), with t_theta one theta forward of
   one position, t_T(m) one teacher forward of m positions;
-- ideal+: what a round really runs, E (t_theta + t_T(1) + t_q(1)) / ((k + 1) t_theta + t_T(k+1) +
-  t_q(k+1)), t_q(m) one q* step over m positions per row (speculative.py's docstring);
+- ideal+: what a round really runs, E (t_theta + t_T(1) + t_q(1)) / ((k + 1) t_theta + k t_draw +
+  t_T(k+1) + t_q(k+1)), t_q(m) one q* step over m positions per row (speculative.py's docstring),
+  t_draw drawing one draft token (engine/draft_policy.py: the formula `draft_tokens: auto` maximises);
 - measured: per interleaved round, tokens/s at k over tokens/s of the plain loop in the same round;
   the median and min-max over rounds.
 Forward costs are timed after the rounds, at the bench's batch size, on a cache as long as the first
@@ -32,6 +33,7 @@ import torch
 from os_cli.api import arguments
 from os_cli.api.rows import StreamRow
 from os_cli.bench.measure import BenchRow, Point, measure
+from os_cli.engine import speculative
 from os_cli.engine import streams as engine
 from os_cli.engine.draft_policy import expected_speedup, expected_tokens_per_round
 from os_cli.engine.requests import SchedulerStats
@@ -81,9 +83,9 @@ def forward_costs(
     repeats: int = COST_REPEATS,
 ) -> dict[str, float]:
     """Median ms at `batch_size` rows with `context` tokens cached (theta's ids of `prompt`, repeated):
-    "theta" (one position), "teacher" (one position), "teacher_{k+1}" (k + 1 positions in one forward),
-    "q_step" (one q* step) and "q_step_{k+1}" (one q* step over k + 1 positions per row); all timed in
-    the same interleaved rounds (interleaved_medians)."""
+    "theta" (one position), "draft" (drawing one draft token from theta's logits), "teacher" (one position),
+    "teacher_{k+1}" (k + 1 positions in one forward), "q_step" (one q* step) and "q_step_{k+1}" (one q*
+    step over k + 1 positions per row); all timed in the same interleaved rounds (interleaved_medians)."""
     ids = model._token_ids(prompt, "prompts", 0)
     ids = (ids * (context // len(ids) + 1))[: max(1, context)]
     devices = model_devices(model)
@@ -109,6 +111,11 @@ def forward_costs(
                 calls[f"teacher_{k + 1}"] = many
     step_fn = model._step_fn(model._sampler_config(temperature, top_k, top_p), "mixture")
     device = model.device
+    draft_logits = torch.randn(batch_size, model.vocab_size, device=device)
+    draft_keys, draft_steps = rng.row_keys(torch.arange(batch_size)).to(device), torch.full((batch_size,), context)
+    calls["draft"] = lambda: speculative.draft(
+        speculative.draft_logprobs(draft_logits, temperature), draft_keys, draft_steps.to(device)
+    )
     for m in [1] + [k + 1 for k in ks]:  # a round's one q* step covers its k + 1 positions
         logits = torch.randn(batch_size * m, model.vocab_size, device=device)
         keys = rng.row_keys(torch.arange(batch_size * m)).to(device)
@@ -124,9 +131,9 @@ def ideal_speedup(acceptance: float, k: int, costs: dict[str, float]) -> float:
 
 
 def ideal_plus_speedup(acceptance: float, k: int, costs: dict[str, float]) -> float:
-    """The ideal counting what a round runs: k + 1 theta forwards and one q* step over k + 1 positions,
-    against t_theta + t_T(1) + one q* step per plain token: the formula `draft_tokens: auto` maximises
-    (engine/draft_policy.expected_speedup)."""
+    """The ideal counting what a round runs: k + 1 theta forwards, k draft draws and one q* step over k + 1
+    positions, against t_theta + t_T(1) + one q* step per plain token: the formula `draft_tokens: auto`
+    maximises (engine/draft_policy.expected_speedup)."""
     return expected_speedup(acceptance, k, costs)
 
 

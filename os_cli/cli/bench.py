@@ -58,7 +58,7 @@ HELP = (
     "acceptance a (accepted / verified drafts), E = (1 - a^(k+1)) / (1 - a) tokens per round, the ideal "
     "speed-up E (t_theta + t_T(1)) / (k t_theta + t_T(k+1)) from forward costs timed at that batch size "
     "(medians over interleaved rounds), "
-    "ideal+ (also counting k+1 theta forwards and one q* step over k+1 positions per round), and the "
+    "ideal+ (also counting k+1 theta forwards, k draft draws and one q* step over k+1 positions per round), and the "
     "measured speed-up (median and min-max over rounds of tokens/s over the same round's k=0). It "
     "recommends the best k that is faster in every round by more than its spread (else 0), printed as "
     "`--set sampling.draft_tokens=k`. Needs a teacher that differs from theta and models.compile off."

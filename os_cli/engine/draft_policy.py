@@ -8,8 +8,7 @@ teacher forward of k + 1 positions and one q* step over k + 1 positions per row,
 draw) per plain token:
     speed-up(k) = E (t_theta + t_T(1) + t_q(1)) / ((k + 1) t_theta + k t_draw + t_T(k+1) + t_q(k+1)).
 Costs are keyed as bench/draft_costs.forward_costs names them: "theta", "teacher", "teacher_{m}",
-"q_step", "q_step_{m}" (m > 1 positions per row), and "draft" (t_draw; 0 where not measured: the
-bench's ideal+ leaves it out). On small models the draw is not negligible beside theta's forward;
+"q_step", "q_step_{m}" (m > 1 positions per row), and "draft" (t_draw; 0 where not measured). On small models the draw is not negligible beside theta's forward;
 leaving it out made auto prefer k = 6-8 at batch 16 where k = 3 was faster.
 
 `AutoDraft` keeps the measured costs and the acceptance of the rounds run so far and picks, each
