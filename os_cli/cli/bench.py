@@ -61,7 +61,8 @@ HELP = (
     "ideal+ (also counting k+1 theta forwards, k draft draws and one q* step over k+1 positions per round), and the "
     "measured speed-up (median and min-max over rounds of tokens/s over the same round's k=0). It "
     "recommends the best k that is faster in every round by more than its spread (else 0), printed as "
-    "`--set sampling.draft_tokens=k`. Needs a teacher that differs from theta and models.compile off."
+    "`--set sampling.draft_tokens=k`. Needs a teacher that differs from theta (another model, or teacher "
+    "prompts of its own) and models.compile off."
 )
 
 
